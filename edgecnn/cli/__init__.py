@@ -1,0 +1,56 @@
+"""The ``edgecnn`` command line: a thin typer layer over the Python API.
+
+Errors become one line on stderr and an exit code (2: bad input, 1: a failed check); pass
+``--debug`` anywhere on the command line (or set EDGECNN_DEBUG=1) for the traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from edgecnn.cli._app import app, err, join_input_size
+from edgecnn.errors import EdgecnnError
+
+# Command modules register themselves on `app` when imported.
+from edgecnn.cli import export_cmd, info_cmd, models_cmd  # noqa: E402,F401
+
+
+def _fail(message: str, code: int) -> int:
+    err.print(f"[red]error:[/red] {message}", markup=True, highlight=False, soft_wrap=True)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("EDGECNN_DEBUG") == "1"
+    argv = join_input_size([arg for arg in argv if arg != "--debug"]) or ["--help"]
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=argv, prog_name="edgecnn", standalone_mode=False)
+        code = result if isinstance(result, int) else 0
+        if code == 130:  # typer turned a KeyboardInterrupt into this exit code
+            _fail("interrupted; nothing was written", 130)
+    except typer.TyperException as error:  # usage errors: unknown option, missing argument...
+        ctx = getattr(error, "ctx", None)
+        where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        code = _fail(error.format_message() + where, error.exit_code)
+    except typer.Exit as error:
+        code = error.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        code = _fail("interrupted; nothing was written", 130)
+    except EdgecnnError as error:
+        if debug:
+            raise
+        code = _fail(str(error), error.exit_code)
+    except Exception as error:  # a bug: say so in one line, keep the traceback for --debug
+        if debug:
+            raise
+        code = _fail(f"internal error: {type(error).__name__}: {error} "
+                     "(run again with --debug for the traceback)", 1)
+    return code
+
+
+__all__ = ["app", "main"]

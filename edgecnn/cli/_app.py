@@ -1,0 +1,98 @@
+"""The typer app and what every command shares: option types, output, progress.
+
+Command modules must not import torch at module level: ``edgecnn run``, ``bench`` and
+``info`` run on devices without it. Heavy imports go inside the command functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import sys
+from typing import Annotated, Iterator, Optional
+
+import typer
+from rich.console import Console
+
+from edgecnn.errors import BadInput
+
+app = typer.Typer(
+    name="edgecnn",
+    help="Classic CNNs from PyTorch to the edge: export to ONNX, quantize, run, check parity.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# Results go to stdout; piped output gets a fixed wide width instead of rich's 80 columns.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, highlight=False)  # progress and warnings (stderr)
+
+# Options shared by several commands (DESIGN.md, "CLI conventions").
+OutputOpt = Annotated[Optional[str], typer.Option("--output", "-o", help="Output .onnx path.")]
+OpsetOpt = Annotated[int, typer.Option("--opset", help="ONNX opset (18 or newer).")]
+InputSizeOpt = Annotated[Optional[str], typer.Option(
+    "--input-size", metavar="H W",
+    help="Input height and width: one int (square) or two (H W). Default: the model's.")]
+BatchOpt = Annotated[Optional[int], typer.Option(
+    "--batch", help="Fix the batch size (default: a dynamic 'batch' axis).")]
+NumClassesOpt = Annotated[Optional[int], typer.Option("--num-classes", help="Number of classes.")]
+WeightsOpt = Annotated[Optional[str], typer.Option(
+    "--weights", help="state_dict file (e.g. a torchvision checkpoint); default: seeded random.")]
+ProviderOpt = Annotated[str, typer.Option(
+    "--provider", help="Execution provider: auto, cpu, cuda or tensorrt.")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="onnxruntime intra-op threads.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout, nothing else.")]
+
+
+def parse_input_size(text: str | None) -> tuple[int, int] | None:
+    """'64', '64x48', '64,48' or '64 48' -> (H, W). main() joins `--input-size 64 48`."""
+    if text is None:
+        return None
+    parts = [part for part in re.split(r"[x,\s]+", text.strip()) if part]
+    if not 1 <= len(parts) <= 2 or not all(part.isdigit() for part in parts):
+        raise BadInput(f"--input-size takes one int or two (H W), got {text!r}")
+    sizes = [int(part) for part in parts]
+    return (sizes[0], sizes[-1])
+
+
+def join_input_size(argv: list[str]) -> list[str]:
+    """Let `--input-size H W` take two values (click options take a fixed count)."""
+    joined, index = [], 0
+    while index < len(argv):
+        token = argv[index]
+        joined.append(token)
+        if token == "--input-size":
+            values = []
+            while index + 1 < len(argv) and argv[index + 1].isdigit() and len(values) < 2:
+                values.append(argv[index + 1])
+                index += 1
+            if values:
+                joined.append("x".join(values))
+        index += 1
+    return joined
+
+
+def print_json(payload: dict) -> None:
+    sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def human_size(size: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{size} B"
+        size /= 1024
+    return f"{size:.1f} GB"
+
+
+@contextlib.contextmanager
+def progress_steps(enabled: bool = True) -> Iterator:
+    """A spinner on stderr showing the current step; yields the on_step callback."""
+    if not enabled:
+        yield lambda message: None
+        return
+    with err.status("starting") as status:
+        yield lambda message: status.update(f"{message}...")

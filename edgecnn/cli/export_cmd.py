@@ -1,0 +1,55 @@
+"""`edgecnn export NAME`: a registered model to a checked .onnx file."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from edgecnn.cli._app import (
+    BatchOpt, InputSizeOpt, JsonOpt, NumClassesOpt, OpsetOpt, OutputOpt, WeightsOpt, app,
+    human_size, out, parse_input_size, print_json, progress_steps,
+)
+
+
+def print_export_summary(summary: dict) -> None:
+    parity = summary.get("parity")
+    out.print(f"[green]wrote[/green] {summary['path']} ({human_size(summary['size_bytes'])}, "
+              f"opset {summary['opset']}, input {summary['input_shape']}) "
+              f"in {summary['seconds']:.1f} s")
+    if parity:
+        out.print(f"parity vs eager: rel_l2 {parity['rel_l2']:.2e}  max_abs {parity['max_abs']:.2e}"
+                  f"  (tolerance {summary['tolerance']:g}) [green]ok[/green]")
+    else:
+        out.print("[yellow]parity check skipped (--no-check)[/yellow]")
+
+
+@app.command("export")
+def export_command(
+    model: Annotated[str, typer.Argument(help="Registered model name (see `edgecnn list`).")],
+    output: OutputOpt = None,
+    opset: OpsetOpt = 18,
+    input_size: InputSizeOpt = None,
+    batch: BatchOpt = None,
+    num_classes: NumClassesOpt = None,
+    in_channels: Annotated[Optional[int], typer.Option(help="Input channels (default: the model's).")] = None,
+    weights: WeightsOpt = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random weights and check input.")] = 0,
+    labels: Annotated[Optional[str], typer.Option(help="Text file of class names, one per line.")] = None,
+    check: Annotated[bool, typer.Option("--check/--no-check",
+                                        help="Run the file in onnxruntime against eager.")] = True,
+    json_output: JsonOpt = False,
+) -> None:
+    """Export a model to ONNX (dynamo exporter), embed its metadata and check parity."""
+    from edgecnn.export import export_model
+
+    with progress_steps(enabled=not json_output) as on_step:
+        result = export_model(model, output, opset=opset, input_size=parse_input_size(input_size),
+                              batch=batch, num_classes=num_classes, in_channels=in_channels,
+                              weights=weights, seed=seed, check=check, labels=labels,
+                              on_step=on_step)
+    summary = result.as_dict()
+    if json_output:
+        print_json(summary)
+    else:
+        print_export_summary(summary)

@@ -1,0 +1,50 @@
+"""`edgecnn info MODEL.onnx`: metadata, inputs/outputs, opsets, custom ops. Torch-free."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from edgecnn.cli._app import JsonOpt, app, human_size, out, print_json
+
+
+@app.command("info")
+def info_command(
+    model: Annotated[str, typer.Argument(help="An .onnx file.")],
+    json_output: JsonOpt = False,
+) -> None:
+    """Describe an .onnx file: edgecnn metadata, inputs/outputs, opsets, custom ops, size."""
+    from edgecnn.runtime.describe import describe_model
+
+    info = describe_model(model)
+    if json_output:
+        print_json(info)
+        return
+    meta = info["metadata"]
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_row("file", f"{info['path']} ({human_size(info['size_bytes'])})")
+    if meta:
+        table.add_row("model", f"{meta['model']} ({meta['task']})")
+        table.add_row("precision", meta["precision"])
+        spec = meta["input"]
+        table.add_row("preprocess", f"{spec['color']} {spec['layout']} /{spec['scale']:g} "
+                      f"mean {spec['mean']} std {spec['std']}")
+        if meta.get("deform_lowering"):
+            table.add_row("deform lowering", meta["deform_lowering"])
+        if meta.get("quantization"):
+            table.add_row("quantization", ", ".join(f"{k}={v}" for k, v in meta["quantization"].items()))
+        table.add_row("labels", f"{len(meta['labels'])} labels" if meta["labels"] else "none")
+    else:
+        table.add_row("metadata", "none (not exported by edgecnn)")
+    for kind in ("inputs", "outputs"):
+        for value in info[kind]:
+            table.add_row(kind[:-1], f"{value['name']} {value['shape']} {value['dtype']}")
+    if "opset_imports" in info:
+        table.add_row("opsets", ", ".join(f"{d} {v}" for d, v in info["opset_imports"].items()))
+        customs = [f"{op['domain']}::{op['op']} ×{op['count']}" for op in info["custom_ops"]]
+        table.add_row("custom ops", ", ".join(customs) or "none")
+        table.add_row("weights", f"{info['parameters']:,} values in {info['nodes']} nodes")
+    table.add_row("producer", info["producer"])
+    out.print(table)

@@ -1,0 +1,25 @@
+"""Exceptions shared by every layer; the CLI turns them into one line and an exit code.
+
+This module must stay free of torch and onnx imports: the runtime uses it on devices.
+"""
+
+
+class EdgecnnError(Exception):
+    """Base class of the errors edgecnn reports to a user (no traceback, one line)."""
+
+    exit_code = 1
+
+
+class BadInput(EdgecnnError, ValueError):
+    """The user asked for something that cannot work (unknown model, missing file, bad shape).
+
+    The CLI exits with code 2. It subclasses ValueError so Python callers can catch either.
+    """
+
+    exit_code = 2
+
+
+class CheckFailed(EdgecnnError):
+    """A parity or accuracy check ran and did not pass. The CLI exits with code 1."""
+
+    exit_code = 1

@@ -1,0 +1,127 @@
+"""The model registry: every architecture is one decorated builder function.
+
+    @register_model(task="classification", input_size=(3, 224, 224), num_classes=1000,
+                    params=11_689_512, family="ResNet (torchvision)", test_input=(64, 64))
+    def resnet18(num_classes: int = 1000, in_channels: int = 3, **kwargs) -> nn.Module: ...
+
+The CLI, the parity matrix, the tests and ``edgecnn list`` all iterate this registry; no other
+module keeps a list of model names.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import inspect
+from dataclasses import dataclass, field
+from typing import Callable
+
+from edgecnn.errors import BadInput
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+TASKS = ("classification", "segmentation")
+OUTPUT_NAMES = {"classification": "logits", "segmentation": "masks"}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the rest of edgecnn needs to know about an architecture without building it."""
+
+    name: str
+    builder: Callable = field(repr=False, compare=False)
+    task: str
+    input_size: tuple[int, int, int]  # (C, H, W) of the default config
+    num_classes: int
+    params: int | None  # parameter count of the default config (None: not fixed by a source)
+    family: str
+    mean: tuple[float, ...] = IMAGENET_MEAN  # 0-1 scale, RGB (or the single grey channel)
+    std: tuple[float, ...] = IMAGENET_STD
+    # Smallest (H, W) the tests export at; keeps the CI parity matrix fast.
+    test_input: tuple[int, int] | None = None
+    # Below this (H, W) the architecture is degenerate or fails; checked before building.
+    min_input_size: tuple[int, int] = (1, 1)
+    # The model only works at exactly its default H x W (e.g. a Flatten into a fixed Linear).
+    fixed_input_size: bool = False
+    # Override of the fp32 ONNX-vs-eager rel_l2 bound (default in edgecnn.export.parity);
+    # a looser bound needs a written reason.
+    fp32_tolerance: float | None = None
+    tolerance_reason: str | None = None
+    # Lowest ONNX opset the exported graph needs (the deformable conv needs 19 natively).
+    min_opset: int = 18
+    description: str = ""
+
+    @property
+    def output_name(self) -> str:
+        return OUTPUT_NAMES[self.task]
+
+    @property
+    def ci_input_size(self) -> tuple[int, int]:
+        return self.test_input or self.input_size[1:]
+
+    def normalization(self, in_channels: int | None = None) -> tuple[list[float], list[float]]:
+        """mean/std for ``in_channels`` (the spec's own when it matches, else their average)."""
+        channels = in_channels or self.input_size[0]
+        if channels == len(self.mean):
+            return list(self.mean), list(self.std)
+        mean = sum(self.mean) / len(self.mean)
+        std = sum(self.std) / len(self.std)
+        return [mean] * channels, [std] * channels
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register_model(**spec_fields) -> Callable[[Callable], Callable]:
+    """Decorator registering a builder under its function name with the given spec fields."""
+
+    def decorate(builder: Callable) -> Callable:
+        name = spec_fields.pop("name", builder.__name__)
+        if name in _REGISTRY:
+            raise RuntimeError(f"model {name!r} registered twice")
+        if spec_fields.get("task") not in TASKS:
+            raise RuntimeError(f"model {name!r}: task must be one of {TASKS}")
+        doc = (builder.__doc__ or "").strip().splitlines()
+        spec_fields.setdefault("description", doc[0] if doc else "")
+        if spec_fields.get("fp32_tolerance") and not spec_fields.get("tolerance_reason"):
+            raise RuntimeError(f"model {name!r}: a looser fp32_tolerance needs tolerance_reason")
+        _REGISTRY[name] = ModelSpec(name=name, builder=builder, **spec_fields)
+        return builder
+
+    return decorate
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a shell-style ``pattern``, sorted."""
+    return sorted(name for name in _REGISTRY if fnmatch.fnmatch(name, pattern))
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The spec of a registered model; BadInput (with close names) for an unknown one."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see `edgecnn list`"
+        raise BadInput(f"unknown model {name!r}{hint}") from None
+
+
+def create(name: str, num_classes: int | None = None, **kwargs):
+    """Build a registered model in eval mode: ``create("resnet18", num_classes=10)``.
+
+    ``kwargs`` go to the builder (``in_channels``, architecture options such as ``upsample``).
+    """
+    spec = get_spec(name)
+    if num_classes is not None:
+        if num_classes < 1:
+            raise BadInput(f"num_classes must be >= 1, got {num_classes}")
+        kwargs["num_classes"] = num_classes
+    in_channels = kwargs.get("in_channels")
+    if in_channels is not None and in_channels < 1:
+        raise BadInput(f"in_channels must be >= 1, got {in_channels}")
+    try:
+        inspect.signature(spec.builder).bind(**kwargs)
+    except TypeError as error:  # an option this builder does not take
+        raise BadInput(f"{name}: {error}") from None
+    return spec.builder(**kwargs).eval()

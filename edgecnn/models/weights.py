@@ -1,0 +1,87 @@
+"""Loading checkpoints into zoo models, and random-but-realistic BatchNorm statistics."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgecnn.errors import BadInput
+
+# Checkpoints written by training scripts often nest the state_dict under one of these keys.
+_NESTED_KEYS = ("state_dict", "model_state_dict", "model")
+_SHOWN_KEYS = 3
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state_dict file safely (``weights_only=True``); BadInput on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"weights file not found: {path}")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for truncated or foreign files
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise BadInput(f"cannot read weights file {path}: {reason[:200]}") from None
+    for key in _NESTED_KEYS:
+        if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
+            loaded = loaded[key]
+            break
+    if not isinstance(loaded, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()):
+        raise BadInput(f"weights file {path} does not hold a state_dict (name -> tensor)")
+    return loaded
+
+
+def _first(keys: list[str]) -> str:
+    more = f" (+{len(keys) - _SHOWN_KEYS} more)" if len(keys) > _SHOWN_KEYS else ""
+    return ", ".join(keys[:_SHOWN_KEYS]) + more
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> nn.Module:
+    """Load a state_dict file into ``model``; mismatches raise BadInput naming the keys.
+
+    With ``strict=False`` missing keys are allowed (e.g. the offset predictors of a deformable
+    ResNet loading a plain ResNet checkpoint), unexpected keys and shape mismatches are not.
+    """
+    state = read_state_dict(path)
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    problems = []
+    if missing and strict:
+        problems.append(f"missing keys: {_first(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_first(unexpected)}")
+    if problems:
+        raise BadInput(f"weights {path} do not match {type(model).__name__}: " + "; ".join(problems))
+    mismatched = [f"{key} {tuple(state[key].shape)} vs {tuple(value.shape)}"
+                  for key, value in expected.items()
+                  if key in state and state[key].shape != value.shape]
+    if mismatched:
+        raise BadInput(f"weights {path} have wrong shapes (file vs model): {_first(mismatched)}"
+                       " (check --num-classes / --in-channels)")
+    model.load_state_dict(state, strict=strict)
+    return model
+
+
+@torch.no_grad()
+def randomize_batchnorm_stats(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BatchNorm non-trivial running statistics and affine parameters.
+
+    Freshly initialised BatchNorm has running_mean 0, running_var 1, weight 1, bias 0, which
+    makes it the identity in eval mode and lets a broken BatchNorm export pass a parity test.
+    The values stay in a realistic range so activations neither vanish nor explode.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            shape = module.running_mean.shape
+            module.running_mean.copy_(torch.randn(shape, generator=generator) * 0.1)
+            module.running_var.copy_(torch.rand(shape, generator=generator) * 0.5 + 0.75)
+            if module.affine:
+                module.weight.copy_(torch.rand(shape, generator=generator) * 0.5 + 0.75)
+                module.bias.copy_(torch.randn(shape, generator=generator) * 0.1)
+    return model

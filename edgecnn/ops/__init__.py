@@ -1,0 +1,1 @@
+"""PyTorch operators the zoo needs beyond torch.nn (the deformable convolution)."""

@@ -1,0 +1,270 @@
+"""PyTorch -> ONNX: ``export_model("resnet18")`` is what ``edgecnn export resnet18`` runs.
+
+The pipeline: build the registered model (seeded random weights, or a state_dict file), run it
+eagerly once (validates the input size and gives the parity reference), export it with the
+dynamo exporter, attach the edgecnn metadata, run onnx.checker and shape inference, run the
+file in onnxruntime against eager, and only then move it atomically onto the output path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+import edgecnn
+from edgecnn import models
+from edgecnn.errors import BadInput, CheckFailed, EdgecnnError
+from edgecnn.export.files import atomic_output, check_output_path
+from edgecnn.export.parity import REL_L2_TOLERANCE, ParityMetrics, compare
+from edgecnn.runtime import InputInfo, ModelMetadata, load_session
+from edgecnn.runtime.metadata import METADATA_KEY
+
+DEFAULT_OPSET = 18
+MIN_OPSET = 18  # the dynamo exporter emits opset 18 and up; lower requests silently fail
+CHECK_BATCH = 2
+# Node metadata the exporter adds that we drop: source paths of this machine, FX dumps.
+_DROPPED_NODE_METADATA = ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node")
+
+StepCallback = Callable[[str], None]
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    model: str
+    input_shape: list  # with "batch" for a dynamic axis
+    opset: int
+    size_bytes: int
+    seconds: float
+    parity: ParityMetrics | None = None
+    tolerance: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"path": str(self.path), "model": self.model, "input_shape": self.input_shape,
+                "opset": self.opset, "size_bytes": self.size_bytes,
+                "seconds": round(self.seconds, 3), "tolerance": self.tolerance,
+                "parity": self.parity.as_dict() if self.parity else None, **self.extra}
+
+
+def resolve_input_size(spec: models.ModelSpec,
+                       input_size: int | Sequence[int] | None) -> tuple[int, int]:
+    """(H, W) from None (the spec's default), one int, or a pair; BadInput when unusable."""
+    if input_size is None:
+        return tuple(spec.input_size[1:])
+    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    if len(size) == 1:
+        size = (size[0], size[0])
+    if len(size) != 2 or any(int(v) != v for v in size):
+        raise BadInput(f"--input-size takes one int or two (H W), got {list(size)}")
+    height, width = (int(v) for v in size)
+    if spec.fixed_input_size and (height, width) != tuple(spec.input_size[1:]):
+        raise BadInput(f"{spec.name} only works at {spec.input_size[1]}x{spec.input_size[2]}, "
+                       f"got --input-size {height} {width}")
+    min_h, min_w = spec.min_input_size
+    if height < min_h or width < min_w:
+        raise BadInput(f"--input-size {height}x{width} is too small for {spec.name} "
+                       f"(minimum {min_h}x{min_w})")
+    return height, width
+
+
+def validate_opset(opset: int, spec: models.ModelSpec | None = None) -> int:
+    newest = onnx.defs.onnx_opset_version()
+    lowest = max(MIN_OPSET, spec.min_opset if spec else MIN_OPSET)
+    if not lowest <= opset <= newest:
+        needs = f"{spec.name} needs" if spec and spec.min_opset > MIN_OPSET else "supported:"
+        raise BadInput(f"--opset {opset} is not possible ({needs} {lowest}..{newest})")
+    return opset
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> None:
+    """Silence the exporter's chatter (warnings, logging, prints) so the CLI output stays clean."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _strip_node_metadata(model: onnx.ModelProto) -> None:
+    graphs = [model.graph] + list(model.functions)
+    for graph in graphs:
+        for node in graph.node:
+            kept = [prop for prop in node.metadata_props if prop.key not in _DROPPED_NODE_METADATA]
+            del node.metadata_props[:]
+            node.metadata_props.extend(kept)
+
+
+def to_onnx(module: nn.Module, example: torch.Tensor, output_name: str = "logits", *,
+            opset: int = DEFAULT_OPSET, dynamic_batch: bool = True,
+            custom_translation_table: dict | None = None) -> onnx.ModelProto:
+    """Export ``module`` (eval mode) with the dynamo exporter: input ``input``, one output.
+
+    The batch axis is named ``batch`` and dynamic unless ``dynamic_batch`` is False. Raises
+    EdgecnnError when torch.onnx cannot export the module.
+    """
+    dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
+    try:
+        with _quiet_exporter(), torch.no_grad():
+            program = torch.onnx.export(
+                module.eval(), (example,), None, dynamo=True, opset_version=opset,
+                input_names=["input"], output_names=[output_name],
+                dynamic_shapes=dynamic_shapes, optimize=True, verbose=False,
+                custom_translation_table=custom_translation_table)
+    except Exception as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        raise EdgecnnError(f"torch.onnx could not export {type(module).__name__}: "
+                           f"{first_line[:300]}") from error
+    proto = program.model_proto
+    _strip_node_metadata(proto)
+    proto.producer_name = "edgecnn"
+    proto.producer_version = f"{edgecnn.__version__} (torch {torch.__version__.split('+')[0]})"
+    return proto
+
+
+def set_metadata(model: onnx.ModelProto, metadata: ModelMetadata) -> None:
+    """Store ``metadata`` under the ``edgecnn`` key, replacing any earlier entry."""
+    kept = [prop for prop in model.metadata_props if prop.key != METADATA_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    model.metadata_props.add(key=METADATA_KEY, value=metadata.to_json())
+
+
+def get_metadata(model: onnx.ModelProto, source: str = "model") -> ModelMetadata | None:
+    return ModelMetadata.from_props({p.key: p.value for p in model.metadata_props}, source)
+
+
+def check_model(model: onnx.ModelProto) -> None:
+    """onnx.checker plus strict shape inference; EdgecnnError when the graph is invalid."""
+    try:
+        onnx.checker.check_model(model)
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
+        raise EdgecnnError(f"exported graph is not valid ONNX: {str(error).splitlines()[0]}") from error
+
+
+def read_labels(path: str | os.PathLike, num_classes: int) -> list[str]:
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"labels file not found: {path}")
+    labels = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(labels) != num_classes:
+        raise BadInput(f"labels file {path} has {len(labels)} labels, the model has {num_classes} classes")
+    return labels
+
+
+def build_model(name: str, *, num_classes: int | None = None, in_channels: int | None = None,
+                weights: str | os.PathLike | None = None, seed: int = 0,
+                strict: bool = True, **options) -> nn.Module:
+    """A registered model in eval mode: loaded from ``weights`` or seeded random.
+
+    Random models get non-trivial BatchNorm statistics (see randomize_batchnorm_stats) so that
+    a parity check exercises BatchNorm.
+    """
+    if in_channels is not None:
+        options["in_channels"] = in_channels
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = models.create(name, num_classes=num_classes, **options)
+    if weights is not None:
+        models.load_weights(model, weights, strict=strict)
+    else:
+        models.randomize_batchnorm_stats(model, seed)
+    return model.eval()
+
+
+def random_input(shape: Sequence[int], seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(tuple(shape), generator=generator)
+
+
+def run_eager(model: nn.Module, example: torch.Tensor, spec: models.ModelSpec) -> np.ndarray:
+    """The eager output; a failure here means the input size does not suit the model."""
+    try:
+        with torch.no_grad():
+            return model(example).numpy()
+    except RuntimeError as error:
+        raise BadInput(f"input {list(example.shape[1:])} does not work for {spec.name}: "
+                       f"{str(error).splitlines()[0][:200]}") from None
+
+
+def export_model(name: str, output: str | os.PathLike | None = None, *,
+                 opset: int = DEFAULT_OPSET, input_size: int | Sequence[int] | None = None,
+                 batch: int | None = None, num_classes: int | None = None,
+                 in_channels: int | None = None, weights: str | os.PathLike | None = None,
+                 seed: int = 0, check: bool = True, labels: str | os.PathLike | None = None,
+                 model_options: dict | None = None,
+                 on_step: StepCallback | None = None) -> ExportResult:
+    """Export a registered model to ONNX; see ``edgecnn export --help`` for the options.
+
+    Raises BadInput for unusable arguments (before anything is written) and CheckFailed when
+    the onnxruntime output differs from eager beyond the model's tolerance (nothing written).
+    """
+    started = time.perf_counter()
+    step = on_step or (lambda message: None)
+    spec = models.get_spec(name)
+    output = check_output_path(output or f"{name}.onnx")
+    opset = validate_opset(opset, spec)
+    height, width = resolve_input_size(spec, input_size)
+    if batch is not None and batch < 1:
+        raise BadInput(f"--batch must be >= 1, got {batch}")
+    channels = in_channels or spec.input_size[0]
+
+    step(f"building {name}")
+    model = build_model(name, num_classes=num_classes, in_channels=in_channels, weights=weights,
+                        seed=seed, **(model_options or {}))
+    classes = num_classes or spec.num_classes
+    tolerance = spec.fp32_tolerance or REL_L2_TOLERANCE["fp32"]
+    label_list = read_labels(labels, classes) if labels is not None else None
+    example = random_input((batch or CHECK_BATCH, channels, height, width), seed)
+    reference = run_eager(model, example, spec)
+
+    step("exporting with torch.onnx (dynamo)")
+    proto = to_onnx(model, example, spec.output_name, opset=opset, dynamic_batch=batch is None)
+    proto.graph.name = name
+    mean, std = spec.normalization(channels)
+    set_metadata(proto, ModelMetadata(
+        model=name, task=spec.task, labels=label_list, precision="fp32", opset=opset,
+        edgecnn_version=edgecnn.__version__,
+        input=InputInfo(shape=[channels, height, width], color="RGB" if channels == 3 else "GRAY",
+                        mean=mean, std=std)))
+    step("checking the graph (onnx.checker, shape inference)")
+    check_model(proto)
+
+    with atomic_output(output) as temp_path:
+        onnx.save_model(proto, temp_path)
+        parity = None
+        if check:
+            step("running onnxruntime against eager")
+            session = load_session(temp_path)
+            candidate = session.run(None, {"input": example.numpy()})[0]
+            parity = compare(reference, candidate)
+            if not parity.rel_l2 <= tolerance:
+                raise CheckFailed(
+                    f"parity check failed for {name}: rel_l2 {parity.rel_l2:.3g} > "
+                    f"{tolerance:g} (max_abs {parity.max_abs:.3g}); nothing written "
+                    "(--no-check writes it anyway)")
+        size = temp_path.stat().st_size
+    return ExportResult(path=output, model=name, opset=opset, size_bytes=size,
+                        input_shape=[batch or "batch", channels, height, width],
+                        seconds=time.perf_counter() - started, parity=parity,
+                        tolerance=tolerance if check else None)

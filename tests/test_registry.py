@@ -1,0 +1,45 @@
+"""The model registry: lookup, options, errors, torchvision parameter names."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from edgecnn import BadInput, models
+
+
+def test_resnet18_parameter_count_and_options():
+    assert sum(p.numel() for p in models.create("resnet18").parameters()) == 11_689_512
+    spec = models.get_spec("resnet18")
+    assert (spec.task, spec.input_size, spec.num_classes, spec.output_name) == (
+        "classification", (3, 224, 224), 1000, "logits")
+    small = models.create("resnet18", num_classes=10, in_channels=1)
+    assert small.conv1.weight.shape == (64, 1, 7, 7) and small.fc.out_features == 10
+    assert not small.training
+    with torch.no_grad():
+        assert small(torch.zeros(2, 1, 32, 32)).shape == (2, 10)
+
+
+def test_torchvision_parameter_names():
+    keys = list(models.create("resnet18").state_dict())
+    assert keys[:6] == ["conv1.weight", "bn1.weight", "bn1.bias", "bn1.running_mean",
+                        "bn1.running_var", "bn1.num_batches_tracked"]
+    for key in ("layer1.0.conv1.weight", "layer2.0.downsample.0.weight",
+                "layer2.0.downsample.1.running_var", "layer4.1.bn2.bias", "fc.weight", "fc.bias"):
+        assert key in keys
+    assert len(keys) == 122  # torchvision resnet18's state_dict has 122 entries
+
+
+def test_registry_errors_and_filtering():
+    with pytest.raises(BadInput, match="did you mean resnet18"):
+        models.get_spec("resnt18")
+    with pytest.raises(BadInput, match="unexpected keyword argument 'depth'"):
+        models.create("resnet18", depth=3)
+    assert models.list_models("resnet1*") == ["resnet101", "resnet152", "resnet18"]
+
+
+def test_spec_normalization_for_other_channel_counts():
+    spec = models.get_spec("resnet18")
+    assert spec.normalization() == (list(spec.mean), list(spec.std))
+    mean, std = spec.normalization(1)
+    assert mean == [pytest.approx(sum(spec.mean) / 3)] and len(std) == 1
