@@ -27,7 +27,7 @@ import edgecnn
 from edgecnn import models
 from edgecnn.errors import BadInput, CheckFailed, EdgecnnError
 from edgecnn.export.files import atomic_output, check_output_path
-from edgecnn.export.parity import REL_L2_TOLERANCE, ParityMetrics, compare
+from edgecnn.export.parity import ParityMetrics, compare, default_tolerance
 from edgecnn.runtime import InputInfo, ModelMetadata, load_session
 from edgecnn.runtime.metadata import METADATA_KEY
 
@@ -233,7 +233,7 @@ def export_model(name: str, output: str | os.PathLike | None = None, *,
     model = build_model(name, num_classes=num_classes, in_channels=in_channels, weights=weights,
                         seed=seed, **(model_options or {}))
     classes = num_classes or spec.num_classes
-    tolerance = spec.fp32_tolerance or REL_L2_TOLERANCE["fp32"]
+    tolerance = default_tolerance("fp32", spec)
     label_list = read_labels(labels, classes) if labels is not None else None
     example = random_input((batch or CHECK_BATCH, channels, height, width), seed)
     reference = run_eager(model, example, spec)

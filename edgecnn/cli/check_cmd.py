@@ -1,0 +1,89 @@
+"""`edgecnn check NAME`: eager vs ONNX parity, with optional layer-by-layer bisection."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from edgecnn.cli._app import (
+    InputSizeOpt, JsonOpt, NumClassesOpt, ProviderOpt, WeightsOpt, app, err, out,
+    parse_input_size, print_json, progress_steps,
+)
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"
+
+
+def _print_report(report) -> None:
+    table = Table("output", "rel_l2", "max_abs", "cosine", "SQNR dB", "top-1 agree", "result")
+    for output in report.outputs:
+        m = output.metrics
+        table.add_row(output.name, f"{m.rel_l2:.3e}", f"{m.max_abs:.3e}", f"{m.cosine:.8f}",
+                      f"{m.sqnr_db:.1f}", "–" if m.top1_agreement is None else f"{m.top1_agreement:.4f}",
+                      "[green]pass[/green]" if output.passed else "[red]FAIL[/red]")
+    out.print(f"{report.model} {report.precision} on {', '.join(report.provider)}: "
+              f"{report.samples} batches of {report.batch}"
+              + (f" + {report.images} images" if report.images else "")
+              + f", criterion rel_l2 <= {report.tolerance:g}")
+    out.print(table)
+    if report.bisect is not None:
+        first = report.bisect.first_divergent
+        if first is None:
+            out.print(f"bisect: {len(report.bisect.layers)} module outputs compared, "
+                      "none over the tolerance")
+        else:
+            out.print(f"bisect: first divergence at [bold]{first.module}[/bold] (call {first.call},"
+                      f" ONNX tensor {first.tensor}): rel_l2 {first.metrics.rel_l2:.3e}, "
+                      f"max_abs {first.metrics.max_abs:.3e}")
+    for note in report.notes:
+        err.print(f"note: {note}")
+
+
+@app.command("check")
+def check_command(
+    model: Annotated[str, typer.Argument(help="Registered model name (see `edgecnn list`).")],
+    onnx_file: Annotated[Optional[str], typer.Option(
+        "--onnx", help="Check this file instead of a fresh export.")] = None,
+    precision: Annotated[Optional[Precision], typer.Option(
+        help="fp32, fp16 or int8 (default: fp32, or the --onnx file's).")] = None,
+    batch: Annotated[int, typer.Option(help="Batch size of each random input.")] = 2,
+    samples: Annotated[int, typer.Option(help="Number of random batches.")] = 3,
+    images: Annotated[Optional[str], typer.Option(help="Folder of real images to add.")] = None,
+    provider: ProviderOpt = "cpu",
+    tolerance: Annotated[Optional[float], typer.Option(
+        help="rel_l2 bound (default: 1e-5 fp32, 5e-3 fp16, the SQNR floor for int8).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed the file was exported with.")] = 0,
+    weights: WeightsOpt = None,
+    num_classes: NumClassesOpt = None,
+    input_size: InputSizeOpt = None,
+    bisect: Annotated[bool, typer.Option(help="Find the first module where outputs diverge.")] = False,
+    report: Annotated[Optional[str], typer.Option(help="Also write the report to FILE.md or FILE.json.")] = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Compare eager PyTorch with the ONNX model; exit 1 when a criterion fails."""
+    from edgecnn.export.check import check_parity, check_report_path, write_report
+    from edgecnn.runtime.providers import resolve_providers
+
+    if report:
+        check_report_path(report)
+
+    with progress_steps(enabled=not json_output) as on_step:
+        result = check_parity(
+            model, onnx_file, precision=precision.value if precision else None, batch=batch,
+            samples=samples, images=images, providers=resolve_providers(provider, fallback=False),
+            tolerance=tolerance, seed=seed, weights=weights, num_classes=num_classes,
+            input_size=parse_input_size(input_size), bisect=bisect, on_step=on_step)
+    if report:
+        write_report(result, report)
+    if json_output:
+        print_json(result.as_dict())
+    else:
+        _print_report(result)
+    if not result.passed:
+        raise typer.Exit(1)

@@ -1,0 +1,146 @@
+"""Find the first module where an exported graph stops computing what eager PyTorch computes.
+
+The dynamo exporter records, on every ONNX node, the module path that produced it
+(``pkg.torch.onnx.name_scopes``: ``['', 'layer1', 'layer1.0', 'layer1.0.bn1', <op>]``). A run
+of consecutive nodes inside one module path is one call of that module; the output of its
+last node is the module's output. We expose those tensors as extra graph outputs, capture the
+eager outputs of the same module calls with forward hooks, and compare them in graph order.
+
+Modules folded away by the exporter (a Conv2d whose BatchNorm was fused into it reports under
+the BatchNorm's path) simply have no ONNX counterpart and are skipped.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from edgecnn.export.parity import ParityMetrics, compare
+from edgecnn.runtime import load_session
+
+SCOPES_KEY = "pkg.torch.onnx.name_scopes"
+
+
+@dataclass
+class ModuleCall:
+    module: str  # dotted path, as in model.named_modules()
+    call: int  # 0 for the first call of the module, 1 for the second...
+    tensor: str  # the ONNX tensor holding this call's output
+    position: int  # index of the node producing it (graph order)
+
+
+@dataclass
+class LayerComparison:
+    module: str
+    call: int
+    tensor: str
+    metrics: ParityMetrics
+    diverged: bool
+
+    def as_dict(self) -> dict:
+        return {"module": self.module, "call": self.call, "tensor": self.tensor,
+                "diverged": self.diverged, **self.metrics.as_dict()}
+
+
+@dataclass
+class BisectResult:
+    tolerance: float
+    layers: list[LayerComparison]
+    first_divergent: LayerComparison | None
+
+    def as_dict(self) -> dict:
+        first = self.first_divergent
+        return {"tolerance": self.tolerance, "compared_layers": len(self.layers),
+                "first_divergent": first.as_dict() if first else None}
+
+
+def _node_modules(node: onnx.NodeProto, module_names: set[str]) -> list[str]:
+    for prop in node.metadata_props:
+        if prop.key == SCOPES_KEY:
+            scopes = ast.literal_eval(prop.value)
+            return [scope for scope in scopes[:-1] if scope and scope in module_names]
+    return []
+
+
+def module_calls(model: onnx.ModelProto, module_names: set[str]) -> list[ModuleCall]:
+    """Each call of each module, with the ONNX tensor of its output, in graph order."""
+    calls, open_runs, counts = [], {}, defaultdict(int)
+    previous: set[str] = set()
+    for position, node in enumerate(model.graph.node):
+        current = set(_node_modules(node, module_names))
+        for module in previous - current:  # a run ended on the previous node
+            calls.append(open_runs.pop(module))
+        for module in current:
+            if module not in previous:
+                open_runs[module] = ModuleCall(module, counts[module], "", position)
+                counts[module] += 1
+            open_runs[module].tensor = node.output[0]
+            open_runs[module].position = position
+        previous = current
+    calls.extend(open_runs.values())
+    return sorted(calls, key=lambda c: (c.position, -c.module.count(".")))
+
+
+def _with_outputs(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` that also outputs ``tensors`` (types from shape inference)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {value.name: value for value in inferred.graph.value_info}
+    augmented = onnx.ModelProto()
+    augmented.CopyFrom(model)
+    existing = {output.name for output in augmented.graph.output}
+    for name in tensors:
+        if name not in existing and name in types:
+            augmented.graph.output.append(types[name])
+            existing.add(name)
+    return augmented
+
+
+def _eager_outputs(module: nn.Module, x: torch.Tensor, names: set[str]) -> dict[str, list]:
+    captured: dict[str, list] = defaultdict(list)
+    handles = []
+    for name, submodule in module.named_modules():
+        if name in names:
+            def hook(_module, _inputs, output, name=name):
+                if isinstance(output, torch.Tensor):  # clone: later in-place ops change it
+                    captured[name].append(output.detach().clone().numpy())
+                else:
+                    captured[name].append(None)
+            handles.append(submodule.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            module.eval()(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured
+
+
+def bisect(module: nn.Module, model: onnx.ModelProto, inputs: np.ndarray, tolerance: float,
+           providers: list | None = None) -> BisectResult:
+    """Compare every module call's output eager vs ONNX; name the first over ``tolerance``."""
+    module_names = {name for name, _ in module.named_modules() if name}
+    calls = module_calls(model, module_names)
+    session = load_session(_with_outputs(model, [c.tensor for c in calls]).SerializeToString(),
+                           providers=providers)
+    exposed = [output.name for output in session.get_outputs()]
+    onnx_values = dict(zip(exposed, session.run(exposed, {"input": inputs})))
+    eager = _eager_outputs(module, torch.from_numpy(inputs), {c.module for c in calls})
+    layers = []
+    for call in calls:
+        eager_calls = eager.get(call.module, [])
+        if call.tensor not in onnx_values or call.call >= len(eager_calls):
+            continue
+        reference, candidate = eager_calls[call.call], onnx_values[call.tensor]
+        if reference is None or reference.shape != candidate.shape:
+            continue  # the last node of the run is not the module's output (rare)
+        metrics = compare(reference, candidate)
+        layers.append(LayerComparison(call.module, call.call, call.tensor, metrics,
+                                      diverged=not metrics.rel_l2 <= tolerance))
+    first = next((layer for layer in layers if layer.diverged), None)
+    return BisectResult(tolerance=tolerance, layers=layers, first_divergent=first)

@@ -1,0 +1,230 @@
+"""``check_parity("resnet18")``: what ``edgecnn check`` runs.
+
+Exports the model (or takes a given .onnx), runs eager PyTorch and onnxruntime on K random
+batches (plus real images when given) and judges each output by the precision's criterion:
+a rel_l2 bound (fp32 1e-5, fp16 5e-3; int8 an SQNR floor, expressed as the same rel_l2 bound
+since SQNR = -20 log10(rel_l2)). With ``bisect=True`` a failing check also names the first
+module where eager and ONNX diverge.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import onnx
+import torch
+
+from edgecnn import models
+from edgecnn.errors import BadInput
+from edgecnn.export import bisect as bisecting
+from edgecnn.export.exporter import build_model, export_model, get_metadata, random_input
+from edgecnn.export.files import atomic_output, check_output_path
+from edgecnn.export.parity import ParityMetrics, compare, default_tolerance
+from edgecnn.runtime import load_session
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass
+class OutputReport:
+    name: str
+    metrics: ParityMetrics
+    passed: bool
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "passed": self.passed, **self.metrics.as_dict()}
+
+
+@dataclass
+class CheckReport:
+    model: str
+    onnx_path: str
+    precision: str
+    provider: list[str]
+    batch: int
+    samples: int
+    images: int
+    tolerance: float  # rel_l2 bound (for int8 derived from the SQNR floor)
+    outputs: list[OutputReport]
+    bisect: bisecting.BisectResult | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(output.passed for output in self.outputs)
+
+    def as_dict(self) -> dict:
+        return {"model": self.model, "onnx": self.onnx_path, "precision": self.precision,
+                "provider": self.provider, "batch": self.batch, "samples": self.samples,
+                "images": self.images, "tolerance_rel_l2": self.tolerance,
+                "passed": self.passed, "outputs": [o.as_dict() for o in self.outputs],
+                "bisect": self.bisect.as_dict() if self.bisect else None, "notes": self.notes}
+
+    def to_markdown(self) -> str:
+        lines = [f"# Parity check: {self.model} ({self.precision})", "",
+                 f"- ONNX: `{self.onnx_path}`", f"- provider: {', '.join(self.provider)}",
+                 f"- inputs: {self.samples} random batches of {self.batch}"
+                 + (f" + {self.images} images" if self.images else ""),
+                 f"- criterion: rel_l2 <= {self.tolerance:g}",
+                 f"- result: **{'PASS' if self.passed else 'FAIL'}**", "",
+                 "| output | rel_l2 | max_abs | cosine | SQNR dB | top-1 agreement | pass |",
+                 "|---|---|---|---|---|---|---|"]
+        for output in self.outputs:
+            m = output.metrics
+            top1 = "–" if m.top1_agreement is None else f"{m.top1_agreement:.4f}"
+            lines.append(f"| {output.name} | {m.rel_l2:.3e} | {m.max_abs:.3e} | {m.cosine:.8f} "
+                         f"| {m.sqnr_db:.1f} | {top1} | {'yes' if output.passed else 'no'} |")
+        if self.bisect is not None:
+            first = self.bisect.first_divergent
+            lines += ["", f"Bisect over {len(self.bisect.layers)} module outputs: " + (
+                f"first divergence at `{first.module}` (call {first.call}, tensor "
+                f"`{first.tensor}`), rel_l2 {first.metrics.rel_l2:.3e}" if first
+                else "no module output over the tolerance")]
+        lines += [f"- note: {note}" for note in self.notes]
+        return "\n".join(lines) + "\n"
+
+
+def check_report_path(path: str | os.PathLike) -> Path:
+    """BadInput unless ``path`` is a writable FILE.md or FILE.json (checked before any work)."""
+    path = Path(path)
+    if path.suffix not in (".md", ".json"):
+        raise BadInput(f"--report must end in .md or .json, got {path.name}")
+    return check_output_path(path)
+
+
+def write_report(report: CheckReport, path: str | os.PathLike) -> Path:
+    path = check_report_path(path)
+    text = (json.dumps(report.as_dict(), indent=2) + "\n" if path.suffix == ".json"
+            else report.to_markdown())
+    with atomic_output(path) as temp:
+        temp.write_text(text, encoding="utf-8")
+    return path
+
+
+def _check_architecture(name: str, model: onnx.ModelProto, source: str,
+                        eager_input: Sequence[int], eager_output: Sequence[int]) -> None:
+    """BadInput unless ``model`` has the named model's interface (never a bogus pass)."""
+    metadata = get_metadata(model, source)
+    if metadata is not None and metadata.model != name:
+        raise BadInput(f"{source} was exported from {metadata.model!r}, not {name!r}")
+    graph_inputs = [i for i in model.graph.input
+                    if i.name not in {init.name for init in model.graph.initializer}]
+    if len(graph_inputs) != 1 or len(model.graph.output) != 1:
+        raise BadInput(f"{source} has {len(graph_inputs)} inputs and {len(model.graph.output)} "
+                       f"outputs; {name} has one of each")
+    for kind, value, expected in (("input", graph_inputs[0], eager_input),
+                                  ("output", model.graph.output[0], eager_output)):
+        dims = [d.dim_value or None for d in value.type.tensor_type.shape.dim][1:]
+        wanted = list(expected)[1:]
+        if len(dims) != len(wanted) or any(d is not None and d != w for d, w in zip(dims, wanted)):
+            raise BadInput(f"{source} {kind} {value.name} has shape [N, {', '.join(map(str, dims))}]"
+                           f"; {name} gives [N, {', '.join(map(str, wanted))}]: not this architecture")
+
+
+def _precision_of(model: onnx.ModelProto, source: str) -> str:
+    metadata = get_metadata(model, source)
+    return metadata.precision if metadata else "fp32"
+
+
+def check_parity(name: str, onnx_path: str | os.PathLike | None = None, *,
+                 precision: str | None = None, batch: int = 2, samples: int = 3,
+                 images: str | os.PathLike | None = None, providers: list | None = None,
+                 tolerance: float | None = None, seed: int = 0,
+                 weights: str | os.PathLike | None = None, num_classes: int | None = None,
+                 input_size: int | Sequence[int] | None = None, bisect: bool = False,
+                 convert: Callable[[Path, Path, str], None] | None = None,
+                 on_step: Callable[[str], None] | None = None) -> CheckReport:
+    """Compare eager ``name`` with its ONNX export (or ``onnx_path``) on random inputs.
+
+    ``convert(fp32_path, out_path, precision)`` turns a fresh fp32 export into fp16/int8 when no
+    ``onnx_path`` is given. The eager model is rebuilt from ``seed``/``weights``/``num_classes``:
+    pass the same values the file was exported with.
+    """
+    step = on_step or (lambda message: None)
+    spec = models.get_spec(name)
+    if batch < 1 or samples < 1:
+        raise BadInput(f"--batch and --samples must be >= 1, got {batch} and {samples}")
+    if precision is not None and precision not in PRECISIONS:
+        raise BadInput(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
+    with tempfile.TemporaryDirectory(prefix="edgecnn-check-") as work:
+        if onnx_path is None:
+            precision = precision or "fp32"
+            step(f"exporting {name}")
+            path = export_model(name, Path(work) / f"{name}.onnx", input_size=input_size,
+                                num_classes=num_classes, weights=weights, seed=seed,
+                                check=False).path
+            if precision != "fp32":
+                if convert is None:
+                    raise BadInput(f"no converter for precision {precision}")
+                step(f"converting to {precision}")
+                converted = Path(work) / f"{name}.{precision}.onnx"
+                convert(path, converted, precision)
+                path = converted
+        else:
+            path = Path(onnx_path)
+            if not path.is_file():
+                raise BadInput(f"ONNX file not found: {path}")
+        model = _load(path)
+        file_precision = _precision_of(model, str(path))
+        if precision is not None and precision != file_precision:
+            raise BadInput(f"{path} holds a {file_precision} model, not {precision}")
+        precision = file_precision
+        metadata = get_metadata(model, str(path))
+        channels, height, width = (metadata.input.shape if metadata else
+                                   _input_chw(model, spec))
+        step(f"building eager {name}")
+        module = build_model(name, num_classes=num_classes, weights=weights, seed=seed,
+                             in_channels=channels if channels != spec.input_size[0] else None)
+        inputs = [random_input((batch, channels, height, width), seed + 1 + k).numpy()
+                  for k in range(samples)]
+        image_count = 0
+        if images is not None:
+            image_batch = _image_inputs(images, path)
+            inputs.append(image_batch)
+            image_count = len(image_batch)
+        with torch.no_grad():
+            references = [module(torch.from_numpy(x)).numpy() for x in inputs]
+        _check_architecture(name, model, str(path), inputs[0].shape, references[0].shape)
+        step("running onnxruntime")
+        session = load_session(str(path), providers=providers)
+        output_name = session.get_outputs()[0].name
+        candidates = [session.run(None, {session.get_inputs()[0].name: x})[0] for x in inputs]
+        bound = tolerance if tolerance is not None else default_tolerance(precision, spec)
+        metrics = compare(np.concatenate(references), np.concatenate(candidates))
+        passed = bool(metrics.rel_l2 <= bound)
+        report = CheckReport(model=name, onnx_path=str(onnx_path or f"(fresh export, {precision})"),
+                             precision=precision, provider=list(session.get_providers()),
+                             batch=batch, samples=samples, images=image_count, tolerance=bound,
+                             outputs=[OutputReport(output_name, metrics, passed)])
+        if not passed and onnx_path is not None:
+            report.notes.append("was the file exported with the same --seed/--weights/"
+                                "--num-classes? the eager model is rebuilt from them")
+        if bisect:
+            step("bisecting layer by layer")
+            report.bisect = bisecting.bisect(module, model, inputs[0], bound, providers)
+    return report
+
+
+def _load(path: Path) -> onnx.ModelProto:
+    try:
+        return onnx.load(str(path))
+    except Exception as error:
+        raise BadInput(f"{path} is not a readable ONNX model ({type(error).__name__})") from None
+
+
+def _input_chw(model: onnx.ModelProto, spec) -> tuple[int, int, int]:
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    if len(dims) != 4 or not all(dims[1:]):
+        raise BadInput(f"cannot tell the input size of the ONNX file (input dims {dims}); "
+                       "it carries no edgecnn metadata")
+    return tuple(dims[1:])
+
+
+def _image_inputs(images: str | os.PathLike, model_path: Path) -> np.ndarray:
+    raise BadInput("--images needs the runtime's image preprocessing (not available yet)")

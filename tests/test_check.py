@@ -1,0 +1,134 @@
+"""`edgecnn check`: parity reports, bisection to the diverging module, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import assert_one_line_error
+from edgecnn.models import _registry
+
+
+class ScaledOnExport(nn.Module):
+    """Computes conv(x) eagerly but conv(x) * 1.01 in the exported graph: a planted bug."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y * 1.01 if torch.onnx.is_in_onnx_export() else y
+
+
+class PlantedNet(nn.Module):
+    def __init__(self, num_classes: int = 10, in_channels: int = 3):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.block = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+        self.planted = ScaledOnExport()
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
+
+    def forward(self, x):
+        return self.head(torch.relu(self.planted(self.block(self.stem(x)))))
+
+
+@pytest.fixture
+def planted_model(monkeypatch):
+    """`planted` registered for the duration of one test."""
+    def planted(num_classes: int = 10, in_channels: int = 3) -> PlantedNet:
+        return PlantedNet(num_classes, in_channels)
+
+    spec = _registry.ModelSpec(name="planted", builder=planted, task="classification",
+                               input_size=(3, 16, 16), num_classes=10, params=None, family="test")
+    monkeypatch.setitem(_registry._REGISTRY, "planted", spec)
+    return "planted"
+
+
+def test_check_passes_and_writes_reports(cli, tmp_path, resnet18_64):
+    report_md, report_json = tmp_path / "parity.md", tmp_path / "parity.json"
+    result = cli("check", "resnet18", "--onnx", resnet18_64, "--samples", "2", "--batch", "3",
+                 "--report", report_md, "--json")
+    assert result.code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["passed"] and summary["precision"] == "fp32" and summary["batch"] == 3
+    (output,) = summary["outputs"]
+    assert output["name"] == "logits" and output["rel_l2"] <= 1e-5
+    assert output["top1_agreement"] == 1.0 and output["sqnr_db"] > 100
+    assert summary["tolerance_rel_l2"] == 1e-5
+    assert "| logits |" in report_md.read_text() and "**PASS**" in report_md.read_text()
+    again = cli("check", "resnet18", "--onnx", resnet18_64, "--samples", "1", "--report", report_json)
+    assert again.code == 0 and "pass" in again.stdout
+    assert json.loads(report_json.read_text())["outputs"][0]["rel_l2"] <= 1e-5
+
+
+def test_fresh_export_check_with_clean_bisect(cli):
+    result = cli("check", "resnet18", "--input-size", "32", "--samples", "1", "--bisect", "--json")
+    assert result.code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["passed"] and summary["bisect"]["first_divergent"] is None
+    assert summary["bisect"]["compared_layers"] > 40  # every block's BN/ReLU/add output
+
+
+def test_bisect_names_the_planted_module(cli, planted_model, tmp_path):
+    result = cli("check", planted_model, "--bisect", "--samples", "1", "--json",
+                 "--report", tmp_path / "r.md")
+    assert result.code == 1  # the check fails...
+    summary = json.loads(result.stdout)
+    assert not summary["passed"]
+    first = summary["bisect"]["first_divergent"]
+    assert first["module"] == "planted"  # ...and names the module, not its healthy child conv
+    assert first["rel_l2"] == pytest.approx(0.01, rel=1e-3)
+    assert "first divergence at `planted`" in (tmp_path / "r.md").read_text()
+
+
+def test_bisect_function_on_the_planted_model():
+    from edgecnn.export import to_onnx
+    from edgecnn.export.bisect import bisect
+
+    torch.manual_seed(0)
+    model = PlantedNet().eval()
+    x = torch.randn(2, 3, 16, 16)
+    result = bisect(model, to_onnx(model, x), x.numpy(), tolerance=1e-5)
+    by_module = {layer.module: layer for layer in result.layers}
+    assert by_module["block"].metrics.rel_l2 <= 1e-5 and not by_module["block"].diverged
+    assert by_module["planted.conv"].metrics.rel_l2 <= 1e-5
+    assert by_module["planted"].diverged and result.first_divergent.module == "planted"
+
+
+def test_seed_mismatch_fails_instead_of_passing(cli, resnet18_64):
+    result = cli("check", "resnet18", "--onnx", resnet18_64, "--seed", "1", "--samples", "1")
+    assert result.code == 1 and "FAIL" in result.stdout
+    assert "same --seed" in result.stderr
+
+
+def test_wrong_architecture_is_an_error(cli, resnet18_64, tmp_path):
+    result = cli("check", "resnet34", "--onnx", resnet18_64)
+    assert_one_line_error(result, 2, "exported from 'resnet18', not 'resnet34'")
+    # Without metadata the interface decides: a 10-class file is not the 1000-class model.
+    import onnx
+
+    from edgecnn.export import export_model
+
+    ten = export_model("resnet18", tmp_path / "ten.onnx", input_size=32, num_classes=10, check=False).path
+    stripped = onnx.load(str(ten))
+    del stripped.metadata_props[:]
+    onnx.save(stripped, str(tmp_path / "bare.onnx"))
+    result = cli("check", "resnet18", "--onnx", tmp_path / "bare.onnx")
+    assert_one_line_error(result, 2, "not this architecture")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--precision", "int4"], "int4"),
+    (["--provider", "quantum"], "unknown provider 'quantum'"),
+    (["--onnx", "/nonexistent/model.onnx"], "not found"),
+    (["--samples", "0"], "--samples"),
+    (["--report", "out.txt"], ".md or .json"),
+])
+def test_bad_check_arguments(cli, resnet18_64, args, fragment):
+    extra = [] if "--onnx" in args else ["--onnx", resnet18_64]
+    result = cli("check", "resnet18", *extra, *args)
+    assert_one_line_error(result, 2, fragment)
