@@ -1,0 +1,73 @@
+"""`edgecnn run MODEL.onnx IMAGE...` and `edgecnn bench MODEL.onnx`. Torch-free.
+
+Both are thin layers over edgecnn.runtime (predict_files, benchmark); the runtime is imported
+inside the commands so `edgecnn --help` and the other commands do not pay for onnxruntime.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from edgecnn.cli._app import BatchOpt, JsonOpt, ProviderOpt, ThreadsOpt, app, out, print_json
+
+
+@app.command("run")
+def run_command(
+    model: Annotated[str, typer.Argument(help="An .onnx file exported by edgecnn.")],
+    images: Annotated[list[str], typer.Argument(help="Image files (any format Pillow reads).")],
+    top_k: Annotated[int, typer.Option("--top-k", help="Classes to show per image.")] = 5,
+    provider: ProviderOpt = "auto",
+    threads: ThreadsOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Classify (top-k) or segment images; preprocessing comes from the model's metadata."""
+    from edgecnn.runtime.predict import predict_files
+
+    report = predict_files(model, images, top_k=top_k, provider=provider, threads=threads)
+    if json_output:
+        print_json(report)
+        return
+    out.print(f"{report['name']} ({report['task']}, {report['precision']}) on "
+              f"{', '.join(report['providers'])}")
+    for result in report["results"]:
+        out.print(f"[bold]{result['image']}[/bold]")
+        if "top_k" in result:
+            for rank, entry in enumerate(result["top_k"], 1):
+                out.print(f"  {rank}. {entry['label']}  {entry['probability']:.4f}")
+        else:
+            classes = ", ".join(f"{entry['label']} {entry['fraction']:.1%}"
+                                for entry in result["classes"][:top_k])
+            out.print(f"  {result['shape'][0]}x{result['shape'][1]} class map: {classes}")
+
+
+@app.command("bench")
+def bench_command(
+    model: Annotated[str, typer.Argument(help="An .onnx file.")],
+    provider: ProviderOpt = "auto",
+    batch: BatchOpt = None,
+    threads: ThreadsOpt = None,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed calls first.")] = 10,
+    runs: Annotated[int, typer.Option("--runs", help="Timed calls.")] = 100,
+    json_output: JsonOpt = False,
+) -> None:
+    """Latency percentiles, throughput and peak memory of a model on random input."""
+    from edgecnn.runtime.bench import benchmark
+
+    result = benchmark(model, provider, batch=batch, threads=threads, warmup=warmup, runs=runs)
+    if json_output:
+        print_json(result.as_dict())
+        return
+    latency = result.latency_ms
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_row("model", f"{result.model} ({result.precision or 'no edgecnn metadata'})")
+    table.add_row("provider", ", ".join(result.providers))
+    table.add_row("batch / threads", f"{result.batch} / {result.threads or 'default'}")
+    table.add_row("latency (ms)", f"p50 {latency['p50']:.3f}  p90 {latency['p90']:.3f}  "
+                  f"p99 {latency['p99']:.3f}  ({result.runs} runs after {result.warmup} warmup)")
+    table.add_row("throughput", f"{result.throughput:,.1f} items/s")
+    rss = "n/a" if result.peak_rss_mb is None else f"{result.peak_rss_mb:.1f} MB"
+    table.add_row("peak RSS", rss)
+    out.print(table)

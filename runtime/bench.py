@@ -1,0 +1,117 @@
+"""``benchmark(path)``: latency percentiles, throughput and peak memory of one model. Torch-free.
+
+What ``edgecnn bench`` prints. The model runs through ``Engine.run`` (input checks included,
+a few microseconds per call) on a random batch of the model's input shape.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from edgecnn.errors import BadInput
+from edgecnn.runtime.engine import Engine, TensorSpec
+from edgecnn.runtime.providers import ProviderRequest, short_name
+
+
+@dataclass
+class BenchResult:
+    model: str
+    providers: list[str]
+    precision: str | None
+    batch: int
+    threads: int | None
+    warmup: int
+    runs: int
+    load_seconds: float
+    latency_ms: dict  # p50, p90, p99, mean, min, max of one run() call
+    throughput: float  # items (batch rows) per second
+    peak_rss_mb: float | None  # of this process, so far (includes the model load)
+
+    @property
+    def provider(self) -> str:
+        return short_name(self.providers[0])
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "provider": self.provider}
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory in MB (None where the OS does not say)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes vs KB
+
+
+def random_inputs(engine: Engine, batch: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+    """A random feed for every input: batch axis from ``batch``, other dynamic axes from the
+    metadata's input shape; BadInput when a size is unknown or contradicts a fixed axis."""
+    rng = np.random.default_rng(seed)
+    return {spec.name: _random_array(spec, engine, batch, rng) for spec in engine.inputs}
+
+
+def _random_array(spec: TensorSpec, engine: Engine, batch: int | None, rng) -> np.ndarray:
+    if spec.dtype is None:
+        raise BadInput(f"input {spec.name!r} has a type benchmark cannot fill ({spec.describe()})")
+    # [batch, C, H, W] from the metadata sizes the dynamic axes of the image input.
+    known = None
+    if engine.metadata is not None and engine.metadata.input.name == spec.name:
+        known = [batch or 1, *engine.metadata.input.shape]
+    shape = []
+    for axis, size in enumerate(spec.shape):
+        fixed = isinstance(size, int) and size > 0
+        if axis == 0 and batch is not None and fixed and size != batch:
+            raise BadInput(f"input {spec.name!r}: expected batch {size} (fixed in the model), "
+                           f"got --batch {batch}")
+        if not fixed:
+            if axis == 0:
+                size = batch or 1
+            elif known is not None and axis < len(known):
+                size = known[axis]
+            else:
+                raise BadInput(f"input {spec.name!r} has a dynamic axis {axis} "
+                               f"({spec.describe()}) and no edgecnn metadata to size it")
+        shape.append(int(size))
+    if np.issubdtype(spec.dtype, np.floating):
+        return rng.standard_normal(shape).astype(spec.dtype)
+    if spec.dtype == np.bool_:
+        return rng.integers(0, 2, shape).astype(np.bool_)
+    return rng.integers(0, 100, shape).astype(spec.dtype)
+
+
+def benchmark(path: str | os.PathLike, provider: ProviderRequest = "auto", *,
+              batch: int | None = None, threads: int | None = None, warmup: int = 10,
+              runs: int = 100, fallback: bool = True, **engine_options) -> BenchResult:
+    """Time ``runs`` calls of Engine.run after ``warmup`` untimed ones."""
+    if batch is not None and batch < 1:
+        raise BadInput(f"--batch must be >= 1, got {batch}")
+    if runs < 1 or warmup < 0:
+        raise BadInput(f"need runs >= 1 and warmup >= 0, got runs {runs}, warmup {warmup}")
+    started = time.perf_counter()
+    engine = Engine(path, provider, threads, fallback, **engine_options)
+    load_seconds = time.perf_counter() - started
+    feed = random_inputs(engine, batch)
+    for _ in range(warmup):
+        engine.run(feed)
+    times = np.empty(runs)
+    for index in range(runs):
+        begin = time.perf_counter()
+        engine.run(feed)
+        times[index] = time.perf_counter() - begin
+    items = next(iter(feed.values())).shape[0] if feed else 1
+    p50, p90, p99 = np.percentile(times, [50, 90, 99]) * 1e3
+    latency = {"p50": p50, "p90": p90, "p99": p99, "mean": times.mean() * 1e3,
+               "min": times.min() * 1e3, "max": times.max() * 1e3}
+    return BenchResult(
+        model=str(path), providers=engine.providers, precision=engine.precision,
+        batch=items, threads=threads, warmup=warmup, runs=runs,
+        load_seconds=round(load_seconds, 4),
+        latency_ms={key: round(float(value), 4) for key, value in latency.items()},
+        throughput=round(items * runs / float(times.sum()), 2), peak_rss_mb=peak_rss_mb())

@@ -1,0 +1,240 @@
+"""``Engine``: one exported model on one onnxruntime session, ready for arrays or images.
+
+    from edgecnn.runtime import Engine
+    engine = Engine("resnet18.onnx", provider="auto", threads=2)
+    engine.providers                      # ['CPUExecutionProvider'] (what actually runs)
+    engine.run(batch)                     # {'logits': array}; checks dtype, rank, shape, NaN/Inf
+    engine.predict("cat.jpg", top_k=5)    # [('tabby', 0.61), ...] preprocessed from metadata
+
+Torch-free. ``run`` is thread-safe (onnxruntime sessions are), so one Engine can serve several
+threads. Models using the ``ai.edgecnn::DeformConv2d`` custom op get its decomposed lowering at
+load time when the installed onnxruntime has no DeformConv kernel.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from edgecnn.errors import BadInput
+from edgecnn.runtime import providers as provider_lib
+from edgecnn.runtime.metadata import ModelMetadata
+from edgecnn.runtime.model_file import opset_domains
+from edgecnn.runtime.session import load_session
+
+CUSTOM_DOMAIN = "ai.edgecnn"
+PREDICT_CHUNK = 16  # images per run() call when the batch axis is dynamic
+ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
+              "tensor(double)": np.float64, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8,
+              "tensor(int32)": np.int32, "tensor(int64)": np.int64, "tensor(bool)": np.bool_}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input or output: name, shape (ints, or names/None for dynamic axes), dtype."""
+
+    name: str
+    shape: tuple
+    dtype: np.dtype | None  # None for types numpy has no name for
+
+    @property
+    def fixed_axes(self) -> tuple[tuple[int, int], ...]:
+        return tuple((axis, size) for axis, size in enumerate(self.shape)
+                     if isinstance(size, int) and size > 0)
+
+    def describe(self) -> str:
+        dims = ", ".join(str(size) if isinstance(size, int) and size > 0 else str(size or "?")
+                         for size in self.shape)
+        return f"{self.dtype} [{dims}]"
+
+    @classmethod
+    def from_node_arg(cls, arg) -> "TensorSpec":
+        dtype = ORT_DTYPES.get(arg.type)
+        return cls(arg.name, tuple(arg.shape), None if dtype is None else np.dtype(dtype))
+
+
+class Engine:
+    """An onnxruntime session on one model, with input checks, preprocessing and top-k.
+
+    provider: "auto" (TensorRT -> CUDA -> CPU among installed), "cpu", "cuda", "tensorrt", an
+        onnxruntime provider name, or a list of names / (name, options) pairs.
+    threads: onnxruntime intra-op threads (default: onnxruntime's choice, one per core).
+    fallback: when an explicitly requested provider is missing, warn and use what is there
+        (False: raise BadInput naming the installed providers).
+    device_id, fp16, trt_cache_dir: the CUDA / TensorRT GPU, TensorRT fp16 kernels and the
+        directory TensorRT caches its built engines in (building one takes minutes).
+    check_finite: report NaN/Inf inputs in ``run`` as BadInput.
+    """
+
+    def __init__(self, path: str | os.PathLike, provider: provider_lib.ProviderRequest = "auto",
+                 threads: int | None = None, fallback: bool = True, *, device_id: int = 0,
+                 fp16: bool = False, trt_cache_dir: str | os.PathLike | None = None,
+                 check_finite: bool = True, session_options=None):
+        self.path = Path(path)
+        requested = provider_lib.resolve_providers(
+            provider, fallback=fallback, device_id=device_id, fp16=fp16,
+            trt_cache_dir=trt_cache_dir)
+        source, self.deform_lowering_swapped = _model_source(self.path)
+        self.session = load_session(source, providers=requested, threads=threads,
+                                    options=session_options)
+        self.providers: list[str] = self.session.get_providers()
+        auto = isinstance(provider, str) and provider.lower() == "auto"
+        _check_active(requested[0][0], self.providers, explicit=not auto, fallback=fallback)
+        props = self.session.get_modelmeta().custom_metadata_map
+        self.metadata: ModelMetadata | None = ModelMetadata.from_props(props, str(self.path))
+        self.inputs = [TensorSpec.from_node_arg(arg) for arg in self.session.get_inputs()]
+        self.outputs = [TensorSpec.from_node_arg(arg) for arg in self.session.get_outputs()]
+        self.check_finite = check_finite
+        self._output_names = [spec.name for spec in self.outputs]
+        # (name, dtype, rank, fixed axes) per input: what run() checks, precomputed.
+        self._checks = [(spec, spec.dtype, len(spec.shape), spec.fixed_axes) for spec in self.inputs]
+
+    def __repr__(self) -> str:
+        model = self.metadata.model if self.metadata else "no metadata"
+        return f"Engine({str(self.path)!r}, {model}, providers={self.providers})"
+
+    @property
+    def precision(self) -> str | None:
+        """'fp32' | 'fp16' | 'int8' from the metadata (None without edgecnn metadata)."""
+        return self.metadata.precision if self.metadata else None
+
+    # -- arrays -------------------------------------------------------------------------------
+
+    def run(self, inputs: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the model on one array (single-input models) or a {name: array} dict.
+
+        Returns {output name: array}. Raises BadInput (a ValueError) "expected ..., got ..."
+        when an input has the wrong dtype, rank or size on a fixed axis, and when it holds
+        NaN or Inf (unless check_finite=False).
+        """
+        feed = self._feed(inputs)
+        for spec, dtype, rank, fixed in self._checks:
+            _check_array(spec, dtype, rank, fixed, feed[spec.name], self.check_finite)
+        return dict(zip(self._output_names, self.session.run(self._output_names, feed)))
+
+    def _feed(self, inputs) -> Mapping[str, np.ndarray]:
+        if isinstance(inputs, np.ndarray):
+            if len(self.inputs) != 1:
+                names = ", ".join(spec.name for spec in self.inputs)
+                raise BadInput(f"expected a dict of {len(self.inputs)} inputs ({names}), got one array")
+            return {self.inputs[0].name: inputs}
+        if not isinstance(inputs, Mapping):
+            raise BadInput(f"expected a numpy array or a dict of them, got {type(inputs).__name__}")
+        expected = {spec.name for spec in self.inputs}
+        if set(inputs) != expected:
+            raise BadInput(f"expected inputs {sorted(expected)}, got {sorted(inputs)}")
+        return inputs
+
+    # -- images -------------------------------------------------------------------------------
+
+    def predict(self, images, top_k: int = 5, *, batch_size: int | None = None,
+                crop_fraction: float | None = None):
+        """Classify or segment images (paths, PIL images, HxWxC uint8 arrays, or lists of them).
+
+        Preprocessing comes from the model's metadata (see edgecnn.runtime.preprocess).
+        Classification: a list of (label or class index, probability), most likely first.
+        Segmentation: an (H, W) int64 map of argmax classes at the model's input size (the
+        center-cropped view the model saw, not the original image size).
+        One image in -> one result; a list in -> a list of results.
+        Batches run in chunks of ``batch_size`` (default: the model's fixed batch, else 16).
+        """
+        from edgecnn.runtime import postprocess, preprocess
+
+        metadata = self.require_metadata()
+        single = preprocess.is_single_image(images)
+        items = preprocess.as_image_list(images)
+        if not items:
+            raise BadInput("no images given")
+        if metadata.task not in ("classification", "segmentation"):
+            raise BadInput(f"predict does not know task {metadata.task!r}; use run()")
+        if metadata.task == "classification" and top_k < 1:
+            raise BadInput(f"top_k must be >= 1, got {top_k}")
+        spec = self._input_spec(metadata.input.name)
+        fixed_batch = spec.shape[0] if spec.shape and isinstance(spec.shape[0], int) else None
+        chunk = fixed_batch or batch_size or PREDICT_CHUNK
+        crop = preprocess.DEFAULT_CROP_FRACTION if crop_fraction is None else crop_fraction
+        outputs = []
+        for start in range(0, len(items), chunk):
+            batch = preprocess.preprocess_images(items[start:start + chunk], metadata.input,
+                                                 crop_fraction=crop)
+            count = len(batch)
+            if fixed_batch and count < fixed_batch:  # pad the last chunk of a fixed-batch model
+                batch = np.concatenate([batch, np.zeros((fixed_batch - count, *batch.shape[1:]),
+                                                        batch.dtype)])
+            batch = batch.astype(spec.dtype, copy=False)
+            outputs.append(self.run({spec.name: batch})[self._output_names[0]][:count])
+        scores = np.concatenate(outputs)
+        if metadata.task == "classification":
+            results = postprocess.top_k(scores, top_k, metadata.labels)
+        else:
+            results = postprocess.class_maps(scores)
+        return results[0] if single else results
+
+    def require_metadata(self) -> ModelMetadata:
+        if self.metadata is None:
+            raise BadInput(f"{self.path} has no edgecnn metadata, so its preprocessing is "
+                           "unknown; export it with edgecnn, or call Engine.run with an array")
+        return self.metadata
+
+    def _input_spec(self, name: str) -> TensorSpec:
+        for spec in self.inputs:
+            if spec.name == name:
+                return spec
+        raise BadInput(f"metadata names input {name!r}, the model has "
+                       f"{[spec.name for spec in self.inputs]}")
+
+
+def _check_array(spec: TensorSpec, dtype, rank: int, fixed, array, check_finite: bool) -> None:
+    """The input checks of Engine.run, cheap on the happy path (a few microseconds)."""
+    if not isinstance(array, np.ndarray):
+        raise BadInput(f"input {spec.name!r}: expected a numpy array, got {type(array).__name__}")
+    shape = array.shape
+    if array.dtype != dtype and dtype is not None:
+        raise BadInput(f"input {spec.name!r}: expected {spec.describe()}, got {array.dtype} "
+                       f"{list(shape)}")
+    if len(shape) != rank or any(shape[axis] != size for axis, size in fixed):
+        raise BadInput(f"input {spec.name!r}: expected {spec.describe()}, got {array.dtype} "
+                       f"{list(shape)}")
+    if check_finite and array.dtype.kind == "f" and not np.isfinite(array).all():
+        nan, inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
+        raise BadInput(f"input {spec.name!r}: expected finite values, got {nan} NaN and {inf} Inf "
+                       f"of {array.size}")
+
+
+def _check_active(wanted: str, active: Sequence[str], *, explicit: bool, fallback: bool) -> None:
+    """A provider can be installed yet fail to start (no GPU, missing CUDA libraries)."""
+    if wanted in active or not explicit:
+        return
+    message = (f"provider {provider_lib.short_name(wanted)!r} is installed but did not start "
+               f"(no device or missing libraries?); running on {', '.join(active)}")
+    if not fallback:
+        raise BadInput(message)
+    warnings.warn(message, provider_lib.ProviderFallbackWarning, stacklevel=3)
+
+
+def _model_source(path: Path) -> tuple[str | bytes, bool]:
+    """What to create the session from: the path, or bytes with the DeformConv lowering swapped.
+
+    Models that use the ai.edgecnn::DeformConv2d custom op carry a function body built on the
+    standard DeformConv; an onnxruntime without a DeformConv kernel gets the decomposed body
+    (older standard ops only) instead. Returns (source, swapped).
+    """
+    if not path.is_file() or CUSTOM_DOMAIN not in opset_domains(path):
+        return str(path), False  # load_session reports missing/unreadable files
+    from edgecnn.runtime import deform
+
+    if deform.onnxruntime_has_deformconv():
+        return str(path), False
+    try:
+        import onnx
+    except ImportError:
+        raise BadInput(f"{path} uses the {CUSTOM_DOMAIN}::DeformConv2d op and this onnxruntime "
+                       "has no DeformConv kernel; install the onnx package so the Engine can "
+                       "switch it to the decomposed lowering") from None
+    model = deform.set_deform_lowering(onnx.load(str(path)), "decomposed")
+    return model.SerializeToString(), True

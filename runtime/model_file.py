@@ -1,0 +1,70 @@
+"""Peeking into an .onnx file without the onnx package: which operator domains it imports.
+
+An ONNX file is a protobuf ``ModelProto``. Its top-level ``opset_import`` entries (field 8) name
+every operator domain the graph uses, so the Engine can tell whether a model needs the
+``ai.edgecnn`` custom op by walking the top-level fields and skipping the (large) graph,
+instead of loading the whole model (the onnx package costs ~40 MB of memory to import).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import BinaryIO, Iterator
+
+_OPSET_IMPORT_FIELD = 8  # ModelProto.opset_import
+_DOMAIN_FIELD = 1  # OperatorSetIdProto.domain
+_FIXED_SIZES = {1: 8, 5: 4}  # wire types 1 (64-bit) and 5 (32-bit)
+
+
+def _varint(stream: BinaryIO) -> int | None:
+    """The next base-128 varint, or None at the end of the stream."""
+    result = shift = 0
+    while True:
+        byte = stream.read(1)
+        if not byte:
+            return None
+        result |= (byte[0] & 0x7F) << shift
+        if byte[0] < 0x80:
+            return result
+        shift += 7
+        if shift > 63:
+            raise ValueError("malformed varint")
+
+
+def _length_delimited(stream: BinaryIO, wanted: int) -> Iterator[bytes]:
+    """The payloads of the length-delimited fields numbered ``wanted``; skips everything else."""
+    while (key := _varint(stream)) is not None:
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            _varint(stream)
+        elif wire in _FIXED_SIZES:
+            stream.seek(_FIXED_SIZES[wire], io.SEEK_CUR)
+        elif wire == 2:
+            length = _varint(stream)
+            if length is None:
+                return
+            if field == wanted:
+                yield stream.read(length)
+            else:
+                stream.seek(length, io.SEEK_CUR)
+        else:
+            raise ValueError(f"unexpected protobuf wire type {wire}")
+
+
+def opset_domains(model: str | os.PathLike | bytes) -> set[str]:
+    """The operator domains an ONNX model imports ("" is the standard domain).
+
+    Returns an empty set for a file that is not a parsable protobuf; loading it will then
+    fail with onnxruntime's own error.
+    """
+    stream = io.BytesIO(model) if isinstance(model, bytes) else open(model, "rb")
+    domains = set()
+    try:
+        with stream:
+            for opset in _length_delimited(stream, _OPSET_IMPORT_FIELD):
+                names = list(_length_delimited(io.BytesIO(opset), _DOMAIN_FIELD))
+                domains.add(names[0].decode("utf-8", "replace") if names else "")
+    except (ValueError, OSError):
+        return set()
+    return domains

@@ -1,0 +1,42 @@
+"""Model outputs -> answers: top-k (label, probability) lists and segmentation class maps."""
+
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import numpy as np
+
+from edgecnn.errors import BadInput
+
+Prediction = list[tuple[Union[str, int], float]]
+
+
+def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Numerically stable softmax in float32 (float64 inputs stay float64)."""
+    logits = logits.astype(np.promote_types(logits.dtype, np.float32), copy=False)
+    shifted = np.exp(logits - logits.max(axis=axis, keepdims=True))
+    return shifted / shifted.sum(axis=axis, keepdims=True)
+
+
+def top_k(logits: np.ndarray, k: int = 5, labels: Sequence[str] | None = None) -> list[Prediction]:
+    """For each row of (N, classes) logits: the k most likely (label or index, probability).
+
+    ``k`` larger than the number of classes gives all classes. Labels replace indices when
+    there are as many labels as classes.
+    """
+    if k < 1:
+        raise BadInput(f"top_k must be >= 1, got {k}")
+    if logits.ndim != 2:
+        raise BadInput(f"expected classification logits of shape (N, classes), got {logits.shape}")
+    probabilities = softmax(logits)
+    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    use_labels = labels is not None and len(labels) == logits.shape[1]
+    return [[(labels[index] if use_labels else int(index), float(row[index])) for index in ranks]
+            for row, ranks in zip(probabilities, order)]
+
+
+def class_maps(masks: np.ndarray) -> list[np.ndarray]:
+    """For (N, classes, H, W) segmentation scores: one (H, W) int64 map of argmax classes each."""
+    if masks.ndim != 4:
+        raise BadInput(f"expected segmentation scores of shape (N, classes, H, W), got {masks.shape}")
+    return list(masks.argmax(axis=1))

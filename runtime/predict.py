@@ -1,0 +1,42 @@
+"""``predict_files(model, images)``: what ``edgecnn run`` prints, as a JSON-ready dict."""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+
+from edgecnn.errors import BadInput
+from edgecnn.runtime.engine import Engine
+from edgecnn.runtime.providers import ProviderRequest
+
+
+def _class_summary(class_map: np.ndarray, labels: list[str] | None) -> list[dict]:
+    """The classes present in a segmentation map, most pixels first."""
+    classes, counts = np.unique(class_map, return_counts=True)
+    order = np.argsort(-counts, kind="stable")
+    return [{"label": labels[int(classes[i])] if labels else int(classes[i]),
+             "pixels": int(counts[i]), "fraction": round(float(counts[i]) / class_map.size, 6)}
+            for i in order]
+
+
+def predict_files(model: str | os.PathLike, images: Sequence[str | os.PathLike], *,
+                  top_k: int = 5, provider: ProviderRequest = "auto", threads: int | None = None,
+                  fallback: bool = True) -> dict:
+    """Run ``model`` on image files: per image the top-k classes, or the segmentation classes."""
+    if not images:
+        raise BadInput("no images given")
+    engine = Engine(model, provider, threads, fallback)
+    metadata = engine.require_metadata()
+    results = engine.predict(list(images), top_k=top_k)
+    report = {"model": str(model), "name": metadata.model, "task": metadata.task,
+              "precision": metadata.precision, "providers": engine.providers, "results": []}
+    for image, result in zip(images, results):
+        if metadata.task == "classification":
+            entry = {"top_k": [{"label": label, "probability": round(probability, 6)}
+                               for label, probability in result]}
+        else:
+            entry = {"shape": list(result.shape), "classes": _class_summary(result, metadata.labels)}
+        report["results"].append({"image": str(image), **entry})
+    return report

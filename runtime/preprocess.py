@@ -1,0 +1,131 @@
+"""Images -> the model's input tensor, from the model's metadata. Torch-free (numpy + Pillow).
+
+``preprocess_images(images, input_info)`` does what a torchvision-style evaluation transform
+does: resize (bilinear, keeping the aspect ratio) so the image covers the input size divided by
+``crop_fraction``, center-crop to the input size, scale (e.g. /255), subtract the mean, divide by
+the std, and lay the batch out as NCHW (or NHWC). With the default crop fraction 0.875 a
+224x224 model sees ``Resize(256) + CenterCrop(224)``, the ImageNet evaluation recipe; pass
+``crop_fraction=1.0`` to resize the shorter side straight to the input size (no border lost).
+
+Images are file paths, PIL images, or uint8 arrays (HxWxC with C = 1, 3 or 4, or HxW grey).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Iterable, Union
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from edgecnn.errors import BadInput
+from edgecnn.runtime.metadata import InputInfo
+
+DEFAULT_CROP_FRACTION = 0.875  # torchvision's ImageNet eval: Resize(256) + CenterCrop(224)
+PIL_MODES = {"RGB": "RGB", "GRAY": "L"}
+CHANNELS = {"RGB": 3, "GRAY": 1}
+
+ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
+
+
+def is_single_image(images) -> bool:
+    """True for one image (path, PIL image, 2-D or 3-D array); False for a list or NHWC batch."""
+    if isinstance(images, np.ndarray):
+        return images.ndim in (2, 3)
+    return isinstance(images, (str, os.PathLike, Image.Image))
+
+
+def as_image_list(images) -> list:
+    """One image or an iterable (or NHWC uint8 array) of them -> a list of single images."""
+    if is_single_image(images):
+        return [images]
+    if isinstance(images, np.ndarray) and images.ndim != 4:
+        raise BadInput(f"expected an HxWxC image or an NxHxWxC batch, got an array of shape "
+                       f"{images.shape}")
+    return list(images)
+
+
+def load_image(image: ImageLike, color: str = "RGB") -> Image.Image:
+    """A PIL image in ``color`` ("RGB" or "GRAY") from a path, a PIL image or a uint8 array."""
+    if color not in PIL_MODES:
+        raise BadInput(f"unsupported color {color!r} in the model metadata (expected RGB or GRAY)")
+    if isinstance(image, Image.Image):
+        picture = image
+    elif isinstance(image, np.ndarray):
+        picture = _from_array(image)
+    elif isinstance(image, (str, os.PathLike)):
+        picture = _open(image)
+    else:
+        raise BadInput(f"expected an image path, a PIL image or a uint8 array, got "
+                       f"{type(image).__name__}")
+    return picture if picture.mode == PIL_MODES[color] else picture.convert(PIL_MODES[color])
+
+
+def _open(path: str | os.PathLike) -> Image.Image:
+    try:
+        with Image.open(path) as picture:
+            picture.load()  # decode now, so a truncated file fails here with its name
+            return picture
+    except FileNotFoundError:
+        raise BadInput(f"image not found: {path}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise BadInput(f"cannot read image {path}: {reason}") from None
+
+
+def _from_array(array: np.ndarray) -> Image.Image:
+    if array.dtype != np.uint8 or array.ndim not in (2, 3) or (
+            array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
+        raise BadInput(f"image arrays must be uint8 HxW or HxWxC with C in (1, 3, 4), got "
+                       f"{array.dtype} with shape {array.shape}")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def resize_and_crop(picture: Image.Image, height: int, width: int,
+                    crop_fraction: float = DEFAULT_CROP_FRACTION) -> Image.Image:
+    """Resize (bilinear, aspect kept) to cover (H, W) / crop_fraction, then center-crop H x W.
+
+    For a square input this is torchvision's ``Resize(floor(H / f))`` (shorter side) followed by
+    ``CenterCrop(H)``, with the same rounding.
+    """
+    if not 0 < crop_fraction <= 1:
+        raise BadInput(f"crop_fraction must be in (0, 1], got {crop_fraction}")
+    cover_h, cover_w = math.floor(height / crop_fraction), math.floor(width / crop_fraction)
+    image_w, image_h = picture.size
+    if cover_h / image_h >= cover_w / image_w:  # the height decides the scale
+        new_h, new_w = cover_h, max(cover_w, int(cover_h * image_w / image_h))
+    else:
+        new_h, new_w = max(cover_h, int(cover_w * image_h / image_w)), cover_w
+    if (new_w, new_h) != picture.size:
+        picture = picture.resize((new_w, new_h), Image.BILINEAR)
+    top = int(round((new_h - height) / 2.0))
+    left = int(round((new_w - width) / 2.0))
+    return picture.crop((left, top, left + width, top + height))
+
+
+def preprocess_images(images: ImageLike | Iterable[ImageLike], input_info: InputInfo, *,
+                      crop_fraction: float = DEFAULT_CROP_FRACTION) -> np.ndarray:
+    """A float32 batch (N, C, H, W) (or (N, H, W, C) for an NHWC model) ready for the model."""
+    color = input_info.color.upper()
+    if CHANNELS.get(color) != input_info.channels:
+        raise BadInput(f"metadata input has {input_info.channels} channels but color "
+                       f"{input_info.color!r}; expected RGB (3) or GRAY (1)")
+    layout = input_info.layout.upper()
+    if layout not in ("NCHW", "NHWC"):
+        raise BadInput(f"unsupported layout {input_info.layout!r} in the model metadata")
+    height, width = input_info.height_width
+    pictures = [resize_and_crop(load_image(image, color), height, width, crop_fraction)
+                for image in as_image_list(images)]
+    if not pictures:
+        raise BadInput("no images given")
+    batch = np.stack([np.asarray(picture, dtype=np.float32) for picture in pictures])
+    batch = batch.reshape(len(pictures), height, width, input_info.channels)  # grey gets its C
+    mean = np.asarray(input_info.mean, dtype=np.float32)
+    std = np.asarray(input_info.std, dtype=np.float32)
+    batch = (batch / np.float32(input_info.scale) - mean) / std
+    if layout == "NHWC":
+        return np.ascontiguousarray(batch)
+    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))

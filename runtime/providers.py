@@ -1,0 +1,119 @@
+"""Which onnxruntime execution providers an Engine asks for, with their options. Torch-free.
+
+``resolve_providers("auto")`` picks TensorRT -> CUDA -> CPU among the installed providers.
+An explicit provider that is not installed is an error naming the installed ones, or, with
+``fallback=True``, a warning saying what is used instead. CPU always ends the chain, because
+onnxruntime runs the nodes an accelerator does not support on the next provider in the list.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Sequence, Union
+
+import onnxruntime as ort
+
+from edgecnn.errors import BadInput
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+SHORT_NAMES = {"cpu": CPU, "cuda": CUDA, "tensorrt": TENSORRT, "trt": TENSORRT}
+AUTO_ORDER = (TENSORRT, CUDA, CPU)
+# What each provider falls back to for the nodes it cannot run (in this order).
+FALLBACK_CHAIN = {TENSORRT: (CUDA, CPU), CUDA: (CPU,), CPU: ()}
+
+ProviderEntry = tuple[str, dict]
+ProviderRequest = Union[str, Sequence[Union[str, ProviderEntry]]]
+
+
+class ProviderFallbackWarning(UserWarning):
+    """An explicitly requested provider is not available; another one is used."""
+
+
+def short_name(provider: str) -> str:
+    """'CUDAExecutionProvider' -> 'cuda' (for messages and reports)."""
+    for short, full in SHORT_NAMES.items():
+        if full == provider and short != "trt":
+            return short
+    return provider.removesuffix("ExecutionProvider").lower()
+
+
+def full_name(provider: str) -> str:
+    """'cuda' or 'CUDAExecutionProvider' -> 'CUDAExecutionProvider'; BadInput when unknown."""
+    if provider in SHORT_NAMES:
+        return SHORT_NAMES[provider]
+    if provider.lower() in SHORT_NAMES:
+        return SHORT_NAMES[provider.lower()]
+    if provider.endswith("ExecutionProvider"):
+        return provider
+    raise BadInput(f"unknown provider {provider!r} (use auto, cpu, cuda, tensorrt or an "
+                   "onnxruntime provider name such as CUDAExecutionProvider)")
+
+
+def provider_options(provider: str, *, device_id: int = 0, fp16: bool = False,
+                     trt_cache_dir: str | os.PathLike | None = None) -> dict:
+    """onnxruntime options for ``provider``: the GPU id, TensorRT fp16 and engine cache."""
+    if provider == CUDA:
+        return {"device_id": device_id}
+    if provider == TENSORRT:
+        options = {"device_id": device_id, "trt_fp16_enable": fp16}
+        if trt_cache_dir is not None:
+            os.makedirs(trt_cache_dir, exist_ok=True)
+            options.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(trt_cache_dir))
+        return options
+    return {}
+
+
+def installed_providers() -> list[str]:
+    return list(ort.get_available_providers())
+
+
+def _requested(provider: ProviderRequest) -> tuple[list[ProviderEntry], bool]:
+    """(providers with user options, is_auto) from a name, 'auto' or a list."""
+    if isinstance(provider, str):
+        if provider.lower() == "auto":
+            return [(name, {}) for name in AUTO_ORDER], True
+        provider = [provider]
+    entries = []
+    for item in provider:
+        name, options = (item, {}) if isinstance(item, str) else item
+        entries.append((full_name(name), dict(options)))
+    if not entries:
+        raise BadInput("provider list is empty")
+    return entries, False
+
+
+def resolve_providers(provider: ProviderRequest = "auto", *, fallback: bool = True,
+                      device_id: int = 0, fp16: bool = False,
+                      trt_cache_dir: str | os.PathLike | None = None,
+                      installed: Sequence[str] | None = None) -> list[ProviderEntry]:
+    """The (name, options) list to create a session with, most preferred first.
+
+    ``provider`` is "auto", "cpu", "cuda", "tensorrt", an onnxruntime provider name, or a list
+    of names / (name, options) pairs; options given in a list win over the generated ones.
+    """
+    installed = list(installed_providers() if installed is None else installed)
+    entries, auto = _requested(provider)
+    missing = [name for name, _ in entries if name not in installed]
+    if missing and not auto and not fallback:
+        raise BadInput(f"provider {', '.join(map(short_name, missing))} is not installed "
+                       f"(installed: {', '.join(installed) or 'none'}); "
+                       "pass fallback=True to use what is installed")
+    chosen = {name: {**provider_options(name, device_id=device_id, fp16=fp16,
+                                        trt_cache_dir=trt_cache_dir), **options}
+              for name, options in entries if name in installed}
+    # Each accelerator hands the nodes it does not support to the next one; CPU ends the chain.
+    # A missing provider's chain is what fallback uses instead of it.
+    for name, _ in entries:
+        for backup in FALLBACK_CHAIN.get(name, (CPU,)):
+            if backup in installed and backup not in chosen:
+                chosen[backup] = provider_options(backup, device_id=device_id)
+    if not chosen:
+        raise BadInput(f"no usable provider; installed: {', '.join(installed) or 'none'}")
+    if missing and not auto:
+        warnings.warn(f"provider {', '.join(map(short_name, missing))} is not installed "
+                      f"(installed: {', '.join(installed)}); using "
+                      f"{', '.join(map(short_name, chosen))}", ProviderFallbackWarning, stacklevel=3)
+    return list(chosen.items())
