@@ -17,6 +17,7 @@ from edgecnn.errors import EdgecnnError
 # Command modules register themselves on `app` when imported.
 from edgecnn.cli import check_cmd, export_cmd, info_cmd, models_cmd  # noqa: E402,F401
 from edgecnn.cli import runtime_cmd  # noqa: E402,F401
+from edgecnn.cli import quantize_cmd  # noqa: E402,F401
 
 
 def _fail(message: str, code: int) -> int:

@@ -1,0 +1,242 @@
+"""Where quantization gets its example inputs: an image folder, a ready array, or random pixels.
+
+    load_calibration("calib/", input_info, size=100)   # jpg/png, preprocessed like the runtime
+    load_calibration("calib.npz", input_info)          # (N, C, H, W) float inputs, as given
+    load_calibration("random", input_info)             # random pixels: a warning, no accuracy
+    load_validation("val/", input_info, labels)        # class sub-folders, or an .npz with labels
+
+Images go through ``edgecnn.runtime.preprocess.preprocess_images`` with the model's metadata
+(resize, center crop, scale, mean/std, layout), so calibration sees exactly the tensors the
+deployed runtime will feed the model. Every problem with the source is a ``BadInput`` naming it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edgecnn.errors import BadInput
+from edgecnn.runtime.metadata import InputInfo
+from edgecnn.runtime.preprocess import preprocess_images
+
+RANDOM = "random"
+DEFAULT_CALIBRATION_SIZE = 100
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+ARRAY_SUFFIXES = (".npy", ".npz")
+INPUT_KEYS = ("inputs", "input", "x")  # .npz keys tried for the inputs (after the input name)
+LABEL_KEYS = ("labels", "label", "y")
+
+WarnCallback = Callable[[str], None]
+
+
+@dataclass
+class InputSet:
+    """Model-ready inputs (N, C, H, W) float32, where they came from, and labels if known."""
+
+    inputs: np.ndarray
+    source: str  # "images" | "array" | "random"
+    location: str | None  # the path given, None for random
+    available: int  # samples the source had before picking ``size`` of them
+    labels: np.ndarray | None = None
+    skipped: int = 0  # unreadable image files
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def describe(self) -> dict:
+        """What the quantized model's metadata records about its calibration."""
+        return {"source": self.source, "path": self.location, "size": len(self)}
+
+
+def _pick(count: int, size: int | None, seed: int) -> np.ndarray:
+    """Indices of ``size`` of ``count`` samples: a seeded random subset, kept in order.
+
+    Random rather than the first ``size``: a folder sorted by class would otherwise calibrate
+    on one class only.
+    """
+    if size is None or size >= count:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).choice(count, size=size, replace=False))
+
+
+def _check_size(size: int | None) -> None:
+    if size is not None and size < 1:
+        raise BadInput(f"--calibration-size must be >= 1, got {size}")
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The jpg/png files under ``folder`` (sub-folders included), sorted."""
+    return sorted(path for path in folder.rglob("*")
+                  if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
+
+
+def _read_images(files: list[Path], info: InputInfo) -> tuple[list[np.ndarray], list[int]]:
+    """Preprocess each file; returns the tensors and the indices of the files that were read."""
+    tensors, readable = [], []
+    for index, path in enumerate(files):
+        try:
+            tensors.append(preprocess_images(path, info)[0])
+        except BadInput:
+            continue
+        readable.append(index)
+    return tensors, readable
+
+
+def _image_folder(folder: Path, info: InputInfo, size: int | None, seed: int,
+                  warn: WarnCallback) -> InputSet:
+    files = image_files(folder)
+    if not files:
+        raise BadInput(f"calibration folder {folder} has no {'/'.join(IMAGE_SUFFIXES)} images")
+    chosen = [files[i] for i in _pick(len(files), size, seed)]
+    tensors, readable = _read_images(chosen, info)
+    skipped = len(chosen) - len(readable)
+    if not tensors:
+        raise BadInput(f"calibration folder {folder}: none of the {len(chosen)} image files "
+                       "could be read")
+    if skipped:
+        warn(f"skipped {skipped} unreadable image file(s) in {folder}")
+    return InputSet(np.stack(tensors), "images", str(folder), len(files), skipped=skipped)
+
+
+def input_shape(info: InputInfo) -> list[int]:
+    """One sample's shape in the model's layout: [C, H, W] (NCHW) or [H, W, C] (NHWC)."""
+    channels, height, width = (int(v) for v in info.shape)
+    return [height, width, channels] if info.layout.upper() == "NHWC" else [channels, height, width]
+
+
+def _check_inputs(array: np.ndarray, info: InputInfo, where: str) -> np.ndarray:
+    expected = input_shape(info)
+    if array.ndim != 4 or list(array.shape[1:]) != expected:
+        raise BadInput(f"{where}: array shape {list(array.shape)} is not the model's input "
+                       f"[N, {', '.join(map(str, expected))}]")
+    if not np.issubdtype(array.dtype, np.floating):
+        raise BadInput(f"{where}: expected preprocessed float inputs, got {array.dtype} "
+                       "(give raw images as a folder instead)")
+    if len(array) == 0:
+        raise BadInput(f"{where}: the array holds no samples")
+    if not np.all(np.isfinite(array)):
+        raise BadInput(f"{where}: the array contains NaN or Inf")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _npz_entry(arrays, keys: tuple[str, ...], where: str, what: str):
+    for key in keys:
+        if key in arrays.files:
+            return arrays[key]
+    if what == "inputs" and len(arrays.files) == 1:
+        return arrays[arrays.files[0]]
+    raise BadInput(f"{where}: no {what} array (looked for keys {', '.join(keys)}; "
+                   f"the file has {', '.join(arrays.files) or 'none'})")
+
+
+def _load_arrays(path: Path, info: InputInfo, with_labels: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Inputs (and labels) from a .npy (inputs only) or .npz file; shapes checked."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        raise BadInput(f"cannot read {path}: {str(error).splitlines()[0][:200]}") from None
+    if isinstance(loaded, np.ndarray):
+        if with_labels:
+            raise BadInput(f"{path}: a validation set needs labels; give an .npz with "
+                           "'inputs' and 'labels' arrays")
+        return _check_inputs(loaded, info, str(path)), None
+    with loaded:
+        inputs = _check_inputs(_npz_entry(loaded, (info.name, *INPUT_KEYS), str(path), "inputs"),
+                               info, str(path))
+        labels = _npz_entry(loaded, LABEL_KEYS, str(path), "labels") if with_labels else None
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape != (len(inputs),) or not np.issubdtype(labels.dtype, np.integer):
+            raise BadInput(f"{path}: labels must be {len(inputs)} integers, got "
+                           f"{labels.dtype} {list(labels.shape)}")
+    return inputs, labels
+
+
+def random_inputs(info: InputInfo, count: int, seed: int = 0) -> np.ndarray:
+    """``count`` images of uniform random pixels, normalized like real ones."""
+    height, width = info.height_width
+    pixels = np.random.default_rng(seed).integers(
+        0, 256, size=(count, height, width, info.channels), dtype=np.uint8)
+    return preprocess_images(pixels, info, crop_fraction=1.0)
+
+
+def _existing(path: str | os.PathLike, what: str) -> Path:
+    path = Path(path)
+    if not path.exists():
+        kind = "file" if path.suffix.lower() in ARRAY_SUFFIXES else "folder"
+        raise BadInput(f"{what} {kind} not found: {path}")
+    if path.is_file() and path.suffix.lower() not in ARRAY_SUFFIXES:
+        raise BadInput(f"{what} must be a folder of images, a .npy/.npz file or 'random', "
+                       f"got {path}")
+    return path
+
+
+def load_calibration(source: str | os.PathLike, info: InputInfo,
+                     size: int | None = DEFAULT_CALIBRATION_SIZE, *, seed: int = 0,
+                     warn: WarnCallback | None = None) -> InputSet:
+    """Calibration inputs from a folder of images, a .npy/.npz array, or ``"random"``.
+
+    ``size`` samples at most (a seeded random subset of a larger source; None: all of them).
+    ``"random"`` calls ``warn``: its scales fit noise, not the data, so accuracy is not
+    guaranteed.
+    """
+    warn = warn or (lambda message: None)
+    _check_size(size)
+    if str(source) == RANDOM:
+        warn("calibrating on random inputs: the int8 scales fit noise, not real data, so "
+             "accuracy is not guaranteed (give --calibration FOLDER or an .npy/.npz of inputs)")
+        count = size or DEFAULT_CALIBRATION_SIZE
+        return InputSet(random_inputs(info, count, seed), RANDOM, None, count)
+    path = _existing(source, "calibration")
+    if path.is_dir():
+        return _image_folder(path, info, size, seed, warn)
+    inputs, _ = _load_arrays(path, info, with_labels=False)
+    picked = _pick(len(inputs), size, seed)
+    return InputSet(inputs[picked], "array", str(path), len(inputs))
+
+
+def _class_folders(folder: Path, label_names: list[str] | None) -> list[tuple[Path, int]]:
+    """(sub-folder, class index) pairs: by the model's labels when it has them, else sorted."""
+    folders = sorted(path for path in folder.iterdir() if path.is_dir())
+    if not folders:
+        raise BadInput(f"validation folder {folder} needs one sub-folder of images per class")
+    if label_names:
+        index = {name: i for i, name in enumerate(label_names)}
+        unknown = [path.name for path in folders if path.name not in index]
+        if unknown:
+            raise BadInput(f"validation folder {folder}: sub-folder(s) {', '.join(unknown[:3])} "
+                           "are not labels of the model")
+        return [(path, index[path.name]) for path in folders]
+    return [(path, i) for i, path in enumerate(folders)]
+
+
+def load_validation(source: str | os.PathLike, info: InputInfo,
+                    label_names: list[str] | None = None, *,
+                    warn: WarnCallback | None = None) -> InputSet:
+    """A labelled set: an .npz with ``inputs`` and ``labels``, or one image sub-folder per class.
+
+    Sub-folders map to the model's labels by name when the metadata has labels, otherwise to
+    class indices in sorted order (0, 1, ...).
+    """
+    warn = warn or (lambda message: None)
+    path = _existing(source, "validation")
+    if path.is_file():
+        inputs, labels = _load_arrays(path, info, with_labels=True)
+        return InputSet(inputs, "array", str(path), len(inputs), labels=labels)
+    tensors, labels, skipped = [], [], 0
+    for folder, label in _class_folders(path, label_names):
+        files = image_files(folder)
+        read, readable = _read_images(files, info)
+        tensors += read
+        labels += [label] * len(readable)
+        skipped += len(files) - len(readable)
+    if not tensors:
+        raise BadInput(f"validation folder {path} has no readable {'/'.join(IMAGE_SUFFIXES)} images")
+    if skipped:
+        warn(f"skipped {skipped} unreadable image file(s) in {path}")
+    return InputSet(np.stack(tensors), "images", str(path), len(tensors),
+                    labels=np.asarray(labels, dtype=np.int64), skipped=skipped)
