@@ -30,7 +30,9 @@ from edgecnn.errors import BadInput, CheckFailed
 from edgecnn.export.calibration import (
     DEFAULT_CALIBRATION_SIZE, InputSet, load_calibration, load_validation, random_inputs,
 )
-from edgecnn.export.exporter import check_model, get_metadata, set_metadata
+from edgecnn.export.exporter import (
+    ExportResult, check_model, export_model, get_metadata, set_metadata,
+)
 from edgecnn.export.files import atomic_output, check_output_path
 from edgecnn.export.parity import REL_L2_TOLERANCE, ParityMetrics, compare
 from edgecnn.runtime import InputInfo, ModelMetadata, load_session
@@ -540,3 +542,38 @@ def quantize_model(model_path: str | os.PathLike, output_path: str | os.PathLike
                           seconds=time.perf_counter() - started, quantization=details,
                           parity=parity, tolerance=tolerance, accuracy=accuracy,
                           kept_float=kept, warnings=messages)
+
+
+EXPORT_MODES = ("int8", "fp16")
+
+
+def export_quantized(name: str, output: str | os.PathLike | None = None, *, quantize: str,
+                     calibration: str | os.PathLike | None = None,
+                     calibration_size: int | None = DEFAULT_CALIBRATION_SIZE,
+                     method: str = "minmax", on_step: StepCallback | None = None,
+                     on_progress: ProgressCallback | None = None,
+                     on_warning: WarnCallback | None = None, **export_options) -> ExportResult:
+    """``edgecnn export NAME --quantize int8|fp16``: export_model to a temporary fp32 file, then
+    quantize_model onto ``output`` (default ``NAME_int8.onnx``). Only the quantized file is
+    written; the result's ``extra["quantization"]`` is quantize_model's report."""
+    if quantize not in EXPORT_MODES:
+        raise BadInput(f"--quantize must be one of {', '.join(EXPORT_MODES)}, got {quantize!r}")
+    _check_options(quantize, method, None, None, calibration_size)
+    output = check_output_path(output or f"{name}_{quantize}.onnx")
+    if quantize == "int8" and calibration is None:
+        raise BadInput("--quantize int8 needs --calibration FOLDER (images), FILE.npy/.npz "
+                       "(inputs) or random")
+    if calibration is not None and str(calibration) != "random" and not Path(calibration).exists():
+        raise BadInput(f"calibration path not found: {calibration}")
+    with tempfile.TemporaryDirectory(prefix="edgecnn-export-") as workdir:
+        exported = export_model(name, Path(workdir) / f"{name}.onnx", on_step=on_step,
+                                **export_options)
+        quantized = quantize_model(exported.path, output, mode=quantize, calibration=calibration,
+                                   calibration_size=calibration_size, method=method,
+                                   seed=export_options.get("seed", 0), on_step=on_step,
+                                   on_progress=on_progress, on_warning=on_warning)
+    report = quantized.as_dict()
+    report["source"] = None  # the fp32 file was temporary
+    exported.extra["quantization"] = report
+    return replace(exported, path=output, size_bytes=quantized.size_bytes,
+                   seconds=exported.seconds + quantized.seconds)

@@ -10,6 +10,9 @@ from edgecnn.cli._app import (
     BatchOpt, InputSizeOpt, JsonOpt, NumClassesOpt, OpsetOpt, OutputOpt, WeightsOpt, app,
     human_size, out, parse_input_size, print_json, progress_steps,
 )
+from edgecnn.cli.quantize_cmd import (
+    CalibrationOpt, CalibrationSizeOpt, print_quantize_summary, print_warning, quantize_progress,
+)
 
 
 def print_export_summary(summary: dict) -> None:
@@ -38,18 +41,33 @@ def export_command(
     labels: Annotated[Optional[str], typer.Option(help="Text file of class names, one per line.")] = None,
     check: Annotated[bool, typer.Option("--check/--no-check",
                                         help="Run the file in onnxruntime against eager.")] = True,
+    quantize: Annotated[Optional[str], typer.Option(
+        "--quantize", metavar="int8|fp16",
+        help="Write the int8 (static QDQ) or fp16 model instead (see `edgecnn quantize`).")] = None,
+    calibration: CalibrationOpt = None,
+    calibration_size: CalibrationSizeOpt = 100,
     json_output: JsonOpt = False,
 ) -> None:
     """Export a model to ONNX (dynamo exporter), embed its metadata and check parity."""
     from edgecnn.export import export_model
 
-    with progress_steps(enabled=not json_output) as on_step:
-        result = export_model(model, output, opset=opset, input_size=parse_input_size(input_size),
-                              batch=batch, num_classes=num_classes, in_channels=in_channels,
-                              weights=weights, seed=seed, check=check, labels=labels,
-                              on_step=on_step)
+    options = dict(opset=opset, input_size=parse_input_size(input_size), batch=batch,
+                   num_classes=num_classes, in_channels=in_channels, weights=weights, seed=seed,
+                   check=check, labels=labels)
+    if quantize is not None:
+        from edgecnn.export.quantize import export_quantized
+
+        with quantize_progress(enabled=not json_output) as (on_step, on_progress):
+            result = export_quantized(model, output, quantize=quantize, calibration=calibration,
+                                      calibration_size=calibration_size, on_step=on_step,
+                                      on_progress=on_progress, on_warning=print_warning, **options)
+    else:
+        with progress_steps(enabled=not json_output) as on_step:
+            result = export_model(model, output, on_step=on_step, **options)
     summary = result.as_dict()
     if json_output:
         print_json(summary)
     else:
         print_export_summary(summary)
+        if "quantization" in summary:
+            print_quantize_summary(summary["quantization"])
