@@ -52,15 +52,12 @@ class InputSet:
         return {"source": self.source, "path": self.location, "size": len(self)}
 
 
-def _pick(count: int, size: int | None, seed: int) -> np.ndarray:
-    """Indices of ``size`` of ``count`` samples: a seeded random subset, kept in order.
-
-    Random rather than the first ``size``: a folder sorted by class would otherwise calibrate
-    on one class only.
-    """
+def _order(count: int, size: int | None, seed: int) -> np.ndarray:
+    """The order samples are taken in: all in order, or a seeded shuffle when only ``size`` of
+    ``count`` are wanted (a folder sorted by class would otherwise calibrate on one class)."""
     if size is None or size >= count:
         return np.arange(count)
-    return np.sort(np.random.default_rng(seed).choice(count, size=size, replace=False))
+    return np.random.default_rng(seed).permutation(count)
 
 
 def _check_size(size: int | None) -> None:
@@ -88,17 +85,25 @@ def _read_images(files: list[Path], info: InputInfo) -> tuple[list[np.ndarray], 
 
 def _image_folder(folder: Path, info: InputInfo, size: int | None, seed: int,
                   warn: WarnCallback) -> InputSet:
+    """``size`` readable images of the folder (all when None); unreadable files are skipped."""
     files = image_files(folder)
     if not files:
         raise BadInput(f"calibration folder {folder} has no {'/'.join(IMAGE_SUFFIXES)} images")
-    chosen = [files[i] for i in _pick(len(files), size, seed)]
-    tensors, readable = _read_images(chosen, info)
-    skipped = len(chosen) - len(readable)
-    if not tensors:
-        raise BadInput(f"calibration folder {folder}: none of the {len(chosen)} image files "
+    read: dict[int, np.ndarray] = {}
+    skipped = 0
+    for index in _order(len(files), size, seed):
+        if size is not None and len(read) == size:
+            break
+        try:
+            read[int(index)] = preprocess_images(files[index], info)[0]
+        except BadInput:
+            skipped += 1
+    if not read:
+        raise BadInput(f"calibration folder {folder}: none of the {len(files)} image files "
                        "could be read")
     if skipped:
         warn(f"skipped {skipped} unreadable image file(s) in {folder}")
+    tensors = [read[index] for index in sorted(read)]
     return InputSet(np.stack(tensors), "images", str(folder), len(files), skipped=skipped)
 
 
@@ -195,7 +200,7 @@ def load_calibration(source: str | os.PathLike, info: InputInfo,
     if path.is_dir():
         return _image_folder(path, info, size, seed, warn)
     inputs, _ = _load_arrays(path, info, with_labels=False)
-    picked = _pick(len(inputs), size, seed)
+    picked = np.sort(_order(len(inputs), size, seed)[:size])
     return InputSet(inputs[picked], "array", str(path), len(inputs))
 
 

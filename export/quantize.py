@@ -14,6 +14,7 @@ writes the file atomically. ``--accuracy-budget`` lives in ``edgecnn.export.sens
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import tempfile
@@ -256,12 +257,13 @@ def top1_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
 
 @contextlib.contextmanager
 def _quiet_onnxruntime():
-    """onnxruntime.quantization logs advice on the root logger; keep the CLI output clean."""
+    """onnxruntime.quantization logs advice on the root logger and prints progress on stdout;
+    keep the CLI output (one JSON object under --json) clean."""
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:

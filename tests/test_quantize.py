@@ -1,0 +1,291 @@
+"""edgecnn quantize: int8 static (QDQ), int8 dynamic and fp16 on exported models; the CLI;
+calibration sources; --keep-float; bad input. Accuracy on real data: test_quantize_accuracy.py."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import assert_one_line_error
+from onnx import numpy_helper
+from PIL import Image
+from tiny_models import tiny_model
+
+from edgecnn.export.calibration import load_calibration, random_inputs
+from edgecnn.export.parity import compare
+from edgecnn.export.quantize import quantize_model
+from edgecnn.runtime import Engine, ModelMetadata
+
+RNG = np.random.default_rng(0)
+
+
+def metadata_of(path: Path) -> ModelMetadata:
+    model = onnx.load(str(path), load_external_data=False)
+    return ModelMetadata.from_props({p.key: p.value for p in model.metadata_props})
+
+
+def op_counts(path: Path) -> Counter:
+    return Counter(node.op_type for node in onnx.load(str(path)).graph.node)
+
+
+def io_names(path: Path) -> tuple[list[str], list[str]]:
+    graph = onnx.load(str(path)).graph
+    return [v.name for v in graph.input], [v.name for v in graph.output]
+
+
+@pytest.fixture(scope="module")
+def calibration_npy(resnet18_64, tmp_path_factory) -> Path:
+    """32 resnet18-64 inputs made from random pixels, preprocessed like images."""
+    path = tmp_path_factory.mktemp("calib") / "calib.npy"
+    np.save(path, random_inputs(metadata_of(resnet18_64).input, 32, seed=1))
+    return path
+
+
+@pytest.fixture(scope="module")
+def resnet_int8(resnet18_64, calibration_npy, tmp_path_factory):
+    progress = []
+    output = tmp_path_factory.mktemp("int8") / "resnet18_int8.onnx"
+    result = quantize_model(resnet18_64, output, calibration=calibration_npy, calibration_size=24,
+                            on_progress=lambda task, done, total: progress.append((task, done, total)))
+    return result, progress
+
+
+@pytest.fixture(scope="module")
+def resnet_fp16(resnet18_64, tmp_path_factory):
+    return quantize_model(resnet18_64, tmp_path_factory.mktemp("fp16") / "resnet18_fp16.onnx",
+                          mode="fp16")
+
+
+# -- int8 static --------------------------------------------------------------------------------
+
+def test_int8_static_is_qdq_per_channel_with_uint8_activations(resnet_int8, resnet18_64):
+    result, _ = resnet_int8
+    model = onnx.load(str(result.path))
+    counts = Counter(node.op_type for node in model.graph.node)
+    source_convs = op_counts(resnet18_64)["Conv"]
+    assert counts["Conv"] == source_convs == 20  # every conv kept, fed by DequantizeLinear
+    initializers = {init.name: init for init in model.graph.initializer}
+    producers = {out: node for node in model.graph.node for out in node.output}
+    for conv in (node for node in model.graph.node if node.op_type == "Conv"):
+        weight_dq = producers[conv.input[1]]
+        assert weight_dq.op_type == "DequantizeLinear"
+        weight = initializers[weight_dq.input[0]]
+        scale = numpy_helper.to_array(initializers[weight_dq.input[1]])
+        assert weight.data_type == onnx.TensorProto.INT8
+        assert scale.shape == (weight.dims[0],)  # one scale per output channel
+        assert np.abs(numpy_helper.to_array(weight)).max() <= 64  # 7-bit (reduce_range)
+        assert producers[conv.input[0]].op_type == "DequantizeLinear"
+    activation_zero_points = [numpy_helper.to_array(initializers[node.input[2]])
+                              for node in model.graph.node if node.op_type == "QuantizeLinear"]
+    assert activation_zero_points and all(z.dtype == np.uint8 for z in activation_zero_points)
+    # Add, MaxPool and Gemm are quantized too (the whole graph stays integer on CPU).
+    quantized_consumers = {node.op_type for node in model.graph.node
+                           if any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear"
+                                  for i in node.input)}
+    assert {"Conv", "Add", "MaxPool", "Gemm"} <= quantized_consumers
+
+
+def test_int8_metadata_names_and_size(resnet_int8, resnet18_64):
+    result, progress = resnet_int8
+    meta = metadata_of(result.path)
+    assert meta.precision == "int8" and meta.model == "resnet18"
+    assert meta.input == metadata_of(resnet18_64).input
+    assert meta.quantization["method"] == "minmax"
+    assert meta.quantization["calibration"] == "array"
+    assert meta.quantization["calibration_size"] == 24
+    assert meta.quantization["calibration_path"] == "calib.npy"
+    assert io_names(result.path) == io_names(resnet18_64) == (["input"], ["logits"])
+    assert result.size_ratio <= 0.26
+    # 24 samples in batches of 16: two calibration runs reported, ending complete.
+    assert progress[-1] == ("calibrating", 2, 2)
+
+
+def test_int8_agrees_with_fp32_on_unseen_inputs(resnet_int8, resnet18_64):
+    result, _ = resnet_int8
+    x = random_inputs(metadata_of(resnet18_64).input, 8, seed=99)
+    fp32 = Engine(resnet18_64, threads=1).run(x)["logits"]
+    int8 = Engine(result.path, threads=1).run(x)["logits"]
+    metrics = compare(fp32, int8)
+    # Random weights, 20 quantized convs: measured 30 dB; 20 dB still means the logits agree
+    # to 10% in norm, while a broken scale (e.g. calibration ignored) gives < 5 dB.
+    assert metrics.sqnr_db > 20
+    assert result.parity.sqnr_db > 20
+
+
+# -- fp16, int8 dynamic ---------------------------------------------------------------------
+
+def test_fp16_keeps_float32_io_and_matches(resnet_fp16, resnet18_64):
+    meta = metadata_of(resnet_fp16.path)
+    assert meta.precision == "fp16" and meta.quantization["io"] == "float32"
+    model = onnx.load(str(resnet_fp16.path))
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    conv_weights = [init for init in model.graph.initializer if len(init.dims) == 4]
+    assert conv_weights and all(w.data_type == onnx.TensorProto.FLOAT16 for w in conv_weights)
+    assert 0.49 < resnet_fp16.size_ratio < 0.51
+    x = random_inputs(meta.input, 4, seed=5)
+    metrics = compare(Engine(resnet18_64, threads=1).run(x)["logits"],
+                      Engine(resnet_fp16.path, threads=1).run(x)["logits"])
+    assert metrics.rel_l2 <= 5e-3 and metrics.top1_agreement == 1.0
+
+
+def test_fp16_io_option_and_dynamic_int8(cli, resnet18_64, tmp_path):
+    fp16_io = tmp_path / "fp16_io.onnx"
+    assert cli("quantize", resnet18_64, "-o", fp16_io, "--mode", "fp16", "--fp16-io").code == 0
+    model = onnx.load(str(fp16_io))
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    assert io_names(fp16_io) == (["input"], ["logits"])
+
+    dynamic = tmp_path / "dynamic.onnx"
+    done = cli("quantize", resnet18_64, "-o", dynamic, "--mode", "int8-dynamic", "--json")
+    assert done.code == 0 and done.stderr == ""
+    report = json.loads(done.stdout)
+    assert report["precision"] == "int8" and report["quantization"]["mode"] == "dynamic"
+    assert op_counts(dynamic)["DynamicQuantizeLinear"] > 0
+    assert report["size_ratio"] <= 0.26 and report["parity"]["top1_agreement"] == 1.0
+
+
+# -- CLI, metadata, info ----------------------------------------------------------------------
+
+def test_cli_quantize_json_and_info(cli, resnet_int8, calibration_npy, resnet18_64, tmp_path):
+    output = tmp_path / "q.onnx"
+    done = cli("quantize", resnet18_64, "-o", output, "--calibration", calibration_npy,
+               "--calibration-size", "16", "--method", "percentile", "--json")
+    assert done.code == 0, done.stderr
+    assert done.stderr == ""  # no progress, no warning under --json with real calibration data
+    report = json.loads(done.stdout)
+    assert report["quantization"]["method"] == "percentile"
+    assert report["quantization"]["calibration_size"] == 16
+    info = cli("info", output)
+    assert info.code == 0
+    assert "precision     int8" in info.stdout and "method=percentile" in info.stdout
+    info_json = json.loads(cli("info", output, "--json").stdout)
+    assert info_json["metadata"]["precision"] == "int8"
+
+
+def test_random_calibration_warns(cli, resnet18_64, tmp_path):
+    output = tmp_path / "random.onnx"
+    done = cli("quantize", resnet18_64, "-o", output, "--calibration", "random",
+               "--calibration-size", "4", "--json")
+    assert done.code == 0
+    assert "warning: calibrating on random inputs" in done.stderr
+    assert "accuracy is not guaranteed" in done.stderr
+    report = json.loads(done.stdout)
+    assert report["quantization"]["calibration"] == "random"
+    assert any("random" in message for message in report["warnings"])
+
+
+def test_keep_float_by_op_type_and_node_name(resnet18_64, calibration_npy, tmp_path):
+    source = onnx.load(str(resnet18_64))
+    first_conv = next(node.name for node in source.graph.node if node.op_type == "Conv")
+    result = quantize_model(resnet18_64, tmp_path / "keep.onnx", calibration=calibration_npy,
+                            calibration_size=8, keep_float=["Gemm", first_conv])
+    model = onnx.load(str(result.path))
+    producers = {out: node.op_type for node in model.graph.node for out in node.output}
+    kept = {node.name: node for node in model.graph.node if node.name in result.kept_float}
+    assert set(kept) == {first_conv, next(n.name for n in source.graph.node if n.op_type == "Gemm")}
+    initializers = {init.name: init for init in model.graph.initializer}
+    for node in kept.values():  # float weights straight from an fp32 initializer, no DQ
+        assert initializers[node.input[1]].data_type == onnx.TensorProto.FLOAT
+        assert producers.get(node.input[1]) is None
+    assert metadata_of(result.path).quantization["kept_float"] == result.kept_float
+
+
+def test_image_folder_calibration_uses_runtime_preprocessing(zoo_onnx, tmp_path):
+    lenet5 = zoo_onnx("lenet5")
+    folder = tmp_path / "images" / "class_a"
+    folder.mkdir(parents=True)
+    for index in range(6):
+        Image.fromarray(RNG.integers(0, 256, (40, 30), dtype=np.uint8)).save(folder / f"{index}.png")
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    warnings = []
+    info = metadata_of(lenet5).input
+    calibration = load_calibration(tmp_path / "images", info, size=None, warn=warnings.append)
+    assert calibration.inputs.shape == (6, 1, 28, 28) and calibration.skipped == 1
+    assert warnings == [f"skipped 1 unreadable image file(s) in {tmp_path / 'images'}"]
+    from edgecnn.runtime.preprocess import preprocess_images
+    expected = preprocess_images(sorted(folder.glob("*.png")), info)
+    np.testing.assert_array_equal(calibration.inputs, expected)
+    subset = load_calibration(tmp_path / "images", info, size=3, seed=0)
+    assert subset.inputs.shape == (3, 1, 28, 28) and subset.available == 7
+
+
+def test_export_quantize_writes_only_the_quantized_file(cli, tmp_path):
+    output = tmp_path / "lenet5_int8.onnx"
+    done = cli("export", "lenet5", "-o", output, "--quantize", "int8", "--calibration", "random",
+               "--calibration-size", "8", "--json")
+    assert done.code == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["path"] == str(output) and report["quantization"]["precision"] == "int8"
+    assert [path.name for path in tmp_path.iterdir()] == ["lenet5_int8.onnx"]
+    assert metadata_of(output).precision == "int8"
+    assert report["size_bytes"] == output.stat().st_size
+
+
+def test_model_without_metadata_takes_flags(cli, tmp_path):
+    bare = tiny_model(tmp_path / "bare.onnx", metadata=False, size=(16, 16), classes=8)
+    output = tmp_path / "bare_int8.onnx"
+    done = cli("quantize", bare.path, "-o", output, "--calibration", "random",
+               "--calibration-size", "4", "--mean", "0.5", "--std", "0.25,0.25,0.25")
+    assert done.code == 0, done.stderr
+    meta = metadata_of(output)
+    assert meta.precision == "int8" and meta.input.shape == [3, 16, 16]
+    assert meta.input.mean == [0.5] * 3 and meta.input.std == [0.25] * 3
+
+
+# -- bad input: one line, exit 2, nothing written -------------------------------------------
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory, resnet_int8):
+    root = tmp_path_factory.mktemp("bad")
+    (root / "empty").mkdir()
+    unreadable = root / "unreadable"
+    unreadable.mkdir()
+    (unreadable / "a.png").write_bytes(b"\x89PNG garbage")
+    (unreadable / "b.jpg").write_bytes(b"")
+    np.save(root / "wrong.npy", np.zeros((4, 3, 32, 32), np.float32))
+    tiny_model(root / "bare.onnx", metadata=False)
+    return root
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--calibration", "{root}/missing"], ["calibration folder not found", "missing"]),
+    (["--calibration", "{root}/empty"], ["has no .jpg/.jpeg/.png images"]),
+    (["--calibration", "{root}/unreadable"], ["none of the 2 image files could be read"]),
+    (["--calibration", "{root}/wrong.npy"], ["array shape [4, 3, 32, 32] is not the model's input [N, 3, 64, 64]"]),
+    (["--calibration", "random", "--keep-float", "NoSuchOp"], ["neither a node name nor an op type"]),
+    (["--mode", "int4"], ["--mode must be one of int8, int8-dynamic, fp16"]),
+    ([], ["int8 needs calibration data"]),
+    (["--calibration", "random", "--accuracy-budget", "1"], ["--accuracy-budget needs --validation"]),
+])
+def test_bad_input_is_one_line_exit_2(cli, bad_inputs, resnet18_64, tmp_path, args, fragments):
+    output = tmp_path / "out.onnx"
+    args = [arg.format(root=bad_inputs) for arg in args]
+    assert_one_line_error(cli("quantize", resnet18_64, "-o", output, *args), 2, *fragments)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_no_metadata_and_already_quantized_are_refused(cli, bad_inputs, resnet_int8, resnet_fp16, tmp_path):
+    output = tmp_path / "out.onnx"
+    bare = bad_inputs / "bare.onnx"
+    assert_one_line_error(cli("quantize", bare, "-o", output, "--mode", "fp16"), 2,
+                          "has no edgecnn metadata: give --mean --std")
+    assert_one_line_error(cli("quantize", bare, "-o", output, "--mode", "fp16", "--mean", "0.5"), 2,
+                          "give --std")
+    result, _ = resnet_int8
+    assert_one_line_error(cli("quantize", result.path, "-o", output, "--mode", "fp16"), 2,
+                          "is already int8; quantize the fp32 model instead")
+    assert_one_line_error(cli("quantize", resnet_fp16.path, "-o", output, "--calibration", "random"),
+                          2, "is already fp16")
+    # Without the metadata the graph itself gives it away.
+    stripped = onnx.load(str(result.path))
+    del stripped.metadata_props[:]
+    onnx.save(stripped, str(tmp_path / "stripped.onnx"))
+    assert_one_line_error(cli("quantize", tmp_path / "stripped.onnx", "-o", output, "--mode", "fp16",
+                              "--mean", "0.5", "--std", "0.2"), 2,
+                          "is already quantized (it has DequantizeLinear, QuantizeLinear nodes)")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["stripped.onnx"]
