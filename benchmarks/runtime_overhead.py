@@ -1,0 +1,200 @@
+"""What the Engine costs over a bare onnxruntime session, and the memory of `edgecnn run`.
+
+    .venv/bin/python benchmarks/runtime_overhead.py [--rounds 30] [--calls 20] [--threads 1]
+
+1. Engine.run vs InferenceSession.run on resnet18 (fp32, batch 1, 224x224): the ratio of the
+   median per-call times from one interleaved run (blocks of --calls calls, A/B order
+   alternating each round, median over --rounds). Goal: <= 1.03.
+2. The same on lenet (the zoo's, 1x28x28; a LeNet-shaped stand-in when lenet is not registered):
+   the absolute per-call overhead in microseconds. Goal: <= 30 us.
+3. Peak RSS of a fresh `edgecnn run` process on an int8 resnet18 (QDQ, per-channel, made here
+   with onnxruntime.quantization.quantize_static and random calibration, which is fine for a
+   memory figure), next to a bare int8 session and `import torch`. Goal: <= 150 MB.
+
+Needs the dev install (exports with torch); the runtime itself never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from edgecnn.runtime import Engine
+
+OVERHEAD_RATIO_GOAL = 1.03
+OVERHEAD_US_GOAL = 30.0
+RSS_MB_GOAL = 150.0
+
+
+def interleaved(call_a, call_b, rounds: int, calls: int) -> tuple[float, float]:
+    """Median seconds per call of A and B, timed in alternating blocks."""
+    per_call = {"a": [], "b": []}
+    for round_index in range(rounds):
+        order = (("a", call_a), ("b", call_b)) if round_index % 2 == 0 else (("b", call_b), ("a", call_a))
+        for key, call in order:
+            started = time.perf_counter()
+            for _ in range(calls):
+                call()
+            per_call[key].append((time.perf_counter() - started) / calls)
+    return statistics.median(per_call["a"]), statistics.median(per_call["b"])
+
+
+def compare_engine_to_bare(path: Path, shape: tuple, threads: int, rounds: int, calls: int):
+    engine = Engine(path, "cpu", threads=threads)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    bare = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    feed = {bare.get_inputs()[0].name: x}
+    for _ in range(5):  # warm both up
+        engine.run(x), bare.run(None, feed)
+    return interleaved(lambda: engine.run(x), lambda: bare.run(None, feed), rounds, calls)
+
+
+def export_models(folder: Path) -> tuple[Path, Path, str]:
+    from edgecnn import models
+    from edgecnn.export import export_model
+
+    resnet = folder / "resnet18.onnx"
+    export_model("resnet18", resnet, input_size=224)
+    lenet = folder / "lenet.onnx"
+    if "lenet" in models.list_models():
+        export_model("lenet", lenet)
+        return resnet, lenet, "lenet"
+    export_lenet_stand_in(lenet)
+    return resnet, lenet, "LeNet-shaped stand-in (lenet is not registered)"
+
+
+def export_lenet_stand_in(path: Path) -> None:
+    """d2l LeNet's layers (conv 6@5x5 p2, avgpool, conv 16@5x5, avgpool, 120, 84, 10)."""
+    import onnx
+    import torch
+    from torch import nn
+
+    from edgecnn.export.exporter import set_metadata, to_onnx
+    from edgecnn.runtime import InputInfo, ModelMetadata
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.Sigmoid(), nn.AvgPool2d(2),
+                        nn.Conv2d(6, 16, 5), nn.Sigmoid(), nn.AvgPool2d(2), nn.Flatten(),
+                        nn.Linear(400, 120), nn.Sigmoid(), nn.Linear(120, 84), nn.Sigmoid(),
+                        nn.Linear(84, 10))
+    proto = to_onnx(net, torch.randn(2, 1, 28, 28))
+    set_metadata(proto, ModelMetadata(model="lenet_stand_in", task="classification",
+                                      input=InputInfo(shape=[1, 28, 28], color="GRAY",
+                                                      mean=[0.5], std=[0.5])))
+    onnx.save(proto, str(path))
+
+
+def quantize_int8(fp32: Path, int8: Path) -> None:
+    """QDQ int8 (per-channel weights) with 8 random calibration batches; metadata says int8."""
+    import logging
+
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader, QuantFormat, QuantType, quantize_static,
+    )
+
+    from edgecnn.export.exporter import get_metadata, set_metadata
+
+    class RandomImages(CalibrationDataReader):
+        def __init__(self):
+            rng = np.random.default_rng(0)
+            self.batches = iter([{"input": rng.standard_normal((1, 3, 224, 224)).astype(np.float32)}
+                                 for _ in range(8)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    logging.getLogger().setLevel(logging.ERROR)  # quantize_static's "consider pre-processing"
+    quantize_static(str(fp32), str(int8), RandomImages(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+    model = onnx.load(str(int8))
+    metadata = get_metadata(model)
+    metadata.precision = "int8"
+    metadata.quantization = {"method": "static QDQ per-channel", "calibration": "random x8"}
+    set_metadata(model, metadata)
+    onnx.save(model, str(int8))
+
+
+# A small launcher process runs the command: a child forked from this (large, torch-loaded)
+# process would start with this process's resident pages counted in its own peak.
+_LAUNCHER = ("import resource, subprocess, sys; "
+             "subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, check=True); "
+             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+
+
+def peak_rss_mb(command: list[str]) -> float:
+    """Peak resident memory of a fresh process running ``command``."""
+    done = subprocess.run([sys.executable, "-c", _LAUNCHER, *command], capture_output=True,
+                          text=True, check=True)
+    return int(done.stdout.split()[-1]) / 1024  # KB on Linux
+
+
+def memory_figures(int8: Path, image: Path, repeats: int = 3) -> dict[str, float]:
+    python = sys.executable
+    edgecnn = [python, "-m", "edgecnn"]
+    bare = ("import numpy as np, onnxruntime as ort; "
+            f"s = ort.InferenceSession({str(int8)!r}, providers=['CPUExecutionProvider']); "
+            "s.run(None, {'input': np.zeros((1, 3, 224, 224), np.float32)})")
+    commands = {"edgecnn run (int8 resnet18)": edgecnn + ["run", str(int8), str(image)],
+                "bare int8 session": [python, "-c", bare],
+                "import torch": [python, "-c", "import torch"]}
+    return {name: statistics.median(peak_rss_mb(command) for _ in range(repeats))
+            for name, command in commands.items()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--calls", type=int, default=20, help="calls per timed block (resnet18)")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        print("exporting resnet18 (224) and lenet...", file=sys.stderr)
+        resnet, lenet, lenet_name = export_models(folder)
+        print("timing (interleaved)...", file=sys.stderr)
+        engine_s, bare_s = compare_engine_to_bare(resnet, (1, 3, 224, 224), args.threads,
+                                                  args.rounds, args.calls)
+        ratio = engine_s / bare_s
+        lenet_engine, lenet_bare = compare_engine_to_bare(lenet, (1, 1, 28, 28), args.threads,
+                                                          args.rounds, args.calls * 50)
+        overhead_us = (lenet_engine - lenet_bare) * 1e6
+        print("quantizing resnet18 to int8 and measuring memory...", file=sys.stderr)
+        int8 = folder / "resnet18_int8.onnx"
+        quantize_int8(resnet, int8)
+        image = folder / "photo.png"
+        from PIL import Image
+
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (375, 500, 3), np.uint8)).save(image)
+        memory = memory_figures(int8, image)
+
+    def verdict(ok: bool) -> str:
+        return "ok" if ok else "MISSED"
+
+    print(f"threads {args.threads}, {args.rounds} rounds, onnxruntime {ort.__version__}")
+    print(f"resnet18 fp32 b1 224: Engine.run {engine_s * 1e3:.3f} ms vs bare session "
+          f"{bare_s * 1e3:.3f} ms -> ratio {ratio:.4f} (goal <= {OVERHEAD_RATIO_GOAL}) "
+          f"{verdict(ratio <= OVERHEAD_RATIO_GOAL)}")
+    print(f"{lenet_name} b1: Engine.run {lenet_engine * 1e6:.1f} us vs bare session "
+          f"{lenet_bare * 1e6:.1f} us -> overhead {overhead_us:.1f} us/call "
+          f"(goal <= {OVERHEAD_US_GOAL:g} us) {verdict(overhead_us <= OVERHEAD_US_GOAL)}")
+    for name, megabytes in memory.items():
+        goal = (f" (goal <= {RSS_MB_GOAL:g} MB) {verdict(megabytes <= RSS_MB_GOAL)}"
+                if name.startswith("edgecnn") else "")
+        print(f"peak RSS {name}: {megabytes:.1f} MB{goal}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
