@@ -136,3 +136,22 @@ def test_model_without_metadata(cli, tmp_path, broken_files):
 ])
 def test_bad_options(cli, labelled_tiny, broken_files, args, fragment):
     assert_one_line_error(cli("run", labelled_tiny.path, broken_files / "ok.png", *args), 2, fragment)
+
+
+def test_embedded_inference_example(resnet18_64, photos):
+    """examples/embedded_inference.py prints the engine's top 5 and never imports torch."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    script = REPO / "examples" / "embedded_inference.py"
+    probe = (f"import runpy, sys; sys.argv = ['x', {str(resnet18_64)!r}, {str(photos[0])!r}]; "
+             f"runpy.run_path({str(script)!r}, run_name='__main__'); "
+             "print('torch loaded' if 'torch' in sys.modules else 'torch-free')")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "resnet18 on CPUExecutionProvider" and lines[-1] == "torch-free"
+    expected = Engine(resnet18_64).predict(photos[0], top_k=5)
+    assert [line.split() for line in lines[1:6]] == [[f"{p:.2%}", str(label)] for label, p in expected]
