@@ -25,11 +25,16 @@ from torch import nn
 
 import edgecnn
 from edgecnn import models
+from edgecnn.ops import randomize_offset_predictors, uses_deform_conv
 from edgecnn.errors import BadInput, CheckFailed, EdgecnnError
+from edgecnn.export.deform import TRANSLATION_TABLE as DEFORM_TRANSLATION_TABLE
 from edgecnn.export.files import atomic_output, check_output_path
 from edgecnn.export.parity import ParityMetrics, compare, default_tolerance
 from edgecnn.runtime import InputInfo, ModelMetadata, load_session
-from edgecnn.runtime.metadata import METADATA_KEY
+from edgecnn.runtime.deform import (
+    DEFAULT_LOWERING, NATIVE_MIN_OPSET, model_lowering, set_deform_lowering,
+)
+from edgecnn.runtime.metadata import LOWERINGS, METADATA_KEY
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 18  # the dynamo exporter emits opset 18 and up; lower requests silently fail
@@ -89,6 +94,29 @@ def validate_opset(opset: int, spec: models.ModelSpec | None = None) -> int:
     return opset
 
 
+def resolve_opset(opset: int | None, spec: models.ModelSpec, native_deform: bool = False) -> int:
+    """The opset to export at: ``opset`` validated, or by default 18 raised to what is needed.
+
+    ``native_deform``: the model has deformable convolutions exported with the native
+    lowering, whose ONNX DeformConv body needs opset 19.
+    """
+    if opset is None:
+        opset = max(DEFAULT_OPSET, spec.min_opset, NATIVE_MIN_OPSET if native_deform else 0)
+    opset = validate_opset(opset, spec)
+    if native_deform and opset < NATIVE_MIN_OPSET:
+        raise BadInput(f"--opset {opset} is too old for the deformable convolutions of {spec.name} "
+                       f"with --deform-lowering native (ONNX DeformConv needs opset "
+                       f"{NATIVE_MIN_OPSET}): use --opset {NATIVE_MIN_OPSET} or "
+                       "--deform-lowering decomposed")
+    return opset
+
+
+def check_deform_lowering(lowering: str) -> str:
+    if lowering not in LOWERINGS:
+        raise BadInput(f"--deform-lowering must be one of {', '.join(LOWERINGS)}, got {lowering!r}")
+    return lowering
+
+
 @contextlib.contextmanager
 def _quiet_exporter() -> None:
     """Silence the exporter's chatter (warnings, logging, prints) so the CLI output stays clean."""
@@ -116,12 +144,18 @@ def _strip_node_metadata(model: onnx.ModelProto) -> None:
 
 def to_onnx(module: nn.Module, example: torch.Tensor, output_name: str = "logits", *,
             opset: int = DEFAULT_OPSET, dynamic_batch: bool = True,
-            custom_translation_table: dict | None = None) -> onnx.ModelProto:
+            custom_translation_table: dict | None = None,
+            deform_lowering: str = DEFAULT_LOWERING) -> onnx.ModelProto:
     """Export ``module`` (eval mode) with the dynamo exporter: input ``input``, one output.
 
-    The batch axis is named ``batch`` and dynamic unless ``dynamic_batch`` is False. Raises
-    EdgecnnError when torch.onnx cannot export the module.
+    The batch axis is named ``batch`` and dynamic unless ``dynamic_batch`` is False. Each
+    edgecnn deformable convolution becomes one ai.edgecnn::DeformConv2d node whose function
+    body is ``deform_lowering`` ("native" needs opset 19; see edgecnn.runtime.deform). Extra
+    ``custom_translation_table`` entries are added to edgecnn's. Raises EdgecnnError when
+    torch.onnx cannot export the module.
     """
+    check_deform_lowering(deform_lowering)
+    table = {**DEFORM_TRANSLATION_TABLE, **(custom_translation_table or {})}
     dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
     try:
         with _quiet_exporter(), torch.no_grad():
@@ -129,12 +163,16 @@ def to_onnx(module: nn.Module, example: torch.Tensor, output_name: str = "logits
                 module.eval(), (example,), None, dynamo=True, opset_version=opset,
                 input_names=["input"], output_names=[output_name],
                 dynamic_shapes=dynamic_shapes, optimize=True, verbose=False,
-                custom_translation_table=custom_translation_table)
+                custom_translation_table=table)
     except Exception as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
         raise EdgecnnError(f"torch.onnx could not export {type(module).__name__}: "
                            f"{first_line[:300]}") from error
     proto = program.model_proto
+    try:
+        set_deform_lowering(proto, deform_lowering)
+    except ValueError as error:  # native lowering below opset 19
+        raise BadInput(f"{error}; export with opset {NATIVE_MIN_OPSET}") from None
     _strip_node_metadata(proto)
     proto.producer_name = "edgecnn"
     proto.producer_version = f"{edgecnn.__version__} (torch {torch.__version__.split('+')[0]})"
@@ -177,8 +215,9 @@ def build_model(name: str, *, num_classes: int | None = None, in_channels: int |
                 strict: bool = True, **options) -> nn.Module:
     """A registered model in eval mode: loaded from ``weights`` or seeded random.
 
-    Random models get non-trivial BatchNorm statistics (see randomize_batchnorm_stats) so that
-    a parity check exercises BatchNorm.
+    Random models get non-trivial BatchNorm statistics (see randomize_batchnorm_stats) and
+    deformable convolutions random offsets (randomize_offset_predictors) so that a parity check
+    exercises both.
     """
     if in_channels is not None:
         options["in_channels"] = in_channels
@@ -189,6 +228,7 @@ def build_model(name: str, *, num_classes: int | None = None, in_channels: int |
         models.load_weights(model, weights, strict=strict)
     else:
         models.randomize_batchnorm_stats(model, seed)
+        randomize_offset_predictors(model, seed)
     return model.eval()
 
 
@@ -208,13 +248,16 @@ def run_eager(model: nn.Module, example: torch.Tensor, spec: models.ModelSpec) -
 
 
 def export_model(name: str, output: str | os.PathLike | None = None, *,
-                 opset: int = DEFAULT_OPSET, input_size: int | Sequence[int] | None = None,
+                 opset: int | None = None, input_size: int | Sequence[int] | None = None,
                  batch: int | None = None, num_classes: int | None = None,
                  in_channels: int | None = None, weights: str | os.PathLike | None = None,
                  seed: int = 0, check: bool = True, labels: str | os.PathLike | None = None,
-                 model_options: dict | None = None,
+                 model_options: dict | None = None, deform_lowering: str = DEFAULT_LOWERING,
                  on_step: StepCallback | None = None) -> ExportResult:
     """Export a registered model to ONNX; see ``edgecnn export --help`` for the options.
+
+    ``opset`` None means 18, or 19 when the model has deformable convolutions exported with
+    the native lowering (``deform_lowering``, "native" or "decomposed").
 
     Raises BadInput for unusable arguments (before anything is written) and CheckFailed when
     the onnxruntime output differs from eager beyond the model's tolerance (nothing written).
@@ -223,7 +266,9 @@ def export_model(name: str, output: str | os.PathLike | None = None, *,
     step = on_step or (lambda message: None)
     spec = models.get_spec(name)
     output = check_output_path(output or f"{name}.onnx")
-    opset = validate_opset(opset, spec)
+    if opset is not None:
+        validate_opset(opset, spec)
+    check_deform_lowering(deform_lowering)
     height, width = resolve_input_size(spec, input_size)
     if batch is not None and batch < 1:
         raise BadInput(f"--batch must be >= 1, got {batch}")
@@ -237,14 +282,17 @@ def export_model(name: str, output: str | os.PathLike | None = None, *,
     label_list = read_labels(labels, classes) if labels is not None else None
     example = random_input((batch or CHECK_BATCH, channels, height, width), seed)
     reference = run_eager(model, example, spec)
+    opset = resolve_opset(opset, spec, uses_deform_conv(model) and deform_lowering == "native")
 
     step("exporting with torch.onnx (dynamo)")
-    proto = to_onnx(model, example, spec.output_name, opset=opset, dynamic_batch=batch is None)
+    proto = to_onnx(model, example, spec.output_name, opset=opset, dynamic_batch=batch is None,
+                    deform_lowering=deform_lowering)
     proto.graph.name = name
+    lowering = model_lowering(proto)  # None when the graph has no deformable convolution
     mean, std = spec.normalization(channels)
     set_metadata(proto, ModelMetadata(
         model=name, task=spec.task, labels=label_list, precision="fp32", opset=opset,
-        edgecnn_version=edgecnn.__version__,
+        edgecnn_version=edgecnn.__version__, deform_lowering=lowering,
         input=InputInfo(shape=[channels, height, width], color="RGB" if channels == 3 else "GRAY",
                         mean=mean, std=std)))
     step("checking the graph (onnx.checker, shape inference)")
@@ -267,4 +315,5 @@ def export_model(name: str, output: str | os.PathLike | None = None, *,
     return ExportResult(path=output, model=name, opset=opset, size_bytes=size,
                         input_shape=[batch or "batch", channels, height, width],
                         seconds=time.perf_counter() - started, parity=parity,
-                        tolerance=tolerance if check else None)
+                        tolerance=tolerance if check else None,
+                        extra={"deform_lowering": lowering})

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from edgecnn.cli._app import (
-    BatchOpt, InputSizeOpt, JsonOpt, NumClassesOpt, OpsetOpt, OutputOpt, WeightsOpt, app,
+    BatchOpt, InputSizeOpt, JsonOpt, NumClassesOpt, OutputOpt, WeightsOpt, app,
     human_size, out, parse_input_size, print_json, progress_steps,
 )
 from edgecnn.cli.quantize_cmd import (
@@ -31,7 +31,9 @@ def print_export_summary(summary: dict) -> None:
 def export_command(
     model: Annotated[str, typer.Argument(help="Registered model name (see `edgecnn list`).")],
     output: OutputOpt = None,
-    opset: OpsetOpt = 18,
+    opset: Annotated[Optional[int], typer.Option(
+        "--opset", help="ONNX opset, 18 or newer (default: 18, or 19 when native DeformConv "
+                        "needs it).")] = None,
     input_size: InputSizeOpt = None,
     batch: BatchOpt = None,
     num_classes: NumClassesOpt = None,
@@ -46,6 +48,11 @@ def export_command(
         help="Write the int8 (static QDQ) or fp16 model instead (see `edgecnn quantize`).")] = None,
     calibration: CalibrationOpt = None,
     calibration_size: CalibrationSizeOpt = 100,
+    deform_lowering: Annotated[str, typer.Option(
+        "--deform-lowering", metavar="native|decomposed",
+        help="Body of the deformable-conv custom op: ONNX DeformConv (opset 19+), or older ops "
+             "for runtimes without a DeformConv kernel (onnxruntime < 1.32, TensorRT < 10.1).")
+    ] = "native",
     json_output: JsonOpt = False,
 ) -> None:
     """Export a model to ONNX (dynamo exporter), embed its metadata and check parity."""
@@ -53,7 +60,7 @@ def export_command(
 
     options = dict(opset=opset, input_size=parse_input_size(input_size), batch=batch,
                    num_classes=num_classes, in_channels=in_channels, weights=weights, seed=seed,
-                   check=check, labels=labels)
+                   check=check, labels=labels, deform_lowering=deform_lowering)
     if quantize is not None:
         from edgecnn.export.quantize import export_quantized
 

@@ -45,6 +45,8 @@ def info_command(
         table.add_row("opsets", ", ".join(f"{d} {v}" for d, v in info["opset_imports"].items()))
         customs = [f"{op['domain']}::{op['op']} ×{op['count']}" for op in info["custom_ops"]]
         table.add_row("custom ops", ", ".join(customs) or "none")
+        if info["functions"]:  # the bodies that make custom ops runnable (model-local functions)
+            table.add_row("functions", ", ".join(info["functions"]))
         table.add_row("weights", f"{info['parameters']:,} values in {info['nodes']} nodes")
     table.add_row("producer", info["producer"])
     out.print(table)
