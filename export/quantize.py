@@ -366,6 +366,11 @@ def to_fp16(model: onnx.ModelProto, exclude: Sequence[str], keep_io_float: bool)
                                              node_block_list=list(exclude))
         # The converter appends its Cast nodes at the end; onnx.checker wants graph order.
         OnnxModel(converted).topological_sort(is_deterministic=True)
+    # It also records fp16 value_info for the weights of blocked nodes, which it leaves fp32.
+    initializers = {init.name for init in converted.graph.initializer}
+    kept = [value for value in converted.graph.value_info if value.name not in initializers]
+    del converted.graph.value_info[:]
+    converted.graph.value_info.extend(kept)
     return converted
 
 
