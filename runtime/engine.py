@@ -91,8 +91,7 @@ class Engine:
         self.outputs = [TensorSpec.from_node_arg(arg) for arg in self.session.get_outputs()]
         self.check_finite = check_finite
         self._output_names = [spec.name for spec in self.outputs]
-        # (name, dtype, rank, fixed axes) per input: what run() checks, precomputed.
-        self._checks = [(spec, spec.dtype, len(spec.shape), spec.fixed_axes) for spec in self.inputs]
+        self._checks = [_InputCheck(spec) for spec in self.inputs]
 
     def __repr__(self) -> str:
         model = self.metadata.model if self.metadata else "no metadata"
@@ -113,8 +112,8 @@ class Engine:
         NaN or Inf (unless check_finite=False).
         """
         feed = self._feed(inputs)
-        for spec, dtype, rank, fixed in self._checks:
-            _check_array(spec, dtype, rank, fixed, feed[spec.name], self.check_finite)
+        for check in self._checks:
+            check(feed[check.name], self.check_finite)
         return dict(zip(self._output_names, self.session.run(self._output_names, feed)))
 
     def _feed(self, inputs) -> Mapping[str, np.ndarray]:
@@ -189,21 +188,34 @@ class Engine:
                        f"{[spec.name for spec in self.inputs]}")
 
 
-def _check_array(spec: TensorSpec, dtype, rank: int, fixed, array, check_finite: bool) -> None:
-    """The input checks of Engine.run, cheap on the happy path (a few microseconds)."""
-    if not isinstance(array, np.ndarray):
-        raise BadInput(f"input {spec.name!r}: expected a numpy array, got {type(array).__name__}")
-    shape = array.shape
-    if array.dtype != dtype and dtype is not None:
-        raise BadInput(f"input {spec.name!r}: expected {spec.describe()}, got {array.dtype} "
-                       f"{list(shape)}")
-    if len(shape) != rank or any(shape[axis] != size for axis, size in fixed):
-        raise BadInput(f"input {spec.name!r}: expected {spec.describe()}, got {array.dtype} "
-                       f"{list(shape)}")
-    if check_finite and array.dtype.kind == "f" and not np.isfinite(array).all():
-        nan, inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
-        raise BadInput(f"input {spec.name!r}: expected finite values, got {nan} NaN and {inf} Inf "
-                       f"of {array.size}")
+class _InputCheck:
+    """Engine.run's checks of one input; a shape seen before costs one set lookup."""
+
+    MAX_SHAPES = 64  # remembered accepted shapes (dynamic axes can produce many)
+
+    def __init__(self, spec: TensorSpec):
+        self.spec, self.name, self.dtype = spec, spec.name, spec.dtype
+        self.rank, self.fixed = len(spec.shape), spec.fixed_axes
+        self.accepted: set[tuple] = set()  # adding under the GIL is thread-safe
+
+    def __call__(self, array, check_finite: bool) -> None:
+        if not isinstance(array, np.ndarray):
+            raise BadInput(f"input {self.name!r}: expected a numpy array, got {type(array).__name__}")
+        if (array.dtype != self.dtype and self.dtype is not None) or array.shape not in self.accepted:
+            self._check_dtype_and_shape(array)
+        if check_finite and array.dtype.kind == "f" and not np.isfinite(array).all():
+            nan, inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
+            raise BadInput(f"input {self.name!r}: expected finite values, got {nan} NaN and {inf} "
+                           f"Inf of {array.size}")
+
+    def _check_dtype_and_shape(self, array: np.ndarray) -> None:
+        shape = array.shape
+        if ((array.dtype != self.dtype and self.dtype is not None) or len(shape) != self.rank
+                or any(shape[axis] != size for axis, size in self.fixed)):
+            raise BadInput(f"input {self.name!r}: expected {self.spec.describe()}, got "
+                           f"{array.dtype} {list(shape)}")
+        if len(self.accepted) < self.MAX_SHAPES:
+            self.accepted.add(shape)
 
 
 def _check_active(wanted: str, active: Sequence[str], *, explicit: bool, fallback: bool) -> None:
