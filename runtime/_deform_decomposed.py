@@ -5,25 +5,24 @@ Torch-free; the onnx package is passed in (imported lazily by ``edgecnn.runtime.
 Every size comes from the inputs' runtime shapes and every hyper-parameter from the calling
 node's attributes (``Constant`` nodes whose value references strides, pads, dilations, group and
 offset_group), so one body serves every call site, any batch and any input size. The ops are
-Shape, Gather, Reshape, Transpose, Pad, Range, Cast/CastLike, Floor, Min/Max, Where, Equal,
-arithmetic, Concat, Unsqueeze, ReduceSum and MatMul (no DeformConv, no GridSample, no If):
-all run in onnxruntime 1.17 and have TensorRT 8.6 importers.
+Shape, Gather, Reshape, Range, CastLike, arithmetic, Concat, Squeeze/Unsqueeze, GridSample,
+MatMul and Identity (no DeformConv, no If): all run in onnxruntime 1.17 and have TensorRT 8.6
+importers (GridSample since TensorRT 8.6).
 
-The algorithm mirrors ``edgecnn.ops.deform_conv`` (and onnxruntime's DeformConv kernel):
+The computation, per (image, offset group) plane:
 
-1. Sampling positions in input pixels: ``out * stride - pad + tap * dilation + offset``,
-   clamped to [-1, size] so that positions far outside the image land in a zero border.
-2. The input gets that border (1 before, 2 after) and is laid out channels-last as a table of
-   rows, each row ``u`` consecutive channels of one pixel (``u`` divides both the channels per
-   conv group and per offset group, so one row shares one offset group and one conv group).
-3. One Gather fetches the four bilinear corners of every (conv group, position, tap, row); the
-   bilinear weights (times the DCNv2 mask) weight them and a ReduceSum adds the corners.
-4. One MatMul per conv group applies the kernel; a transpose gives NCHW, then the bias.
+1. Sampling positions in input pixels, ``out * stride - pad + tap * dilation + offset``, for
+   every tap and output position, normalised for GridSample (``align_corners=0``:
+   ``(2 * p + 1) / size - 1``, valid for any size, 1 included).
+2. GridSample (bilinear, zero padding: ONNX DeformConv's sampling) of the plane's channels at
+   those positions gives the deformed im2col (N * G, C / G, kh * kw * out_h, out_w), already in
+   the channel-major order of the conv weights; the DCNv2 mask multiplies it.
+3. One MatMul per conv group applies the kernel, giving NCHW directly; then the bias.
 """
 
 from __future__ import annotations
 
-_TAPS_AXIS = 1  # offset group axis of the (N, G, K, L) position tensors
+GRID_SAMPLE_LINEAR = {16: "bilinear", 20: "linear"}  # the mode's name changed in opset 20
 
 
 class _Body:
@@ -40,11 +39,17 @@ class _Body:
         return output
 
     def ints(self, *values: int) -> str:
-        """A 1-D int64 constant."""
-        return self.op("Constant", value_ints=list(values))
+        """A 1-D int64 constant (a tensor attribute: onnx 1.15's function shape inference, as
+        in onnxruntime 1.17, does not see the shape of a ``value_ints`` constant)."""
+        tensor = self.helper.make_tensor("value", self.onnx.TensorProto.INT64, [len(values)], values)
+        return self.op("Constant", value=tensor)
+
+    def floating(self, value: float) -> str:
+        """A scalar of X's floating-point type."""
+        return self.op("CastLike", self.op("Constant", value_float=value), "X")
 
     def attribute(self, name: str, attribute_type) -> str:
-        """A constant holding the calling node's attribute ``name`` (1-D int64 tensor)."""
+        """A 1-D int64 constant holding the calling node's attribute ``name``."""
         value_name = "value_ints" if attribute_type == self.onnx.AttributeProto.INTS else "value_int"
         reference = self.helper.make_attribute_ref(value_name, attribute_type, ref_attr_name=name)
         output = f"t{len(self.nodes)}_{name}"
@@ -60,15 +65,15 @@ class _Body:
         shape = self.op("Shape", tensor)
         return [self.op("Gather", shape, self.ints(index)) for index in indices]
 
-    def scalar(self, vector: str) -> str:
-        return self.op("Squeeze", vector, self.ints(0))
+    def element(self, vector: str, index: int) -> str:
+        return self.op("Gather", vector, self.ints(index))
 
     def shape(self, *parts: str) -> str:
         return self.op("Concat", *parts, axis=0)
 
     def range(self, count: str) -> str:
         zero, one = (self.op("Constant", value_int=v) for v in (0, 1))
-        return self.op("Range", zero, self.scalar(count), one)
+        return self.op("Range", zero, self.op("Squeeze", count, self.ints(0)), one)
 
     def mul(self, a: str, b: str) -> str:
         return self.op("Mul", a, b)
@@ -83,126 +88,68 @@ class _Body:
         return self.op("Div", a, b)
 
 
-def _row_width(body: _Body, group_channels: str, offset_group_channels: str) -> str:
-    """Channels per gathered row: divides both the conv-group and the offset-group channels.
+def _normalized_positions(body: _Body, axis: int, kernel: str, out: str, size: str,
+                          strides: str, pads: str, dilations: str, offsets: str) -> str:
+    """GridSample coordinates (N, G, kh, kw, out_h, out_w) along one spatial axis (0: y, 1: x)."""
+    one = body.ints(1)
+    taps = body.sub(body.mul(body.range(kernel), body.element(dilations, axis)),
+                    body.element(pads, axis))
+    outs = body.mul(body.range(out), body.element(strides, axis))
+    # (kh, 1, out_h, 1) for y, (1, kw, 1, out_w) for x: broadcast against the offsets.
+    tap_shape = body.shape(kernel, one, one, one) if axis == 0 else body.shape(one, kernel, one, one)
+    out_shape = body.shape(one, one, out, one) if axis == 0 else body.shape(one, one, one, out)
+    base = body.add(body.op("Reshape", taps, tap_shape), body.op("Reshape", outs, out_shape))
+    position = body.add(body.op("Gather", offsets, body.op("Constant", value_int=axis), axis=4),
+                        body.op("CastLike", base, "X"))
+    doubled = body.add(body.mul(position, body.floating(2.0)), body.floating(1.0))
+    return body.sub(body.div(doubled, body.op("CastLike", size, "X")), body.floating(1.0))
 
-    The common cases (one divides the other) give the larger of the two possible widths;
-    otherwise rows of one channel (correct, slower).
-    """
-    def divides(a, b):  # a divides b
-        return body.op("Equal", body.mul(body.div(b, a), a), b)
 
-    fallback = body.op("Where", divides(offset_group_channels, group_channels),
-                       offset_group_channels, body.ints(1))
-    return body.op("Where", divides(group_channels, offset_group_channels), group_channels, fallback)
-
-
-def build_decomposed_body(onnx, *, modulated: bool, with_bias: bool) -> list:
+def build_decomposed_body(onnx, *, modulated: bool, with_bias: bool, opset: int) -> list:
     """Nodes computing ``Y`` from ``X, W, offset[, B][, mask]`` (function input names)."""
     body = _Body(onnx)
     ints_type, int_type = onnx.AttributeProto.INTS, onnx.AttributeProto.INT
-    batch, channels, height, width = body.dims("X", 0, 1, 2, 3)
+    channels, height, width = body.dims("X", 1, 2, 3)
     out_channels, group_channels, kernel_h, kernel_w = body.dims("W", 0, 1, 2, 3)
     out_h, out_w = body.dims("offset", 2, 3)
-    strides = body.attribute("strides", ints_type)
-    pads = body.attribute("pads", ints_type)
-    dilations = body.attribute("dilations", ints_type)
+    strides, pads, dilations = (body.attribute(name, ints_type)
+                                for name in ("strides", "pads", "dilations"))
     groups = body.attribute("group", int_type)
     offset_groups = body.attribute("offset_group", int_type)
-
-    def element(vector, index):
-        return body.op("Gather", vector, body.ints(index))
-
     taps = body.mul(kernel_h, kernel_w)
     positions = body.mul(out_h, out_w)
-    unit = _row_width(body, group_channels, body.div(channels, offset_groups))
-    units = body.div(channels, unit)                  # rows per pixel
-    units_per_group = body.div(group_channels, unit)  # rows per conv group and pixel
-    border = (1, 2)  # zero rows/columns before and after the image
-    padded_w = body.add(width, body.ints(sum(border)))
-    padded_h = body.add(height, body.ints(sum(border)))
+    plane_channels = body.div(channels, offset_groups)
+    keep, rest = body.ints(0), body.ints(-1)  # Reshape: copy the dimension / infer it
 
-    # 1. Sampling positions (N, G, kh, kw, out_h, out_w) in input pixels.
-    def axis_positions(kernel, dilation, pad, out, stride, kernel_shape, out_shape):
-        taps_ = body.sub(body.mul(body.range(kernel), dilation), pad)
-        outs = body.mul(body.range(out), stride)
-        grid = body.add(body.op("Reshape", taps_, kernel_shape), body.op("Reshape", outs, out_shape))
-        return body.op("CastLike", grid, "X")
+    # 1. Normalised sampling positions, as GridSample's (N * G, kh * kw * out_h, out_w, 2) grid.
+    offsets = body.op("Reshape", "offset", body.shape(
+        keep, offset_groups, kernel_h, kernel_w, body.ints(2), out_h, out_w))
+    common = dict(strides=strides, pads=pads, dilations=dilations, offsets=offsets)
+    grid_y = _normalized_positions(body, 0, kernel_h, out_h, height, **common)
+    grid_x = _normalized_positions(body, 1, kernel_w, out_w, width, **common)
+    grid = body.op("Concat", *(body.op("Unsqueeze", g, body.ints(-1)) for g in (grid_x, grid_y)),
+                   axis=-1)
+    grid = body.op("Reshape", grid, body.shape(rest, body.mul(taps, out_h), out_w, body.ints(2)))
 
-    one = body.ints(1)
-    base_y = axis_positions(kernel_h, element(dilations, 0), element(pads, 0), out_h,
-                            element(strides, 0), body.shape(kernel_h, one, one, one),
-                            body.shape(one, one, out_h, one))
-    base_x = axis_positions(kernel_w, element(dilations, 1), element(pads, 1), out_w,
-                            element(strides, 1), body.shape(one, kernel_w, one, one),
-                            body.shape(one, one, one, out_w))
-    split_offset = body.op("Reshape", "offset", body.shape(
-        body.ints(0), offset_groups, kernel_h, kernel_w, body.ints(2), out_h, out_w))
-    low_limit = body.op("CastLike", body.op("Constant", value_float=-1.0), "X")
-    unit_float = body.op("CastLike", body.op("Constant", value_float=1.0), "X")
-
-    def clamped(component, base, size):
-        position = body.add(body.op("Gather", split_offset, body.op("Constant", value_int=component),
-                                    axis=4), base)
-        return body.op("Min", body.op("Max", position, low_limit), body.op("CastLike", size, "X"))
-
-    y = clamped(0, base_y, height)
-    x = clamped(1, base_x, width)
-    y_low, x_low = body.op("Floor", y), body.op("Floor", x)
-    frac_y, frac_x = body.sub(y, y_low), body.sub(x, x_low)
-    keep_y, keep_x = body.sub(unit_float, frac_y), body.sub(unit_float, frac_x)
-    corner_weights = [body.mul(keep_y, keep_x), body.mul(keep_y, frac_x),
-                      body.mul(frac_y, keep_x), body.mul(frac_y, frac_x)]
+    # 2. The deformed im2col of each plane, then the mask.
+    planes = body.op("Reshape", "X", body.shape(rest, plane_channels, height, width))
+    mode = GRID_SAMPLE_LINEAR[20 if opset >= 20 else 16]
+    columns = body.op("GridSample", planes, grid, align_corners=0, mode=mode,
+                      padding_mode="zeros")
     if modulated:
-        mask = body.op("Reshape", "mask", body.shape(
-            body.ints(0), offset_groups, kernel_h, kernel_w, out_h, out_w))
-        corner_weights = [body.mul(weights, mask) for weights in corner_weights]
-
-    # Flat pixel index of the top-left corner in the bordered image of each sample.
-    image = body.op("Reshape", body.range(batch), body.ints(-1, 1, 1, 1, 1, 1))
-    row = body.add(body.add(body.mul(image, padded_h), body.op("Cast", y_low, to=7)), one)
-    pixel = body.add(body.add(body.mul(row, padded_w), body.op("Cast", x_low, to=7)), one)
-
-    # 2. Rearrange (N, G, K, L) per-sample values to (N, groups, L, K, rows per group).
-    offset_group_of_row = body.div(body.mul(body.range(units), unit),
-                                   body.div(channels, offset_groups))
-
-    def per_row(values, extra_axes):
-        flat = body.op("Reshape", values, body.shape(
-            body.ints(0), offset_groups, taps, positions, *[body.ints(-1)] * extra_axes))
-        spread = body.op("Gather", flat, offset_group_of_row, axis=_TAPS_AXIS)
-        split = body.op("Reshape", spread, body.shape(
-            body.ints(0), groups, units_per_group, taps, positions, *[body.ints(-1)] * extra_axes))
-        return body.op("Transpose", split, perm=[0, 1, 4, 3, 2] + [5] * extra_axes)
-
-    row_of_unit = body.op("Reshape", body.range(units), body.shape(
-        one, groups, one, one, units_per_group))
-    top_left = body.add(body.mul(per_row(pixel, 0), units), row_of_unit)
-    shifts = [body.ints(0), units, body.mul(padded_w, units),
-              body.mul(body.add(padded_w, one), units)]
-    rows = body.op("Concat", *[body.op("Unsqueeze", body.add(top_left, shift), body.ints(0))
-                               for shift in shifts], axis=0)
-    stacked = body.op("Concat", *[body.op("Unsqueeze", w, body.ints(-1)) for w in corner_weights],
-                      axis=-1)
-    weights = body.op("Unsqueeze", body.op("Transpose", per_row(stacked, 1),
-                                           perm=[5, 0, 1, 2, 3, 4]), body.ints(-1))
-
-    # 3. Gather the corners from the channels-last bordered input; weight and add them.
-    bordered = body.op("Pad", "X", body.ints(0, 0, border[0], border[0], 0, 0, border[1], border[1]))
-    table = body.op("Reshape", body.op("Transpose", bordered, perm=[0, 2, 3, 1]),
-                    body.shape(body.ints(-1), unit))
-    corners = body.op("Gather", table, rows, axis=0)
-    columns = body.op("ReduceSum", body.mul(corners, weights), body.ints(0), keepdims=0)
+        columns = body.op("Reshape", columns, body.shape(
+            rest, offset_groups, plane_channels, taps, positions))
+        mask = body.op("Reshape", "mask", body.shape(keep, offset_groups, body.ints(1), taps,
+                                                     positions))
+        columns = body.mul(columns, mask)
     columns = body.op("Reshape", columns, body.shape(
-        body.ints(0), groups, positions, body.mul(taps, group_channels)))
+        rest, groups, body.mul(group_channels, taps), positions))
 
-    # 4. The kernel as (groups, K * C/groups, O/groups), ordered like the columns.
-    group_out = body.div(out_channels, groups)
-    kernel = body.op("Reshape", "W", body.shape(groups, group_out, group_channels, taps))
-    kernel = body.op("Reshape", body.op("Transpose", kernel, perm=[0, 3, 2, 1]),
-                     body.shape(groups, body.mul(taps, group_channels), group_out))
-    product = body.op("Transpose", body.op("MatMul", columns, kernel), perm=[0, 1, 3, 2])
-    output = body.op("Reshape", product, body.shape(body.ints(0), out_channels, out_h, out_w))
+    # 3. (groups, O / groups, C / groups * kh * kw) @ columns -> (N, groups, O / groups, L).
+    kernel = body.op("Reshape", "W", body.shape(
+        groups, body.div(out_channels, groups), body.mul(group_channels, taps)))
+    output = body.op("Reshape", body.op("MatMul", kernel, columns),
+                     body.shape(rest, out_channels, out_h, out_w))
     if with_bias:
         output = body.add(output, body.op("Reshape", "B", body.ints(1, -1, 1, 1)))
     body.nodes.append(onnx.helper.make_node("Identity", [output], ["Y"]))

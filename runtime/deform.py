@@ -7,7 +7,7 @@ for it, so a stock onnxruntime runs it without any plugin, in one of two lowerin
 
 - ``native``: the body is the standard ONNX ``DeformConv`` (opset 19+; onnxruntime >= 1.32 has
   a CPU kernel, TensorRT parses it since 10.1);
-- ``decomposed``: a body of older ops only (Gather + MatMul, see ``_deform_decomposed``) for
+- ``decomposed``: a body of older ops only (GridSample + MatMul, see ``_deform_decomposed``) for
   runtimes without a DeformConv kernel (onnxruntime 1.17, TensorRT 8.6).
 
 The bodies read every hyper-parameter from the calling node (attribute references), so one
@@ -115,7 +115,8 @@ def deform_function(lowering: str = DEFAULT_LOWERING, opset: int | None = None, 
         nodes = [node]
     else:
         opset = 18 if opset is None else opset
-        nodes = build_decomposed_body(onnx, modulated=modulated, with_bias=with_bias)
+        nodes = build_decomposed_body(onnx, modulated=modulated, with_bias=with_bias,
+                                      opset=opset)
     return helper.make_function(
         DOMAIN, OP_TYPE, list(INPUTS), ["Y"], nodes, [helper.make_opsetid("", opset)],
         attributes=list(ATTRIBUTE_DEFAULTS),

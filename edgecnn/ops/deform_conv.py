@@ -9,10 +9,10 @@ kernel tap (ki, kj) samples the input at
 with bilinear interpolation and zeros outside the image, optionally scaled by ``mask`` (DCNv2),
 and the samples are reduced with ``weight`` like an ordinary (grouped) convolution.
 
-The computation is vectorised over batch, offset groups, taps and positions: the four bilinear
-corners are gathered with ``index_select`` from a zero-bordered copy of the input (positions
-are clamped into that border first, so far out-of-range samples read zeros without masks), and
-one batched matmul applies the weights. The positions are computed in input pixels exactly as
+The computation is vectorised over batch, offset groups, taps and positions: ``embedding_bag``
+adds up the four bilinear corners, read from a zero-bordered channels-last copy of the input
+(positions are clamped into that border first, so far out-of-range samples read zeros without
+any masking), and one batched matmul applies the weights. The positions are computed in input pixels exactly as
 onnxruntime's DeformConv kernel does, which keeps eager and ONNX results within rounding.
 
 The op is opaque to torch.export (a fake kernel gives its output shape), so an exported
@@ -100,13 +100,11 @@ def _check_arguments(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor
 def _sampling_columns(input: Tensor, offset: Tensor, mask: Tensor | None,
                       kernel: tuple[int, int], stride: Sequence[int], padding: Sequence[int],
                       dilation: Sequence[int], offset_groups: int) -> Tensor:
-    """The deformed im2col: (N, C * kh * kw, out_h * out_w), channel-major like conv weights."""
+    """The deformed im2col, channels-last: (N, out_h * out_w, kh * kw, C)."""
     batch, channels, height, width = input.shape
     kernel_h, kernel_w = kernel
     taps, out_h, out_w = kernel_h * kernel_w, offset.shape[2], offset.shape[3]
     positions = out_h * out_w
-    planes = batch * offset_groups  # one (image, offset group) pair per plane
-    plane_channels = channels // offset_groups
     arange = dict(device=input.device, dtype=torch.int64)
 
     # Integer part of each sampling position: output position * stride - pad + tap * dilation.
@@ -122,28 +120,28 @@ def _sampling_columns(input: Tensor, offset: Tensor, mask: Tensor | None,
     y_low, x_low = y.floor(), x.floor()
     frac_y, frac_x = y - y_low, x - x_low
     keep_y, keep_x = 1 - frac_y, 1 - frac_x
-    corner_weights = [keep_y * keep_x, keep_y * frac_x, frac_y * keep_x, frac_y * frac_x]
+    weights = torch.stack([keep_y * keep_x, keep_y * frac_x, frac_y * keep_x, frac_y * frac_x], -1)
     if mask is not None:
-        mask = mask.reshape(batch, offset_groups, taps, positions)
-        corner_weights = [w * mask for w in corner_weights]
+        weights = weights * mask.reshape(batch, offset_groups, taps, positions, 1)
 
+    # The bordered input as a table of rows: one row = the C/G channels of one pixel of one
+    # (image, offset group) plane.
     padded_h = height + _BORDER_BEFORE + _BORDER_AFTER
     padded_w = width + _BORDER_BEFORE + _BORDER_AFTER
-    plane_start = torch.arange(planes, **arange).view(batch, offset_groups, 1, 1) * (padded_h * padded_w)
-    top_left = ((y_low.long() + _BORDER_BEFORE) * padded_w + x_low.long() + _BORDER_BEFORE
-                + plane_start).reshape(-1)
-    # (C/G, planes * padded pixels): each row is one channel of every plane, so index_select
-    # along dim 1 gathers one bilinear corner for all channels of a plane at once.
     padded = F.pad(input, (_BORDER_BEFORE, _BORDER_AFTER, _BORDER_BEFORE, _BORDER_AFTER))
-    table = padded.reshape(planes, plane_channels, padded_h * padded_w).transpose(0, 1)
-    table = table.reshape(plane_channels, planes * padded_h * padded_w)
-
-    columns = None
-    for shift, weights in zip((0, 1, padded_w, padded_w + 1), corner_weights):
-        corner = table.index_select(1, top_left + shift) * weights.reshape(1, -1)
-        columns = corner if columns is None else columns + corner
-    columns = columns.view(plane_channels, batch, offset_groups, taps, positions)
-    return columns.permute(1, 2, 0, 3, 4).reshape(batch, channels * taps, positions)
+    table = padded.view(batch, offset_groups, channels // offset_groups, padded_h, padded_w)
+    table = table.permute(0, 1, 3, 4, 2).reshape(-1, channels // offset_groups)
+    plane = torch.arange(batch * offset_groups, **arange).view(batch, offset_groups, 1, 1)
+    top_left = ((y_low.long() + _BORDER_BEFORE) * padded_w + x_low.long() + _BORDER_BEFORE
+                + plane * (padded_h * padded_w))
+    corners = torch.stack([top_left, top_left + 1, top_left + padded_w,
+                           top_left + padded_w + 1], -1)
+    # One bag per (image, position, tap, offset group): embedding_bag adds the four corner rows
+    # weighted by the bilinear weights, in one fused (and differentiable) kernel.
+    order = (0, 3, 2, 1, 4)  # (N, G, K, L, 4) -> (N, L, K, G, 4)
+    columns = F.embedding_bag(corners.permute(order).reshape(-1, 4), table, mode="sum",
+                              per_sample_weights=weights.permute(order).reshape(-1, 4))
+    return columns.view(batch, positions, taps, channels)
 
 
 def _deform_conv2d_math(input: Tensor, weight: Tensor, offset: Tensor, bias: Tensor | None,
@@ -153,11 +151,16 @@ def _deform_conv2d_math(input: Tensor, weight: Tensor, offset: Tensor, bias: Ten
     batch = input.shape[0]
     out_channels, group_channels, kernel_h, kernel_w = weight.shape
     out_h, out_w = offset.shape[2], offset.shape[3]
+    taps, group_out = kernel_h * kernel_w, out_channels // groups
     columns = _sampling_columns(input, offset, mask, (kernel_h, kernel_w), stride, padding,
                                 dilation, offset_groups)
-    columns = columns.view(batch, groups, group_channels * kernel_h * kernel_w, out_h * out_w)
-    kernels = weight.reshape(groups, out_channels // groups, group_channels * kernel_h * kernel_w)
-    out = torch.matmul(kernels, columns).reshape(batch, out_channels, out_h, out_w)
+    # (N, groups, L, K * C/groups) @ (groups, K * C/groups, O/groups): a copy only if groups > 1.
+    columns = columns.view(batch, out_h * out_w, taps, groups, group_channels)
+    columns = columns.permute(0, 3, 1, 2, 4).reshape(batch, groups, out_h * out_w,
+                                                     taps * group_channels)
+    kernels = weight.view(groups, group_out, group_channels, taps).permute(0, 3, 2, 1)
+    out = torch.matmul(columns, kernels.reshape(groups, taps * group_channels, group_out))
+    out = out.transpose(2, 3).reshape(batch, out_channels, out_h, out_w)
     return out if bias is None else out + bias.view(1, out_channels, 1, 1)
 
 
