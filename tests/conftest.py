@@ -53,10 +53,35 @@ def assert_one_line_error(result: CliResult, code: int, *fragments: str) -> None
 
 
 @pytest.fixture(scope="session")
-def resnet18_64(tmp_path_factory) -> Path:
-    """resnet18 exported once at 64x64 with a dynamic batch axis (seed 0)."""
+def zoo_onnx(tmp_path_factory):
+    """``zoo_onnx(name) -> Path``: a registered model exported once per test session.
+
+    Seed-0 random weights (``build_model``, so ``build_model(name, seed=0)`` is the eager
+    twin), the spec's CI-sized ``test_input``, a dynamic batch axis, fp32, the default opset
+    and deform lowering. No parity check inside the export: the tests that use a file compare
+    it themselves. The files (the VGGs are ~550 MB each) are deleted when the session ends.
+    """
+    import shutil
+
+    from edgecnn import models
     from edgecnn.export import export_model
 
-    path = tmp_path_factory.mktemp("resnet18") / "resnet18.onnx"
-    export_model("resnet18", path, input_size=64)
-    return path
+    directory = tmp_path_factory.mktemp("zoo")
+    exported: dict[str, Path] = {}
+
+    def export(name: str) -> Path:
+        if name not in exported:
+            spec = models.get_spec(name)
+            path = directory / f"{name}.onnx"
+            export_model(name, path, input_size=spec.ci_input_size, check=False)
+            exported[name] = path
+        return exported[name]
+
+    yield export
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def resnet18_64(zoo_onnx) -> Path:
+    """resnet18 exported once at 64x64 (its test_input) with a dynamic batch axis (seed 0)."""
+    return zoo_onnx("resnet18")

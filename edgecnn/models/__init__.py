@@ -16,6 +16,9 @@ from edgecnn.models.weights import load_weights, randomize_batchnorm_stats, read
 # Architecture modules (imported for their @register_model side effect).
 from edgecnn.models import resnet  # noqa: E402,F401
 from edgecnn.models import resnet_dcn  # noqa: E402,F401
+from edgecnn.models import (  # noqa: E402,F401
+    alexnet, densenet, fcn, googlenet, keras_cnn, lenet, mobilenet, nin, preact_resnet, vgg,
+)
 
 __all__ = [
     "ModelSpec", "create", "get_spec", "list_models", "register_model",

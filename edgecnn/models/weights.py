@@ -47,7 +47,17 @@ def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True)
     ResNet loading a plain ResNet checkpoint), unexpected keys and shape mismatches are not.
     """
     state = read_state_dict(path)
+    # A model may translate a checkpoint format it is known to meet (torchvision's legacy
+    # DenseNet key names, GoogLeNet's training-only auxiliary heads); see the model's docstring.
+    adapt = getattr(model, "adapt_state_dict", None)
+    if callable(adapt):
+        state = adapt(state)
     expected = model.state_dict()
+    # Checkpoints from before PyTorch 0.4.1 (e.g. torchvision's VGG-BN and DenseNet downloads)
+    # have no BatchNorm ``num_batches_tracked``, a training counter that eval never reads;
+    # torch's own strict loading accepts them, so do we.
+    state = {**{key: value for key, value in expected.items()
+                if key.endswith(".num_batches_tracked")}, **state}
     missing = [key for key in expected if key not in state]
     unexpected = [key for key in state if key not in expected]
     problems = []

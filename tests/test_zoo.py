@@ -1,0 +1,95 @@
+"""The model zoo: every registered model is complete, exports, and its ONNX matches eager.
+
+One export per model per session (the ``zoo_onnx`` fixture, at the spec's CI-sized
+``test_input``); each file runs at batch 1 and 3 through its dynamic batch axis against the
+seed-0 eager model, random weights with non-trivial BatchNorm statistics.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from edgecnn import models
+from edgecnn.export import build_model, compare
+from edgecnn.export.exporter import random_input
+from edgecnn.export.parity import REL_L2_TOLERANCE
+from edgecnn.runtime import load_session
+
+# The architectures of issue 3 (ARCHITECTURES.md); the registry may hold more.
+ZOO = ["lenet", "lenet5", "mnist_cnn", "fashion_cnn", "alexnet", "alexnet_original",
+       *(f"vgg{depth}{bn}" for depth in (11, 13, 16, 19) for bn in ("", "_bn")),
+       "nin", "googlenet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+       "preact_resnet18", "densenet121", "mobilenet_v1", "mobilenet_v2", "fcn_resnet18"]
+
+
+def _output_shape(spec: models.ModelSpec, batch: int, height: int, width: int) -> tuple:
+    if spec.task == "segmentation":
+        return (batch, spec.num_classes, height, width)
+    return (batch, spec.num_classes)
+
+
+def test_the_zoo_is_registered_and_listed(cli):
+    assert set(ZOO) <= set(models.list_models())
+    rows = {row["name"]: row for row in json.loads(cli("list", "--json").stdout)["models"]}
+    for name in ZOO:
+        spec = models.get_spec(name)
+        assert rows[name]["params"] == spec.params and rows[name]["task"] == spec.task
+    table = cli("list").stdout
+    assert all(name in table for name in ZOO)
+    assert "fcn_resnet18" in table and "segmentation" in table and "132,863,336" in table
+
+
+@pytest.mark.parametrize("name", models.list_models())
+def test_spec_is_complete_and_counts_parameters(name):
+    """Parameter count, normalization, CI input and output shape (on the meta device: free)."""
+    spec = models.get_spec(name)
+    channels, height, width = spec.input_size
+    with torch.device("meta"):
+        model = models.create(name)
+        assert sum(p.numel() for p in model.parameters()) == spec.params
+        for size in {(height, width), spec.ci_input_size}:
+            out = model(torch.empty(2, channels, *size))
+            assert tuple(out.shape) == _output_shape(spec, 2, *size)
+    assert len(spec.mean) == len(spec.std) == channels
+    assert all(0 < value < 1 for value in (*spec.mean, *spec.std))
+    assert spec.test_input is not None
+    assert all(lo <= ci <= full for lo, ci, full in
+               zip(spec.min_input_size, spec.ci_input_size, (height, width)))
+    if spec.fixed_input_size:
+        assert spec.ci_input_size == (height, width)
+
+
+@pytest.mark.parametrize("name", models.list_models())
+def test_zoo_onnx_matches_eager(name, zoo_onnx):
+    """fp32 ONNX vs eager, rel_l2 <= 1e-5 (or the spec's reasoned bound) at batch 1 and 3."""
+    spec = models.get_spec(name)
+    path = zoo_onnx(name)
+    model = build_model(name, seed=0)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert all((bn.running_var - 1).abs().mean() > 0.05 for bn in norms)  # non-trivial stats
+    proto = onnx.load(str(path), load_external_data=False)
+    assert "Dropout" not in {node.op_type for node in proto.graph.node}
+    assert [output.name for output in proto.graph.output] == [spec.output_name]
+    session = load_session(path)
+    height, width = spec.ci_input_size
+    tolerance = spec.fp32_tolerance or REL_L2_TOLERANCE["fp32"]
+    for batch in (1, 3):
+        x = random_input((batch, spec.input_size[0], height, width), seed=10 + batch)
+        with torch.no_grad():
+            eager = model(x).numpy()
+        candidate = session.run(None, {"input": x.numpy()})[0]
+        assert candidate.shape == _output_shape(spec, batch, height, width)
+        metrics = compare(eager, candidate)
+        assert metrics.rel_l2 <= tolerance, (name, batch, metrics)
+        if spec.task == "classification":
+            assert metrics.top1_agreement == 1.0, (name, batch, metrics)
+    # The outputs depend on the input enough that this check would catch a graph ignoring it
+    # (one answering the batch mean for every sample), e.g. a sigmoid LeNet's are ~1e-4.
+    ignoring_input = np.broadcast_to(eager.mean(axis=0, keepdims=True), eager.shape)
+    assert compare(eager, ignoring_input).rel_l2 > 10 * tolerance, name
