@@ -46,12 +46,14 @@ def test_run_json_matches_the_engine(cli, resnet18_64, photos):
                                    [p for _, p in prediction], atol=1e-6)
 
 
-def test_run_prints_labels(cli, labelled_tiny, photos):
-    result = cli("run", labelled_tiny.path, photos[0], "--top-k", "2", "--threads", "1")
+def test_run_prints_labels(cli, labelled_tiny, photos, tmp_path):
+    photo = tmp_path / ("long-name-" * 20 + "[bold]shot[1].jpg")  # not rich markup, not wrapped
+    photo.write_bytes(photos[0].read_bytes())
+    result = cli("run", labelled_tiny.path, photo, "--top-k", "2", "--threads", "1")
     assert result.code == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("tiny_classification (classification, fp32) on CPUExecutionProvider")
-    assert lines[1] == str(photos[0])
+    assert lines[1] == str(photo)
     assert [line.split()[1] for line in lines[2:]] == [label for label, _ in
                                                        Engine(labelled_tiny.path).predict(photos[0], 2)]
 

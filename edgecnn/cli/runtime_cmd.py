@@ -6,9 +6,12 @@ inside the commands so `edgecnn --help` and the other commands do not pay for on
 
 from __future__ import annotations
 
+import functools
+
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from edgecnn.cli._app import BatchOpt, JsonOpt, ProviderOpt, ThreadsOpt, app, out, print_json
@@ -30,17 +33,18 @@ def run_command(
     if json_output:
         print_json(report)
         return
-    out.print(f"{report['name']} ({report['task']}, {report['precision']}) on "
-              f"{', '.join(report['providers'])}")
+    say = functools.partial(out.print, soft_wrap=True)  # long paths stay on one line
+    say(f"{escape(report['name'])} ({report['task']}, {report['precision']}) on "
+        f"{', '.join(report['providers'])}")
     for result in report["results"]:
-        out.print(f"[bold]{result['image']}[/bold]")
+        say(f"[bold]{escape(result['image'])}[/bold]")
         if "top_k" in result:
             for rank, entry in enumerate(result["top_k"], 1):
-                out.print(f"  {rank}. {entry['label']}  {entry['probability']:.4f}")
+                say(f"  {rank}. {escape(str(entry['label']))}  {entry['probability']:.4f}")
         else:
-            classes = ", ".join(f"{entry['label']} {entry['fraction']:.1%}"
+            classes = ", ".join(f"{escape(str(entry['label']))} {entry['fraction']:.1%}"
                                 for entry in result["classes"][:top_k])
-            out.print(f"  {result['shape'][0]}x{result['shape'][1]} class map: {classes}")
+            say(f"  {result['shape'][0]}x{result['shape'][1]} class map: {classes}")
 
 
 @app.command("bench")
@@ -62,7 +66,7 @@ def bench_command(
         return
     latency = result.latency_ms
     table = Table(show_header=False, box=None, pad_edge=False)
-    table.add_row("model", f"{result.model} ({result.precision or 'no edgecnn metadata'})")
+    table.add_row("model", f"{escape(result.model)} ({result.precision or 'no edgecnn metadata'})")
     table.add_row("provider", ", ".join(result.providers))
     table.add_row("batch / threads", f"{result.batch} / {result.threads or 'default'}")
     table.add_row("latency (ms)", f"p50 {latency['p50']:.3f}  p90 {latency['p90']:.3f}  "
