@@ -35,7 +35,7 @@ def test_registry_errors_and_filtering():
         models.get_spec("resnt18")
     with pytest.raises(BadInput, match="unexpected keyword argument 'depth'"):
         models.create("resnet18", depth=3)
-    assert models.list_models("resnet1*") == ["resnet101", "resnet152", "resnet18"]
+    assert models.list_models("resnet1*") == ["resnet101", "resnet152", "resnet18", "resnet18_dcn"]
 
 
 def test_spec_normalization_for_other_channel_counts():
