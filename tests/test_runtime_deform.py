@@ -94,3 +94,19 @@ def test_swap_without_the_onnx_package_is_a_clear_error(deform_model, monkeypatc
     monkeypatch.setattr(builtins, "__import__", no_onnx)
     with pytest.raises(ValueError, match="install the onnx package"):
         Engine(deform_model)
+
+
+def test_exported_dcn_resnet_swaps_and_matches(zoo_onnx, monkeypatch):
+    """The exporter's own resnet18_dcn (shared with the zoo tests): same logits either way."""
+    if not deform.onnxruntime_has_deformconv():
+        pytest.skip("this onnxruntime has no DeformConv kernel to compare with")
+    path = zoo_onnx("resnet18_dcn")
+    engine = Engine(path)
+    height, width = engine.metadata.input.height_width
+    x = np.random.default_rng(2).standard_normal((2, 3, height, width)).astype(np.float32)
+    native = engine.run(x)["logits"]
+    monkeypatch.setattr(deform, "onnxruntime_has_deformconv", lambda: False)
+    swapped = Engine(path)
+    assert swapped.deform_lowering_swapped and not engine.deform_lowering_swapped
+    parity = compare(native, swapped.run(x)["logits"])
+    assert parity.rel_l2 <= 1e-5, parity
