@@ -1,4 +1,4 @@
-"""torch -> ONNX for the deformable convolution: ``edgecnn::deform_conv2d`` -> ai.edgecnn::DeformConv2d.
+"""torch -> ONNX for the deformable conv: ``edgecnn::deform_conv2d`` -> ai.edgecnn::DeformConv2d.
 
 ``TRANSLATION_TABLE`` is the ``custom_translation_table`` entry for torch.onnx's dynamo exporter:
 each ``torch.ops.edgecnn.deform_conv2d`` node becomes ONE ``DeformConv2d`` node of domain

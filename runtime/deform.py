@@ -191,7 +191,9 @@ def set_deform_lowering(model, lowering: str):
     Replaces the model's ai.edgecnn::DeformConv2d FunctionProto, writes every call site's
     attributes explicitly, imports the ai.edgecnn domain, and records the lowering in the
     edgecnn metadata (``deform_lowering``). A model without the op is returned unchanged.
-    The native lowering needs the model's default opset >= 19 (ValueError otherwise).
+    The native lowering needs the model's default opset >= 19 (ValueError otherwise). For the
+    decomposed body, call sites lacking a bias or mask that other call sites have get a zero
+    bias / unit mask computed in the graph (see ``deform_function``); they keep it afterwards.
     Used by the exporter, and by the runtime Engine to switch to ``decomposed`` when
     ``onnxruntime_has_deformconv()`` is False.
     """
@@ -215,9 +217,10 @@ def set_deform_lowering(model, lowering: str):
             for node in [n for n in graph.node if n in sites]:
                 _materialize_inputs(graph, node, helper, with_bias, modulated)
     function = deform_function(lowering, opset, modulated=modulated, with_bias=with_bias)
-    kept = [f for f in model.functions if (f.domain, f.name) != (DOMAIN, OP_TYPE)]
-    del model.functions[:]
-    model.functions.extend(kept + [function])
+    for index in reversed(range(len(model.functions))):  # the previous body, if any
+        if (model.functions[index].domain, model.functions[index].name) == (DOMAIN, OP_TYPE):
+            del model.functions[index]
+    model.functions.append(function)
     if not any(imp.domain == DOMAIN for imp in model.opset_import):
         model.opset_import.append(helper.make_opsetid(DOMAIN, VERSION))
     _record_lowering(model, lowering)

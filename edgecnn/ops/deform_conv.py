@@ -1,4 +1,4 @@
-"""Deformable convolution v1/v2 in pure PyTorch, as the torch.library op ``edgecnn::deform_conv2d``.
+"""Deformable convolution v1/v2 in pure PyTorch: the torch.library op ``edgecnn::deform_conv2d``.
 
 ``deform_conv2d`` has torchvision's signature and semantics: every output position (i, j) and
 kernel tap (ki, kj) samples the input at
@@ -12,8 +12,8 @@ and the samples are reduced with ``weight`` like an ordinary (grouped) convoluti
 The computation is vectorised over batch, offset groups, taps and positions: ``embedding_bag``
 adds up the four bilinear corners, read from a zero-bordered channels-last copy of the input
 (positions are clamped into that border first, so far out-of-range samples read zeros without
-any masking), and one batched matmul applies the weights. The positions are computed in input pixels exactly as
-onnxruntime's DeformConv kernel does, which keeps eager and ONNX results within rounding.
+any masking), and one batched matmul applies the weights. Positions are computed in input
+pixels exactly as onnxruntime's DeformConv kernel does, so eager and ONNX agree to rounding.
 
 The op is opaque to torch.export (a fake kernel gives its output shape), so an exported
 program shows ONE ``edgecnn.deform_conv2d`` node; ``edgecnn.export.deform`` turns it into ONE
@@ -158,7 +158,7 @@ def _deform_conv2d_math(input: Tensor, weight: Tensor, offset: Tensor, bias: Ten
     columns = columns.view(batch, out_h * out_w, taps, groups, group_channels)
     columns = columns.permute(0, 3, 1, 2, 4).reshape(batch, groups, out_h * out_w,
                                                      taps * group_channels)
-    kernels = weight.view(groups, group_out, group_channels, taps).permute(0, 3, 2, 1)
+    kernels = weight.reshape(groups, group_out, group_channels, taps).permute(0, 3, 2, 1)
     out = torch.matmul(columns, kernels.reshape(groups, taps * group_channels, group_out))
     out = out.transpose(2, 3).reshape(batch, out_channels, out_h, out_w)
     return out if bias is None else out + bias.view(1, out_channels, 1, 1)
@@ -176,9 +176,6 @@ def _deform_conv2d_op(input: Tensor, weight: Tensor, offset: Tensor, bias: Tenso
 def _deform_conv2d_fake(input, weight, offset, bias, mask, stride, padding, dilation, groups,
                         offset_groups):
     return input.new_empty((input.shape[0], weight.shape[0], offset.shape[2], offset.shape[3]))
-
-
-_TENSOR_ARGS = ("input", "weight", "offset", "bias", "mask")
 
 
 def _setup_context(ctx, inputs, output) -> None:
