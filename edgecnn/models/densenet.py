@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgecnn.models._registry import register_model
+from edgecnn.models.resnet import init_like_torchvision
 
 # torchvision's legacy names: "...denselayer1.norm.1.weight" -> "...denselayer1.norm1.weight".
 _LEGACY_KEY = re.compile(
@@ -88,14 +89,7 @@ class DenseNet(nn.Module):
                 num_features //= 2
         self.features.add_module("norm5", nn.BatchNorm2d(num_features))
         self.classifier = nn.Linear(num_features, num_classes)
-        for module in self.modules():  # torchvision's initialisation
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight)
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                nn.init.zeros_(module.bias)
+        init_like_torchvision(self, conv_mode="fan_in")  # torchvision's, up to the fc bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.features(x), inplace=True)

@@ -8,6 +8,12 @@ BN + ReLU — global average pooling and one fully connected layer. Its paramete
 
 ``mobilenet_v2``: torchvision's layout and parameter names (inverted residual blocks with
 linear bottlenecks, ReLU6), so torchvision checkpoints load with ``strict=True``.
+
+Both are initialised like torchvision's MobileNet but with Kaiming *fan-in* convolutions.
+PyTorch counts a depthwise 3x3 weight's fan-out as channels x 9 (its true fan-out is 9), so
+torchvision's fan-out init shrinks every depthwise output by sqrt(channels): harmless before
+training, but a randomly initialised network then answers the same logits for every input and
+a parity check on it would prove nothing. Fan-in (9 for depthwise) keeps the scale.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgecnn.models._registry import register_model
+from edgecnn.models.resnet import init_like_torchvision
 
 
 class ConvBNActivation(nn.Sequential):
@@ -30,27 +37,6 @@ class ConvBNActivation(nn.Sequential):
             nn.BatchNorm2d(out_channels),
             activation(inplace=True),
         )
-
-
-def init_mobilenet(model: nn.Module) -> None:
-    """torchvision's scheme, but Kaiming fan-in for the convolutions.
-
-    PyTorch counts a depthwise 3x3 weight's fan-out as channels x 9 (its true fan-out is 9), so
-    torchvision's fan-out init shrinks every depthwise output by sqrt(channels): harmless before
-    training, but a randomly initialised network then answers the same logits for every input
-    and a parity check on it would prove nothing. Fan-in (9 for depthwise) keeps the scale.
-    """
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_in")
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, 0, 0.01)
-            nn.init.zeros_(module.bias)
 
 
 class DepthwiseSeparable(nn.Module):
@@ -79,7 +65,7 @@ class MobileNetV1(nn.Module):
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(channels, num_classes)
-        init_mobilenet(self)
+        init_like_torchvision(self, conv_mode="fan_in", linear_std=0.01)  # see module doc
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.avgpool(self.features(x)), 1))
@@ -127,7 +113,7 @@ class MobileNetV2(nn.Module):
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(nn.Dropout(p=dropout),
                                         nn.Linear(self.last_channel, num_classes))
-        init_mobilenet(self)
+        init_like_torchvision(self, conv_mode="fan_in", linear_std=0.01)  # see module doc
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.adaptive_avg_pool2d(self.features(x), (1, 1))

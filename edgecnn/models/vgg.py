@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from edgecnn.models._registry import register_model
+from edgecnn.models.resnet import init_like_torchvision
 
 # Numbers are conv widths, "M" a 2x2 max pool (torchvision's cfgs "A", "B", "D", "E").
 CONFIGS: dict[str, list[Union[int, str]]] = {
@@ -55,16 +56,7 @@ class VGG(nn.Module):
             nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Dropout(p=dropout),
             nn.Linear(4096, num_classes),
         )
-        for module in self.modules():  # torchvision's initialisation
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, 0, 0.01)
-                nn.init.zeros_(module.bias)
+        init_like_torchvision(self, linear_std=0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.avgpool(self.features(x))
