@@ -113,5 +113,5 @@ def benchmark(path: str | os.PathLike, provider: ProviderRequest = "auto", *,
         model=str(path), providers=engine.providers, precision=engine.precision,
         batch=items, threads=threads, warmup=warmup, runs=runs,
         load_seconds=round(load_seconds, 4),
-        latency_ms={key: round(float(value), 4) for key, value in latency.items()},
+        latency_ms={key: round(float(value), 6) for key, value in latency.items()},
         throughput=round(items * runs / float(times.sum()), 2), peak_rss_mb=peak_rss_mb())

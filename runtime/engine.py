@@ -76,10 +76,10 @@ class Engine:
                  fp16: bool = False, trt_cache_dir: str | os.PathLike | None = None,
                  check_finite: bool = True, session_options=None):
         self.path = Path(path)
+        source, self.deform_lowering_swapped = _model_source(self.path)
         requested = provider_lib.resolve_providers(
             provider, fallback=fallback, device_id=device_id, fp16=fp16,
             trt_cache_dir=trt_cache_dir)
-        source, self.deform_lowering_swapped = _model_source(self.path)
         self.session = load_session(source, providers=requested, threads=threads,
                                     options=session_options)
         self.providers: list[str] = self.session.get_providers()
@@ -236,8 +236,10 @@ def _model_source(path: Path) -> tuple[str | bytes, bool]:
     standard DeformConv; an onnxruntime without a DeformConv kernel gets the decomposed body
     (older standard ops only) instead. Returns (source, swapped).
     """
-    if not path.is_file() or CUSTOM_DOMAIN not in opset_domains(path):
-        return str(path), False  # load_session reports missing/unreadable files
+    if not path.is_file():
+        raise BadInput(f"model file not found: {path}")
+    if CUSTOM_DOMAIN not in opset_domains(path):
+        return str(path), False  # load_session reports unreadable files
     from edgecnn.runtime import deform
 
     if deform.onnxruntime_has_deformconv():

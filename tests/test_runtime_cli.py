@@ -157,3 +157,16 @@ def test_embedded_inference_example(resnet18_64, photos):
     assert lines[0] == "resnet18 on CPUExecutionProvider" and lines[-1] == "torch-free"
     expected = Engine(resnet18_64).predict(photos[0], top_k=5)
     assert [line.split() for line in lines[1:6]] == [[f"{p:.2%}", str(label)] for label, p in expected]
+
+
+def test_missing_provider_is_one_warning_line(cli, labelled_tiny, photos):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("CUDAExecutionProvider is installed here")
+    result = cli("run", labelled_tiny.path, photos[0], "--provider", "cuda", "--json")
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["providers"] == ["CPUExecutionProvider"]
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("warning: provider cuda is not installed (installed: ")
+    assert line.endswith("; using cpu")

@@ -6,7 +6,9 @@ inside the commands so `edgecnn --help` and the other commands do not pay for on
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import warnings
 
 from typing import Annotated
 
@@ -14,7 +16,19 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from edgecnn.cli._app import BatchOpt, JsonOpt, ProviderOpt, ThreadsOpt, app, out, print_json
+from edgecnn.cli._app import BatchOpt, JsonOpt, ProviderOpt, ThreadsOpt, app, err, out, print_json
+
+
+@contextlib.contextmanager
+def warnings_as_lines():
+    """Warnings (e.g. a provider fallback) as one `warning: ...` line each on stderr."""
+    def show(message, category, *args, **kwargs) -> None:
+        err.print(f"[yellow]warning:[/yellow] {escape(str(message))}", soft_wrap=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = show
+        yield
 
 
 @app.command("run")
@@ -29,7 +43,8 @@ def run_command(
     """Classify (top-k) or segment images; preprocessing comes from the model's metadata."""
     from edgecnn.runtime.predict import predict_files
 
-    report = predict_files(model, images, top_k=top_k, provider=provider, threads=threads)
+    with warnings_as_lines():
+        report = predict_files(model, images, top_k=top_k, provider=provider, threads=threads)
     if json_output:
         print_json(report)
         return
@@ -60,7 +75,8 @@ def bench_command(
     """Latency percentiles, throughput and peak memory of a model on random input."""
     from edgecnn.runtime.bench import benchmark
 
-    result = benchmark(model, provider, batch=batch, threads=threads, warmup=warmup, runs=runs)
+    with warnings_as_lines():
+        result = benchmark(model, provider, batch=batch, threads=threads, warmup=warmup, runs=runs)
     if json_output:
         print_json(result.as_dict())
         return
