@@ -6,6 +6,8 @@ exporter (``to_onnx``) and run in onnxruntime at two batch sizes through the dyn
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -13,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import assert_one_line_error
 from edgecnn import models
-from edgecnn.export import compare, to_onnx
+from edgecnn.export import build_model, compare, to_onnx
 from edgecnn.models.alexnet import LRN_ALPHA, LRN_BETA, LRN_K, LRN_SIZE, local_response_norm
 from edgecnn.models.fcn import Upsample, bilinear_kernel
 from edgecnn.runtime import load_session
@@ -181,23 +184,56 @@ def test_fcn_masks_have_the_input_size(height, width):
 
 # ---- nearest and bilinear Resize, align_corners=False -------------------------------------
 
-@pytest.mark.parametrize("mode, attributes", [
-    ("bilinear", {"mode": b"linear", "coordinate_transformation_mode": b"half_pixel"}),
-    ("nearest", {"mode": b"nearest", "coordinate_transformation_mode": b"asymmetric",
-                 "nearest_mode": b"floor"}),
-])
-def test_fcn_resize_upsampling(mode, attributes):
-    model = models.create("fcn_resnet18", num_classes=4, upsample=mode)
+RESIZE_ATTRIBUTES = {
+    "bilinear": {"mode": b"linear", "coordinate_transformation_mode": b"half_pixel"},
+    "nearest": {"mode": b"nearest", "coordinate_transformation_mode": b"asymmetric",
+                "nearest_mode": b"floor"},
+}
+
+
+def assert_resizes(proto: onnx.ModelProto, mode: str) -> None:
+    resizes = nodes(proto, "Resize")
+    assert len(resizes) == 3 and not nodes(proto, "ConvTranspose")
+    for resize in resizes:
+        assert {key: resize.get(key) for key in RESIZE_ATTRIBUTES[mode]} == RESIZE_ATTRIBUTES[mode]
+
+
+def test_fcn_bilinear_resize_upsampling():
+    model = models.create("fcn_resnet18", num_classes=4, upsample="bilinear")
     assert not any(isinstance(m, nn.ConvTranspose2d) for m in model.modules())
     x2, x3 = randn(2, 3, 40, 36), randn(3, 3, 40, 36, seed=1)
     proto, (out2, out3) = exported(model, x2, x3)
     assert out3.shape == (3, 4, 40, 36)
     assert compare(eager(model, x2), out2).rel_l2 <= FP32
     assert compare(eager(model, x3), out3).rel_l2 <= FP32
-    resizes = nodes(proto, "Resize")
-    assert len(resizes) == 3
-    for resize in resizes:
-        assert {key: resize.get(key) for key in attributes} == attributes
+    assert_resizes(proto, "bilinear")
+
+
+def test_fcn_nearest_resize_upsampling_from_the_cli(cli, tmp_path):
+    out = tmp_path / "fcn_nearest.onnx"
+    result = cli("export", "fcn_resnet18", "--option", "upsample=nearest", "--num-classes", "4",
+                 "--input-size", "40", "36", "-o", out, "--json")
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["parity"]["rel_l2"] <= FP32  # batch 2 against eager
+    assert_resizes(onnx.load(str(out)), "nearest")
+    model = build_model("fcn_resnet18", num_classes=4, upsample="nearest")
+    x = randn(3, 3, 40, 36, seed=1)
+    masks = load_session(out).run(None, {"input": x.numpy()})[0]
+    assert masks.shape == (3, 4, 40, 36) and compare(eager(model, x), masks).rel_l2 <= FP32
+
+
+def test_model_options_from_the_cli_are_checked(cli, tmp_path):
+    result = cli("export", "fcn_resnet18", "--option", "upsample=cubic", "-o", tmp_path / "x.onnx")
+    assert_one_line_error(result, 2, "upsample must be one of transposed, bilinear, nearest")
+    result = cli("export", "lenet", "--option", "depth=3", "-o", tmp_path / "x.onnx")
+    assert_one_line_error(result, 2, "unexpected keyword argument 'depth'")
+    result = cli("export", "lenet", "--option", "depth", "-o", tmp_path / "x.onnx")
+    assert_one_line_error(result, 2, "--option takes KEY=VALUE")
+    assert list(tmp_path.iterdir()) == []
+    from edgecnn.cli.export_cmd import parse_model_options
+
+    assert parse_model_options(["paper-lrn=True", "dropout=0.25", "n=3", "upsample=nearest"]) == {
+        "paper_lrn": True, "dropout": 0.25, "n": 3, "upsample": "nearest"}
 
 
 def test_nearest_resize_picks_floor_source_pixels():

@@ -13,6 +13,39 @@ from edgecnn.cli._app import (
 from edgecnn.cli.quantize_cmd import (
     CalibrationOpt, CalibrationSizeOpt, print_quantize_summary, print_warning, quantize_progress,
 )
+from edgecnn.errors import BadInput
+
+# Options with a flag of their own, not passed through --option.
+_OWN_FLAGS = {"num_classes": "--num-classes", "in_channels": "--in-channels"}
+
+
+def parse_model_options(pairs: list[str] | None) -> dict:
+    """``["upsample=bilinear", "paper_lrn=true"]`` -> ``{"upsample": "bilinear", "paper_lrn": True}``.
+
+    Values become bool (true/false), int or float where they read as one, else stay strings;
+    the model's builder rejects keys it does not take (BadInput naming them).
+    """
+    options = {}
+    for pair in pairs or ():
+        key, separator, text = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not separator or not key.isidentifier():
+            raise BadInput(f"--option takes KEY=VALUE, got {pair!r}")
+        if key in _OWN_FLAGS:
+            raise BadInput(f"--option {key}: use {_OWN_FLAGS[key]}")
+        options[key] = _option_value(text.strip())
+    return options
+
+
+def _option_value(text: str):
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def print_export_summary(summary: dict) -> None:
@@ -53,6 +86,10 @@ def export_command(
         help="Body of the deformable-conv custom op: ONNX DeformConv (opset 19+), or older ops "
              "for runtimes without a DeformConv kernel (onnxruntime < 1.32, TensorRT < 10.1).")
     ] = "native",
+    model_option: Annotated[Optional[list[str]], typer.Option(
+        "--option", metavar="KEY=VALUE",
+        help="Architecture option of the model's builder, repeatable, e.g. upsample=bilinear "
+             "(fcn_resnet18), paper_lrn=true (alexnet_original); see docs/zoo.md.")] = None,
     json_output: JsonOpt = False,
 ) -> None:
     """Export a model to ONNX (dynamo exporter), embed its metadata and check parity."""
@@ -60,7 +97,8 @@ def export_command(
 
     options = dict(opset=opset, input_size=parse_input_size(input_size), batch=batch,
                    num_classes=num_classes, in_channels=in_channels, weights=weights, seed=seed,
-                   check=check, labels=labels, deform_lowering=deform_lowering)
+                   check=check, labels=labels, deform_lowering=deform_lowering,
+                   model_options=parse_model_options(model_option))
     if quantize is not None:
         from edgecnn.export.quantize import export_quantized
 
