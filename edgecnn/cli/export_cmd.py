@@ -53,6 +53,8 @@ def print_export_summary(summary: dict) -> None:
     out.print(f"[green]wrote[/green] {summary['path']} ({human_size(summary['size_bytes'])}, "
               f"opset {summary['opset']}, input {summary['input_shape']}) "
               f"in {summary['seconds']:.1f} s")
+    if summary.get("deform_lowering"):
+        out.print(f"deformable convs: ai.edgecnn::DeformConv2d, {summary['deform_lowering']} lowering")
     if parity:
         out.print(f"parity vs eager: rel_l2 {parity['rel_l2']:.2e}  max_abs {parity['max_abs']:.2e}"
                   f"  (tolerance {summary['tolerance']:g}) [green]ok[/green]")
