@@ -274,6 +274,14 @@ def _quiet_onnxruntime():
 # The three recipes (docs/quantization.md explains each choice)
 
 
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnxruntime's quantizers save the ModelProto they get with external data in a temporary
+    folder and leave its initializers pointing there: they get a copy, ours stays usable."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
 def _reader(name: str, chunks: list[np.ndarray], progress: ProgressCallback | None):
     from onnxruntime.quantization import CalibrationDataReader
 
@@ -332,7 +340,7 @@ def int8_static(model: onnx.ModelProto, calibration: InputSet, recipe: Int8Recip
     extra = {"CalibPercentile": PERCENTILE}
     output = cache.with_name(f"int8-{len(exclude)}.onnx")
     with _quiet_onnxruntime():
-        quantize_static(model, output, reader, quant_format=QuantFormat.QDQ,
+        quantize_static(_copy(model), output, reader, quant_format=QuantFormat.QDQ,
                         per_channel=recipe.per_channel, reduce_range=recipe.reduce_range,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         nodes_to_exclude=list(exclude), calibrate_method=methods[recipe.method],
@@ -348,7 +356,7 @@ def int8_dynamic(model: onnx.ModelProto, exclude: Sequence[str], workdir: Path) 
 
     output = workdir / "int8-dynamic.onnx"
     with _quiet_onnxruntime():
-        quantize_dynamic(model, output, per_channel=True, weight_type=QuantType.QInt8,
+        quantize_dynamic(_copy(model), output, per_channel=True, weight_type=QuantType.QInt8,
                          nodes_to_exclude=list(exclude))
     return onnx.load(str(output))
 
