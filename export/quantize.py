@@ -156,12 +156,14 @@ def resolve_metadata(model: onnx.ModelProto, path: Path, input_size: Sequence[in
         raise BadInput(f"{path}: input {value.name!r} has rank {len(dims)}; expected an NCHW image batch")
     metadata = get_metadata(model, str(path))
     if metadata is None:
+        if dims[1] is None:
+            raise BadInput(f"{path}: input {value.name!r} has no fixed channel count")
         missing = [flag for flag, given in (("--mean", mean), ("--std", std)) if given is None]
         if input_size is None and None in dims[2:]:
             missing.insert(0, "--input-size")
-        if missing or dims[1] is None:
-            raise BadInput(f"{path} has no edgecnn metadata: give {' '.join(missing) or '--input-size'} "
-                           "so calibration can preprocess images and the output can describe "
+        if missing:
+            raise BadInput(f"{path} has no edgecnn metadata: give {' '.join(missing)} so "
+                           "calibration can preprocess images and the output can describe "
                            "its input")
         channels = dims[1]
         output_rank = len(_dims(model.graph.output[0]))
@@ -285,17 +287,22 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
 def _reader(name: str, chunks: list[np.ndarray], progress: ProgressCallback | None):
     from onnxruntime.quantization import CalibrationDataReader
 
+    done = np.cumsum([0] + [len(chunk) for chunk in chunks])  # samples run before each chunk
+
     class Reader(CalibrationDataReader):
-        """Feeds the calibration batches and reports how many have run."""
+        """Feeds the calibration batches; reports the samples run as ("calibrating", n, total)."""
 
         def __init__(self):
             self.index = 0
 
+        def report(self) -> None:
+            if progress:
+                progress("calibrating", int(done[self.index]), int(done[-1]))
+
         def get_next(self):
+            self.report()
             if self.index == len(chunks):
                 return None
-            if progress:
-                progress("calibrating", self.index, len(chunks))
             self.index += 1
             return {name: chunks[self.index - 1]}
 
@@ -345,8 +352,6 @@ def int8_static(model: onnx.ModelProto, calibration: InputSet, recipe: Int8Recip
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         nodes_to_exclude=list(exclude), calibrate_method=methods[recipe.method],
                         extra_options=extra, calibration_cache_path=cache)
-    if progress and reader is not None:
-        progress("calibrating", len(reader), len(reader))
     return onnx.load(str(output))
 
 

@@ -10,6 +10,7 @@ import typer
 from rich.progress import (
     BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
 )
+from rich.text import Text
 
 from edgecnn.cli._app import (
     InputSizeOpt, JsonOpt, OutputOpt, app, err, human_size, out, parse_input_size, print_json,
@@ -44,14 +45,29 @@ def split_names(values: list[str] | None) -> list[str]:
     return [name.strip() for value in values or [] for name in value.split(",") if name.strip()]
 
 
+class _StepAware:
+    """A column that stays empty on the step line (a task without a total)."""
+
+    def render(self, task):
+        return Text("") if task.total is None else super().render(task)
+
+
+class _Bar(_StepAware, BarColumn):
+    pass
+
+
+class _Count(_StepAware, MofNCompleteColumn):
+    pass
+
+
 @contextlib.contextmanager
 def quantize_progress(enabled: bool) -> Iterator[tuple]:
     """(on_step, on_progress) callbacks drawing a rich progress display on stderr."""
     if not enabled:
         yield (lambda message: None), None
         return
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-               MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), _Bar(), _Count(),
+               TimeElapsedColumn())
     with Progress(*columns, console=err, transient=True) as progress:
         step_task = progress.add_task("starting", total=None)
         bars: dict[str, int] = {}
