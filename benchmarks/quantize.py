@@ -40,6 +40,7 @@ import numpy as np
 from edgecnn.export import export_model
 from edgecnn.export.calibration import random_inputs
 from edgecnn.export.quantize import quantize_model
+from edgecnn.export.quantize_input import load_float_model, resolve_metadata
 from edgecnn.runtime import load_session
 
 GOALS = {"latency": 0.53, "size": 0.26, "rss": 0.5}
@@ -79,8 +80,6 @@ def onnxruntime_default_int8(source: Path, output: Path, calibration: np.ndarray
 def build_models(work: Path, size: int) -> dict[str, Path]:
     fp32 = work / "resnet18.onnx"
     export_model("resnet18", fp32, input_size=size, batch=1)
-    from edgecnn.export.quantize import resolve_metadata, load_float_model
-
     info = resolve_metadata(load_float_model(fp32), fp32).input
     calibration = random_inputs(info, CALIBRATION_SAMPLES, seed=0)
     np.save(work / "calibration.npy", calibration)

@@ -8,14 +8,12 @@ per-channel symmetric int8 weights, asymmetric uint8 activations, calibrated wit
 entropy or percentile), ``quantize_dynamic``, and onnxruntime's fp16 converter. This module
 chooses the recipe (docs/quantization.md says why), feeds calibration data, keeps the edgecnn
 metadata (precision, how it was calibrated), checks the result against the fp32 model, and
-writes the file atomically. ``--accuracy-budget`` lives in ``edgecnn.export.sensitivity``.
+writes the file atomically. The recipes live in ``quantize_recipes``, reading the fp32 model in
+``quantize_input`` and ``--accuracy-budget`` in ``sensitivity``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import os
 import tempfile
 import time
@@ -29,28 +27,25 @@ import onnx
 
 from edgecnn.errors import BadInput, CheckFailed
 from edgecnn.export.calibration import (
-    DEFAULT_CALIBRATION_SIZE, InputSet, load_calibration, load_validation, random_inputs,
+    DEFAULT_CALIBRATION_SIZE, load_calibration, load_validation, random_inputs,
 )
-from edgecnn.export.exporter import (
-    ExportResult, check_model, export_model, get_metadata, set_metadata,
-)
+from edgecnn.export.exporter import ExportResult, check_model, export_model, set_metadata
 from edgecnn.export.files import atomic_output, check_output_path
 from edgecnn.export.parity import REL_L2_TOLERANCE, ParityMetrics, compare
-from edgecnn.runtime import InputInfo, ModelMetadata, load_session
+from edgecnn.export.quantize_input import (
+    default_opset, graph_input, load_float_model, name_unnamed_nodes, resolve_keep_float,
+    resolve_metadata,
+)
+from edgecnn.export.quantize_recipes import (
+    Int8Recipe, ProgressCallback, int8_dynamic, int8_static, run_model, to_fp16, top1_accuracy,
+)
+from edgecnn.runtime import ModelMetadata
 
 MODES = ("int8", "int8-dynamic", "fp16")
 METHODS = ("minmax", "entropy", "percentile")
-PERCENTILE = 99.999  # the percentile method's clipping point (onnxruntime's default)
-CALIBRATION_BATCH = 16  # samples per calibration run when the batch axis is dynamic
 CHECK_SAMPLES = 64  # calibration samples the fp32-vs-quantized check runs on
-# Operators that mean a graph is already quantized (or fp16): quantizing twice is refused.
-QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv",
-                 "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm", "QLinearAdd",
-                 "DynamicQuantizeMatMul", "MatMulNBits"}
-STANDARD_DOMAINS = {"", "ai.onnx"}
 
 StepCallback = Callable[[str], None]
-ProgressCallback = Callable[[str, int, int], None]  # (task, done, total)
 WarnCallback = Callable[[str], None]
 
 
@@ -83,308 +78,6 @@ class QuantizeResult:
                 "parity": self.parity.as_dict() if self.parity else None,
                 "accuracy": self.accuracy, "kept_float": self.kept_float,
                 "warnings": self.warnings}
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading and validating the input model
-
-
-def load_float_model(path: str | os.PathLike) -> onnx.ModelProto:
-    """The model at ``path``; BadInput when it is missing, unreadable or already quantized."""
-    path = Path(path)
-    if not path.is_file():
-        raise BadInput(f"model file not found: {path}")
-    try:
-        model = onnx.load(str(path))
-    except Exception as error:  # protobuf DecodeError, truncated files, external data...
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-        raise BadInput(f"{path} is not a readable ONNX model ({reason})") from None
-    if not model.graph.node:
-        raise BadInput(f"{path} is not an ONNX model (empty graph)")
-    _reject_quantized(model, path)
-    return model
-
-
-def _reject_quantized(model: onnx.ModelProto, path: Path) -> None:
-    metadata = get_metadata(model, str(path))
-    if metadata is not None and metadata.precision != "fp32":
-        raise BadInput(f"{path} is already {metadata.precision}; quantize the fp32 model instead")
-    quantized = sorted({node.op_type for node in model.graph.node if node.op_type in QUANTIZED_OPS})
-    if quantized:
-        raise BadInput(f"{path} is already quantized (it has {', '.join(quantized)} nodes); "
-                       "quantize the fp32 model instead")
-    if any(init.data_type == onnx.TensorProto.FLOAT16 for init in model.graph.initializer):
-        raise BadInput(f"{path} already has fp16 weights; quantize the fp32 model instead")
-
-
-def graph_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
-    initializers = {init.name for init in model.graph.initializer}
-    inputs = [value for value in model.graph.input if value.name not in initializers]
-    if len(inputs) != 1:
-        raise BadInput(f"only single-input models can be quantized; this one has {len(inputs)} "
-                       f"inputs ({', '.join(v.name for v in inputs)})")
-    return inputs[0]
-
-
-def _dims(value: onnx.ValueInfoProto) -> list[int | None]:
-    return [dim.dim_value if dim.HasField("dim_value") else None
-            for dim in value.type.tensor_type.shape.dim]
-
-
-def _per_channel(values: Sequence[float] | None, channels: int, flag: str) -> list[float] | None:
-    if values is None:
-        return None
-    values = [float(v) for v in values]
-    if len(values) == 1:
-        return values * channels
-    if len(values) != channels:
-        raise BadInput(f"{flag} takes 1 or {channels} values (one per channel), got {len(values)}")
-    return values
-
-
-def resolve_metadata(model: onnx.ModelProto, path: Path, input_size: Sequence[int] | None = None,
-                     mean: Sequence[float] | None = None,
-                     std: Sequence[float] | None = None) -> ModelMetadata:
-    """The model's edgecnn metadata, with --input-size/--mean/--std applied on top.
-
-    A model edgecnn did not export has none: then --mean and --std are required, and
-    --input-size too unless the graph input has fixed H and W.
-    """
-    value = graph_input(model)
-    dims = _dims(value)
-    if len(dims) != 4:
-        raise BadInput(f"{path}: input {value.name!r} has rank {len(dims)}; expected an NCHW image batch")
-    metadata = get_metadata(model, str(path))
-    if metadata is None:
-        if dims[1] is None:
-            raise BadInput(f"{path}: input {value.name!r} has no fixed channel count")
-        missing = [flag for flag, given in (("--mean", mean), ("--std", std)) if given is None]
-        if input_size is None and None in dims[2:]:
-            missing.insert(0, "--input-size")
-        if missing:
-            raise BadInput(f"{path} has no edgecnn metadata: give {' '.join(missing)} so "
-                           "calibration can preprocess images and the output can describe "
-                           "its input")
-        channels = dims[1]
-        output_rank = len(_dims(model.graph.output[0]))
-        metadata = ModelMetadata(
-            model=model.graph.name or path.stem,
-            task="classification" if output_rank == 2 else "segmentation",
-            opset=_default_opset(model),
-            input=InputInfo(name=value.name, shape=[channels, *dims[2:]],
-                            color="RGB" if channels == 3 else "GRAY"))
-    info = metadata.input
-    channels = info.channels
-    if input_size is not None:
-        height, width = (int(v) for v in input_size)
-        fixed = tuple(dims[2:])
-        if None not in fixed and fixed != (height, width):
-            raise BadInput(f"--input-size {height} {width} does not match the graph's fixed "
-                           f"input {fixed[0]}x{fixed[1]}")
-        info = replace(info, shape=[channels, height, width])
-    info = replace(info, mean=_per_channel(mean, channels, "--mean") or info.mean,
-                   std=_per_channel(std, channels, "--std") or info.std)
-    if any(s <= 0 for s in info.std):
-        raise BadInput(f"--std values must be > 0, got {info.std}")
-    return replace(metadata, input=info)
-
-
-def _default_opset(model: onnx.ModelProto) -> int:
-    return next(imp.version for imp in model.opset_import if imp.domain in STANDARD_DOMAINS)
-
-
-def resolve_keep_float(model: onnx.ModelProto, keep_float: Sequence[str]) -> list[str]:
-    """Node names from ``keep_float`` entries that are node names or op types."""
-    names = [node.name for node in model.graph.node]
-    by_type: dict[str, list[str]] = {}
-    for node in model.graph.node:
-        by_type.setdefault(node.op_type, []).append(node.name)
-    selected: list[str] = []
-    for entry in keep_float:
-        matches = [entry] if entry in names else by_type.get(entry)
-        if not matches:
-            examples = ", ".join(names[:4])
-            raise BadInput(f"--keep-float {entry!r} is neither a node name nor an op type of "
-                           f"the model (op types: {', '.join(sorted(by_type))}; nodes: "
-                           f"{examples}, ...; see `edgecnn info`)")
-        selected += [name for name in matches if name not in selected]
-    return selected
-
-
-def _name_unnamed_nodes(model: onnx.ModelProto) -> None:
-    """onnxruntime's quantizer selects and excludes nodes by name: give every node one."""
-    taken = {node.name for node in model.graph.node if node.name}
-    for index, node in enumerate(model.graph.node):
-        if not node.name:
-            name = f"{node.op_type}_{index}"
-            while name in taken:
-                name += "_"
-            node.name = name
-            taken.add(name)
-
-
-# ---------------------------------------------------------------------------------------------
-# Running models on batches
-
-
-def _batch_size(model: onnx.ModelProto) -> int | None:
-    """The graph's fixed batch size, or None for a dynamic batch axis."""
-    return _dims(graph_input(model))[0]
-
-
-def batches(inputs: np.ndarray, fixed: int | None, size: int = CALIBRATION_BATCH) -> list[np.ndarray]:
-    """``inputs`` in chunks: of ``size`` for a dynamic batch axis, or exactly ``fixed`` samples
-    (the last chunk padded by repeating samples from the start) for a fixed one."""
-    if fixed is None:
-        return [inputs[start:start + size] for start in range(0, len(inputs), size)]
-    chunks = []
-    for start in range(0, len(inputs), fixed):
-        indices = np.arange(start, start + fixed) % len(inputs)
-        chunks.append(inputs[indices])
-    return chunks
-
-
-def run_model(model: onnx.ModelProto, inputs: np.ndarray) -> np.ndarray:
-    """The first output of ``model`` on ``inputs`` (onnxruntime, CPU), in batches."""
-    session = load_session(model.SerializeToString())
-    name = session.get_inputs()[0].name
-    fixed = _batch_size(model)
-    outputs = [session.run(None, {name: chunk})[0] for chunk in batches(inputs, fixed, 64)]
-    return np.concatenate(outputs)[:len(inputs)].astype(np.float32)
-
-
-def top1_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    return float(np.mean(logits.argmax(axis=1) == labels))
-
-
-@contextlib.contextmanager
-def _quiet_onnxruntime():
-    """onnxruntime.quantization logs advice on the root logger and prints progress on stdout;
-    keep the CLI output (one JSON object under --json) clean."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        root.setLevel(level)
-
-
-# ---------------------------------------------------------------------------------------------
-# The three recipes (docs/quantization.md explains each choice)
-
-
-def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    """onnxruntime's quantizers save the ModelProto they get with external data in a temporary
-    folder and leave its initializers pointing there: they get a copy, ours stays usable."""
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    return copy
-
-
-def _reader(name: str, chunks: list[np.ndarray], progress: ProgressCallback | None):
-    from onnxruntime.quantization import CalibrationDataReader
-
-    done = np.cumsum([0] + [len(chunk) for chunk in chunks])  # samples run before each chunk
-
-    class Reader(CalibrationDataReader):
-        """Feeds the calibration batches; reports the samples run as ("calibrating", n, total)."""
-
-        def __init__(self):
-            self.index = 0
-
-        def report(self) -> None:
-            if progress:
-                progress("calibrating", int(done[self.index]), int(done[-1]))
-
-        def get_next(self):
-            self.report()
-            if self.index == len(chunks):
-                return None
-            self.index += 1
-            return {name: chunks[self.index - 1]}
-
-        def __len__(self):
-            return len(chunks)
-
-    return Reader()
-
-
-@dataclass
-class Int8Recipe:
-    """How ``int8`` mode calls onnxruntime's static quantizer (see docs/quantization.md)."""
-
-    method: str = "minmax"
-    per_channel: bool = True  # one scale per output channel of every weight
-    # 7-bit weights: x86 CPUs without VNNI multiply uint8 x int8 pairs into a saturating int16;
-    # with |w| <= 63 two products never overflow it.
-    reduce_range: bool = True
-
-    def describe(self) -> dict:
-        return {"format": "QDQ", "method": self.method,
-                "weights": "int8 symmetric " + ("per-channel" if self.per_channel else "per-tensor")
-                           + (" (7-bit range)" if self.reduce_range else ""),
-                "activations": "uint8 asymmetric per-tensor"}
-
-
-def int8_static(model: onnx.ModelProto, calibration: InputSet, recipe: Int8Recipe,
-                exclude: Sequence[str], cache: Path,
-                progress: ProgressCallback | None = None) -> onnx.ModelProto:
-    """Static QDQ quantization; the activation ranges are computed once and cached in ``cache``
-    (later calls with other ``exclude`` lists reuse them)."""
-    from onnxruntime.quantization import (
-        CalibrationMethod, QuantFormat, QuantType, quantize_static,
-    )
-
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
-    name = graph_input(model).name
-    reader = None
-    if not cache.is_file():
-        reader = _reader(name, batches(calibration.inputs, _batch_size(model)), progress)
-    extra = {"CalibPercentile": PERCENTILE}
-    output = cache.with_name(f"int8-{len(exclude)}.onnx")
-    with _quiet_onnxruntime():
-        quantize_static(_copy(model), output, reader, quant_format=QuantFormat.QDQ,
-                        per_channel=recipe.per_channel, reduce_range=recipe.reduce_range,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        nodes_to_exclude=list(exclude), calibrate_method=methods[recipe.method],
-                        extra_options=extra, calibration_cache_path=cache)
-    return onnx.load(str(output))
-
-
-def int8_dynamic(model: onnx.ModelProto, exclude: Sequence[str], workdir: Path) -> onnx.ModelProto:
-    """Weights int8 per channel offline; activation ranges computed at run time."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    output = workdir / "int8-dynamic.onnx"
-    with _quiet_onnxruntime():
-        quantize_dynamic(_copy(model), output, per_channel=True, weight_type=QuantType.QInt8,
-                         nodes_to_exclude=list(exclude))
-    return onnx.load(str(output))
-
-
-def to_fp16(model: onnx.ModelProto, exclude: Sequence[str], keep_io_float: bool) -> onnx.ModelProto:
-    """onnxruntime's fp16 converter; custom-domain ops (and ``exclude``) stay fp32 behind Casts."""
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
-
-    from onnxruntime.transformers.onnx_model import OnnxModel
-
-    custom = sorted({node.op_type for node in model.graph.node if node.domain not in STANDARD_DOMAINS})
-    with _quiet_onnxruntime():
-        converted = convert_float_to_float16(model, keep_io_types=keep_io_float,
-                                             op_block_list=DEFAULT_OP_BLOCK_LIST + custom,
-                                             node_block_list=list(exclude))
-        # The converter appends its Cast nodes at the end; onnx.checker wants graph order.
-        OnnxModel(converted).topological_sort(is_deterministic=True)
-    # It also records fp16 value_info for the weights of blocked nodes, which it leaves fp32.
-    initializers = {init.name for init in converted.graph.initializer}
-    kept = [value for value in converted.graph.value_info if value.name not in initializers]
-    del converted.graph.value_info[:]
-    converted.graph.value_info.extend(kept)
-    return converted
 
 
 # ---------------------------------------------------------------------------------------------
@@ -426,7 +119,7 @@ def _finish(quantized: onnx.ModelProto, source: onnx.ModelProto, metadata: Model
     if names(quantized) != names(source):
         raise CheckFailed(f"quantization renamed the inputs/outputs {names(source)} -> "
                           f"{names(quantized)}; nothing written")
-    set_metadata(quantized, replace(metadata, opset=_default_opset(quantized)))
+    set_metadata(quantized, replace(metadata, opset=default_opset(quantized)))
     check_model(quantized)
 
 
@@ -469,7 +162,7 @@ def quantize_model(model_path: str | os.PathLike, output_path: str | os.PathLike
         raise BadInput(f"the output would overwrite the input model {source_path}; give another -o")
     step("reading the model")
     model = load_float_model(source_path)
-    _name_unnamed_nodes(model)
+    name_unnamed_nodes(model)
     metadata = resolve_metadata(model, source_path, input_size, mean, std)
     excluded = resolve_keep_float(model, keep_float)
     validation_set = None

@@ -1,0 +1,181 @@
+"""The three onnxruntime recipes behind ``quantize_model`` (docs/quantization.md explains each
+choice), and running a ModelProto on a batch of inputs."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import onnx
+
+from edgecnn.export.calibration import InputSet
+from edgecnn.export.quantize_input import STANDARD_DOMAINS, dims, graph_input
+from edgecnn.runtime import load_session
+
+PERCENTILE = 99.999  # the percentile method's clipping point (onnxruntime's default)
+CALIBRATION_BATCH = 16  # samples per calibration run when the batch axis is dynamic
+
+ProgressCallback = Callable[[str, int, int], None]  # (task, done, total)
+
+
+
+def _batch_size(model: onnx.ModelProto) -> int | None:
+    """The graph's fixed batch size, or None for a dynamic batch axis."""
+    return dims(graph_input(model))[0]
+
+
+def batches(inputs: np.ndarray, fixed: int | None, size: int = CALIBRATION_BATCH) -> list[np.ndarray]:
+    """``inputs`` in chunks: of ``size`` for a dynamic batch axis, or exactly ``fixed`` samples
+    (the last chunk padded by repeating samples from the start) for a fixed one."""
+    if fixed is None:
+        return [inputs[start:start + size] for start in range(0, len(inputs), size)]
+    chunks = []
+    for start in range(0, len(inputs), fixed):
+        indices = np.arange(start, start + fixed) % len(inputs)
+        chunks.append(inputs[indices])
+    return chunks
+
+
+def run_model(model: onnx.ModelProto, inputs: np.ndarray) -> np.ndarray:
+    """The first output of ``model`` on ``inputs`` (onnxruntime, CPU), in batches."""
+    session = load_session(model.SerializeToString())
+    name = session.get_inputs()[0].name
+    fixed = _batch_size(model)
+    outputs = [session.run(None, {name: chunk})[0] for chunk in batches(inputs, fixed, 64)]
+    return np.concatenate(outputs)[:len(inputs)].astype(np.float32)
+
+
+def top1_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(logits.argmax(axis=1) == labels))
+
+
+@contextlib.contextmanager
+def _quiet_onnxruntime():
+    """onnxruntime.quantization logs advice on the root logger and prints progress on stdout;
+    keep the CLI output (one JSON object under --json) clean."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnxruntime's quantizers save the ModelProto they get with external data in a temporary
+    folder and leave its initializers pointing there: they get a copy, ours stays usable."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
+def _reader(name: str, chunks: list[np.ndarray], progress: ProgressCallback | None):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    done = np.cumsum([0] + [len(chunk) for chunk in chunks])  # samples run before each chunk
+
+    class Reader(CalibrationDataReader):
+        """Feeds the calibration batches; reports the samples run as ("calibrating", n, total)."""
+
+        def __init__(self):
+            self.index = 0
+
+        def report(self) -> None:
+            if progress:
+                progress("calibrating", int(done[self.index]), int(done[-1]))
+
+        def get_next(self):
+            self.report()
+            if self.index == len(chunks):
+                return None
+            self.index += 1
+            return {name: chunks[self.index - 1]}
+
+        def __len__(self):
+            return len(chunks)
+
+    return Reader()
+
+
+@dataclass
+class Int8Recipe:
+    """How ``int8`` mode calls onnxruntime's static quantizer (see docs/quantization.md)."""
+
+    method: str = "minmax"
+    per_channel: bool = True  # one scale per output channel of every weight
+    # 7-bit weights: x86 CPUs without VNNI multiply uint8 x int8 pairs into a saturating int16;
+    # with |w| <= 63 two products never overflow it.
+    reduce_range: bool = True
+
+    def describe(self) -> dict:
+        return {"format": "QDQ", "method": self.method,
+                "weights": "int8 symmetric " + ("per-channel" if self.per_channel else "per-tensor")
+                           + (" (7-bit range)" if self.reduce_range else ""),
+                "activations": "uint8 asymmetric per-tensor"}
+
+
+def int8_static(model: onnx.ModelProto, calibration: InputSet, recipe: Int8Recipe,
+                exclude: Sequence[str], cache: Path,
+                progress: ProgressCallback | None = None) -> onnx.ModelProto:
+    """Static QDQ quantization; the activation ranges are computed once and cached in ``cache``
+    (later calls with other ``exclude`` lists reuse them)."""
+    from onnxruntime.quantization import (
+        CalibrationMethod, QuantFormat, QuantType, quantize_static,
+    )
+
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    name = graph_input(model).name
+    reader = None
+    if not cache.is_file():
+        reader = _reader(name, batches(calibration.inputs, _batch_size(model)), progress)
+    extra = {"CalibPercentile": PERCENTILE}
+    output = cache.with_name(f"int8-{len(exclude)}.onnx")
+    with _quiet_onnxruntime():
+        quantize_static(_copy(model), output, reader, quant_format=QuantFormat.QDQ,
+                        per_channel=recipe.per_channel, reduce_range=recipe.reduce_range,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=list(exclude), calibrate_method=methods[recipe.method],
+                        extra_options=extra, calibration_cache_path=cache)
+    return onnx.load(str(output))
+
+
+def int8_dynamic(model: onnx.ModelProto, exclude: Sequence[str], workdir: Path) -> onnx.ModelProto:
+    """Weights int8 per channel offline; activation ranges computed at run time."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    output = workdir / "int8-dynamic.onnx"
+    with _quiet_onnxruntime():
+        quantize_dynamic(_copy(model), output, per_channel=True, weight_type=QuantType.QInt8,
+                         nodes_to_exclude=list(exclude))
+    return onnx.load(str(output))
+
+
+def to_fp16(model: onnx.ModelProto, exclude: Sequence[str], keep_io_float: bool) -> onnx.ModelProto:
+    """onnxruntime's fp16 converter; custom-domain ops (and ``exclude``) stay fp32 behind Casts."""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    custom = sorted({node.op_type for node in model.graph.node if node.domain not in STANDARD_DOMAINS})
+    with _quiet_onnxruntime():
+        converted = convert_float_to_float16(model, keep_io_types=keep_io_float,
+                                             op_block_list=DEFAULT_OP_BLOCK_LIST + custom,
+                                             node_block_list=list(exclude))
+        # The converter appends its Cast nodes at the end; onnx.checker wants graph order.
+        OnnxModel(converted).topological_sort(is_deterministic=True)
+    # It also records fp16 value_info for the weights of blocked nodes, which it leaves fp32.
+    initializers = {init.name for init in converted.graph.initializer}
+    kept = [value for value in converted.graph.value_info if value.name not in initializers]
+    del converted.graph.value_info[:]
+    converted.graph.value_info.extend(kept)
+    return converted
