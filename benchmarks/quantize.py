@@ -1,6 +1,6 @@
 """int8 and fp16 against fp32: latency, file size and peak memory of resnet18 on the CPU.
 
-    .venv/bin/python benchmarks/quantize.py [--rounds 40] [--threads 2] [--size 224]
+    .venv/bin/python benchmarks/quantize.py [--rounds 15] [--calls 5] [--threads 2] [--size 224]
 
 resnet18 at 224x224, batch 1 (exported with --batch 1), onnxruntime's CPU provider, 2 intra-op
 threads. The models:
@@ -14,9 +14,9 @@ threads. The models:
 All int8 models calibrate on the same 16 random-pixel images: the scales' values do not change
 which kernels run, so they do not change the speed.
 
-1. Latency: the sessions run interleaved in this process, one call each per round, the order
-   rotating every round; per model the median over the rounds, and per pair the median of the
-   per-round ratios (robust when other jobs share the machine). Goal int8/fp32 <= 0.53.
+1. Latency: the sessions take turns in this process, --calls timed calls each per round, the
+   order rotating every round (see ``latencies``); per model the median over the rounds, and
+   per pair the median of the per-round ratios. Goal int8/fp32 <= 0.53.
 2. File size ratio. Goal int8/fp32 <= 0.26.
 3. Peak RSS: each model in its own fresh process (python + onnxruntime + session + 3 runs),
    --rss-runs times, median. Goal int8/fp32 <= 0.5.
@@ -45,6 +45,7 @@ from edgecnn.runtime import load_session
 
 GOALS = {"latency": 0.53, "size": 0.26, "rss": 0.5}
 CALIBRATION_SAMPLES = 16
+PAUSE_S = 0.1  # lets the previous session's worker threads stop spinning (see latencies)
 
 RSS_PROBE = """
 import json, sys
@@ -93,10 +94,15 @@ def build_models(work: Path, size: int) -> dict[str, Path]:
     return models
 
 
-def latencies(models: dict[str, Path], rounds: int, threads: int, size: int,
+def latencies(models: dict[str, Path], rounds: int, calls: int, threads: int, size: int,
               clock=time.perf_counter) -> dict[str, list[float]]:
-    """Seconds per call of each model, one call per model per round, order rotating.
+    """Per model and round, the median seconds of ``calls`` consecutive calls; the models take
+    turns, the order rotating every round.
 
+    Before each model's turn: a pause and one untimed call. An onnxruntime session's worker
+    threads keep spinning for a while after a call; interleaving sessions call by call would
+    let the idle session's spinning threads steal the cores from the one being timed (on this
+    2-core machine that doubled fp32's time and swung the ratio by 10%).
     With one thread onnxruntime computes in the calling thread, so ``clock=time.thread_time``
     measures the CPU time of the inference itself, which other jobs on the machine barely move.
     """
@@ -110,9 +116,14 @@ def latencies(models: dict[str, Path], rounds: int, threads: int, size: int,
     for round_index in range(rounds):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
-            started = clock()
+            time.sleep(PAUSE_S)
             sessions[name].run(None, feed)
-            times[name].append(clock() - started)
+            block = []
+            for _ in range(calls):
+                started = clock()
+                sessions[name].run(None, feed)
+                block.append(clock() - started)
+            times[name].append(statistics.median(block))
     return times
 
 
@@ -128,22 +139,24 @@ def paired_ratio(times: dict[str, list[float]], name: str, reference: str = "fp3
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--calls", type=int, default=5, help="Timed calls per model and round.")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--rss-runs", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="edgecnn-bench-") as work:
         models = build_models(Path(work), args.size)
-        times = latencies(models, args.rounds, args.threads, args.size)
+        times = latencies(models, args.rounds, args.calls, args.threads, args.size)
         int8_pair = {name: models[name] for name in ("fp32", "int8")}
-        cpu_times = latencies(int8_pair, args.rounds, 1, args.size, clock=time.thread_time)
+        cpu_times = latencies(int8_pair, args.rounds, args.calls, 1, args.size,
+                              clock=time.thread_time)
         rss = {name: statistics.median(peak_rss_mb(path, args.threads, args.size)
                                        for _ in range(args.rss_runs))
                for name, path in models.items()}
         sizes = {name: path.stat().st_size for name, path in models.items()}
     print(f"resnet18 {args.size}x{args.size}, batch 1, CPUExecutionProvider, {args.threads} threads, "
-          f"{args.rounds} interleaved rounds")
+          f"{args.rounds} interleaved rounds of {args.calls} calls")
     print(f"{'model':30s} {'median ms':>10s} {'ratio':>7s} {'size MB':>8s} {'ratio':>6s} "
           f"{'peak RSS MB':>12s} {'ratio':>6s}")
     report = {}
