@@ -40,7 +40,7 @@ TRAINING = {
     "fashion_cnn": dict(epochs=1, lr=1e-3, batch_size=64, threads=2),
     "lenet5": dict(epochs=4, lr=1e-3, batch_size=32, threads=1),
 }
-CALIBRATION_SIZE = 200
+CALIBRATION_SIZE = 100
 
 
 @contextlib.contextmanager
