@@ -19,7 +19,8 @@ from edgecnn.training import accuracy, fit_classifier, predict
 
 
 def _example():
-    spec = importlib.util.spec_from_file_location("train_digits", REPO / "examples" / "train_digits.py")
+    path = REPO / "examples" / "train_digits.py"
+    spec = importlib.util.spec_from_file_location("train_digits", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -23,8 +23,8 @@ from edgecnn.models._registry import register_model
 from edgecnn.models.resnet import init_like_torchvision
 
 # torchvision's legacy names: "...denselayer1.norm.1.weight" -> "...denselayer1.norm1.weight".
-_LEGACY_KEY = re.compile(
-    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+_LEGACY_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\."
+                         r"((?:[12])\.(?:weight|bias|running_mean|running_var))$")
 
 
 class _DenseLayer(nn.Module):

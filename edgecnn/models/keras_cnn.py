@@ -84,7 +84,7 @@ def dense_bn_leaky(in_features: int, out_features: int) -> nn.Sequential:
 
 
 class FashionCNN(nn.Module):
-    """4x [conv 3x3 'same' -> BN -> LeakyReLU 0.1] -> maxpool 2 -> 2x [fc 1024 -> BN -> LeakyReLU]."""
+    """4x [conv 3x3 'same' -> BN -> LeakyReLU .1] -> maxpool 2 -> 2x [fc 1024 -> BN -> LeakyReLU]."""
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1):
         super().__init__()

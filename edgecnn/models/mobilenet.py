@@ -27,13 +27,14 @@ from edgecnn.models.resnet import init_like_torchvision
 
 
 class ConvBNActivation(nn.Sequential):
-    """conv (no bias, 'same' padding) -> BatchNorm -> activation: torchvision's Conv2dNormActivation."""
+    """conv (no bias, 'same' padding) -> BatchNorm -> activation (torchvision's
+    Conv2dNormActivation)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
                  groups: int = 1, activation: type[nn.Module] = nn.ReLU):
         super().__init__(
-            nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding=(kernel_size - 1) // 2,
-                      groups=groups, bias=False),
+            nn.Conv2d(in_channels, out_channels, kernel_size, stride,
+                      padding=(kernel_size - 1) // 2, groups=groups, bias=False),
             nn.BatchNorm2d(out_channels),
             activation(inplace=True),
         )

@@ -67,7 +67,8 @@ class PreActResNet(nn.Module):
         downsample = None
         if stride != 1 or self.inplanes != planes:
             downsample = conv1x1(self.inplanes, planes, stride)  # projection, no BatchNorm
-        layers = [PreActBasicBlock(self.inplanes, planes, stride, downsample, preactivate=not first)]
+        layers = [PreActBasicBlock(self.inplanes, planes, stride, downsample,
+                                   preactivate=not first)]
         self.inplanes = planes
         layers += [PreActBasicBlock(planes, planes) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
