@@ -120,6 +120,8 @@ def _finish(quantized: onnx.ModelProto, source: onnx.ModelProto, metadata: Model
         raise CheckFailed(f"quantization renamed the inputs/outputs {names(source)} -> "
                           f"{names(quantized)}; nothing written")
     set_metadata(quantized, replace(metadata, opset=default_opset(quantized)))
+    # onnxruntime's quantizer signs the file as its own; the metadata says what was done.
+    quantized.producer_name, quantized.producer_version = source.producer_name, source.producer_version
     check_model(quantized)
 
 
