@@ -345,3 +345,32 @@ def test_custom_op_stays_float_and_agrees(zoo_onnx, tmp_path, mode):
     # Measured on these unseen inputs: int8 49 dB, fp16 71 dB.
     assert metrics.sqnr_db > (30 if mode == "int8" else 55)
     assert result.parity.top1_agreement == 1.0
+
+
+def test_validation_sources(tmp_path):
+    from edgecnn.errors import BadInput
+    from edgecnn.export.calibration import load_validation
+    from edgecnn.runtime import InputInfo
+
+    info = InputInfo(shape=[1, 8, 8], color="GRAY", mean=[0.5], std=[0.5])
+    for folder, count in (("one", 2), ("zero", 3)):
+        (tmp_path / "val" / folder).mkdir(parents=True)
+        for index in range(count):
+            Image.fromarray(RNG.integers(0, 256, (8, 8), dtype=np.uint8)).save(
+                tmp_path / "val" / folder / f"{index}.png")
+    by_order = load_validation(tmp_path / "val", info)  # no labels: sorted folder order
+    assert by_order.inputs.shape == (5, 1, 8, 8) and by_order.labels.tolist() == [0, 0, 1, 1, 1]
+    by_name = load_validation(tmp_path / "val", info, ["zero", "one"])  # the model's labels
+    assert by_name.labels.tolist() == [1, 1, 0, 0, 0]
+    with pytest.raises(BadInput, match="sub-folder\\(s\\) one are not labels of the model"):
+        load_validation(tmp_path / "val", info, ["zero", "two"])
+    np.savez(tmp_path / "val.npz", inputs=by_order.inputs, labels=by_order.labels)
+    from_array = load_validation(tmp_path / "val.npz", info)
+    np.testing.assert_array_equal(from_array.inputs, by_order.inputs)
+    assert from_array.labels.tolist() == by_order.labels.tolist()
+    np.save(tmp_path / "val.npy", by_order.inputs)
+    with pytest.raises(BadInput, match="a validation set needs labels"):
+        load_validation(tmp_path / "val.npy", info)
+    np.savez(tmp_path / "bad.npz", inputs=by_order.inputs, labels=np.zeros(3, np.int64))
+    with pytest.raises(BadInput, match="labels must be 5 integers"):
+        load_validation(tmp_path / "bad.npz", info)
