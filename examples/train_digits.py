@@ -48,7 +48,7 @@ def train_and_export(output: str | Path, epochs: int = 15, seed: int = 0) -> dic
 
     # The device side: raw uint8 images in, preprocessing from the .onnx metadata, no torch.
     engine = Engine(exported.path, provider="cpu")
-    batch = preprocess_images(list(digits.test_images), engine.metadata.input, crop_fraction=1.0)
+    batch = preprocess_images(list(digits.test_images), engine.metadata.input)
     onnx_logits = engine.run(batch)["logits"]
     return {"train_samples": len(digits.y_train), "test_samples": len(digits.y_test),
             "epochs": epochs, "final_loss": losses[-1], "train_seconds": train_seconds,

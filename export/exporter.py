@@ -294,7 +294,7 @@ def export_model(name: str, output: str | os.PathLike | None = None, *,
         model=name, task=spec.task, labels=label_list, precision="fp32", opset=opset,
         edgecnn_version=edgecnn.__version__, deform_lowering=lowering,
         input=InputInfo(shape=[channels, height, width], color="RGB" if channels == 3 else "GRAY",
-                        mean=mean, std=std)))
+                        mean=mean, std=std, crop_fraction=spec.crop_fraction)))
     step("checking the graph (onnx.checker, shape inference)")
     check_model(proto)
 

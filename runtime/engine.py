@@ -135,7 +135,8 @@ class Engine:
                 crop_fraction: float | None = None):
         """Classify or segment images (paths, PIL images, HxWxC uint8 arrays, or lists of them).
 
-        Preprocessing comes from the model's metadata (see edgecnn.runtime.preprocess).
+        Preprocessing comes from the model's metadata (see edgecnn.runtime.preprocess);
+        ``crop_fraction`` overrides the metadata's center-crop share.
         Classification: a list of (label or class index, probability), most likely first.
         Segmentation: an (H, W) int64 map of argmax classes at the model's input size (the
         center-cropped view the model saw, not the original image size).
@@ -156,11 +157,10 @@ class Engine:
         spec = self._input_spec(metadata.input.name)
         fixed_batch = spec.shape[0] if spec.shape and isinstance(spec.shape[0], int) else None
         chunk = fixed_batch or batch_size or PREDICT_CHUNK
-        crop = preprocess.DEFAULT_CROP_FRACTION if crop_fraction is None else crop_fraction
         outputs = []
         for start in range(0, len(items), chunk):
             batch = preprocess.preprocess_images(items[start:start + chunk], metadata.input,
-                                                 crop_fraction=crop)
+                                                 crop_fraction=crop_fraction)
             count = len(batch)
             if fixed_batch and count < fixed_batch:  # pad the last chunk of a fixed-batch model
                 batch = np.concatenate([batch, np.zeros((fixed_batch - count, *batch.shape[1:]),

@@ -29,6 +29,10 @@ class InputInfo:
     scale: float = 255  # pixel values are divided by this before mean/std
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    # Share of the resized image the model sees: images are resized to cover (H, W) /
+    # crop_fraction, then center-cropped (0.875 = ImageNet's Resize(256) + CenterCrop(224));
+    # 1.0 for full-frame inputs such as MNIST-style digits.
+    crop_fraction: float = 0.875
 
     @property
     def channels(self) -> int:

@@ -3,9 +3,10 @@
 ``preprocess_images(images, input_info)`` does what a torchvision-style evaluation transform
 does: resize (bilinear, keeping the aspect ratio) so the image covers the input size divided by
 ``crop_fraction``, center-crop to the input size, scale (e.g. /255), subtract the mean, divide by
-the std, and lay the batch out as NCHW (or NHWC). With the default crop fraction 0.875 a
-224x224 model sees ``Resize(256) + CenterCrop(224)``, the ImageNet evaluation recipe; pass
-``crop_fraction=1.0`` to resize the shorter side straight to the input size (no border lost).
+the std, and lay the batch out as NCHW (or NHWC). The crop fraction comes from the metadata:
+0.875 for the ImageNet models (a 224x224 model sees ``Resize(256) + CenterCrop(224)``, the
+ImageNet evaluation recipe), 1.0 for full-frame inputs such as the MNIST-style models (the
+shorter side is resized straight to the input size, no border lost).
 
 Images are file paths, PIL images, or uint8 arrays (HxWxC with C = 1, 3 or 4, or HxW grey).
 """
@@ -22,7 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from edgecnn.errors import BadInput
 from edgecnn.runtime.metadata import InputInfo
 
-DEFAULT_CROP_FRACTION = 0.875  # torchvision's ImageNet eval: Resize(256) + CenterCrop(224)
+DEFAULT_CROP_FRACTION = InputInfo.crop_fraction  # ImageNet eval: Resize(256) + CenterCrop(224)
 PIL_MODES = {"RGB": "RGB", "GRAY": "L"}
 CHANNELS = {"RGB": 3, "GRAY": 1}
 
@@ -107,8 +108,13 @@ def resize_and_crop(picture: Image.Image, height: int, width: int,
 
 
 def preprocess_images(images: ImageLike | Iterable[ImageLike], input_info: InputInfo, *,
-                      crop_fraction: float = DEFAULT_CROP_FRACTION) -> np.ndarray:
-    """A float32 batch (N, C, H, W) (or (N, H, W, C) for an NHWC model) ready for the model."""
+                      crop_fraction: float | None = None) -> np.ndarray:
+    """A float32 batch (N, C, H, W) (or (N, H, W, C) for an NHWC model) ready for the model.
+
+    ``crop_fraction`` overrides the metadata's ``input_info.crop_fraction``.
+    """
+    if crop_fraction is None:
+        crop_fraction = input_info.crop_fraction
     color = input_info.color.upper()
     if CHANNELS.get(color) != input_info.channels:
         raise BadInput(f"metadata input has {input_info.channels} channels but color "

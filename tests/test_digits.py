@@ -48,9 +48,12 @@ def test_load_digits_split_and_normalization():
     assert (digits.mean, digits.std) == (tuple(mean), tuple(std))
     np.testing.assert_allclose(digits.x_test[:, 0], (digits.test_images / 255 - mean[0]) / std[0],
                                rtol=1e-6, atol=1e-6)
-    # What the runtime does with an exported lenet's metadata gives the same arrays.
-    info = InputInfo(shape=[1, 28, 28], color="GRAY", mean=mean, std=std)
-    batch = preprocess_images(list(digits.test_images[:8]), info, crop_fraction=1.0)
+    # What the runtime does with an exported lenet's metadata gives the same arrays: the
+    # digits fill the frame, so the spec (hence the metadata) asks for no center crop.
+    crop = models.get_spec("lenet").crop_fraction
+    assert crop == 1.0
+    info = InputInfo(shape=[1, 28, 28], color="GRAY", mean=mean, std=std, crop_fraction=crop)
+    batch = preprocess_images(list(digits.test_images[:8]), info)
     np.testing.assert_allclose(batch, digits.x_test[:8], rtol=1e-6, atol=1e-6)
     # Seeded: the same split again, another split with another seed.
     np.testing.assert_array_equal(load_digits().test_labels, digits.test_labels)

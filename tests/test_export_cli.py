@@ -50,7 +50,7 @@ def test_graph_interface_and_metadata(resnet18_64):
     assert meta.input.shape == [3, 64, 64] and meta.input.layout == "NCHW"
     assert meta.input.mean == pytest.approx([0.485, 0.456, 0.406])
     assert meta.input.std == pytest.approx([0.229, 0.224, 0.225])
-    assert meta.input.scale == 255 and meta.input.color == "RGB"
+    assert meta.input.scale == 255 and meta.input.color == "RGB" and meta.input.crop_fraction == 0.875
     assert meta.precision == "fp32" and meta.opset == 18 and meta.labels is None
     assert meta.deform_lowering is None and meta.edgecnn_version
     # Round trip: what the runtime parses serializes back to the stored JSON.

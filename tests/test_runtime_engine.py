@@ -204,3 +204,19 @@ def test_one_engine_from_four_threads_matches_sequential_calls(resnet18_64):
     assert len(results) == 4 * 3 * len(inputs)
     for (_, _, index), output in results.items():
         np.testing.assert_array_equal(output, sequential[index])
+
+
+def test_predict_takes_the_center_crop_from_the_metadata(zoo_onnx, resnet_engine):
+    """Digit models see the whole frame (crop 1.0), ImageNet models Resize+CenterCrop (0.875)."""
+    from edgecnn.runtime.preprocess import preprocess_images
+
+    lenet = Engine(zoo_onnx("lenet"))
+    assert lenet.metadata.input.crop_fraction == 1.0
+    assert resnet_engine.metadata.input.crop_fraction == 0.875
+    rng = np.random.default_rng(3)
+    digits = [rng.integers(0, 256, (40, 40), dtype=np.uint8) for _ in range(3)]
+    whole = lenet.run(preprocess_images(digits, lenet.metadata.input, crop_fraction=1.0))["logits"]
+    cropped = lenet.run(preprocess_images(digits, lenet.metadata.input, crop_fraction=0.875))["logits"]
+    assert not np.allclose(whole, cropped)  # the crop changes what the model sees...
+    expected = [int(i) for i in softmax(whole).argmax(axis=1)]
+    assert [result[0][0] for result in lenet.predict(digits, top_k=1)] == expected  # ...metadata's wins

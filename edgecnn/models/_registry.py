@@ -48,6 +48,8 @@ class ModelSpec:
     # a looser bound needs a written reason.
     fp32_tolerance: float | None = None
     tolerance_reason: str | None = None
+    # Center-crop share used when preprocessing images (see edgecnn.runtime.metadata.InputInfo).
+    crop_fraction: float = 0.875
     # Lowest ONNX opset the exported graph needs whatever the export options. Deformable
     # models keep 18 (the decomposed lowering runs there); the exporter raises the default
     # to 19 when they are exported with the native DeformConv lowering.

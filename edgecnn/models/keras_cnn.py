@@ -27,7 +27,7 @@ FASHION_MNIST_MEAN = (0.2860,)
 FASHION_MNIST_STD = (0.3530,)
 
 _GREY_28 = dict(task="classification", input_size=(1, 28, 28), num_classes=10,
-                test_input=(28, 28), fixed_input_size=True)
+                test_input=(28, 28), fixed_input_size=True, crop_fraction=1.0)
 
 KERAS_BN = dict(eps=1e-3, momentum=0.01)
 

@@ -20,7 +20,8 @@ MNIST_MEAN = (0.1307,)
 MNIST_STD = (0.3081,)
 
 _GREY_28 = dict(task="classification", input_size=(1, 28, 28), num_classes=10,
-                mean=MNIST_MEAN, std=MNIST_STD, test_input=(28, 28), fixed_input_size=True)
+                mean=MNIST_MEAN, std=MNIST_STD, test_input=(28, 28), fixed_input_size=True,
+                crop_fraction=1.0)
 
 
 class LeNet(nn.Module):
