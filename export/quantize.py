@@ -29,7 +29,9 @@ from edgecnn.errors import BadInput, CheckFailed
 from edgecnn.export.calibration import (
     DEFAULT_CALIBRATION_SIZE, load_calibration, load_validation, random_inputs,
 )
-from edgecnn.export.exporter import ExportResult, check_model, export_model, set_metadata
+from edgecnn.export.exporter import (
+    ExportResult, check_model, export_model, set_metadata, set_minimal_ir_version,
+)
 from edgecnn.export.files import atomic_output, check_output_path
 from edgecnn.export.parity import REL_L2_TOLERANCE, ParityMetrics, compare
 from edgecnn.export.quantize_input import (
@@ -112,7 +114,7 @@ def _accuracy(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray,
 
 
 def _finish(quantized: onnx.ModelProto, source: onnx.ModelProto, metadata: ModelMetadata) -> None:
-    """Metadata in, names and validity checked: the file must stand in for the fp32 one."""
+    """Metadata in, names checked, oldest IR: the file must stand in for the fp32 one."""
     def names(graph_model: onnx.ModelProto) -> list[str]:
         return [graph_input(graph_model).name] + [v.name for v in graph_model.graph.output]
 
@@ -122,7 +124,7 @@ def _finish(quantized: onnx.ModelProto, source: onnx.ModelProto, metadata: Model
     set_metadata(quantized, replace(metadata, opset=default_opset(quantized)))
     # onnxruntime's quantizer signs the file as its own; the metadata says what was done.
     quantized.producer_name, quantized.producer_version = source.producer_name, source.producer_version
-    check_model(quantized)
+    set_minimal_ir_version(quantized)
 
 
 def quantize_model(model_path: str | os.PathLike, output_path: str | os.PathLike | None = None, *,
@@ -251,6 +253,7 @@ def quantize_model(model_path: str | os.PathLike, output_path: str | os.PathLike
     _finish(quantized, model, replace(metadata, precision=precision, quantization=details))
     with atomic_output(output) as temp_path:
         onnx.save_model(quantized, temp_path)
+        check_model(temp_path)
         size = temp_path.stat().st_size
     return QuantizeResult(path=output, source=source_path, mode=mode, precision=precision,
                           size_bytes=size, source_size_bytes=source_path.stat().st_size,

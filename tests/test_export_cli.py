@@ -249,3 +249,10 @@ def test_interrupted_export_leaves_no_file(cli, tmp_path, monkeypatch):
     result = cli("export", "resnet18", "--input-size", "32", "-o", target)
     assert result.code == 130 and "interrupted" in result.stderr
     assert _leftovers(tmp_path) == ["r.onnx"] and target.read_bytes() == b"previous version"
+
+
+def test_ir_version_is_the_oldest_the_opset_allows(resnet18_64, zoo_onnx):
+    """IR 8 for opset 18 (IR 9 for 19): onnxruntime 1.17 and older runtimes refuse IR 10."""
+    assert onnx.load(str(resnet18_64), load_external_data=False).ir_version == 8
+    dcn = onnx.load(str(zoo_onnx("deform_testnet")), load_external_data=False)
+    assert {imp.domain: imp.version for imp in dcn.opset_import}[""] == 19 and dcn.ir_version == 9
