@@ -1,25 +1,21 @@
-"""The model zoo: every registered model is complete, exports, and its ONNX matches eager.
+"""The model zoo: every registered model is complete, listed, and exports a well-formed graph.
 
 One export per model per session (the ``zoo_onnx`` fixture, at the spec's CI-sized
-``test_input``); each file runs at batch 1 and 3 through its dynamic batch axis against the
-seed-0 eager model, random weights with non-trivial BatchNorm statistics.
+``test_input``), shared with tests/test_parity_matrix.py, which compares every file with the
+seed-0 eager model at batch 1 and 3 and at every precision.
 """
 
 from __future__ import annotations
 
 import json
 
-import numpy as np
 import onnx
 import pytest
 import torch
 from torch import nn
 
 from edgecnn import models
-from edgecnn.export import build_model, compare
-from edgecnn.export.exporter import random_input
-from edgecnn.export.parity import REL_L2_TOLERANCE
-from edgecnn.runtime import load_session
+from edgecnn.export import build_model
 
 # The architectures of issue 3 (ARCHITECTURES.md); the registry may hold more.
 ZOO = ["lenet", "lenet5", "mnist_cnn", "fashion_cnn", "alexnet", "alexnet_original",
@@ -66,30 +62,15 @@ def test_spec_is_complete_and_counts_parameters(name):
 
 
 @pytest.mark.parametrize("name", models.list_models())
-def test_zoo_onnx_matches_eager(name, zoo_onnx):
-    """fp32 ONNX vs eager, rel_l2 <= 1e-5 (or the spec's reasoned bound) at batch 1 and 3."""
+def test_zoo_export_structure(name, zoo_onnx):
+    """One output with the task's name, no Dropout node, non-trivial BatchNorm statistics in the
+    eager twin. The numbers (ONNX vs eager at every precision) are tests/test_parity_matrix.py."""
     spec = models.get_spec(name)
-    path = zoo_onnx(name)
     model = build_model(name, seed=0)
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     assert all((bn.running_var - 1).abs().mean() > 0.05 for bn in norms)  # non-trivial stats
-    proto = onnx.load(str(path), load_external_data=False)
+    proto = onnx.load(str(zoo_onnx(name)), load_external_data=False)
     assert "Dropout" not in {node.op_type for node in proto.graph.node}
     assert [output.name for output in proto.graph.output] == [spec.output_name]
-    session = load_session(path)
-    height, width = spec.ci_input_size
-    tolerance = spec.fp32_tolerance or REL_L2_TOLERANCE["fp32"]
-    for batch in (1, 3):
-        x = random_input((batch, spec.input_size[0], height, width), seed=10 + batch)
-        with torch.no_grad():
-            eager = model(x).numpy()
-        candidate = session.run(None, {"input": x.numpy()})[0]
-        assert candidate.shape == _output_shape(spec, batch, height, width)
-        metrics = compare(eager, candidate)
-        assert metrics.rel_l2 <= tolerance, (name, batch, metrics)
-        if spec.task == "classification":
-            assert metrics.top1_agreement == 1.0, (name, batch, metrics)
-    # The outputs depend on the input enough that this check would catch a graph ignoring it
-    # (one answering the batch mean for every sample), e.g. a sigmoid LeNet's are ~1e-4.
-    ignoring_input = np.broadcast_to(eager.mean(axis=0, keepdims=True), eager.shape)
-    assert compare(eager, ignoring_input).rel_l2 > 10 * tolerance, name
+    dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", spec.input_size[0], *spec.ci_input_size]

@@ -93,11 +93,15 @@ def print_quantize_summary(summary: dict) -> None:
               f"{human_size(summary['size_bytes'])} = {summary['size_ratio']:.2f}x of "
               f"{human_size(summary['source_size_bytes'])}, in {summary['seconds']:.1f} s")
     parity = summary["parity"]
-    agreement = parity["top1_agreement"]
-    out.print(f"vs fp32: rel_l2 {parity['rel_l2']:.2e}  SQNR {parity['sqnr_db'] or float('inf'):.1f} dB"
-              + (f"  top-1 agreement {agreement:.1%}" if agreement is not None else "")
-              + (f"  (tolerance {summary['tolerance']:g}) [green]ok[/green]"
-                 if summary["tolerance"] else ""))
+    if parity is None:
+        out.print("[yellow]comparison with fp32 skipped (--no-check)[/yellow]")
+    else:
+        agreement = parity["top1_agreement"]
+        out.print(f"vs fp32: rel_l2 {parity['rel_l2']:.2e}  "
+                  f"SQNR {parity['sqnr_db'] or float('inf'):.1f} dB"
+                  + (f"  top-1 agreement {agreement:.1%}" if agreement is not None else "")
+                  + (f"  (tolerance {summary['tolerance']:g}) [green]ok[/green]"
+                     if summary["tolerance"] else ""))
     accuracy = summary["accuracy"]
     if accuracy:
         budget = accuracy["budget_points"]

@@ -131,7 +131,20 @@ def mobilenet_v1(num_classes: int = 1000, in_channels: int = 3) -> MobileNetV1:
     return MobileNetV1(num_classes, in_channels)
 
 
-@register_model(params=3_504_872, family="MobileNet v2 (torchvision)", **_MOBILENET)
+# Measured with seed-0 random weights at 64x64 (tests/test_parity_matrix.py re-measures it):
+# rounding only the weights to fp16 in eager PyTorch moves the logits by rel_l2 9.5e-3, and
+# rounding only the input by 2.7e-3, 55x more than ResNet-18 (5e-5); the exported fp16 model
+# is at 8.6e-3. The network amplifies relative perturbations, so fp16 cannot meet 5e-3; int8
+# noise is amplified alike: 15.1 dB SQNR where the other models reach 20.5-48 dB. Bounds:
+# fp16 rel_l2 2e-2, int8 SQNR >= 12 dB (rel_l2 0.25).
+_PERTURBATION_SENSITIVE = (
+    "random-weight MobileNetV2 amplifies relative perturbations: rounding only its weights to "
+    "fp16 in eager PyTorch already gives rel_l2 ~9.5e-3 > 5e-3; int8 reaches 15.1 dB SQNR")
+
+
+@register_model(params=3_504_872, family="MobileNet v2 (torchvision)",
+                tolerances={"fp16": 2e-2, "int8": 0.25}, tolerance_reason=_PERTURBATION_SENSITIVE,
+                **_MOBILENET)
 def mobilenet_v2(num_classes: int = 1000, in_channels: int = 3,
                  dropout: float = 0.2) -> MobileNetV2:
     """MobileNet v2: inverted residuals with linear bottlenecks, ReLU6 (torchvision layout)."""
