@@ -17,7 +17,6 @@ Needs the dev install (exports with torch); the runtime itself never imports tor
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys

@@ -84,11 +84,11 @@ def _read_images(files: list[Path], info: InputInfo) -> tuple[list[np.ndarray], 
 
 
 def _image_folder(folder: Path, info: InputInfo, size: int | None, seed: int,
-                  warn: WarnCallback) -> InputSet:
+                  warn: WarnCallback, what: str = "calibration") -> InputSet:
     """``size`` readable images of the folder (all when None); unreadable files are skipped."""
     files = image_files(folder)
     if not files:
-        raise BadInput(f"calibration folder {folder} has no {'/'.join(IMAGE_SUFFIXES)} images")
+        raise BadInput(f"{what} folder {folder} has no {'/'.join(IMAGE_SUFFIXES)} images")
     read: dict[int, np.ndarray] = {}
     skipped = 0
     for index in _order(len(files), size, seed):
@@ -99,12 +99,21 @@ def _image_folder(folder: Path, info: InputInfo, size: int | None, seed: int,
         except BadInput:
             skipped += 1
     if not read:
-        raise BadInput(f"calibration folder {folder}: none of the {len(files)} image files "
+        raise BadInput(f"{what} folder {folder}: none of the {len(files)} image files "
                        "could be read")
     if skipped:
         warn(f"skipped {skipped} unreadable image file(s) in {folder}")
     tensors = [read[index] for index in sorted(read)]
     return InputSet(np.stack(tensors), "images", str(folder), len(files), skipped=skipped)
+
+
+def load_image_folder(folder: str | os.PathLike, info: InputInfo, *, what: str = "image",
+                      warn: WarnCallback | None = None) -> InputSet:
+    """Every readable jpg/png under ``folder``, preprocessed from ``info`` (e.g. `check --images`)."""
+    path = Path(folder)
+    if not path.is_dir():
+        raise BadInput(f"{what} folder not found: {path}")
+    return _image_folder(path, info, None, 0, warn or (lambda message: None), what)
 
 
 def input_shape(info: InputInfo) -> list[int]:

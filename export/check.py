@@ -23,12 +23,14 @@ import torch
 from edgecnn import models
 from edgecnn.errors import BadInput
 from edgecnn.export import bisect as bisecting
+from edgecnn.export.calibration import load_image_folder
 from edgecnn.export.exporter import build_model, export_model, get_metadata, random_input
 from edgecnn.export.files import atomic_output, check_output_path
 from edgecnn.export.parity import ParityMetrics, compare, default_tolerance
 from edgecnn.runtime import load_session
 
 PRECISIONS = ("fp32", "fp16", "int8")
+CALIBRATION_SAMPLES = 8  # int8 of a fresh export calibrates on inputs drawn like the checked ones
 
 
 @dataclass
@@ -107,6 +109,31 @@ def write_report(report: CheckReport, path: str | os.PathLike) -> Path:
     return path
 
 
+def convert_precision(fp32_path: Path, precision: str, output: Path,
+                      images: str | os.PathLike | None = None) -> Path:
+    """The fp16 or int8 version of a fresh fp32 export, with edgecnn's own quantizer.
+
+    int8 calibrates on ``images`` when given, else on random inputs drawn like the ones the
+    check compares on (standard normal, seeds apart from the checked ones): a calibration from
+    another distribution would clip the checked inputs and measure the mismatch, not the export.
+    """
+    from edgecnn.export.quantize import quantize_model
+
+    if precision == "fp16":
+        quantize_model(fp32_path, output, mode="fp16", check=False)
+        return output
+    calibration = images
+    if calibration is None:
+        metadata = get_metadata(_load(fp32_path), str(fp32_path))
+        calibration = output.with_suffix(".calibration.npy")
+        np.save(calibration, np.concatenate(
+            [random_input((1, *metadata.input.shape), seed=1000 + k).numpy()
+             for k in range(CALIBRATION_SAMPLES)]))
+    quantize_model(fp32_path, output, mode="int8", calibration=calibration,
+                   calibration_size=None if images is None else 100, check=False)
+    return output
+
+
 def _check_architecture(name: str, model: onnx.ModelProto, source: str,
                         eager_input: Sequence[int], eager_output: Sequence[int]) -> None:
     """BadInput unless ``model`` has the named model's interface (never a bogus pass)."""
@@ -138,13 +165,13 @@ def check_parity(name: str, onnx_path: str | os.PathLike | None = None, *,
                  tolerance: float | None = None, seed: int = 0,
                  weights: str | os.PathLike | None = None, num_classes: int | None = None,
                  input_size: int | Sequence[int] | None = None, bisect: bool = False,
-                 convert: Callable[[Path, Path, str], None] | None = None,
                  on_step: Callable[[str], None] | None = None) -> CheckReport:
     """Compare eager ``name`` with its ONNX export (or ``onnx_path``) on random inputs.
 
-    ``convert(fp32_path, out_path, precision)`` turns a fresh fp32 export into fp16/int8 when no
-    ``onnx_path`` is given. The eager model is rebuilt from ``seed``/``weights``/``num_classes``:
-    pass the same values the file was exported with.
+    Without ``onnx_path`` the model is exported fresh and converted to ``precision`` (int8
+    calibrates on ``images`` when given). ``images``: a folder of jpg/png added to the inputs,
+    preprocessed from the file's metadata. The eager model is rebuilt from ``seed``/``weights``/
+    ``num_classes``: pass the values the file was exported with.
     """
     step = on_step or (lambda message: None)
     spec = models.get_spec(name)
@@ -160,12 +187,9 @@ def check_parity(name: str, onnx_path: str | os.PathLike | None = None, *,
                                 num_classes=num_classes, weights=weights, seed=seed,
                                 check=False).path
             if precision != "fp32":
-                if convert is None:
-                    raise BadInput(f"no converter for precision {precision}")
                 step(f"converting to {precision}")
-                converted = Path(work) / f"{name}.{precision}.onnx"
-                convert(path, converted, precision)
-                path = converted
+                path = convert_precision(path, precision, Path(work) / f"{name}.{precision}.onnx",
+                                         images)
         else:
             path = Path(onnx_path)
             if not path.is_file():
@@ -185,7 +209,10 @@ def check_parity(name: str, onnx_path: str | os.PathLike | None = None, *,
                   for k in range(samples)]
         image_count = 0
         if images is not None:
-            image_batch = _image_inputs(images, path)
+            if metadata is None:
+                raise BadInput(f"--images needs the preprocessing in the edgecnn metadata, which "
+                               f"{path} does not carry")
+            image_batch = load_image_folder(images, metadata.input, what="--images").inputs
             inputs.append(image_batch)
             image_count = len(image_batch)
         with torch.no_grad():
@@ -224,7 +251,3 @@ def _input_chw(model: onnx.ModelProto, spec) -> tuple[int, int, int]:
         raise BadInput(f"cannot tell the input size of the ONNX file (input dims {dims}); "
                        "it carries no edgecnn metadata")
     return tuple(dims[1:])
-
-
-def _image_inputs(images: str | os.PathLike, model_path: Path) -> np.ndarray:
-    raise BadInput("--images needs the runtime's image preprocessing (not available yet)")

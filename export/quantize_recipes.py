@@ -160,6 +160,14 @@ def int8_dynamic(model: onnx.ModelProto, exclude: Sequence[str], workdir: Path) 
     return onnx.load(str(output))
 
 
+def _fully_typed(model: onnx.ModelProto) -> bool:
+    """Every tensor a node produces already has a type (value_info or graph output): then the
+    fp16 converter's own shape inference (seconds for a 500 MB VGG) adds nothing. True for
+    edgecnn's exports; files from elsewhere may need it."""
+    typed = {value.name for value in (*model.graph.value_info, *model.graph.output)}
+    return all(output in typed for node in model.graph.node for output in node.output if output)
+
+
 def to_fp16(model: onnx.ModelProto, exclude: Sequence[str], keep_io_float: bool) -> onnx.ModelProto:
     """onnxruntime's fp16 converter; custom-domain ops (and ``exclude``) stay fp32 behind Casts."""
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
@@ -170,7 +178,8 @@ def to_fp16(model: onnx.ModelProto, exclude: Sequence[str], keep_io_float: bool)
     with _quiet_onnxruntime():
         converted = convert_float_to_float16(model, keep_io_types=keep_io_float,
                                              op_block_list=DEFAULT_OP_BLOCK_LIST + custom,
-                                             node_block_list=list(exclude))
+                                             node_block_list=list(exclude),
+                                             disable_shape_infer=_fully_typed(model))
         # The converter appends its Cast nodes at the end; onnx.checker wants graph order.
         OnnxModel(converted).topological_sort(is_deterministic=True)
     # It also records fp16 value_info for the weights of blocked nodes, which it leaves fp32.

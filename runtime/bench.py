@@ -41,7 +41,19 @@ class BenchResult:
 
 
 def peak_rss_mb() -> float | None:
-    """This process's peak resident memory in MB (None where the OS does not say)."""
+    """This process's peak resident memory in MB (None where the OS does not say).
+
+    Linux: VmHWM of /proc/self/status, the high-water mark of this program's own address space.
+    getrusage's ru_maxrss survives exec, so a bench started from a big parent (a test runner,
+    a notebook) would report the parent's peak.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**10  # kB
+    except OSError:
+        pass
     try:
         import resource
     except ImportError:  # Windows

@@ -85,3 +85,43 @@ def zoo_onnx(tmp_path_factory):
 def resnet18_64(zoo_onnx) -> Path:
     """resnet18 exported once at 64x64 (its test_input) with a dynamic batch axis (seed 0)."""
     return zoo_onnx("resnet18")
+
+
+# ---- parallel runs and the parity report ----------------------------------------------------
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (--dist loadgroup) every test of one model runs on one worker, so each
+    model is exported once per session, as without xdist."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        name = callspec.params.get("name") if callspec else None
+        if isinstance(name, str):
+            item.add_marker(pytest.mark.xdist_group(name))
+
+
+_PARITY_ROWS: list[dict] = []
+
+
+def pytest_runtest_logreport(report):
+    """Gather the figures tests record with record_property("parity", {...}); under xdist the
+    workers' reports arrive here on the controller."""
+    if report.when == "call":
+        _PARITY_ROWS.extend(value for key, value in report.user_properties if key == "parity")
+
+
+def pytest_sessionfinish(session):
+    """EDGECNN_PARITY_REPORT=FILE.md: every recorded parity figure as one table."""
+    import os
+
+    path = os.environ.get("EDGECNN_PARITY_REPORT")
+    if not path or not _PARITY_ROWS or hasattr(session.config, "workerinput"):
+        return
+    order = {"fp32": 0, "fp16": 1, "int8": 2}
+    lines = ["| model | precision | batch | rel_l2 | max_abs | cosine | SQNR dB | top-1 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in sorted(_PARITY_ROWS, key=lambda r: (r["model"], order[r["precision"]], r["batch"])):
+        top1 = "–" if row["top1_agreement"] is None else f"{row['top1_agreement']:.3f}"
+        sqnr = "inf" if row["sqnr_db"] is None else f"{row['sqnr_db']:.1f}"
+        lines.append(f"| {row['model']} | {row['precision']} | {row['batch']} | {row['rel_l2']:.2e} "
+                     f"| {row['max_abs']:.2e} | {row['cosine']:.6f} | {sqnr} | {top1} |")
+    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -132,3 +132,47 @@ def test_bad_check_arguments(cli, resnet18_64, args, fragment):
     extra = [] if "--onnx" in args else ["--onnx", resnet18_64]
     result = cli("check", "resnet18", *extra, *args)
     assert_one_line_error(result, 2, fragment)
+
+
+def test_int8_and_fp16_checks_of_fresh_exports(cli):
+    """--precision converts a fresh export as the matrix does and applies that precision's bound."""
+    int8 = json.loads(cli("check", "resnet18", "--precision", "int8", "--input-size", "32",
+                          "--samples", "1", "--json").stdout)
+    (output,) = int8["outputs"]
+    assert int8["passed"] and int8["precision"] == "int8"
+    assert int8["tolerance_rel_l2"] == pytest.approx(0.1)  # the 20 dB SQNR floor
+    assert output["sqnr_db"] >= 20 and output["rel_l2"] > 1e-4  # int8 noise, not fp32 parity
+    fp16 = json.loads(cli("check", "resnet18", "--precision", "fp16", "--input-size", "32",
+                          "--samples", "1", "--json").stdout)
+    assert fp16["passed"] and fp16["tolerance_rel_l2"] == 5e-3
+    assert 1e-5 < fp16["outputs"][0]["rel_l2"] <= 5e-3
+
+
+def test_check_with_real_images(cli, tmp_path, zoo_onnx):
+    """Real digit scans join the random inputs, preprocessed from the file's metadata."""
+    from edgecnn.datasets import load_digits, write_pngs
+
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    write_pngs(load_digits().test_images[:5], folder)
+    (folder / "notes.txt").write_text("not an image")
+    result = json.loads(cli("check", "lenet", "--onnx", zoo_onnx("lenet"), "--images", folder,
+                            "--samples", "1", "--batch", "2", "--json").stdout)
+    assert result["passed"] and result["images"] == 5
+    assert result["outputs"][0]["top1_agreement"] == 1.0  # over 2 random + 5 real inputs
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_one_line_error(cli("check", "lenet", "--onnx", zoo_onnx("lenet"), "--images", empty),
+                          2, "--images folder", "has no")
+    assert_one_line_error(cli("check", "lenet", "--onnx", zoo_onnx("lenet"), "--images",
+                              tmp_path / "missing"), 2, "--images folder not found")
+
+
+def test_precision_comes_from_the_file(cli, tmp_path, resnet18_64):
+    from edgecnn.export.check import convert_precision
+
+    fp16 = convert_precision(resnet18_64, "fp16", tmp_path / "r18.fp16.onnx")
+    result = json.loads(cli("check", "resnet18", "--onnx", fp16, "--samples", "1", "--json").stdout)
+    assert result["precision"] == "fp16" and result["passed"]
+    assert_one_line_error(cli("check", "resnet18", "--onnx", fp16, "--precision", "int8"),
+                          2, "holds a fp16 model, not int8")

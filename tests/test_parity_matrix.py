@@ -1,7 +1,7 @@
 """The parity matrix: every registered model x {fp32, fp16, int8} x {batch 1, batch 3}.
 
 One fp32 export per model (the session's ``zoo_onnx``, at the spec's CI-sized input, dynamic
-batch axis), converted to fp16 / int8 with edgecnn's own quantizer, run through the dynamic
+batch axis), converted to fp16 / int8 as `edgecnn check --precision` does, run through the dynamic
 axis at batch 1 and 3 against the seed-0 eager model. Criteria (edgecnn.export.parity):
 
 - fp32: rel_l2 <= 1e-5 and the same top-1 (segmentation: per pixel);
@@ -11,7 +11,7 @@ axis at batch 1 and 3 against the seed-0 eager model. Criteria (edgecnn.export.p
 
 ``EDGECNN_PROVIDER=cuda`` (or ``tensorrt``) runs the same matrix on a GPU machine; a provider
 that is not installed is an error, never a silent fall back to the CPU.
-``EDGECNN_PARITY_REPORT=FILE.md`` writes every figure into a table.
+``EDGECNN_PARITY_REPORT=FILE.md`` writes every figure into a table (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import functools
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,13 +28,12 @@ from edgecnn import models
 from edgecnn.export import build_model, compare
 from edgecnn.export.exporter import random_input
 from edgecnn.export.parity import INT8_SQNR_FLOOR_DB, REL_L2_TOLERANCE, default_tolerance
-from edgecnn.export.quantize import quantize_model
+from edgecnn.export.check import convert_precision
 from edgecnn.runtime import load_session
 from edgecnn.runtime.providers import resolve_providers
 
 PRECISIONS = ("fp32", "fp16", "int8")
 BATCHES = (1, 3)
-CALIBRATION_SAMPLES = 8
 PROVIDER = os.environ.get("EDGECNN_PROVIDER", "cpu")
 PROVIDERS = resolve_providers(PROVIDER, fallback=False)
 CASES = [(name, precision) for name in models.list_models() for precision in PRECISIONS]
@@ -54,49 +52,20 @@ def eager_reference(name: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     return references
 
 
-@pytest.fixture(scope="module")
-def figures():
-    """Collects (name, precision, batch, metrics); written as a table on request."""
-    rows: list[tuple] = []
-    yield rows
-    report = os.environ.get("EDGECNN_PARITY_REPORT")
-    if report:
-        lines = ["| model | precision | batch | rel_l2 | max_abs | cosine | SQNR dB | top-1 |",
-                 "|---|---|---|---|---|---|---|---|"]
-        for name, precision, batch, m in rows:
-            top1 = "–" if m.top1_agreement is None else f"{m.top1_agreement:.3f}"
-            lines.append(f"| {name} | {precision} | {batch} | {m.rel_l2:.2e} | {m.max_abs:.2e} "
-                         f"| {m.cosine:.6f} | {m.sqnr_db:.1f} | {top1} |")
-        Path(report).write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-def convert(fp32: Path, precision: str, directory: Path, input_shape: tuple) -> Path:
-    """fp16, or int8 calibrated on random inputs drawn like the checked ones (a .npy)."""
-    target = directory / f"{fp32.stem}.{precision}.onnx"
-    if precision == "fp16":
-        quantize_model(fp32, target, mode="fp16", check=False)
-        return target
-    calibration = directory / "calibration.npy"
-    np.save(calibration, np.concatenate(
-        [random_input((1, *input_shape), seed=1000 + k).numpy() for k in range(CALIBRATION_SAMPLES)]))
-    quantize_model(fp32, target, mode="int8", calibration=calibration,
-                   calibration_size=CALIBRATION_SAMPLES, check=False)
-    return target
-
-
 @pytest.mark.parametrize("name, precision", CASES, ids=[f"{n}-{p}" for n, p in CASES])
-def test_onnx_matches_eager(name, precision, zoo_onnx, tmp_path, figures):
+def test_onnx_matches_eager(name, precision, zoo_onnx, tmp_path, record_property):
     spec = models.get_spec(name)
     path = zoo_onnx(name)
-    if precision != "fp32":
-        path = convert(path, precision, tmp_path, (spec.input_size[0], *spec.ci_input_size))
+    if precision != "fp32":  # what `edgecnn check --precision` does with a fresh export
+        path = convert_precision(path, precision, tmp_path / f"{name}.{precision}.onnx")
     session = load_session(path, providers=PROVIDERS)
     bound = default_tolerance(precision, spec)
     for batch, (x, eager) in eager_reference(name).items():
         candidate = session.run(None, {"input": x})[0]
         assert candidate.shape == eager.shape, (name, precision, batch)
         metrics = compare(eager, candidate)
-        figures.append((name, precision, batch, metrics))
+        record_property("parity", {"model": name, "precision": precision, "batch": batch,
+                                   **metrics.as_dict()})  # EDGECNN_PARITY_REPORT (conftest.py)
         assert metrics.rel_l2 <= bound, (name, precision, batch, metrics)
         if precision == "fp32" and metrics.top1_agreement is not None:
             assert metrics.top1_agreement == 1.0, (name, batch, metrics)
@@ -116,8 +85,7 @@ def test_int8_floor_catches_one_broken_layer(zoo_onnx, tmp_path):
     from onnx import numpy_helper
 
     assert default_tolerance("int8") == pytest.approx(10 ** (-INT8_SQNR_FLOOR_DB / 20))
-    spec = models.get_spec("resnet18")
-    path = convert(zoo_onnx("resnet18"), "int8", tmp_path, (3, *spec.ci_input_size))
+    path = convert_precision(zoo_onnx("resnet18"), "int8", tmp_path / "resnet18.int8.onnx")
     x, eager = eager_reference("resnet18")[3]
     intact = compare(eager, load_session(path).run(None, {"input": x})[0])
     assert intact.sqnr_db >= INT8_SQNR_FLOOR_DB + 5

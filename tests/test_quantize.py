@@ -132,6 +132,18 @@ def test_fp16_keeps_float32_io_and_matches(resnet_fp16, resnet18_64):
     assert metrics.rel_l2 <= 5e-3 and metrics.top1_agreement == 1.0
 
 
+def test_fp16_of_a_model_without_value_info(resnet_fp16, resnet18_64, tmp_path):
+    """A file without intermediate types (not from edgecnn) goes through the converter's own
+    shape inference and gives the same fp16 model as the fully typed export."""
+    bare = onnx.load(str(resnet18_64))
+    del bare.graph.value_info[:]
+    onnx.save(bare, str(tmp_path / "bare.onnx"))
+    converted = quantize_model(tmp_path / "bare.onnx", tmp_path / "bare16.onnx", mode="fp16")
+    x = random_inputs(metadata_of(resnet18_64).input, 2, seed=6)
+    np.testing.assert_array_equal(Engine(converted.path, threads=1).run(x)["logits"],
+                                  Engine(resnet_fp16.path, threads=1).run(x)["logits"])
+
+
 def test_fp16_io_option_and_dynamic_int8(cli, resnet18_64, tmp_path):
     fp16_io = tmp_path / "fp16_io.onnx"
     assert cli("quantize", resnet18_64, "-o", fp16_io, "--mode", "fp16", "--fp16-io").code == 0

@@ -54,7 +54,8 @@ def check_command(
         help="fp32, fp16 or int8 (default: fp32, or the --onnx file's).")] = None,
     batch: Annotated[int, typer.Option(help="Batch size of each random input.")] = 2,
     samples: Annotated[int, typer.Option(help="Number of random batches.")] = 3,
-    images: Annotated[Optional[str], typer.Option(help="Folder of real images to add.")] = None,
+    images: Annotated[Optional[str], typer.Option(
+        help="Folder of jpg/png images added to the inputs (int8: also the calibration set).")] = None,
     provider: ProviderOpt = "cpu",
     tolerance: Annotated[Optional[float], typer.Option(
         help="rel_l2 bound (default: 1e-5 fp32, 5e-3 fp16, the SQNR floor for int8).")] = None,
