@@ -20,12 +20,13 @@ from pathlib import Path
 import torch
 
 from edgecnn.export import build_model, export_model
-from edgecnn.export.exporter import _quiet_exporter
+from edgecnn.export.exporter import EXPORTER_LOGGERS
+from edgecnn.export.quiet import silenced
 
 
 def bare_torch_onnx(path: Path) -> None:
     model = build_model("resnet18", seed=0)
-    with _quiet_exporter():
+    with silenced(*EXPORTER_LOGGERS):
         torch.onnx.export(model, (torch.randn(2, 3, 224, 224),), str(path), dynamo=True,
                           input_names=["input"], output_names=["logits"], opset_version=18,
                           dynamic_shapes=({0: torch.export.Dim("batch")},))

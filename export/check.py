@@ -30,7 +30,7 @@ from edgecnn.export.parity import ParityMetrics, compare, default_tolerance
 from edgecnn.runtime import load_session
 
 PRECISIONS = ("fp32", "fp16", "int8")
-CALIBRATION_SAMPLES = 8  # int8 of a fresh export calibrates on inputs drawn like the checked ones
+CALIBRATION_SAMPLES = 32  # int8 of a fresh export calibrates on inputs drawn like the checked ones
 
 
 @dataclass

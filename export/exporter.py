@@ -8,12 +8,8 @@ file in onnxruntime against eager, and only then move it atomically onto the out
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import os
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -30,6 +26,7 @@ from edgecnn.errors import BadInput, CheckFailed, EdgecnnError
 from edgecnn.export.deform import TRANSLATION_TABLE as DEFORM_TRANSLATION_TABLE
 from edgecnn.export.files import atomic_output, check_output_path
 from edgecnn.export.parity import ParityMetrics, compare, default_tolerance
+from edgecnn.export.quiet import silenced
 from edgecnn.runtime import InputInfo, ModelMetadata, load_session
 from edgecnn.runtime.deform import (
     DEFAULT_LOWERING, NATIVE_MIN_OPSET, model_lowering, set_deform_lowering,
@@ -41,6 +38,8 @@ MIN_OPSET = 18  # the dynamo exporter emits opset 18 and up; lower requests sile
 CHECK_BATCH = 2
 # Node metadata the exporter adds that we drop: source paths of this machine, FX dumps.
 _DROPPED_NODE_METADATA = ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node")
+
+EXPORTER_LOGGERS = ("torch.onnx", "torch.export", "onnxscript")
 
 StepCallback = Callable[[str], None]
 
@@ -117,22 +116,6 @@ def check_deform_lowering(lowering: str) -> str:
     return lowering
 
 
-@contextlib.contextmanager
-def _quiet_exporter() -> None:
-    """Silence the exporter's chatter (warnings, logging, prints) so the CLI output stays clean."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "onnxscript")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
-
-
 def _strip_node_metadata(model: onnx.ModelProto) -> None:
     graphs = [model.graph] + list(model.functions)
     for graph in graphs:
@@ -158,7 +141,7 @@ def to_onnx(module: nn.Module, example: torch.Tensor, output_name: str = "logits
     table = {**DEFORM_TRANSLATION_TABLE, **(custom_translation_table or {})}
     dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
     try:
-        with _quiet_exporter(), torch.no_grad():
+        with silenced(*EXPORTER_LOGGERS), torch.no_grad():
             program = torch.onnx.export(
                 module.eval(), (example,), None, dynamo=True, opset_version=opset,
                 input_names=["input"], output_names=[output_name],

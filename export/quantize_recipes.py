@@ -3,10 +3,6 @@ choice), and running a ModelProto on a batch of inputs."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -15,6 +11,7 @@ import numpy as np
 import onnx
 
 from edgecnn.export.calibration import InputSet
+from edgecnn.export.quiet import silenced
 from edgecnn.export.quantize_input import STANDARD_DOMAINS, dims, graph_input
 from edgecnn.runtime import load_session
 
@@ -53,21 +50,6 @@ def run_model(model: onnx.ModelProto, inputs: np.ndarray) -> np.ndarray:
 
 def top1_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(logits.argmax(axis=1) == labels))
-
-
-@contextlib.contextmanager
-def _quiet_onnxruntime():
-    """onnxruntime.quantization logs advice on the root logger and prints progress on stdout;
-    keep the CLI output (one JSON object under --json) clean."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        root.setLevel(level)
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -140,7 +122,7 @@ def int8_static(model: onnx.ModelProto, calibration: InputSet, recipe: Int8Recip
         reader = _reader(name, batches(calibration.inputs, _batch_size(model)), progress)
     extra = {"CalibPercentile": PERCENTILE}
     output = cache.with_name(f"int8-{len(exclude)}.onnx")
-    with _quiet_onnxruntime():
+    with silenced(""):
         quantize_static(_copy(model), output, reader, quant_format=QuantFormat.QDQ,
                         per_channel=recipe.per_channel, reduce_range=recipe.reduce_range,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
@@ -154,7 +136,7 @@ def int8_dynamic(model: onnx.ModelProto, exclude: Sequence[str], workdir: Path) 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     output = workdir / "int8-dynamic.onnx"
-    with _quiet_onnxruntime():
+    with silenced(""):
         quantize_dynamic(_copy(model), output, per_channel=True, weight_type=QuantType.QInt8,
                          nodes_to_exclude=list(exclude))
     return onnx.load(str(output))
@@ -175,7 +157,7 @@ def to_fp16(model: onnx.ModelProto, exclude: Sequence[str], keep_io_float: bool)
     from onnxruntime.transformers.onnx_model import OnnxModel
 
     custom = sorted({node.op_type for node in model.graph.node if node.domain not in STANDARD_DOMAINS})
-    with _quiet_onnxruntime():
+    with silenced(""):
         converted = convert_float_to_float16(model, keep_io_types=keep_io_float,
                                              op_block_list=DEFAULT_OP_BLOCK_LIST + custom,
                                              node_block_list=list(exclude),
