@@ -133,17 +133,19 @@ def mobilenet_v1(num_classes: int = 1000, in_channels: int = 3) -> MobileNetV1:
 
 # Measured with seed-0 random weights at 64x64 (tests/test_parity_matrix.py re-measures it):
 # rounding only the weights to fp16 in eager PyTorch moves the logits by rel_l2 9.5e-3, and
-# rounding only the input by 2.7e-3, 55x more than ResNet-18 (5e-5); the exported fp16 model
-# is at 8.6e-3. The network amplifies relative perturbations, so fp16 cannot meet 5e-3; int8
-# noise is amplified alike: 15.1 dB SQNR where the other models reach 20.5-48 dB. Bounds:
-# fp16 rel_l2 2e-2, int8 SQNR >= 12 dB (rel_l2 0.25).
+# rounding only the input by 2.7e-3, 55x more than ResNet-18 (5e-5): a relative perturbation
+# grows ~1.2x per inverted-residual block, ~20x over the 17 blocks. The exported fp16 model is
+# at 7.4e-3-8.6e-3, so fp16 cannot meet 5e-3; int8 noise is amplified alike: 12.9-15.1 dB SQNR
+# depending on calibration, where the other models reach 25-50 dB. Bounds: fp16 rel_l2 2e-2,
+# int8 SQNR >= 10 dB (rel_l2 0.316). For this random model the int8 row catches gross failures
+# only: one conv with a 2x weight-scale error gives 9.3-12.5 dB.
 _PERTURBATION_SENSITIVE = (
-    "random-weight MobileNetV2 amplifies relative perturbations: rounding only its weights to "
-    "fp16 in eager PyTorch already gives rel_l2 ~9.5e-3 > 5e-3; int8 reaches 15.1 dB SQNR")
+    "random-weight MobileNetV2 amplifies relative perturbations ~20x: rounding only its weights "
+    "to fp16 in eager PyTorch already gives rel_l2 ~9.5e-3 > 5e-3; int8 reaches 12.9-15.1 dB")
 
 
 @register_model(params=3_504_872, family="MobileNet v2 (torchvision)",
-                tolerances={"fp16": 2e-2, "int8": 0.25}, tolerance_reason=_PERTURBATION_SENSITIVE,
+                tolerances={"fp16": 2e-2, "int8": 0.316}, tolerance_reason=_PERTURBATION_SENSITIVE,
                 **_MOBILENET)
 def mobilenet_v2(num_classes: int = 1000, in_channels: int = 3,
                  dropout: float = 0.2) -> MobileNetV2:
