@@ -14,10 +14,10 @@ import typer
 from edgecnn.cli._app import app, err, join_input_size
 from edgecnn.errors import EdgecnnError
 
-# Command modules register themselves on `app` when imported.
-from edgecnn.cli import check_cmd, export_cmd, info_cmd, models_cmd  # noqa: E402,F401
-from edgecnn.cli import runtime_cmd  # noqa: E402,F401
-from edgecnn.cli import quantize_cmd  # noqa: E402,F401
+# Command modules register themselves on `app` when imported, in this (help) order: the build
+# side (list, export, quantize, check), then what runs on a device (info, run, bench).
+from edgecnn.cli import models_cmd, export_cmd, quantize_cmd, check_cmd  # noqa: E402,F401,I001
+from edgecnn.cli import info_cmd, runtime_cmd  # noqa: E402,F401
 
 
 def _fail(message: str, code: int) -> int:

@@ -45,6 +45,13 @@ ProviderOpt = Annotated[str, typer.Option(
     "--provider", help="Execution provider: auto, cpu, cuda or tensorrt.")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="onnxruntime intra-op threads.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout, nothing else.")]
+CalibrationOpt = Annotated[Optional[str], typer.Option(
+    "--calibration", metavar="PATH|random",
+    help="int8 calibration data: a folder of jpg/png images (preprocessed from the model's "
+         "metadata), a .npy/.npz of ready inputs (N, C, H, W), or 'random' (no accuracy "
+         "guarantee).")]
+CalibrationSizeOpt = Annotated[int, typer.Option(
+    "--calibration-size", metavar="N", help="Calibration samples to use (a seeded subset).")]
 
 
 def parse_input_size(text: str | None) -> tuple[int, int] | None:
@@ -91,7 +98,7 @@ def human_size(size: int) -> str:
 @contextlib.contextmanager
 def progress_steps(enabled: bool = True) -> Iterator:
     """A spinner on stderr showing the current step; yields the on_step callback."""
-    if not enabled:
+    if not (enabled and err.is_terminal):  # a spinner in a log file is noise
         yield lambda message: None
         return
     with err.status("starting") as status:

@@ -7,11 +7,8 @@ from typing import Annotated, Optional
 import typer
 
 from edgecnn.cli._app import (
-    BatchOpt, InputSizeOpt, JsonOpt, NumClassesOpt, OutputOpt, WeightsOpt, app,
-    human_size, out, parse_input_size, print_json, progress_steps,
-)
-from edgecnn.cli.quantize_cmd import (
-    CalibrationOpt, CalibrationSizeOpt, print_quantize_summary, print_warning, quantize_progress,
+    BatchOpt, CalibrationOpt, CalibrationSizeOpt, InputSizeOpt, JsonOpt, NumClassesOpt, OutputOpt,
+    WeightsOpt, app, human_size, out, parse_input_size, print_json, progress_steps,
 )
 from edgecnn.errors import BadInput
 
@@ -95,6 +92,7 @@ def export_command(
     json_output: JsonOpt = False,
 ) -> None:
     """Export a model to ONNX (dynamo exporter), embed its metadata and check parity."""
+    from edgecnn.cli.quantize_cmd import print_quantize_summary, print_warning, quantize_progress
     from edgecnn.export import export_model
 
     options = dict(opset=opset, input_size=parse_input_size(input_size), batch=batch,

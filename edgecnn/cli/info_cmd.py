@@ -30,7 +30,7 @@ def info_command(
         table.add_row("precision", meta["precision"])
         spec = meta["input"]
         table.add_row("preprocess", f"{spec['color']} {spec['layout']} /{spec['scale']:g} "
-                      f"mean {spec['mean']} std {spec['std']}")
+                      f"mean {spec['mean']} std {spec['std']} center-crop {spec['crop_fraction']:g}")
         if meta.get("deform_lowering"):
             table.add_row("deform lowering", meta["deform_lowering"])
         if meta.get("quantization"):

@@ -13,19 +13,13 @@ from rich.progress import (
 from rich.text import Text
 
 from edgecnn.cli._app import (
-    InputSizeOpt, JsonOpt, OutputOpt, app, err, human_size, out, parse_input_size, print_json,
+    CalibrationOpt, CalibrationSizeOpt, InputSizeOpt, JsonOpt, OutputOpt, app, err, human_size,
+    out, parse_input_size, print_json,
 )
 from edgecnn.errors import BadInput
 
 ModeOpt = Annotated[str, typer.Option(
     "--mode", help="int8 (static QDQ, calibrated), int8-dynamic (weights only) or fp16.")]
-CalibrationOpt = Annotated[Optional[str], typer.Option(
-    "--calibration", metavar="PATH|random",
-    help="int8 calibration data: a folder of jpg/png images (preprocessed from the model's "
-         "metadata), a .npy/.npz of ready inputs (N, C, H, W), or 'random' (no accuracy "
-         "guarantee).")]
-CalibrationSizeOpt = Annotated[int, typer.Option(
-    "--calibration-size", metavar="N", help="Calibration samples to use (a seeded subset).")]
 MethodOpt = Annotated[str, typer.Option(
     "--method", help="Calibration method: minmax, entropy or percentile.")]
 
@@ -63,7 +57,7 @@ class _Count(_StepAware, MofNCompleteColumn):
 @contextlib.contextmanager
 def quantize_progress(enabled: bool) -> Iterator[tuple]:
     """(on_step, on_progress) callbacks drawing a rich progress display on stderr."""
-    if not enabled:
+    if not (enabled and err.is_terminal):  # progress bars in a log file are noise
         yield (lambda message: None), None
         return
     columns = (SpinnerColumn(), TextColumn("{task.description}"), _Bar(), _Count(),
