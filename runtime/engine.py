@@ -22,12 +22,12 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from edgecnn.errors import BadInput
+from edgecnn.runtime import deform
 from edgecnn.runtime import providers as provider_lib
 from edgecnn.runtime.metadata import ModelMetadata
 from edgecnn.runtime.model_file import opset_domains
 from edgecnn.runtime.session import load_session
 
-CUSTOM_DOMAIN = "ai.edgecnn"
 PREDICT_CHUNK = 16  # images per run() call when the batch axis is dynamic
 ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
               "tensor(double)": np.float64, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8,
@@ -236,18 +236,14 @@ def _model_source(path: Path) -> tuple[str | bytes, bool]:
     standard DeformConv; an onnxruntime without a DeformConv kernel gets the decomposed body
     (older standard ops only) instead. Returns (source, swapped).
     """
-    if not path.is_file():
-        raise BadInput(f"model file not found: {path}")
-    if CUSTOM_DOMAIN not in opset_domains(path):
-        return str(path), False  # load_session reports unreadable files
-    from edgecnn.runtime import deform
-
+    if deform.DOMAIN not in opset_domains(path):
+        return str(path), False  # load_session reports missing and unreadable files
     if deform.onnxruntime_has_deformconv():
         return str(path), False
     try:
         import onnx
     except ImportError:
-        raise BadInput(f"{path} uses the {CUSTOM_DOMAIN}::DeformConv2d op and this onnxruntime "
+        raise BadInput(f"{path} uses the {deform.DOMAIN}::{deform.OP_TYPE} op and this onnxruntime "
                        "has no DeformConv kernel; install the onnx package so the Engine can "
                        "switch it to the decomposed lowering") from None
     model = deform.set_deform_lowering(onnx.load(str(path)), "decomposed")

@@ -55,13 +55,12 @@ def _length_delimited(stream: BinaryIO, wanted: int) -> Iterator[bytes]:
 def opset_domains(model: str | os.PathLike | bytes) -> set[str]:
     """The operator domains an ONNX model imports ("" is the standard domain).
 
-    Returns an empty set for a file that is not a parsable protobuf; loading it will then
-    fail with onnxruntime's own error.
+    Returns an empty set for a missing file or one that is not a parsable protobuf; loading it
+    will then fail with a clear error.
     """
-    stream = io.BytesIO(model) if isinstance(model, bytes) else open(model, "rb")
     domains = set()
     try:
-        with stream:
+        with io.BytesIO(model) if isinstance(model, bytes) else open(model, "rb") as stream:
             for opset in _length_delimited(stream, _OPSET_IMPORT_FIELD):
                 names = list(_length_delimited(io.BytesIO(opset), _DOMAIN_FIELD))
                 domains.add(names[0].decode("utf-8", "replace") if names else "")

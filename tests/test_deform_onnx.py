@@ -148,6 +148,19 @@ def test_onnxruntime_probe_finds_the_deformconv_kernel():
     assert deform.onnxruntime_has_deformconv.cache_info().currsize == 1
 
 
+def test_probe_bytes_are_the_one_node_deformconv_model():
+    """The probe is stored serialized so the torch-free runtime needs no onnx to build it."""
+    values = [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name, shape in
+              (("X", [1, 1, 1, 1]), ("W", [1, 1, 1, 1]), ("offset", [1, 2, 1, 1]))]
+    graph = helper.make_graph(
+        [helper.make_node("DeformConv", ["X", "W", "offset"], ["Y"])], "probe", values,
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 1, 1, 1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", deform.NATIVE_MIN_OPSET)])
+    model.ir_version = 9  # opset 19's IR version
+    onnx.checker.check_model(model, full_check=True)
+    assert model.SerializeToString() == deform.DEFORMCONV_PROBE
+
+
 def test_runtime_deform_never_imports_torch():
     code = ("import sys; from edgecnn.runtime import deform; deform.register_schema(); "
             "deform.deform_function('decomposed'); assert deform.onnxruntime_has_deformconv(); "

@@ -16,6 +16,7 @@ import pytest
 from conftest import REPO
 from PIL import Image
 
+from edgecnn import models
 from edgecnn.runtime import Engine
 
 pytestmark = [
@@ -32,7 +33,7 @@ def sh(*command, timeout: float = 600) -> subprocess.CompletedProcess:
     return done
 
 
-def test_runtime_only_venv_runs_an_exported_model(tmp_path, resnet18_64):
+def test_runtime_only_venv_runs_an_exported_model(tmp_path, resnet18_64, zoo_onnx):
     venv = tmp_path / "device-venv"
     sh(sys.executable, "-m", "venv", venv)
     pip = [venv / "bin" / "python", "-m", "pip", "install", "-q", "--disable-pip-version-check",
@@ -55,3 +56,16 @@ def test_runtime_only_venv_runs_an_exported_model(tmp_path, resnet18_64):
     assert bench["provider"] == "cpu" and bench["latency_ms"]["p50"] > 0
     info = json.loads(sh(edgecnn, "info", resnet18_64, "--json").stdout)
     assert info["metadata"]["model"] == "resnet18"  # described by onnxruntime alone
+
+    # A model with the ai.edgecnn::DeformConv2d custom op runs on onnxruntime's own DeformConv
+    # kernel: probing for it needs no onnx package, so the function body is not swapped.
+    dcn = zoo_onnx("deform_testnet")
+    height, width = models.get_spec("deform_testnet").ci_input_size
+    batch = np.random.default_rng(1).standard_normal((2, 3, height, width)).astype(np.float32)
+    np.save(tmp_path / "batch.npy", batch)
+    sh(python, "-c", "import sys, numpy as np; from edgecnn.runtime import Engine; "
+       f"engine = Engine({str(dcn)!r}); assert not engine.deform_lowering_swapped; "
+       f"np.save({str(tmp_path / 'out.npy')!r}, engine.run(np.load({str(tmp_path / 'batch.npy')!r}))['logits']); "
+       "assert 'onnx' not in sys.modules and 'torch' not in sys.modules")
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), Engine(dcn).run(batch)["logits"],
+                               rtol=0, atol=1e-6)
