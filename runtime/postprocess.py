@@ -18,6 +18,11 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     return shifted / shifted.sum(axis=axis, keepdims=True)
 
 
+def usable_labels(labels: Sequence[str] | None, classes: int) -> Sequence[str] | None:
+    """``labels`` when there is one per class, else None (outputs are then class indices)."""
+    return labels if labels is not None and len(labels) == classes else None
+
+
 def top_k(logits: np.ndarray, k: int = 5, labels: Sequence[str] | None = None) -> list[Prediction]:
     """For each row of (N, classes) logits: the k most likely (label or index, probability).
 
@@ -30,8 +35,8 @@ def top_k(logits: np.ndarray, k: int = 5, labels: Sequence[str] | None = None) -
         raise BadInput(f"expected classification logits of shape (N, classes), got {logits.shape}")
     probabilities = softmax(logits)
     order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-    use_labels = labels is not None and len(labels) == logits.shape[1]
-    return [[(labels[index] if use_labels else int(index), float(row[index])) for index in ranks]
+    labels = usable_labels(labels, logits.shape[1])
+    return [[(labels[index] if labels else int(index), float(row[index])) for index in ranks]
             for row, ranks in zip(probabilities, order)]
 
 

@@ -9,11 +9,13 @@ import numpy as np
 
 from edgecnn.errors import BadInput
 from edgecnn.runtime.engine import Engine
+from edgecnn.runtime.postprocess import usable_labels
 from edgecnn.runtime.providers import ProviderRequest
 
 
-def _class_summary(class_map: np.ndarray, labels: list[str] | None) -> list[dict]:
-    """The classes present in a segmentation map, most pixels first."""
+def _class_summary(class_map: np.ndarray, labels: Sequence[str] | None) -> list[dict]:
+    """The classes present in a segmentation map, most pixels first (``labels``: one per class,
+    or None for class indices)."""
     classes, counts = np.unique(class_map, return_counts=True)
     order = np.argsort(-counts, kind="stable")
     return [{"label": labels[int(classes[i])] if labels else int(classes[i]),
@@ -32,11 +34,13 @@ def predict_files(model: str | os.PathLike, images: Sequence[str | os.PathLike],
     results = engine.predict(list(images), top_k=top_k)
     report = {"model": str(model), "name": metadata.model, "task": metadata.task,
               "precision": metadata.precision, "providers": engine.providers, "results": []}
+    classes = engine.outputs[0].shape[1] if len(engine.outputs[0].shape) > 1 else None
+    labels = usable_labels(metadata.labels, classes)
     for image, result in zip(images, results):
         if metadata.task == "classification":
             entry = {"top_k": [{"label": label, "probability": round(probability, 6)}
                                for label, probability in result]}
         else:
-            entry = {"shape": list(result.shape), "classes": _class_summary(result, metadata.labels)}
+            entry = {"shape": list(result.shape), "classes": _class_summary(result, labels)}
         report["results"].append({"image": str(image), **entry})
     return report

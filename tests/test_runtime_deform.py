@@ -13,10 +13,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgecnn.export.parity import compare
-from edgecnn.runtime import Engine, InputInfo, ModelMetadata
+from edgecnn.runtime import Engine, InputInfo, ModelMetadata, deform
 from edgecnn.runtime.metadata import METADATA_KEY
-
-deform = pytest.importorskip("edgecnn.runtime.deform")
 
 
 @pytest.fixture(scope="module")
