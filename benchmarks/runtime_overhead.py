@@ -5,8 +5,8 @@
 1. Engine.run vs a bare InferenceSession.run (its own session, same options) on resnet18 (fp32,
    batch 1, 224x224), interleaved: each round times a block of --calls calls of each, the order
    alternating; the figure is the median over --rounds of the per-round ratio. Goal: <= 1.03.
-2. The same on lenet (the zoo's, 1x28x28; a LeNet-shaped stand-in when lenet is not registered):
-   the median per-round difference per call in microseconds. Goal: <= 30 us.
+2. The same on the zoo's lenet (1x28x28): the median per-round difference per call in
+   microseconds. Goal: <= 30 us.
 3. Peak RSS of a fresh `edgecnn run` process on an int8 resnet18 (QDQ, per-channel, made here
    with onnxruntime.quantization.quantize_static and random calibration, which is fine for a
    memory figure), next to a bare int8 session and `import torch`. Goal: <= 150 MB.
@@ -62,39 +62,14 @@ def compare_engine_to_bare(path: Path, shape: tuple, threads: int, rounds: int, 
     return interleaved(lambda: engine.run(x), lambda: bare.run(None, feed), rounds, calls)
 
 
-def export_models(folder: Path) -> tuple[Path, Path, str]:
-    from edgecnn import models
+def export_models(folder: Path) -> tuple[Path, Path]:
     from edgecnn.export import export_model
 
     resnet = folder / "resnet18.onnx"
     export_model("resnet18", resnet, input_size=224)
     lenet = folder / "lenet.onnx"
-    if "lenet" in models.list_models():
-        export_model("lenet", lenet)
-        return resnet, lenet, "lenet"
-    export_lenet_stand_in(lenet)
-    return resnet, lenet, "LeNet-shaped stand-in (lenet is not registered)"
-
-
-def export_lenet_stand_in(path: Path) -> None:
-    """d2l LeNet's layers (conv 6@5x5 p2, avgpool, conv 16@5x5, avgpool, 120, 84, 10)."""
-    import onnx
-    import torch
-    from torch import nn
-
-    from edgecnn.export.exporter import set_metadata, to_onnx
-    from edgecnn.runtime import InputInfo, ModelMetadata
-
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.Sigmoid(), nn.AvgPool2d(2),
-                        nn.Conv2d(6, 16, 5), nn.Sigmoid(), nn.AvgPool2d(2), nn.Flatten(),
-                        nn.Linear(400, 120), nn.Sigmoid(), nn.Linear(120, 84), nn.Sigmoid(),
-                        nn.Linear(84, 10))
-    proto = to_onnx(net, torch.randn(2, 1, 28, 28))
-    set_metadata(proto, ModelMetadata(model="lenet_stand_in", task="classification",
-                                      input=InputInfo(shape=[1, 28, 28], color="GRAY",
-                                                      mean=[0.5], std=[0.5])))
-    onnx.save(proto, str(path))
+    export_model("lenet", lenet)
+    return resnet, lenet
 
 
 def quantize_int8(fp32: Path, int8: Path) -> None:
@@ -164,7 +139,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         print("exporting resnet18 (224) and lenet...", file=sys.stderr)
-        resnet, lenet, lenet_name = export_models(folder)
+        resnet, lenet = export_models(folder)
         print("timing (interleaved)...", file=sys.stderr)
         engine_s, bare_s = compare_engine_to_bare(resnet, (1, 3, 224, 224), args.threads,
                                                   args.rounds, args.calls)
@@ -188,7 +163,7 @@ def main() -> int:
     print(f"resnet18 fp32 b1 224: Engine.run {np.median(engine_s) * 1e3:.3f} ms vs bare session "
           f"{np.median(bare_s) * 1e3:.3f} ms -> median paired ratio {ratio:.4f} (goal <= {OVERHEAD_RATIO_GOAL}) "
           f"{verdict(ratio <= OVERHEAD_RATIO_GOAL)}")
-    print(f"{lenet_name} b1: Engine.run {np.median(lenet_engine) * 1e6:.1f} us vs bare session "
+    print(f"lenet b1: Engine.run {np.median(lenet_engine) * 1e6:.1f} us vs bare session "
           f"{np.median(lenet_bare) * 1e6:.1f} us -> median paired overhead {overhead_us:.1f} us/call "
           f"(goal <= {OVERHEAD_US_GOAL:g} us) {verdict(overhead_us <= OVERHEAD_US_GOAL)}")
     for name, megabytes in memory.items():
