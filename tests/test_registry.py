@@ -38,6 +38,19 @@ def test_registry_errors_and_filtering():
     assert models.list_models("resnet1*") == ["resnet101", "resnet152", "resnet18", "resnet18_dcn"]
 
 
+def test_option_values_must_have_the_builders_type():
+    """--option passes strings other than true/false through: "no" must not enable an option."""
+    with pytest.raises(BadInput, match="alexnet_original: paper_lrn must be true or false, got 'no'"):
+        models.create("alexnet_original", paper_lrn="no")
+    with pytest.raises(BadInput, match="nin: dropout must be a number, got 'half'"):
+        models.create("nin", dropout="half")
+    with pytest.raises(BadInput, match="lenet: num_classes must be an integer, got 2.5"):
+        models.create("lenet", num_classes=2.5)
+    with pytest.raises(BadInput, match="lenet: in_channels must be an integer, got True"):
+        models.create("lenet", in_channels=True)
+    assert models.create("lenet", num_classes=3, in_channels=2)(torch.zeros(1, 2, 28, 28)).shape == (1, 3)
+
+
 def test_spec_normalization_for_other_channel_counts():
     spec = models.get_spec("resnet18")
     assert spec.normalization() == (list(spec.mean), list(spec.std))

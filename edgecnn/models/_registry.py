@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
+import numbers
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -115,17 +116,34 @@ def create(name: str, num_classes: int | None = None, **kwargs):
     """Build a registered model in eval mode: ``create("resnet18", num_classes=10)``.
 
     ``kwargs`` go to the builder (``in_channels``, architecture options such as ``upsample``).
+    An option whose default is a bool, int or float must be one too (an int will do for a
+    float).
     """
     spec = get_spec(name)
     if num_classes is not None:
-        if num_classes < 1:
-            raise BadInput(f"num_classes must be >= 1, got {num_classes}")
         kwargs["num_classes"] = num_classes
-    in_channels = kwargs.get("in_channels")
-    if in_channels is not None and in_channels < 1:
-        raise BadInput(f"in_channels must be >= 1, got {in_channels}")
     try:
-        inspect.signature(spec.builder).bind(**kwargs)
+        bound = inspect.signature(spec.builder).bind(**kwargs)
     except TypeError as error:  # an option this builder does not take
         raise BadInput(f"{name}: {error}") from None
+    parameters = bound.signature.parameters
+    for key, value in kwargs.items():
+        if key in parameters:  # not a **kwargs catch-all
+            _check_option_type(name, key, value, parameters[key].default)
+    for key in ("num_classes", "in_channels"):
+        if kwargs.get(key) is not None and kwargs[key] < 1:
+            raise BadInput(f"{key} must be >= 1, got {kwargs[key]}")
     return spec.builder(**kwargs).eval()
+
+
+def _check_option_type(name: str, key: str, value, default) -> None:
+    """BadInput unless ``value`` has the type of the builder's ``default`` for ``key``."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise BadInput(f"{name}: {key} must be true or false, got {value!r}")
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise BadInput(f"{name}: {key} must be an integer, got {value!r}")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise BadInput(f"{name}: {key} must be a number, got {value!r}")
