@@ -7,8 +7,8 @@
    alternating; the figure is the median over --rounds of the per-round ratio. Goal: <= 1.03.
 2. The same on the zoo's lenet (1x28x28): the median per-round difference per call in
    microseconds. Goal: <= 30 us.
-3. Peak RSS of a fresh `edgecnn run` process on an int8 resnet18 (QDQ, per-channel, made here
-   with onnxruntime.quantization.quantize_static and random calibration, which is fine for a
+3. Peak RSS of a fresh `edgecnn run` process on an int8 resnet18 (edgecnn's int8 recipe,
+   ``quantize_model(..., mode="int8")``, calibrated on random-pixel images, which is fine for a
    memory figure), next to a bare int8 session and `import torch`. Goal: <= 150 MB.
 
 Needs the dev install (exports with torch); the runtime itself never imports torch.
@@ -32,6 +32,7 @@ from edgecnn.runtime import Engine
 OVERHEAD_RATIO_GOAL = 1.03
 OVERHEAD_US_GOAL = 30.0
 RSS_MB_GOAL = 150.0
+CALIBRATION_SAMPLES = 8
 
 
 def interleaved(call_a, call_b, rounds: int, calls: int) -> tuple[np.ndarray, np.ndarray]:
@@ -73,34 +74,17 @@ def export_models(folder: Path) -> tuple[Path, Path]:
 
 
 def quantize_int8(fp32: Path, int8: Path) -> None:
-    """QDQ int8 (per-channel weights) with 8 random calibration batches; metadata says int8."""
-    import logging
+    """edgecnn's int8 recipe (``quantize_model(..., mode="int8")``, docs/quantization.md),
+    calibrated on random-pixel images: the scales' values do not change the memory."""
+    from edgecnn.export.calibration import random_inputs
+    from edgecnn.export.quantize import quantize_model
+    from edgecnn.export.quantize_input import load_float_model, resolve_metadata
 
-    import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader, QuantFormat, QuantType, quantize_static,
-    )
-
-    from edgecnn.export.exporter import get_metadata, set_metadata
-
-    class RandomImages(CalibrationDataReader):
-        def __init__(self):
-            rng = np.random.default_rng(0)
-            self.batches = iter([{"input": rng.standard_normal((1, 3, 224, 224)).astype(np.float32)}
-                                 for _ in range(8)])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    logging.getLogger().setLevel(logging.ERROR)  # quantize_static's "consider pre-processing"
-    quantize_static(str(fp32), str(int8), RandomImages(), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
-    model = onnx.load(str(int8))
-    metadata = get_metadata(model)
-    metadata.precision = "int8"
-    metadata.quantization = {"method": "static QDQ per-channel", "calibration": "random x8"}
-    set_metadata(model, metadata)
-    onnx.save(model, str(int8))
+    info = resolve_metadata(load_float_model(fp32), fp32).input
+    calibration = int8.with_name("calibration.npy")
+    np.save(calibration, random_inputs(info, CALIBRATION_SAMPLES, seed=0))
+    quantize_model(fp32, int8, mode="int8", calibration=calibration,
+                   calibration_size=CALIBRATION_SAMPLES)
 
 
 # A small launcher process runs the command: a child forked from this (large, torch-loaded)
