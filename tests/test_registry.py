@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from edgecnn import BadInput, models
+from conftest import assert_one_line_error
 
 
 def test_resnet18_parameter_count_and_options():
@@ -49,6 +50,14 @@ def test_option_values_must_have_the_builders_type():
     with pytest.raises(BadInput, match="lenet: in_channels must be an integer, got True"):
         models.create("lenet", in_channels=True)
     assert models.create("lenet", num_classes=3, in_channels=2)(torch.zeros(1, 2, 28, 28)).shape == (1, 3)
+
+
+def test_builder_errors_are_bad_input_from_the_cli(cli, tmp_path):
+    result = cli("export", "nin", "--option", "dropout=2", "-o", tmp_path / "x.onnx")
+    assert_one_line_error(result, 2, "nin: dropout probability has to be between 0 and 1")
+    with pytest.raises(BadInput, match="nin: dropout probability"):
+        models.create("nin", dropout=-1)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_spec_normalization_for_other_channel_counts():

@@ -117,7 +117,7 @@ def create(name: str, num_classes: int | None = None, **kwargs):
 
     ``kwargs`` go to the builder (``in_channels``, architecture options such as ``upsample``).
     An option whose default is a bool, int or float must be one too (an int will do for a
-    float).
+    float); a builder's ValueError/TypeError (e.g. a dropout outside [0, 1]) is BadInput.
     """
     spec = get_spec(name)
     if num_classes is not None:
@@ -133,7 +133,14 @@ def create(name: str, num_classes: int | None = None, **kwargs):
     for key in ("num_classes", "in_channels"):
         if kwargs.get(key) is not None and kwargs[key] < 1:
             raise BadInput(f"{key} must be >= 1, got {kwargs[key]}")
-    return spec.builder(**kwargs).eval()
+    try:
+        model = spec.builder(**kwargs)
+    except BadInput:
+        raise
+    except (ValueError, TypeError) as error:
+        message = " ".join(str(error).split()) or type(error).__name__
+        raise BadInput(f"{name}: {message}") from None
+    return model.eval()
 
 
 def _check_option_type(name: str, key: str, value, default) -> None:
