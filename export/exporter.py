@@ -210,7 +210,7 @@ def read_labels(path: str | os.PathLike, num_classes: int) -> list[str]:
 
 def build_model(name: str, *, num_classes: int | None = None, in_channels: int | None = None,
                 weights: str | os.PathLike | None = None, seed: int = 0,
-                strict: bool = True, **options) -> nn.Module:
+                **options) -> nn.Module:
     """A registered model in eval mode: loaded from ``weights`` or seeded random.
 
     Random models get non-trivial BatchNorm statistics (see randomize_batchnorm_stats) and
@@ -223,7 +223,7 @@ def build_model(name: str, *, num_classes: int | None = None, in_channels: int |
         torch.manual_seed(seed)
         model = models.create(name, num_classes=num_classes, **options)
     if weights is not None:
-        models.load_weights(model, weights, strict=strict)
+        models.load_weights(model, weights)
     else:
         models.randomize_batchnorm_stats(model, seed)
         randomize_offset_predictors(model, seed)

@@ -36,21 +36,6 @@ def deform_conv3x3(in_planes: int, out_planes: int, stride: int = 1, *,
                         modulated=modulated)
 
 
-def fill_missing_offset_predictors(model: nn.Module, state: dict) -> dict:
-    """``state`` plus the model's own (zero-initialised) offset/mask predictor tensors it lacks.
-
-    Lets a plain checkpoint load strictly: only DeformConv2d's ``optional_state_keys`` are
-    filled; any other missing key is still reported by ``load_weights``.
-    """
-    filled = dict(state)
-    for name, module in model.named_modules():
-        if isinstance(module, DeformConv2d):
-            own = module.state_dict(prefix=f"{name}.")
-            for key in module.optional_state_keys:
-                filled.setdefault(f"{name}.{key}", own[f"{name}.{key}"])
-    return filled
-
-
 class DeformableResNet(ResNet):
     """ResNet with deformable 3x3 convolutions in the stages given by ``deformable``."""
 
@@ -63,10 +48,6 @@ class DeformableResNet(ResNet):
             if isinstance(module, DeformConv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
                 module.reset_offset_predictor()
-
-    def adapt_state_dict(self, state: dict) -> dict:
-        """Called by ``load_weights``: a plain ResNet checkpoint keeps the predictors at zero."""
-        return fill_missing_offset_predictors(self, state)
 
 
 _DCN = dict(task="classification", input_size=(3, 224, 224), num_classes=1000,
@@ -109,9 +90,6 @@ class DeformTestNet(nn.Module):
         x = self.relu(self.deform1(x))
         x = self.relu(self.deform2(x))
         return self.fc(torch.flatten(self.pool(x), 1))
-
-    def adapt_state_dict(self, state: dict) -> dict:
-        return fill_missing_offset_predictors(self, state)
 
 
 @register_model(task="classification", input_size=(3, 16, 16), num_classes=10, params=7_382,

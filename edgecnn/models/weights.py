@@ -40,11 +40,13 @@ def _first(keys: list[str]) -> str:
     return ", ".join(keys[:_SHOWN_KEYS]) + more
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> nn.Module:
-    """Load a state_dict file into ``model``; mismatches raise BadInput naming the keys.
+def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load a state_dict file into ``model`` strictly; mismatches raise BadInput naming the keys.
 
-    With ``strict=False`` missing keys are allowed (e.g. the offset predictors of a deformable
-    ResNet loading a plain ResNet checkpoint), unexpected keys and shape mismatches are not.
+    Only optional state may be absent from the file, and keeps the model's values: BatchNorm's
+    ``num_batches_tracked`` and the ``optional_state_keys`` a submodule declares (e.g. the
+    offset predictors of a DeformConv2d, so a plain ResNet checkpoint loads into a deformable
+    ResNet).
     """
     state = read_state_dict(path)
     # A model may translate a checkpoint format it is known to meet (torchvision's legacy
@@ -53,15 +55,11 @@ def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True)
     if callable(adapt):
         state = adapt(state)
     expected = model.state_dict()
-    # Checkpoints from before PyTorch 0.4.1 (e.g. torchvision's VGG-BN and DenseNet downloads)
-    # have no BatchNorm ``num_batches_tracked``, a training counter that eval never reads;
-    # torch's own strict loading accepts them, so do we.
-    state = {**{key: value for key, value in expected.items()
-                if key.endswith(".num_batches_tracked")}, **state}
+    state = {**_optional_state(model, expected), **state}
     missing = [key for key in expected if key not in state]
     unexpected = [key for key in state if key not in expected]
     problems = []
-    if missing and strict:
+    if missing:
         problems.append(f"missing keys: {_first(missing)}")
     if unexpected:
         problems.append(f"unexpected keys: {_first(unexpected)}")
@@ -73,8 +71,22 @@ def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True)
     if mismatched:
         raise BadInput(f"weights {path} have wrong shapes (file vs model): {_first(mismatched)}"
                        " (check --num-classes / --in-channels)")
-    model.load_state_dict(state, strict=strict)
+    model.load_state_dict(state)
     return model
+
+
+def _optional_state(model: nn.Module, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The entries of ``expected`` (the model's state_dict) a checkpoint may leave out."""
+    # Checkpoints from before PyTorch 0.4.1 (e.g. torchvision's VGG-BN and DenseNet downloads)
+    # have no BatchNorm ``num_batches_tracked``, a training counter that eval never reads;
+    # torch's own strict loading accepts them, so do we.
+    optional = {key: value for key, value in expected.items()
+                if key.endswith(".num_batches_tracked")}
+    for name, module in model.named_modules():
+        for key in getattr(module, "optional_state_keys", ()):
+            full_key = f"{name}.{key}" if name else key
+            optional[full_key] = expected[full_key]
+    return optional
 
 
 @torch.no_grad()

@@ -242,7 +242,8 @@ class DeformConv2d(nn.Module):
     plain network.
     """
 
-    # State the checkpoint of a plain network does not have: loading one keeps these at init.
+    # State the checkpoint of a plain network does not have: edgecnn's load_weights lets a
+    # checkpoint leave these out, and they keep their (zero) initialisation.
     optional_state_keys = ("conv_offset.weight", "conv_offset.bias")
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntPair,
