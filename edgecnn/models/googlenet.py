@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgecnn.errors import BadInput
-from edgecnn.models._registry import register_model
+from edgecnn.models._registry import IMAGENET_MEAN, IMAGENET_STD, register_model
 from edgecnn.models.resnet import init_like_torchvision
 
 GoogLeNetOutputs = namedtuple("GoogLeNetOutputs", ["logits", "aux_logits2", "aux_logits1"])
@@ -114,8 +114,8 @@ class GoogLeNet(nn.Module):
 
     def _transform_input(self, x: torch.Tensor) -> torch.Tensor:
         """ImageNet-normalised RGB -> the [-1, 1] scale of torchvision's ported checkpoint."""
-        mean = x.new_tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-        std = x.new_tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
         return x * (std / 0.5) + (mean - 0.5) / 0.5
 
     def forward(self, x: torch.Tensor):
