@@ -57,9 +57,11 @@ session = ort.InferenceSession(sys.argv[1], options, providers=["CPUExecutionPro
 feed = {session.get_inputs()[0].name: np.zeros((1, 3, int(sys.argv[3]), int(sys.argv[3])), np.float32)}
 for _ in range(3):
     session.run(None, feed)
-# VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork+exec from the (large) parent.
-status = dict(line.split(":", 1) for line in open("/proc/self/status"))
-print(json.dumps(int(status["VmHWM"].split()[0]) / 1024))
+# Read last, so its imports (edgecnn.runtime's own modules; numpy and onnxruntime are loaded)
+# come after the peak. VmHWM, not ru_maxrss, which Linux carries across fork+exec from the
+# (large) parent.
+from edgecnn.runtime.bench import peak_rss_mb
+print(json.dumps(peak_rss_mb()))
 """
 
 

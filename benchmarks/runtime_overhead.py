@@ -9,7 +9,8 @@
    microseconds. Goal: <= 30 us.
 3. Peak RSS of a fresh `edgecnn run` process on an int8 resnet18 (edgecnn's int8 recipe,
    ``quantize_model(..., mode="int8")``, calibrated on random-pixel images, which is fine for a
-   memory figure), next to a bare int8 session and `import torch`. Goal: <= 150 MB.
+   memory figure), next to a bare int8 session and `import torch`; each a fresh process that
+   reads its own peak with edgecnn.runtime.bench.peak_rss_mb at its end. Goal: <= 150 MB.
 
 Needs the dev install (exports with torch); the runtime itself never imports torch.
 """
@@ -87,30 +88,34 @@ def quantize_int8(fp32: Path, int8: Path) -> None:
                    calibration_size=CALIBRATION_SAMPLES)
 
 
-# A small launcher process runs the command: a child forked from this (large, torch-loaded)
-# process would start with this process's resident pages counted in its own peak.
-_LAUNCHER = ("import resource, subprocess, sys; "
-             "subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, check=True); "
-             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+# Every figure is a fresh `python -c` process that does its work, then reads its own peak with
+# edgecnn.runtime.bench.peak_rss_mb (VmHWM, the high-water mark of that process's own address
+# space; ru_maxrss would not do: Linux carries it across fork+exec, so a child of this large,
+# torch-loaded process would report this process's resident pages). The reader is imported
+# last; it loads edgecnn.runtime (numpy, onnxruntime), which the first two commands have
+# already loaded and which adds about 20 MB to `import torch` alone.
+_READ_PEAK = "\nfrom edgecnn.runtime.bench import peak_rss_mb\nprint(peak_rss_mb())\n"
+# What `python -m edgecnn` runs (edgecnn/__main__.py), minus the exit on success.
+_EDGECNN_CLI = "import sys\nfrom edgecnn.cli import main\nif main(sys.argv[1:]):\n    sys.exit(1)"
 
 
-def peak_rss_mb(command: list[str]) -> float:
-    """Peak resident memory of a fresh process running ``command``."""
-    done = subprocess.run([sys.executable, "-c", _LAUNCHER, *command], capture_output=True,
-                          text=True, check=True)
-    return int(done.stdout.split()[-1]) / 1024  # KB on Linux
+def peak_rss_mb(code: str, *args: str) -> float:
+    """Peak resident memory in MB of a fresh ``python -c code args`` process."""
+    done = subprocess.run([sys.executable, "-c", code + _READ_PEAK, *args], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{code.splitlines()[-1]!r} failed:\n{done.stderr}")
+    return float(done.stdout.split()[-1])
 
 
 def memory_figures(int8: Path, image: Path, repeats: int = 3) -> dict[str, float]:
-    python = sys.executable
-    edgecnn = [python, "-m", "edgecnn"]
-    bare = ("import numpy as np, onnxruntime as ort; "
-            f"s = ort.InferenceSession({str(int8)!r}, providers=['CPUExecutionProvider']); "
+    bare = ("import numpy as np, onnxruntime as ort\n"
+            f"s = ort.InferenceSession({str(int8)!r}, providers=['CPUExecutionProvider'])\n"
             "s.run(None, {'input': np.zeros((1, 3, 224, 224), np.float32)})")
-    commands = {"edgecnn run (int8 resnet18)": edgecnn + ["run", str(int8), str(image)],
-                "bare int8 session": [python, "-c", bare],
-                "import torch": [python, "-c", "import torch"]}
-    return {name: statistics.median(peak_rss_mb(command) for _ in range(repeats))
+    commands = {"edgecnn run (int8 resnet18)": (_EDGECNN_CLI, "run", str(int8), str(image)),
+                "bare int8 session": (bare,),
+                "import torch (+ edgecnn.runtime, to read the peak)": ("import torch",)}
+    return {name: statistics.median(peak_rss_mb(*command) for _ in range(repeats))
             for name, command in commands.items()}
 
 
