@@ -21,13 +21,10 @@ import torch
 from torch import nn
 
 from edgecnn.models._registry import register_model
-from edgecnn.models.lenet import MNIST_MEAN, MNIST_STD
+from edgecnn.models.lenet import GREY_28, MNIST_MEAN, MNIST_STD, init_xavier_uniform
 
 FASHION_MNIST_MEAN = (0.2860,)
 FASHION_MNIST_STD = (0.3530,)
-
-_GREY_28 = dict(task="classification", input_size=(1, 28, 28), num_classes=10,
-                test_input=(28, 28), fixed_input_size=True, crop_fraction=1.0)
 
 KERAS_BN = dict(eps=1e-3, momentum=0.01)
 
@@ -35,13 +32,6 @@ KERAS_BN = dict(eps=1e-3, momentum=0.01)
 def conv3x3_same(in_channels: int, out_channels: int) -> nn.Conv2d:
     """Keras ``Conv2D(out, 3, padding='same')``: stride 1, one pixel of zero padding."""
     return nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
-
-
-def init_like_keras(model: nn.Module) -> None:
-    for module in model.modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            nn.init.xavier_uniform_(module.weight)
-            nn.init.zeros_(module.bias)
 
 
 class MnistCNN(nn.Module):
@@ -67,7 +57,7 @@ class MnistCNN(nn.Module):
             nn.Linear(64 * 4 * 4, 1024), nn.ReLU(inplace=True), nn.Dropout(0.5),
             nn.Linear(1024, num_classes),
         )
-        init_like_keras(self)
+        init_xavier_uniform(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.features(x), 1))
@@ -98,21 +88,21 @@ class FashionCNN(nn.Module):
             dense_bn_leaky(1024, 1024),
             nn.Linear(1024, num_classes),
         )
-        init_like_keras(self)
+        init_xavier_uniform(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
 @register_model(params=1_120_074, family="Keras MNIST CNN", mean=MNIST_MEAN, std=MNIST_STD,
-                **_GREY_28)
+                **GREY_28)
 def mnist_cnn(num_classes: int = 10, in_channels: int = 1) -> MnistCNN:
     """Keras book MNIST CNN: dropout, 'same' (ceil-mode) average pooling, fc 1024."""
     return MnistCNN(num_classes, in_channels)
 
 
 @register_model(params=26_996_042, family="Keras Fashion-MNIST CNN", mean=FASHION_MNIST_MEAN,
-                std=FASHION_MNIST_STD, **_GREY_28)
+                std=FASHION_MNIST_STD, **GREY_28)
 def fashion_cnn(num_classes: int = 10, in_channels: int = 1) -> FashionCNN:
     """Keras book Fashion-MNIST CNN: conv-BN-LeakyReLU x4, maxpool, two BN dense layers."""
     return FashionCNN(num_classes, in_channels)

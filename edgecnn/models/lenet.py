@@ -19,9 +19,18 @@ from edgecnn.models._registry import register_model
 MNIST_MEAN = (0.1307,)
 MNIST_STD = (0.3081,)
 
-_GREY_28 = dict(task="classification", input_size=(1, 28, 28), num_classes=10,
-                mean=MNIST_MEAN, std=MNIST_STD, test_input=(28, 28), fixed_input_size=True,
-                crop_fraction=1.0)
+# Spec fields shared by the fixed-size 28x28 grey classifiers (here and in keras_cnn).
+GREY_28 = dict(task="classification", input_size=(1, 28, 28), num_classes=10,
+               test_input=(28, 28), fixed_input_size=True, crop_fraction=1.0)
+
+
+def init_xavier_uniform(model: nn.Module) -> None:
+    """Xavier/Glorot-uniform weights and zero biases for every conv and fully connected layer:
+    d2l's ``init_cnn`` and Keras' default initialisation."""
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(module.weight)
+            nn.init.zeros_(module.bias)
 
 
 class LeNet(nn.Module):
@@ -40,10 +49,7 @@ class LeNet(nn.Module):
             nn.Linear(120, 84), nn.Sigmoid(),
             nn.Linear(84, num_classes),
         )
-        for module in self.modules():  # d2l's init_cnn: Xavier-uniform, zero bias
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_xavier_uniform(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.features(x), 1))
@@ -69,13 +75,14 @@ class LeNet5(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
-@register_model(params=61_706, family="LeNet (d2l)", **_GREY_28)
+@register_model(params=61_706, family="LeNet (d2l)", mean=MNIST_MEAN, std=MNIST_STD, **GREY_28)
 def lenet(num_classes: int = 10, in_channels: int = 1) -> LeNet:
     """LeNet (d2l form): sigmoid, average pooling, 28x28 grey input."""
     return LeNet(num_classes, in_channels)
 
 
-@register_model(params=431_080, family="LeNet-5 (Caffe)", **_GREY_28)
+@register_model(params=431_080, family="LeNet-5 (Caffe)", mean=MNIST_MEAN, std=MNIST_STD,
+                **GREY_28)
 def lenet5(num_classes: int = 10, in_channels: int = 1) -> LeNet5:
     """LeNet-5 (Caffe MNIST example): max pooling, ReLU between the fully connected layers."""
     return LeNet5(num_classes, in_channels)
