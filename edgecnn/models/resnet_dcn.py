@@ -44,7 +44,11 @@ class DeformableResNet(ResNet):
         factory = functools.partial(deform_conv3x3, modulated=modulated)
         super().__init__(block, layers, num_classes, in_channels,
                          conv3x3_factories=[factory if on else None for on in deformable])
-        for module in self.modules():  # ResNet's init treats DeformConv2d as a plain conv
+        # init_like_torchvision initialises nn.Conv2d only: it skips DeformConv2d.weight (left
+        # at DeformConv2d's own nn.Conv2d-style default) and gives the offset predictor
+        # conv_offset, a real nn.Conv2d, Kaiming weights. Give the weight the Kaiming init of
+        # the conv it replaces and put the predictor back to zero (plain-conv behaviour).
+        for module in self.modules():
             if isinstance(module, DeformConv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
                 module.reset_offset_predictor()
