@@ -216,6 +216,26 @@ def test_integer_tensors_raise_type_error(integer):
                       mask=tensors["mask"])
 
 
+@pytest.mark.parametrize("other", ["offset", "weight", "bias", "mask"])
+def test_mixed_dtypes_raise_value_error(other):
+    tensors = dict(input=torch.randn(1, 2, 5, 5), offset=torch.zeros(1, 18, 5, 5),
+                   weight=torch.randn(3, 2, 3, 3), bias=torch.randn(3),
+                   mask=torch.ones(1, 9, 5, 5))
+    tensors[other] = tensors[other].double()
+    with pytest.raises(ValueError, match=f"one dtype and device, got .*{other} torch.float64"):
+        deform_conv2d(tensors["input"], tensors["offset"], tensors["weight"], tensors["bias"],
+                      padding=1, mask=tensors["mask"])
+
+
+def test_mixed_devices_raise_value_error():
+    """The meta device stands in for a GPU: the check runs before any computation."""
+    tensors = [torch.randn(1, 2, 5, 5), torch.zeros(1, 18, 5, 5), torch.randn(3, 2, 3, 3)]
+    for index in range(3):
+        moved = [t.to("meta") if i == index else t for i, t in enumerate(tensors)]
+        with pytest.raises(ValueError, match="share one dtype and device.* on meta"):
+            deform_conv2d(*moved, padding=1)
+
+
 def test_module_rejects_channels_not_divisible_by_groups():
     with pytest.raises(ValueError, match="divisible by groups"):
         DeformConv2d(6, 4, 3, groups=4)

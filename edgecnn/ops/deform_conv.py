@@ -52,11 +52,17 @@ def output_size(in_size: int, kernel: int, stride: int, padding: int, dilation: 
 def _check_arguments(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None,
                      mask: Tensor | None, stride: tuple[int, int], padding: tuple[int, int],
                      dilation: tuple[int, int]) -> tuple[int, int]:
-    """Validate shapes and dtypes; returns (groups, offset_groups) inferred from the shapes."""
+    """Validate shapes, dtypes and devices; returns (groups, offset_groups) from the shapes."""
     named = {"input": input, "offset": offset, "weight": weight, "bias": bias, "mask": mask}
     for name, tensor in named.items():
         if tensor is not None and not tensor.is_floating_point():
             raise TypeError(f"deform_conv2d: {name} must be a floating-point tensor, got {tensor.dtype}")
+    present = {name: tensor for name, tensor in named.items() if tensor is not None}
+    tensors = present.values()
+    if len({t.dtype for t in tensors}) > 1 or len({t.device for t in tensors}) > 1:
+        got = ", ".join(f"{name} {t.dtype} on {t.device}" for name, t in present.items())
+        raise ValueError(f"deform_conv2d: {', '.join(present)} must share one dtype and device, "
+                         f"got {got}")
     for name in ("input", "offset", "weight", "mask"):
         if named[name] is not None and named[name].dim() != 4:
             raise ValueError(f"deform_conv2d: {name} must be 4-D, got shape {tuple(named[name].shape)}")
@@ -216,8 +222,8 @@ def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | 
         stride, padding, dilation: an int or an (h, w) pair.
         mask: (N, offset_groups * kh * kw, out_h, out_w) modulation (DCNv2) or None.
 
-    Raises ValueError for inconsistent shapes (naming the expected shape) and TypeError for
-    non-floating-point tensors.
+    Raises ValueError for inconsistent shapes (naming the expected shape) or tensors of
+    different dtypes or devices, and TypeError for non-floating-point tensors.
     """
     stride, padding, dilation = (_pair(stride, "stride"), _pair(padding, "padding"),
                                  _pair(dilation, "dilation"))
