@@ -1,8 +1,27 @@
-"""edgecnn.export: PyTorch -> ONNX, quantization and parity comparison (the torch side)."""
+"""edgecnn.export: PyTorch -> ONNX, quantization and parity comparison (the torch side).
 
-from edgecnn.export.exporter import ExportResult, build_model, export_model, to_onnx
-from edgecnn.export.parity import ParityMetrics, compare
-from edgecnn.export.quantize import QuantizeResult, quantize_model
+Names are imported on first use, so ``edgecnn quantize`` and ``edgecnn.export.parity`` do not
+pay for importing torch and the exporter.
+"""
 
-__all__ = ["ExportResult", "ParityMetrics", "QuantizeResult", "build_model", "compare",
-           "export_model", "quantize_model", "to_onnx"]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "ExportResult": "exporter", "build_model": "exporter", "export_model": "exporter",
+    "to_onnx": "exporter", "ParityMetrics": "parity", "compare": "parity",
+    "QuantizeResult": "quantize", "quantize_model": "quantize",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

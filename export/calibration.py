@@ -47,10 +47,6 @@ class InputSet:
     def __len__(self) -> int:
         return len(self.inputs)
 
-    def describe(self) -> dict:
-        """What the quantized model's metadata records about its calibration."""
-        return {"source": self.source, "path": self.location, "size": len(self)}
-
 
 def _order(count: int, size: int | None, seed: int) -> np.ndarray:
     """The order samples are taken in: all in order, or a seeded shuffle when only ``size`` of
@@ -178,14 +174,15 @@ def random_inputs(info: InputInfo, count: int, seed: int = 0) -> np.ndarray:
     return preprocess_images(pixels, info, crop_fraction=1.0)
 
 
-def _existing(path: str | os.PathLike, what: str) -> Path:
+def existing_source(path: str | os.PathLike, what: str = "calibration") -> Path:
+    """``path`` as a Path when it is a folder or an .npy/.npz file; BadInput otherwise."""
     path = Path(path)
     if not path.exists():
         kind = "file" if path.suffix.lower() in ARRAY_SUFFIXES else "folder"
         raise BadInput(f"{what} {kind} not found: {path}")
     if path.is_file() and path.suffix.lower() not in ARRAY_SUFFIXES:
-        raise BadInput(f"{what} must be a folder of images, a .npy/.npz file or 'random', "
-                       f"got {path}")
+        also = " or 'random'" if what == "calibration" else ""
+        raise BadInput(f"{what} must be a folder of images or a .npy/.npz file{also}, got {path}")
     return path
 
 
@@ -205,7 +202,7 @@ def load_calibration(source: str | os.PathLike, info: InputInfo,
              "accuracy is not guaranteed (give --calibration FOLDER or an .npy/.npz of inputs)")
         count = size or DEFAULT_CALIBRATION_SIZE
         return InputSet(random_inputs(info, count, seed), RANDOM, None, count)
-    path = _existing(source, "calibration")
+    path = existing_source(source, "calibration")
     if path.is_dir():
         return _image_folder(path, info, size, seed, warn)
     inputs, _ = _load_arrays(path, info, with_labels=False)
@@ -237,7 +234,7 @@ def load_validation(source: str | os.PathLike, info: InputInfo,
     class indices in sorted order (0, 1, ...).
     """
     warn = warn or (lambda message: None)
-    path = _existing(source, "validation")
+    path = existing_source(source, "validation")
     if path.is_file():
         inputs, labels = _load_arrays(path, info, with_labels=True)
         return InputSet(inputs, "array", str(path), len(inputs), labels=labels)

@@ -25,13 +25,14 @@ from edgecnn.ops import randomize_offset_predictors, uses_deform_conv
 from edgecnn.errors import BadInput, CheckFailed, EdgecnnError
 from edgecnn.export.deform import TRANSLATION_TABLE as DEFORM_TRANSLATION_TABLE
 from edgecnn.export.files import atomic_output, check_output_path
+from edgecnn.export.onnx_file import check_model, set_metadata, set_minimal_ir_version
 from edgecnn.export.parity import ParityMetrics, compare, default_tolerance
 from edgecnn.export.quiet import silenced
 from edgecnn.runtime import InputInfo, ModelMetadata, load_session
 from edgecnn.runtime.deform import (
     DEFAULT_LOWERING, NATIVE_MIN_OPSET, model_lowering, set_deform_lowering,
 )
-from edgecnn.runtime.metadata import LOWERINGS, METADATA_KEY
+from edgecnn.runtime.metadata import LOWERINGS
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 18  # the dynamo exporter emits opset 18 and up; lower requests silently fail
@@ -161,41 +162,6 @@ def to_onnx(module: nn.Module, example: torch.Tensor, output_name: str = "logits
     proto.producer_name = "edgecnn"
     proto.producer_version = f"{edgecnn.__version__} (torch {torch.__version__.split('+')[0]})"
     return proto
-
-
-def set_minimal_ir_version(model: onnx.ModelProto) -> None:
-    """Lower the IR version to the oldest that the model's opsets allow.
-
-    The exporter writes the newest IR (10), which older runtimes refuse (onnxruntime 1.17 reads
-    up to 9) although an opset-18 graph needs only IR 8. Custom domains do not constrain it.
-    """
-    model.ir_version = onnx.helper.find_min_ir_version_for(list(model.opset_import),
-                                                           ignore_unknown=True)
-
-
-def set_metadata(model: onnx.ModelProto, metadata: ModelMetadata) -> None:
-    """Store ``metadata`` under the ``edgecnn`` key, replacing any earlier entry."""
-    kept = [prop for prop in model.metadata_props if prop.key != METADATA_KEY]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    model.metadata_props.add(key=METADATA_KEY, value=metadata.to_json())
-
-
-def get_metadata(model: onnx.ModelProto, source: str = "model") -> ModelMetadata | None:
-    return ModelMetadata.from_props({p.key: p.value for p in model.metadata_props}, source)
-
-
-def check_model(model: onnx.ModelProto | str | os.PathLike) -> None:
-    """onnx.checker with strict, type-checked shape inference; EdgecnnError when invalid.
-
-    Give a saved file's path where there is one: the checker then reads it directly instead
-    of serializing the proto again (seconds for the 500 MB VGGs).
-    """
-    source = model if isinstance(model, onnx.ModelProto) else str(model)
-    try:
-        onnx.checker.check_model(source, full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
-        raise EdgecnnError(f"exported graph is not valid ONNX: {str(error).splitlines()[0]}") from error
 
 
 def read_labels(path: str | os.PathLike, num_classes: int) -> list[str]:

@@ -20,18 +20,17 @@ import time
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import onnx
 
 from edgecnn.errors import BadInput, CheckFailed
 from edgecnn.export.calibration import (
-    DEFAULT_CALIBRATION_SIZE, load_calibration, load_validation, random_inputs,
+    DEFAULT_CALIBRATION_SIZE, RANDOM, existing_source, load_calibration, load_validation,
+    random_inputs,
 )
-from edgecnn.export.exporter import (
-    ExportResult, check_model, export_model, set_metadata, set_minimal_ir_version,
-)
+from edgecnn.export.onnx_file import check_model, set_metadata, set_minimal_ir_version
 from edgecnn.export.files import atomic_output, check_output_path
 from edgecnn.export.parity import REL_L2_TOLERANCE, ParityMetrics, compare
 from edgecnn.export.quantize_input import (
@@ -42,6 +41,9 @@ from edgecnn.export.quantize_recipes import (
     Int8Recipe, ProgressCallback, int8_dynamic, int8_static, run_model, to_fp16, top1_accuracy,
 )
 from edgecnn.runtime import ModelMetadata
+
+if TYPE_CHECKING:  # the exporter imports torch: only export_quantized needs it, at call time
+    from edgecnn.export.exporter import ExportResult
 
 MODES = ("int8", "int8-dynamic", "fp16")
 METHODS = ("minmax", "entropy", "percentile")
@@ -287,14 +289,17 @@ def export_quantized(name: str, output: str | os.PathLike | None = None, *, quan
     if quantize == "int8" and calibration is None:
         raise BadInput("--quantize int8 needs --calibration FOLDER (images), FILE.npy/.npz "
                        "(inputs) or random")
-    if calibration is not None and str(calibration) != "random" and not Path(calibration).exists():
-        raise BadInput(f"calibration path not found: {calibration}")
+    if calibration is not None and str(calibration) != RANDOM:
+        existing_source(calibration)  # fail before the export, not after it
+    from edgecnn.export.exporter import export_model
+
     with tempfile.TemporaryDirectory(prefix="edgecnn-export-") as workdir:
         exported = export_model(name, Path(workdir) / f"{name}.onnx", on_step=on_step,
                                 **export_options)
         quantized = quantize_model(exported.path, output, mode=quantize, calibration=calibration,
                                    calibration_size=calibration_size, method=method,
-                                   seed=export_options.get("seed", 0), on_step=on_step,
+                                   seed=export_options.get("seed", 0),
+                                   check=export_options.get("check", True), on_step=on_step,
                                    on_progress=on_progress, on_warning=on_warning)
     report = quantized.as_dict()
     report["source"] = None  # the fp32 file was temporary

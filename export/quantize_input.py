@@ -11,7 +11,7 @@ from typing import Sequence
 import onnx
 
 from edgecnn.errors import BadInput
-from edgecnn.export.exporter import get_metadata
+from edgecnn.export.onnx_file import dims, get_metadata, graph_inputs
 from edgecnn.runtime import InputInfo, ModelMetadata
 
 # Operators that mean a graph is already quantized (or fp16): quantizing twice is refused.
@@ -51,18 +51,11 @@ def _reject_quantized(model: onnx.ModelProto, path: Path) -> None:
 
 
 def graph_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
-    initializers = {init.name for init in model.graph.initializer}
-    inputs = [value for value in model.graph.input if value.name not in initializers]
+    inputs = graph_inputs(model)
     if len(inputs) != 1:
         raise BadInput(f"only single-input models can be quantized; this one has {len(inputs)} "
                        f"inputs ({', '.join(v.name for v in inputs)})")
     return inputs[0]
-
-
-def dims(value: onnx.ValueInfoProto) -> list[int | None]:
-    """A value's shape: ints for fixed axes, None for named or unknown ones."""
-    return [dim.dim_value if dim.HasField("dim_value") else None
-            for dim in value.type.tensor_type.shape.dim]
 
 
 def _per_channel(values: Sequence[float] | None, channels: int, flag: str) -> list[float] | None:

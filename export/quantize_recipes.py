@@ -12,7 +12,8 @@ import onnx
 
 from edgecnn.export.calibration import InputSet
 from edgecnn.export.quiet import silenced
-from edgecnn.export.quantize_input import STANDARD_DOMAINS, dims, graph_input
+from edgecnn.export.onnx_file import dims
+from edgecnn.export.quantize_input import STANDARD_DOMAINS, graph_input
 from edgecnn.runtime import load_session
 
 PERCENTILE = 99.999  # the percentile method's clipping point (onnxruntime's default)

@@ -43,3 +43,15 @@ def test_cli_run_and_bench_are_torch_free(resnet18_64, tmp_path):
     assert "torch" not in loaded and "edgecnn.models" not in loaded
     assert "edgecnn.export" not in loaded and "onnx" not in loaded  # nor the 40 MB onnx package
     assert {"edgecnn.runtime.engine", "edgecnn.runtime.bench"} <= loaded
+
+
+def test_cli_quantize_does_not_import_torch(resnet18_64, tmp_path):
+    """Quantizing an .onnx file is onnx + onnxruntime work: torch would add ~2 s and ~200 MB."""
+    output = tmp_path / "int8.onnx"
+    loaded = _modules_after(
+        "from edgecnn.cli import main\n"
+        f"assert main(['quantize', {str(resnet18_64)!r}, '-o', {str(output)!r}, '--mode', "
+        "'int8-dynamic', '--json']) == 0")
+    assert output.is_file()
+    assert "torch" not in loaded and "edgecnn.models" not in loaded
+    assert "edgecnn.export.quantize" in loaded
