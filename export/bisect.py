@@ -129,7 +129,8 @@ def bisect(module: nn.Module, model: onnx.ModelProto, inputs: np.ndarray, tolera
     session = load_session(_with_outputs(model, [c.tensor for c in calls]).SerializeToString(),
                            providers=providers)
     exposed = [output.name for output in session.get_outputs()]
-    onnx_values = dict(zip(exposed, session.run(exposed, {"input": inputs})))
+    feed = {session.get_inputs()[0].name: inputs}
+    onnx_values = dict(zip(exposed, session.run(exposed, feed)))
     eager = _eager_outputs(module, torch.from_numpy(inputs), {c.module for c in calls})
     layers = []
     for call in calls:

@@ -24,8 +24,9 @@ from edgecnn import models
 from edgecnn.errors import BadInput
 from edgecnn.export import bisect as bisecting
 from edgecnn.export.calibration import load_image_folder
-from edgecnn.export.exporter import build_model, export_model, get_metadata, random_input
+from edgecnn.export.exporter import build_model, export_model, random_input
 from edgecnn.export.files import atomic_output, check_output_path
+from edgecnn.export.onnx_file import dims, get_metadata, graph_inputs
 from edgecnn.export.parity import ParityMetrics, compare, default_tolerance
 from edgecnn.runtime import load_session
 
@@ -140,17 +141,15 @@ def _check_architecture(name: str, model: onnx.ModelProto, source: str,
     metadata = get_metadata(model, source)
     if metadata is not None and metadata.model != name:
         raise BadInput(f"{source} was exported from {metadata.model!r}, not {name!r}")
-    graph_inputs = [i for i in model.graph.input
-                    if i.name not in {init.name for init in model.graph.initializer}]
-    if len(graph_inputs) != 1 or len(model.graph.output) != 1:
-        raise BadInput(f"{source} has {len(graph_inputs)} inputs and {len(model.graph.output)} "
+    inputs = graph_inputs(model)
+    if len(inputs) != 1 or len(model.graph.output) != 1:
+        raise BadInput(f"{source} has {len(inputs)} inputs and {len(model.graph.output)} "
                        f"outputs; {name} has one of each")
-    for kind, value, expected in (("input", graph_inputs[0], eager_input),
+    for kind, value, expected in (("input", inputs[0], eager_input),
                                   ("output", model.graph.output[0], eager_output)):
-        dims = [d.dim_value or None for d in value.type.tensor_type.shape.dim][1:]
-        wanted = list(expected)[1:]
-        if len(dims) != len(wanted) or any(d is not None and d != w for d, w in zip(dims, wanted)):
-            raise BadInput(f"{source} {kind} {value.name} has shape [N, {', '.join(map(str, dims))}]"
+        shape, wanted = dims(value)[1:], list(expected)[1:]
+        if len(shape) != len(wanted) or any(d is not None and d != w for d, w in zip(shape, wanted)):
+            raise BadInput(f"{source} {kind} {value.name} has shape [N, {', '.join(map(str, shape))}]"
                            f"; {name} gives [N, {', '.join(map(str, wanted))}]: not this architecture")
 
 
@@ -160,7 +159,7 @@ def _precision_of(model: onnx.ModelProto, source: str) -> str:
 
 
 def check_parity(name: str, onnx_path: str | os.PathLike | None = None, *,
-                 precision: str | None = None, batch: int = 2, samples: int = 3,
+                 precision: str | None = None, batch: int | None = None, samples: int = 3,
                  images: str | os.PathLike | None = None, providers: list | None = None,
                  tolerance: float | None = None, seed: int = 0,
                  weights: str | os.PathLike | None = None, num_classes: int | None = None,
@@ -169,13 +168,14 @@ def check_parity(name: str, onnx_path: str | os.PathLike | None = None, *,
     """Compare eager ``name`` with its ONNX export (or ``onnx_path``) on random inputs.
 
     Without ``onnx_path`` the model is exported fresh and converted to ``precision`` (int8
-    calibrates on ``images`` when given). ``images``: a folder of jpg/png added to the inputs,
-    preprocessed from the file's metadata. The eager model is rebuilt from ``seed``/``weights``/
+    calibrates on ``images`` when given). ``batch``: rows per random input (default 2, or the
+    file's fixed batch size). ``images``: a folder of jpg/png added to the inputs, preprocessed
+    from the file's metadata. The eager model is rebuilt from ``seed``/``weights``/
     ``num_classes``: pass the values the file was exported with.
     """
     step = on_step or (lambda message: None)
     spec = models.get_spec(name)
-    if batch < 1 or samples < 1:
+    if (batch is not None and batch < 1) or samples < 1:
         raise BadInput(f"--batch and --samples must be >= 1, got {batch} and {samples}")
     if precision is not None and precision not in PRECISIONS:
         raise BadInput(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
@@ -199,9 +199,10 @@ def check_parity(name: str, onnx_path: str | os.PathLike | None = None, *,
         if precision is not None and precision != file_precision:
             raise BadInput(f"{path} holds a {file_precision} model, not {precision}")
         precision = file_precision
+        batch = _batch_size(model, path, batch)
         metadata = get_metadata(model, str(path))
         channels, height, width = (metadata.input.shape if metadata else
-                                   _input_chw(model, spec))
+                                   _input_chw(model))
         step(f"building eager {name}")
         module = build_model(name, num_classes=num_classes, weights=weights, seed=seed,
                              in_channels=channels if channels != spec.input_size[0] else None)
@@ -213,7 +214,7 @@ def check_parity(name: str, onnx_path: str | os.PathLike | None = None, *,
                 raise BadInput(f"--images needs the preprocessing in the edgecnn metadata, which "
                                f"{path} does not carry")
             image_batch = load_image_folder(images, metadata.input, what="--images").inputs
-            inputs.append(image_batch)
+            inputs.extend(_batches(image_batch, batch if _fixed_batch(model) else len(image_batch)))
             image_count = len(image_batch)
         with torch.no_grad():
             references = [module(torch.from_numpy(x)).numpy() for x in inputs]
@@ -245,9 +246,32 @@ def _load(path: Path) -> onnx.ModelProto:
         raise BadInput(f"{path} is not a readable ONNX model ({type(error).__name__})") from None
 
 
-def _input_chw(model: onnx.ModelProto, spec) -> tuple[int, int, int]:
-    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
-    if len(dims) != 4 or not all(dims[1:]):
-        raise BadInput(f"cannot tell the input size of the ONNX file (input dims {dims}); "
+def _fixed_batch(model: onnx.ModelProto) -> int | None:
+    inputs = graph_inputs(model)
+    shape = dims(inputs[0]) if inputs else []
+    return shape[0] if shape else None
+
+
+def _batch_size(model: onnx.ModelProto, path: Path, requested: int | None) -> int:
+    """The rows per input: ``requested`` (default 2), which a fixed batch axis must equal."""
+    fixed = _fixed_batch(model)
+    if fixed is not None and requested not in (None, fixed):
+        raise BadInput(f"{path} has a fixed batch size of {fixed}; run with --batch {fixed}")
+    return fixed or requested or 2
+
+
+def _batches(array: np.ndarray, size: int) -> list[np.ndarray]:
+    """``array`` in batches of ``size`` rows, the last padded by repeating its last row."""
+    batches = [array[start:start + size] for start in range(0, len(array), size)]
+    if len(batches[-1]) < size:
+        padding = np.repeat(batches[-1][-1:], size - len(batches[-1]), axis=0)
+        batches[-1] = np.concatenate([batches[-1], padding])
+    return batches
+
+
+def _input_chw(model: onnx.ModelProto) -> tuple[int, int, int]:
+    shape = dims(graph_inputs(model)[0]) if graph_inputs(model) else []
+    if len(shape) != 4 or not all(shape[1:]):
+        raise BadInput(f"cannot tell the input size of the ONNX file (input dims {shape}); "
                        "it carries no edgecnn metadata")
-    return tuple(dims[1:])
+    return tuple(shape[1:])

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from conftest import assert_one_line_error
@@ -166,6 +168,23 @@ def test_check_with_real_images(cli, tmp_path, zoo_onnx):
                           2, "--images folder", "has no")
     assert_one_line_error(cli("check", "lenet", "--onnx", zoo_onnx("lenet"), "--images",
                               tmp_path / "missing"), 2, "--images folder not found")
+
+
+def test_fixed_batch_file_sets_the_batch(cli, tmp_path):
+    """A file exported with --batch 1 is checked at batch 1; real images go in batches of 1."""
+    fixed = tmp_path / "lenet_b1.onnx"
+    assert cli("export", "lenet", "--batch", "1", "-o", fixed, "--no-check").code == 0
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for index in range(3):
+        Image.fromarray(np.random.default_rng(index).integers(0, 256, (30, 30), np.uint8)).save(
+            folder / f"{index}.png")
+    report = json.loads(cli("check", "lenet", "--onnx", fixed, "--images", folder, "--samples",
+                            "2", "--json").stdout)
+    assert report["passed"] and report["batch"] == 1 and report["images"] == 3
+    assert report["outputs"][0]["rel_l2"] <= 1e-5
+    assert_one_line_error(cli("check", "lenet", "--onnx", fixed, "--batch", "3"), 2,
+                          "fixed batch size of 1", "--batch 1")
 
 
 def test_precision_comes_from_the_file(cli, tmp_path, resnet18_64):

@@ -98,6 +98,15 @@ def test_cli_human_output_and_info(cli, resnet18_64):
     assert "resnet18 (classification)" in text.stdout and "fp32" in text.stdout
 
 
+def test_printed_paths_are_not_read_as_markup(cli, tmp_path):
+    """Console lines are rich markup: '[b]' in a file name must print as written."""
+    out = tmp_path / "net[b].onnx"
+    result = cli("export", "lenet", "-o", out, "--no-check")
+    assert result.code == 0 and out.is_file()
+    assert f"wrote {out} (" in result.stdout.replace("\n", "")
+    assert str(out) in cli("info", out).stdout.replace("\n", "")
+
+
 def test_list_shows_registry(cli):
     result = cli("list", "--json")
     rows = {row["name"]: row for row in json.loads(result.stdout)["models"]}

@@ -238,6 +238,15 @@ def test_export_quantize_writes_only_the_quantized_file(cli, tmp_path):
     assert report["size_bytes"] == output.stat().st_size
 
 
+def test_export_quantize_no_check_skips_every_comparison(cli, tmp_path):
+    output = tmp_path / "lenet_fp16.onnx"
+    done = cli("export", "lenet", "-o", output, "--quantize", "fp16", "--no-check", "--json")
+    assert done.code == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["parity"] is None and report["quantization"]["parity"] is None
+    assert metadata_of(output).precision == "fp16"
+
+
 def test_model_without_metadata_takes_flags(cli, tmp_path):
     bare = tiny_model(tmp_path / "bare.onnx", metadata=False, size=(16, 16), classes=8)
     output = tmp_path / "bare_int8.onnx"
@@ -252,7 +261,7 @@ def test_model_without_metadata_takes_flags(cli, tmp_path):
 # -- bad input: one line, exit 2, nothing written -------------------------------------------
 
 @pytest.fixture(scope="module")
-def bad_inputs(tmp_path_factory, resnet_int8):
+def bad_inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad")
     (root / "empty").mkdir()
     unreadable = root / "unreadable"

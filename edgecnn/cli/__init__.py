@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from edgecnn.cli._app import app, err, join_input_size
+from edgecnn.cli._app import app, err, escape, join_input_size
 from edgecnn.errors import EdgecnnError
 
 # Command modules register themselves on `app` when imported, in this (help) order: the build
@@ -21,7 +21,7 @@ from edgecnn.cli import info_cmd, runtime_cmd  # noqa: E402,F401
 
 
 def _fail(message: str, code: int) -> int:
-    err.print(f"[red]error:[/red] {message}", markup=True, highlight=False, soft_wrap=True)
+    err.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
     return code
 
 
@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # a bug: say so in one line, keep the traceback for --debug
         if debug:
             raise
-        code = _fail(f"internal error: {type(error).__name__}: {error} "
+        first_line = next(iter(str(error).strip().splitlines()), "")
+        code = _fail(f"internal error: {type(error).__name__}: {first_line} "
                      "(run again with --debug for the traceback)", 1)
     return code
 

@@ -14,6 +14,7 @@ from typing import Annotated, Iterator, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape  # noqa: F401  (for the command modules)
 
 from edgecnn.errors import BadInput
 
@@ -29,6 +30,8 @@ app = typer.Typer(
 # Results go to stdout; piped output gets a fixed wide width instead of rich's 80 columns.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, highlight=False)  # progress and warnings (stderr)
+# Console output is rich markup: every value from the user or a file (paths, names, messages)
+# goes through escape(), or '[b]' in a path would be read as a style.
 
 # Options shared by several commands (DESIGN.md, "CLI conventions").
 OutputOpt = Annotated[Optional[str], typer.Option("--output", "-o", help="Output .onnx path.")]

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from edgecnn.cli._app import (
-    InputSizeOpt, JsonOpt, NumClassesOpt, ProviderOpt, WeightsOpt, app, err, out,
+    InputSizeOpt, JsonOpt, NumClassesOpt, ProviderOpt, WeightsOpt, app, escape, err, out,
     parse_input_size, print_json, progress_steps,
 )
 
@@ -24,7 +24,7 @@ def _print_report(report) -> None:
     table = Table("output", "rel_l2", "max_abs", "cosine", "SQNR dB", "top-1 agree", "result")
     for output in report.outputs:
         m = output.metrics
-        table.add_row(output.name, f"{m.rel_l2:.3e}", f"{m.max_abs:.3e}", f"{m.cosine:.8f}",
+        table.add_row(escape(output.name), f"{m.rel_l2:.3e}", f"{m.max_abs:.3e}", f"{m.cosine:.8f}",
                       f"{m.sqnr_db:.1f}", "–" if m.top1_agreement is None else f"{m.top1_agreement:.4f}",
                       "[green]pass[/green]" if output.passed else "[red]FAIL[/red]")
     out.print(f"{report.model} {report.precision} on {', '.join(report.provider)}: "
@@ -38,11 +38,11 @@ def _print_report(report) -> None:
             out.print(f"bisect: {len(report.bisect.layers)} module outputs compared, "
                       "none over the tolerance")
         else:
-            out.print(f"bisect: first divergence at [bold]{first.module}[/bold] (call {first.call},"
-                      f" ONNX tensor {first.tensor}): rel_l2 {first.metrics.rel_l2:.3e}, "
+            out.print(f"bisect: first divergence at [bold]{escape(first.module)}[/bold] (call {first.call},"
+                      f" ONNX tensor {escape(first.tensor)}): rel_l2 {first.metrics.rel_l2:.3e}, "
                       f"max_abs {first.metrics.max_abs:.3e}")
     for note in report.notes:
-        err.print(f"note: {note}")
+        err.print(f"note: {escape(note)}")
 
 
 @app.command("check")
@@ -52,7 +52,9 @@ def check_command(
         "--onnx", help="Check this file instead of a fresh export.")] = None,
     precision: Annotated[Optional[Precision], typer.Option(
         help="fp32, fp16 or int8 (default: fp32, or the --onnx file's).")] = None,
-    batch: Annotated[int, typer.Option(help="Batch size of each random input.")] = 2,
+    batch: Annotated[Optional[int], typer.Option(
+        help="Batch size of each random input (default: 2, or the --onnx file's fixed batch).")
+    ] = None,
     samples: Annotated[int, typer.Option(help="Number of random batches.")] = 3,
     images: Annotated[Optional[str], typer.Option(
         help="Folder of jpg/png images added to the inputs (int8: also the calibration set).")] = None,

@@ -8,7 +8,7 @@ import typer
 
 from edgecnn.cli._app import (
     BatchOpt, CalibrationOpt, CalibrationSizeOpt, InputSizeOpt, JsonOpt, NumClassesOpt, OutputOpt,
-    WeightsOpt, app, human_size, out, parse_input_size, print_json, progress_steps,
+    WeightsOpt, app, escape, human_size, out, parse_input_size, print_json, progress_steps,
 )
 from edgecnn.errors import BadInput
 
@@ -46,15 +46,20 @@ def _option_value(text: str):
 
 
 def print_export_summary(summary: dict) -> None:
+    """The export's lines; with --quantize the fp32 graph was an intermediate, not written."""
     parity = summary.get("parity")
-    out.print(f"[green]wrote[/green] {summary['path']} ({human_size(summary['size_bytes'])}, "
-              f"opset {summary['opset']}, input {summary['input_shape']}) "
-              f"in {summary['seconds']:.1f} s")
+    shape = f"opset {summary['opset']}, input {summary['input_shape']}"
+    intermediate = "quantization" in summary
+    if intermediate:
+        out.print(f"exported {summary['model']} fp32 ({shape})")
+    else:
+        out.print(f"[green]wrote[/green] {escape(summary['path'])} "
+                  f"({human_size(summary['size_bytes'])}, {shape}) in {summary['seconds']:.1f} s")
     if summary.get("deform_lowering"):
         out.print(f"deformable convs: ai.edgecnn::DeformConv2d, {summary['deform_lowering']} lowering")
     if parity:
-        out.print(f"parity vs eager: rel_l2 {parity['rel_l2']:.2e}  max_abs {parity['max_abs']:.2e}"
-                  f"  (tolerance {summary['tolerance']:g}) [green]ok[/green]")
+        out.print(f"{'fp32 ' if intermediate else ''}parity vs eager: rel_l2 {parity['rel_l2']:.2e}"
+                  f"  max_abs {parity['max_abs']:.2e}  (tolerance {summary['tolerance']:g}) [green]ok[/green]")
     else:
         out.print("[yellow]parity check skipped (--no-check)[/yellow]")
 

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from edgecnn.cli._app import JsonOpt, app, human_size, out, print_json
+from edgecnn.cli._app import JsonOpt, app, escape, human_size, out, print_json
 
 
 @app.command("info")
@@ -24,29 +24,33 @@ def info_command(
         return
     meta = info["metadata"]
     table = Table(show_header=False, box=None, pad_edge=False)
-    table.add_row("file", f"{info['path']} ({human_size(info['size_bytes'])})")
+
+    def add(key: str, value: str) -> None:  # values come from the file: no markup in them
+        table.add_row(key, escape(value))
+
+    add("file", f"{info['path']} ({human_size(info['size_bytes'])})")
     if meta:
-        table.add_row("model", f"{meta['model']} ({meta['task']})")
-        table.add_row("precision", meta["precision"])
+        add("model", f"{meta['model']} ({meta['task']})")
+        add("precision", meta["precision"])
         spec = meta["input"]
-        table.add_row("preprocess", f"{spec['color']} {spec['layout']} /{spec['scale']:g} "
-                      f"mean {spec['mean']} std {spec['std']} center-crop {spec['crop_fraction']:g}")
+        add("preprocess", f"{spec['color']} {spec['layout']} /{spec['scale']:g} "
+                          f"mean {spec['mean']} std {spec['std']} center-crop {spec['crop_fraction']:g}")
         if meta.get("deform_lowering"):
-            table.add_row("deform lowering", meta["deform_lowering"])
+            add("deform lowering", meta["deform_lowering"])
         if meta.get("quantization"):
-            table.add_row("quantization", ", ".join(f"{k}={v}" for k, v in meta["quantization"].items()))
-        table.add_row("labels", f"{len(meta['labels'])} labels" if meta["labels"] else "none")
+            add("quantization", ", ".join(f"{k}={v}" for k, v in meta["quantization"].items()))
+        add("labels", f"{len(meta['labels'])} labels" if meta["labels"] else "none")
     else:
-        table.add_row("metadata", "none (not exported by edgecnn)")
+        add("metadata", "none (not exported by edgecnn)")
     for kind in ("inputs", "outputs"):
         for value in info[kind]:
-            table.add_row(kind[:-1], f"{value['name']} {value['shape']} {value['dtype']}")
+            add(kind[:-1], f"{value['name']} {value['shape']} {value['dtype']}")
     if "opset_imports" in info:
-        table.add_row("opsets", ", ".join(f"{d} {v}" for d, v in info["opset_imports"].items()))
+        add("opsets", ", ".join(f"{d} {v}" for d, v in info["opset_imports"].items()))
         customs = [f"{op['domain']}::{op['op']} ×{op['count']}" for op in info["custom_ops"]]
-        table.add_row("custom ops", ", ".join(customs) or "none")
+        add("custom ops", ", ".join(customs) or "none")
         if info["functions"]:  # the bodies that make custom ops runnable (model-local functions)
-            table.add_row("functions", ", ".join(info["functions"]))
-        table.add_row("weights", f"{info['parameters']:,} values in {info['nodes']} nodes")
-    table.add_row("producer", info["producer"])
+            add("functions", ", ".join(info["functions"]))
+        add("weights", f"{info['parameters']:,} values in {info['nodes']} nodes")
+    add("producer", info["producer"])
     out.print(table)

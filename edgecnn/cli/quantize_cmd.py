@@ -13,8 +13,8 @@ from rich.progress import (
 from rich.text import Text
 
 from edgecnn.cli._app import (
-    CalibrationOpt, CalibrationSizeOpt, InputSizeOpt, JsonOpt, OutputOpt, app, err, human_size,
-    out, parse_input_size, print_json,
+    CalibrationOpt, CalibrationSizeOpt, InputSizeOpt, JsonOpt, OutputOpt, app, err, escape,
+    human_size, out, parse_input_size, print_json,
 )
 from edgecnn.errors import BadInput
 
@@ -83,7 +83,7 @@ def print_quantize_summary(summary: dict) -> None:
     if details.get("calibration"):
         how += (f", {details['method']} calibration on {details['calibration_size']} "
                 f"{details['calibration']} samples")
-    out.print(f"[green]wrote[/green] {summary['path']} ({how}) "
+    out.print(f"[green]wrote[/green] {escape(summary['path'])} ({escape(how)}) "
               f"{human_size(summary['size_bytes'])} = {summary['size_ratio']:.2f}x of "
               f"{human_size(summary['source_size_bytes'])}, in {summary['seconds']:.1f} s")
     parity = summary["parity"]
@@ -104,7 +104,7 @@ def print_quantize_summary(summary: dict) -> None:
                   f"{accuracy['drop_points']:.2f} points"
                   + (f", budget {budget:g})" if budget is not None else ")"))
     if summary["kept_float"]:
-        out.print(f"kept in float: {', '.join(summary['kept_float'])}")
+        out.print(f"kept in float: {escape(', '.join(summary['kept_float']))}")
 
 
 @app.command("quantize")
@@ -157,4 +157,4 @@ def quantize_command(
 
 
 def print_warning(message: str) -> None:
-    err.print(f"[yellow]warning:[/yellow] {message}", markup=True, highlight=False, soft_wrap=True)
+    err.print(f"[yellow]warning:[/yellow] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
