@@ -251,11 +251,13 @@ def test_nearest_resize_picks_floor_source_pixels():
 
 # ---- Dropout never reaches the graph ------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["mnist_cnn", "alexnet", "nin", "googlenet", "mobilenet_v2"])
-def test_no_dropout_node_in_exports(name, zoo_onnx):
-    assert any(isinstance(m, nn.Dropout) for m in models.create(name).modules())
-    graph = onnx.load(str(zoo_onnx(name)), load_external_data=False).graph
-    assert "Dropout" not in {node.op_type for node in graph.node}
+def test_models_with_dropout_modules():
+    """tests/test_zoo.py finds no Dropout node in any model's export; these models do hold
+    nn.Dropout, so that check is not vacuous."""
+    for name in ("mnist_cnn", "alexnet", "nin", "googlenet", "mobilenet_v2"):
+        with torch.device("meta"):
+            model = models.create(name)
+        assert any(isinstance(m, nn.Dropout) for m in model.modules()), name
 
 
 # ---- unequal strides ----------------------------------------------------------------------
