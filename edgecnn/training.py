@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgecnn.runtime.postprocess import top1_accuracy
+
 
 def fit_classifier(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int = 15,
                    batch_size: int = 32, lr: float = 5e-3, weight_decay: float = 0.0,
@@ -78,9 +80,4 @@ def predict(model: nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarra
                      ).numpy()
 
 
-def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Fraction of rows whose argmax is the label."""
-    logits, labels = np.asarray(logits), np.asarray(labels)
-    if logits.shape[0] != labels.shape[0]:
-        raise ValueError(f"{logits.shape[0]} predictions for {labels.shape[0]} labels")
-    return float(np.mean(logits.argmax(axis=1) == labels))
+accuracy = top1_accuracy  # fraction of rows whose argmax is the label

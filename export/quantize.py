@@ -38,9 +38,10 @@ from edgecnn.export.quantize_input import (
     resolve_metadata,
 )
 from edgecnn.export.quantize_recipes import (
-    Int8Recipe, ProgressCallback, int8_dynamic, int8_static, run_model, to_fp16, top1_accuracy,
+    Int8Recipe, ProgressCallback, int8_dynamic, int8_static, run_model, to_fp16,
 )
 from edgecnn.runtime import ModelMetadata
+from edgecnn.runtime.postprocess import top1_accuracy
 
 if TYPE_CHECKING:  # the exporter imports torch: only export_quantized needs it, at call time
     from edgecnn.export.exporter import ExportResult

@@ -49,10 +49,6 @@ def run_model(model: onnx.ModelProto, inputs: np.ndarray) -> np.ndarray:
     return np.concatenate(outputs)[:len(inputs)].astype(np.float32)
 
 
-def top1_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    return float(np.mean(logits.argmax(axis=1) == labels))
-
-
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     """onnxruntime's quantizers save the ModelProto they get with external data in a temporary
     folder and leave its initializers pointing there: they get a copy, ours stays usable."""

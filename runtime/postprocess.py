@@ -18,6 +18,14 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     return shifted / shifted.sum(axis=axis, keepdims=True)
 
 
+def top1_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of rows of (N, classes) ``logits`` whose argmax is the row's label."""
+    logits, labels = np.asarray(logits), np.asarray(labels)
+    if logits.shape[0] != labels.shape[0]:
+        raise ValueError(f"{logits.shape[0]} predictions for {labels.shape[0]} labels")
+    return float(np.mean(logits.argmax(axis=1) == labels))
+
+
 def usable_labels(labels: Sequence[str] | None, classes: int) -> Sequence[str] | None:
     """``labels`` when there is one per class, else None (outputs are then class indices)."""
     return labels if labels is not None and len(labels) == classes else None

@@ -26,7 +26,7 @@ import torch
 
 from edgecnn import models
 from edgecnn.datasets import Digits, load_digits, write_pngs
-from edgecnn.export import export_model
+from edgecnn.export import compare, export_model
 from edgecnn.export.quantize import quantize_model
 from edgecnn.runtime import Engine, ModelMetadata
 from edgecnn.training import accuracy, fit_classifier
@@ -117,8 +117,8 @@ def test_int8_and_fp16_keep_accuracy_on_digits(trained):
     int8_logits, fp16_logits = trained.logits(int8.path), trained.logits(fp16.path)
     acc = {"fp32": accuracy(fp32, labels), "int8": accuracy(int8_logits, labels),
            "fp16": accuracy(fp16_logits, labels)}
-    agreement = float(np.mean(int8_logits.argmax(1) == fp32.argmax(1)))
-    fp16_agreement = float(np.mean(fp16_logits.argmax(1) == fp32.argmax(1)))
+    agreement = compare(fp32, int8_logits).top1_agreement
+    fp16_agreement = compare(fp32, fp16_logits).top1_agreement
     print(f"\n{trained.name} on {len(labels)} held-out digits: fp32 {acc['fp32']:.2%}  "
           f"int8 {acc['int8']:.2%} (top-1 agreement {agreement:.2%}, "
           f"{int8.quantization['calibration']} calibration, size {int8.size_ratio:.3f}x)  "
