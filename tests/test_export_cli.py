@@ -66,6 +66,14 @@ def test_export_is_byte_identical_across_processes(tmp_path, resnet18_64):
     assert _leftovers(tmp_path) == ["again.onnx"]
 
 
+def test_seed_changes_the_weights(cli, tmp_path):
+    paths = [tmp_path / f"seed{seed}.onnx" for seed in (0, 1, 1)]
+    for seed, path in zip((0, 1, 1), paths):
+        assert cli("export", "lenet", "--seed", str(seed), "-o", path, "--no-check").code == 0
+    assert paths[0].read_bytes() != paths[1].read_bytes()
+    assert paths[1].read_bytes() == paths[2].read_bytes()
+
+
 def test_cli_export_json_fixed_batch_and_options(cli, tmp_path):
     labels = tmp_path / "labels.txt"
     labels.write_text("\n".join(f"class{i}" for i in range(10)))

@@ -224,6 +224,11 @@ def test_image_folder_calibration_uses_runtime_preprocessing(zoo_onnx, tmp_path)
     np.testing.assert_array_equal(calibration.inputs, expected)
     subset = load_calibration(tmp_path / "images", info, size=3, seed=0)
     assert subset.inputs.shape == (3, 1, 28, 28) and subset.available == 7
+    # A seeded random subset, not the first files: the first 3 readable ones in the seed's
+    # shuffle of the 7 sorted files (index 6, broken.jpg, is skipped), in file order.
+    picked = sorted([i for i in np.random.default_rng(0).permutation(7) if i != 6][:3])
+    assert picked != [0, 1, 2]
+    np.testing.assert_array_equal(subset.inputs, expected[picked])
 
 
 def test_export_quantize_writes_only_the_quantized_file(cli, tmp_path):
