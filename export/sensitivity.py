@@ -51,7 +51,6 @@ class BudgetSearch:
     base: Sequence[str] = ()  # layers the user already keeps in float
     progress: ProgressCallback | None = None
     trials: int = 0
-    sensitivity: dict[str, float] = field(default_factory=dict)  # layer -> accuracy in float
 
     @property
     def fp32_correct(self) -> int:
@@ -81,7 +80,6 @@ class BudgetSearch:
             self._report("layer sensitivity", index, len(candidates))
             trial = self.trial([layer])
             scores[layer] = (trial.correct, trial.sqnr_db)
-            self.sensitivity[layer] = trial.correct / len(self.labels)
         self._report("layer sensitivity", len(candidates), len(candidates))
         return sorted(candidates, key=lambda layer: scores[layer], reverse=True)
 

@@ -14,6 +14,10 @@ from typing import Annotated, Iterator, Optional
 
 import typer
 from rich.console import Console
+from rich.progress import (
+    BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
+)
+from rich.text import Text
 from rich.markup import escape  # noqa: F401  (for the command modules)
 
 from edgecnn.errors import BadInput
@@ -98,11 +102,39 @@ def human_size(size: int) -> str:
     return f"{size:.1f} GB"
 
 
+class _StepAware:
+    """A column that stays empty on the step line (a task without a total)."""
+
+    def render(self, task):
+        return Text("") if task.total is None else super().render(task)
+
+
+class _Bar(_StepAware, BarColumn):
+    pass
+
+
+class _Count(_StepAware, MofNCompleteColumn):
+    pass
+
+
 @contextlib.contextmanager
-def progress_steps(enabled: bool = True) -> Iterator:
-    """A spinner on stderr showing the current step; yields the on_step callback."""
-    if not (enabled and err.is_terminal):  # a spinner in a log file is noise
-        yield lambda message: None
+def progress(enabled: bool = True) -> Iterator[tuple]:
+    """(on_step, on_progress) callbacks drawing the current step and progress bars on stderr."""
+    if not (enabled and err.is_terminal):  # progress bars in a log file are noise
+        yield (lambda message: None), None
         return
-    with err.status("starting") as status:
-        yield lambda message: status.update(f"{message}...")
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), _Bar(), _Count(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True) as display:
+        step_task = display.add_task("starting", total=None)
+        bars: dict[str, int] = {}
+
+        def on_step(message: str) -> None:
+            display.update(step_task, description=f"{message}...")
+
+        def on_progress(task: str, done: int, total: int) -> None:
+            if task not in bars:
+                bars[task] = display.add_task(task, total=total)
+            display.update(bars[task], completed=done, total=total)
+
+        yield on_step, on_progress

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from edgecnn.cli._app import (
     InputSizeOpt, JsonOpt, NumClassesOpt, ProviderOpt, WeightsOpt, app, escape, err, out,
-    parse_input_size, print_json, progress_steps,
+    parse_input_size, print_json, progress,
 )
 
 
@@ -76,7 +76,7 @@ def check_command(
     if report:
         check_report_path(report)
 
-    with progress_steps(enabled=not json_output) as on_step:
+    with progress(enabled=not json_output) as (on_step, _):
         result = check_parity(
             model, onnx_file, precision=precision.value if precision else None, batch=batch,
             samples=samples, images=images, providers=resolve_providers(provider, fallback=False),

@@ -8,7 +8,7 @@ import typer
 
 from edgecnn.cli._app import (
     BatchOpt, CalibrationOpt, CalibrationSizeOpt, InputSizeOpt, JsonOpt, NumClassesOpt, OutputOpt,
-    WeightsOpt, app, escape, human_size, out, parse_input_size, print_json, progress_steps,
+    WeightsOpt, app, escape, human_size, out, parse_input_size, print_json, progress,
 )
 from edgecnn.errors import BadInput
 
@@ -97,7 +97,7 @@ def export_command(
     json_output: JsonOpt = False,
 ) -> None:
     """Export a model to ONNX (dynamo exporter), embed its metadata and check parity."""
-    from edgecnn.cli.quantize_cmd import print_quantize_summary, print_warning, quantize_progress
+    from edgecnn.cli.quantize_cmd import print_quantize_summary, print_warning
     from edgecnn.export import export_model
 
     options = dict(opset=opset, input_size=parse_input_size(input_size), batch=batch,
@@ -107,12 +107,12 @@ def export_command(
     if quantize is not None:
         from edgecnn.export.quantize import export_quantized
 
-        with quantize_progress(enabled=not json_output) as (on_step, on_progress):
+        with progress(enabled=not json_output) as (on_step, on_progress):
             result = export_quantized(model, output, quantize=quantize, calibration=calibration,
                                       calibration_size=calibration_size, on_step=on_step,
                                       on_progress=on_progress, on_warning=print_warning, **options)
     else:
-        with progress_steps(enabled=not json_output) as on_step:
+        with progress(enabled=not json_output) as (on_step, _):
             result = export_model(model, output, on_step=on_step, **options)
     summary = result.as_dict()
     if json_output:

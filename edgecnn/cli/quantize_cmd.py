@@ -3,18 +3,13 @@ edgecnn.export.quantize.quantize_model (imported inside the command: it pulls in
 
 from __future__ import annotations
 
-import contextlib
-from typing import Annotated, Iterator, Optional
+from typing import Annotated, Optional
 
 import typer
-from rich.progress import (
-    BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
-)
-from rich.text import Text
 
 from edgecnn.cli._app import (
     CalibrationOpt, CalibrationSizeOpt, InputSizeOpt, JsonOpt, OutputOpt, app, err, escape,
-    human_size, out, parse_input_size, print_json,
+    human_size, out, parse_input_size, print_json, progress,
 )
 from edgecnn.errors import BadInput
 
@@ -37,44 +32,6 @@ def parse_floats(text: str | None, flag: str) -> list[float] | None:
 def split_names(values: list[str] | None) -> list[str]:
     """Repeated and comma-separated --keep-float values as one list."""
     return [name.strip() for value in values or [] for name in value.split(",") if name.strip()]
-
-
-class _StepAware:
-    """A column that stays empty on the step line (a task without a total)."""
-
-    def render(self, task):
-        return Text("") if task.total is None else super().render(task)
-
-
-class _Bar(_StepAware, BarColumn):
-    pass
-
-
-class _Count(_StepAware, MofNCompleteColumn):
-    pass
-
-
-@contextlib.contextmanager
-def quantize_progress(enabled: bool) -> Iterator[tuple]:
-    """(on_step, on_progress) callbacks drawing a rich progress display on stderr."""
-    if not (enabled and err.is_terminal):  # progress bars in a log file are noise
-        yield (lambda message: None), None
-        return
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), _Bar(), _Count(),
-               TimeElapsedColumn())
-    with Progress(*columns, console=err, transient=True) as progress:
-        step_task = progress.add_task("starting", total=None)
-        bars: dict[str, int] = {}
-
-        def on_step(message: str) -> None:
-            progress.update(step_task, description=f"{message}...")
-
-        def on_progress(task: str, done: int, total: int) -> None:
-            if task not in bars:
-                bars[task] = progress.add_task(task, total=total)
-            progress.update(bars[task], completed=done, total=total)
-
-        yield on_step, on_progress
 
 
 def print_quantize_summary(summary: dict) -> None:
@@ -141,7 +98,7 @@ def quantize_command(
     """Quantize an fp32 model: int8 static (QDQ), int8 dynamic, or fp16; metadata updated."""
     from edgecnn.export.quantize import quantize_model
 
-    with quantize_progress(enabled=not json_output) as (on_step, on_progress):
+    with progress(enabled=not json_output) as (on_step, on_progress):
         result = quantize_model(
             model, output, mode=mode, calibration=calibration, calibration_size=calibration_size,
             method=method, keep_float=split_names(keep_float), accuracy_budget=accuracy_budget,
