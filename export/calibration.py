@@ -67,16 +67,20 @@ def image_files(folder: Path) -> list[Path]:
                   if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
 
 
-def _read_images(files: list[Path], info: InputInfo) -> tuple[list[np.ndarray], list[int]]:
-    """Preprocess each file; returns the tensors and the indices of the files that were read."""
-    tensors, readable = [], []
-    for index, path in enumerate(files):
+def _read_images(files: list[Path], info: InputInfo, order=None,
+                 size: int | None = None) -> tuple[dict[int, np.ndarray], int]:
+    """Preprocess ``files`` (in ``order``, default as listed) until ``size`` are read (all when
+    None); returns {file index: tensor} and how many unreadable files were skipped."""
+    read: dict[int, np.ndarray] = {}
+    skipped = 0
+    for index in range(len(files)) if order is None else order:
+        if size is not None and len(read) == size:
+            break
         try:
-            tensors.append(preprocess_images(path, info)[0])
+            read[int(index)] = preprocess_images(files[index], info)[0]
         except BadInput:
-            continue
-        readable.append(index)
-    return tensors, readable
+            skipped += 1
+    return read, skipped
 
 
 def _image_folder(folder: Path, info: InputInfo, size: int | None, seed: int,
@@ -85,15 +89,7 @@ def _image_folder(folder: Path, info: InputInfo, size: int | None, seed: int,
     files = image_files(folder)
     if not files:
         raise BadInput(f"{what} folder {folder} has no {'/'.join(IMAGE_SUFFIXES)} images")
-    read: dict[int, np.ndarray] = {}
-    skipped = 0
-    for index in _order(len(files), size, seed):
-        if size is not None and len(read) == size:
-            break
-        try:
-            read[int(index)] = preprocess_images(files[index], info)[0]
-        except BadInput:
-            skipped += 1
+    read, skipped = _read_images(files, info, _order(len(files), size, seed), size)
     if not read:
         raise BadInput(f"{what} folder {folder}: none of the {len(files)} image files "
                        "could be read")
@@ -241,10 +237,10 @@ def load_validation(source: str | os.PathLike, info: InputInfo,
     tensors, labels, skipped = [], [], 0
     for folder, label in _class_folders(path, label_names):
         files = image_files(folder)
-        read, readable = _read_images(files, info)
-        tensors += read
-        labels += [label] * len(readable)
-        skipped += len(files) - len(readable)
+        read, unreadable = _read_images(files, info)
+        tensors += [read[index] for index in sorted(read)]
+        labels += [label] * len(read)
+        skipped += unreadable
     if not tensors:
         raise BadInput(f"validation folder {path} has no readable {'/'.join(IMAGE_SUFFIXES)} images")
     if skipped:

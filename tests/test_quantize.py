@@ -390,6 +390,13 @@ def test_validation_sources(tmp_path):
     assert by_name.labels.tolist() == [1, 1, 0, 0, 0]
     with pytest.raises(BadInput, match="sub-folder\\(s\\) one are not labels of the model"):
         load_validation(tmp_path / "val", info, ["zero", "two"])
+    (tmp_path / "val" / "one" / "broken.png").write_bytes(b"not a png")
+    warnings = []
+    with_broken = load_validation(tmp_path / "val", info, warn=warnings.append)
+    assert with_broken.skipped == 1 and warnings == [f"skipped 1 unreadable image file(s) in {tmp_path / 'val'}"]
+    np.testing.assert_array_equal(with_broken.inputs, by_order.inputs)  # labels stay aligned
+    assert with_broken.labels.tolist() == by_order.labels.tolist()
+    (tmp_path / "val" / "one" / "broken.png").unlink()
     np.savez(tmp_path / "val.npz", inputs=by_order.inputs, labels=by_order.labels)
     from_array = load_validation(tmp_path / "val.npz", info)
     np.testing.assert_array_equal(from_array.inputs, by_order.inputs)
