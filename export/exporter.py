@@ -237,6 +237,10 @@ def export_model(name: str, output: str | os.PathLike | None = None, *,
     if batch is not None and batch < 1:
         raise BadInput(f"--batch must be >= 1, got {batch}")
     channels = in_channels or spec.input_size[0]
+    own = sorted(set(model_options or ()) & {"num_classes", "in_channels", "weights", "seed"})
+    if own:
+        raise BadInput(f"model_options cannot set {', '.join(own)}: pass "
+                       f"{', '.join(f'{key}=...' for key in own)} to export_model itself")
 
     step(f"building {name}")
     model = build_model(name, num_classes=num_classes, in_channels=in_channels, weights=weights,

@@ -234,6 +234,14 @@ def test_model_options_from_the_cli_are_checked(cli, tmp_path):
 
     assert parse_model_options(["paper-lrn=True", "dropout=0.25", "n=3", "upsample=nearest"]) == {
         "paper_lrn": True, "dropout": 0.25, "n": 3, "upsample": "nearest"}
+    result = cli("export", "lenet", "--option", "num_classes=5", "-o", tmp_path / "x.onnx")
+    assert_one_line_error(result, 2, "--option num_classes: use --num-classes")
+    from edgecnn.errors import BadInput
+    from edgecnn.export import export_model
+
+    with pytest.raises(BadInput, match="model_options cannot set num_classes, seed: pass num_classes=...,"):
+        export_model("lenet", tmp_path / "x.onnx", model_options={"seed": 1, "num_classes": 5})
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_nearest_resize_picks_floor_source_pixels():

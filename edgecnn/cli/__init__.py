@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         code = _fail(str(error), error.exit_code)
+    except BrokenPipeError:  # whoever read stdout stopped (`edgecnn list | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no 2nd error at exit
+        code = 0
     except Exception as error:  # a bug: say so in one line, keep the traceback for --debug
         if debug:
             raise

@@ -31,8 +31,16 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+
+class _Stdout(Console):
+    def on_broken_pipe(self) -> None:
+        """The reader went away (`edgecnn list | head`): main() ends quietly (rich would exit 1)."""
+        self.quiet = True
+        raise BrokenPipeError
+
+
 # Results go to stdout; piped output gets a fixed wide width instead of rich's 80 columns.
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+out = _Stdout(highlight=False, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, highlight=False)  # progress and warnings (stderr)
 # Console output is rich markup: every value from the user or a file (paths, names, messages)
 # goes through escape(), or '[b]' in a path would be read as a style.
@@ -90,8 +98,7 @@ def join_input_size(argv: list[str]) -> list[str]:
 
 
 def print_json(payload: dict) -> None:
-    sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
-    sys.stdout.flush()
+    out.out(json.dumps(payload, indent=2, default=str), highlight=False)  # raw: no markup, no wrap
 
 
 def human_size(size: int) -> str:
