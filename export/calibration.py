@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -67,7 +67,7 @@ def image_files(folder: Path) -> list[Path]:
                   if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
 
 
-def _read_images(files: list[Path], info: InputInfo, order=None,
+def _read_images(files: list[Path], info: InputInfo, order: Iterable[int] | None = None,
                  size: int | None = None) -> tuple[dict[int, np.ndarray], int]:
     """Preprocess ``files`` (in ``order``, default as listed) until ``size`` are read (all when
     None); returns {file index: tensor} and how many unreadable files were skipped."""

@@ -33,10 +33,12 @@ def cli(capsys):
     return run
 
 
+CONSOLE_SCRIPT = [sys.executable, "-c", "import sys; from edgecnn.cli import main; sys.exit(main())"]
+
+
 def run_console_script(*args: str, env: dict | None = None, timeout: float = 300) -> CliResult:
     """Run `edgecnn ...` as a separate process, exactly as a user would."""
-    command = [sys.executable, "-c", "import sys; from edgecnn.cli import main; sys.exit(main())",
-               *map(str, args)]
+    command = [*CONSOLE_SCRIPT, *map(str, args)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
     return CliResult(done.returncode, done.stdout, done.stderr)
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import numpy as np
 import onnx
 import pytest
 import torch
 
-from conftest import assert_one_line_error, run_console_script
+from conftest import CONSOLE_SCRIPT, assert_one_line_error, run_console_script
 from edgecnn import models
 from edgecnn.export import build_model, compare
 from edgecnn.runtime import ModelMetadata, load_session
@@ -234,15 +233,15 @@ def test_bad_arguments(cli, tmp_path, args, fragment):
     assert _leftovers(tmp_path) == []
 
 
-
 @pytest.mark.parametrize("args", [["list"], ["list", "--json"]])
 def test_reader_closing_stdout_is_not_an_error(args):
     """`edgecnn list | head`: the reader goes away before the output is written."""
-    command = [sys.executable, "-c", "import sys; from edgecnn.cli import main; sys.exit(main())", *args]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen([*CONSOLE_SCRIPT, *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
     process.stdout.close()  # before the CLI has imported anything: its first write hits EPIPE
     stderr = process.stderr.read()
     assert process.wait(timeout=120) == 0 and stderr == ""
+
 
 def test_debug_shows_traceback(tmp_path):
     result = run_console_script("export", "resnet81", "--debug", timeout=120)
