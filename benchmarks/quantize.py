@@ -41,6 +41,7 @@ from edgecnn.export import export_model
 from edgecnn.export.calibration import random_inputs
 from edgecnn.export.quantize import quantize_model
 from edgecnn.export.quantize_input import load_float_model, resolve_metadata
+from edgecnn.export.quiet import silenced
 from edgecnn.runtime import load_session
 
 GOALS = {"latency": 0.53, "size": 0.26, "rss": 0.5}
@@ -77,7 +78,8 @@ def onnxruntime_default_int8(source: Path, output: Path, calibration: np.ndarray
             sample = next(self.samples, None)
             return None if sample is None else {"input": sample}
 
-    quantize_static(str(source), str(output), Reader())
+    with silenced(""):  # its advice to run quant_pre_process (see docs/quantization.md)
+        quantize_static(str(source), str(output), Reader())
 
 
 def build_models(work: Path, size: int) -> dict[str, Path]:
