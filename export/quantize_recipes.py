@@ -22,7 +22,6 @@ CALIBRATION_BATCH = 16  # samples per calibration run when the batch axis is dyn
 ProgressCallback = Callable[[str, int, int], None]  # (task, done, total)
 
 
-
 def _batch_size(model: onnx.ModelProto) -> int | None:
     """The graph's fixed batch size, or None for a dynamic batch axis."""
     return dims(graph_input(model))[0]
@@ -150,7 +149,6 @@ def _fully_typed(model: onnx.ModelProto) -> bool:
 def to_fp16(model: onnx.ModelProto, exclude: Sequence[str], keep_io_float: bool) -> onnx.ModelProto:
     """onnxruntime's fp16 converter; custom-domain ops (and ``exclude``) stay fp32 behind Casts."""
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
-
     from onnxruntime.transformers.onnx_model import OnnxModel
 
     custom = sorted({node.op_type for node in model.graph.node if node.domain not in STANDARD_DOMAINS})
