@@ -25,6 +25,7 @@ from edgecnn.runtime.preprocess import preprocess_images
 
 RANDOM = "random"
 DEFAULT_CALIBRATION_SIZE = 100
+CALIBRATION_BATCH = 16  # samples per calibration run when the batch axis is dynamic
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 ARRAY_SUFFIXES = (".npy", ".npz")
 INPUT_KEYS = ("inputs", "input", "x")  # .npz keys tried for the inputs (after the input name)
@@ -46,6 +47,18 @@ class InputSet:
 
     def __len__(self) -> int:
         return len(self.inputs)
+
+
+def batches(inputs: np.ndarray, fixed: int | None, size: int = CALIBRATION_BATCH) -> list[np.ndarray]:
+    """``inputs`` in chunks: of ``size`` for a dynamic batch axis, or exactly ``fixed`` samples
+    (the last chunk padded by repeating samples from the start) for a fixed one."""
+    if fixed is None:
+        return [inputs[start:start + size] for start in range(0, len(inputs), size)]
+    chunks = []
+    for start in range(0, len(inputs), fixed):
+        indices = np.arange(start, start + fixed) % len(inputs)
+        chunks.append(inputs[indices])
+    return chunks
 
 
 def _order(count: int, size: int | None, seed: int) -> np.ndarray:

@@ -23,7 +23,7 @@ import torch
 from edgecnn import models
 from edgecnn.errors import BadInput
 from edgecnn.export import bisect as bisecting
-from edgecnn.export.calibration import load_image_folder
+from edgecnn.export.calibration import DEFAULT_CALIBRATION_SIZE, batches, load_image_folder
 from edgecnn.export.exporter import build_model, export_model, random_input
 from edgecnn.export.files import atomic_output, check_output_path
 from edgecnn.export.onnx_file import dims, get_metadata, graph_inputs
@@ -131,7 +131,8 @@ def convert_precision(fp32_path: Path, precision: str, output: Path,
             [random_input((1, *metadata.input.shape), seed=1000 + k).numpy()
              for k in range(CALIBRATION_SAMPLES)]))
     quantize_model(fp32_path, output, mode="int8", calibration=calibration,
-                   calibration_size=None if images is None else 100, check=False)
+                   calibration_size=None if images is None else DEFAULT_CALIBRATION_SIZE,
+                   check=False)
     return output
 
 
@@ -199,7 +200,8 @@ def check_parity(name: str, onnx_path: str | os.PathLike | None = None, *,
         if precision is not None and precision != file_precision:
             raise BadInput(f"{path} holds a {file_precision} model, not {precision}")
         precision = file_precision
-        batch = _batch_size(model, path, batch)
+        fixed = _fixed_batch(model)
+        batch = _batch_size(fixed, path, batch)
         metadata = get_metadata(model, str(path))
         channels, height, width = (metadata.input.shape if metadata else
                                    _input_chw(model))
@@ -214,7 +216,7 @@ def check_parity(name: str, onnx_path: str | os.PathLike | None = None, *,
                 raise BadInput(f"--images needs the preprocessing in the edgecnn metadata, which "
                                f"{path} does not carry")
             image_batch = load_image_folder(images, metadata.input, what="--images").inputs
-            inputs.extend(_batches(image_batch, batch if _fixed_batch(model) else len(image_batch)))
+            inputs.extend(batches(image_batch, fixed, len(image_batch)))
             image_count = len(image_batch)
         with torch.no_grad():
             references = [module(torch.from_numpy(x)).numpy() for x in inputs]
@@ -252,25 +254,16 @@ def _fixed_batch(model: onnx.ModelProto) -> int | None:
     return shape[0] if shape else None
 
 
-def _batch_size(model: onnx.ModelProto, path: Path, requested: int | None) -> int:
+def _batch_size(fixed: int | None, path: Path, requested: int | None) -> int:
     """The rows per input: ``requested`` (default 2), which a fixed batch axis must equal."""
-    fixed = _fixed_batch(model)
     if fixed is not None and requested not in (None, fixed):
         raise BadInput(f"{path} has a fixed batch size of {fixed}; run with --batch {fixed}")
     return fixed or requested or 2
 
 
-def _batches(array: np.ndarray, size: int) -> list[np.ndarray]:
-    """``array`` in batches of ``size`` rows, the last padded by repeating its last row."""
-    batches = [array[start:start + size] for start in range(0, len(array), size)]
-    if len(batches[-1]) < size:
-        padding = np.repeat(batches[-1][-1:], size - len(batches[-1]), axis=0)
-        batches[-1] = np.concatenate([batches[-1], padding])
-    return batches
-
-
 def _input_chw(model: onnx.ModelProto) -> tuple[int, int, int]:
-    shape = dims(graph_inputs(model)[0]) if graph_inputs(model) else []
+    inputs = graph_inputs(model)
+    shape = dims(inputs[0]) if inputs else []
     if len(shape) != 4 or not all(shape[1:]):
         raise BadInput(f"cannot tell the input size of the ONNX file (input dims {shape}); "
                        "it carries no edgecnn metadata")

@@ -10,14 +10,13 @@ from typing import Callable, Sequence
 import numpy as np
 import onnx
 
-from edgecnn.export.calibration import InputSet
+from edgecnn.export.calibration import InputSet, batches
 from edgecnn.export.quiet import silenced
 from edgecnn.export.onnx_file import dims
 from edgecnn.export.quantize_input import STANDARD_DOMAINS, graph_input
 from edgecnn.runtime import load_session
 
 PERCENTILE = 99.999  # the percentile method's clipping point (onnxruntime's default)
-CALIBRATION_BATCH = 16  # samples per calibration run when the batch axis is dynamic
 
 ProgressCallback = Callable[[str, int, int], None]  # (task, done, total)
 
@@ -25,18 +24,6 @@ ProgressCallback = Callable[[str, int, int], None]  # (task, done, total)
 def _batch_size(model: onnx.ModelProto) -> int | None:
     """The graph's fixed batch size, or None for a dynamic batch axis."""
     return dims(graph_input(model))[0]
-
-
-def batches(inputs: np.ndarray, fixed: int | None, size: int = CALIBRATION_BATCH) -> list[np.ndarray]:
-    """``inputs`` in chunks: of ``size`` for a dynamic batch axis, or exactly ``fixed`` samples
-    (the last chunk padded by repeating samples from the start) for a fixed one."""
-    if fixed is None:
-        return [inputs[start:start + size] for start in range(0, len(inputs), size)]
-    chunks = []
-    for start in range(0, len(inputs), fixed):
-        indices = np.arange(start, start + fixed) % len(inputs)
-        chunks.append(inputs[indices])
-    return chunks
 
 
 def run_model(model: onnx.ModelProto, inputs: np.ndarray) -> np.ndarray:

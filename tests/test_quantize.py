@@ -18,6 +18,7 @@ from tiny_models import tiny_model
 from edgecnn.export.calibration import load_calibration, random_inputs
 from edgecnn.export.parity import compare
 from edgecnn.export.quantize import quantize_model
+from edgecnn.export.quantize_recipes import _fully_typed
 from edgecnn.runtime import Engine, ModelMetadata
 
 RNG = np.random.default_rng(0)
@@ -139,6 +140,7 @@ def test_fp16_of_a_model_without_value_info(resnet_fp16, resnet18_64, tmp_path):
     del bare.graph.value_info[:]
     onnx.save(bare, str(tmp_path / "bare.onnx"))
     converted = quantize_model(tmp_path / "bare.onnx", tmp_path / "bare16.onnx", mode="fp16")
+    assert _fully_typed(onnx.load(str(resnet18_64))) and not _fully_typed(bare)
     x = random_inputs(metadata_of(resnet18_64).input, 2, seed=6)
     np.testing.assert_array_equal(Engine(converted.path, threads=1).run(x)["logits"],
                                   Engine(resnet_fp16.path, threads=1).run(x)["logits"])
