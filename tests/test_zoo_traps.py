@@ -236,6 +236,10 @@ def test_model_options_from_the_cli_are_checked(cli, tmp_path):
         "paper_lrn": True, "dropout": 0.25, "n": 3, "upsample": "nearest"}
     result = cli("export", "lenet", "--option", "num_classes=5", "-o", tmp_path / "x.onnx")
     assert_one_line_error(result, 2, "--option num_classes: use --num-classes")
+    result = cli("export", "lenet", "--option", "seed=1", "-o", tmp_path / "x.onnx")
+    assert_one_line_error(result, 2, "--option seed: use --seed")
+    result = cli("export", "lenet", "--option", "weights=a.pt", "-o", tmp_path / "x.onnx")
+    assert_one_line_error(result, 2, "--option weights: use --weights")
     from edgecnn.errors import BadInput
     from edgecnn.export import export_model
 

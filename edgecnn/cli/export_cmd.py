@@ -12,8 +12,10 @@ from edgecnn.cli._app import (
 )
 from edgecnn.errors import BadInput
 
-# Options with a flag of their own, not passed through --option.
-_OWN_FLAGS = {"num_classes": "--num-classes", "in_channels": "--in-channels"}
+# export_model's own arguments, which have a flag each and cannot come through --option
+# (the same set export_model refuses in model_options).
+_OWN_FLAGS = {"num_classes": "--num-classes", "in_channels": "--in-channels",
+              "weights": "--weights", "seed": "--seed"}
 
 
 def parse_model_options(pairs: list[str] | None) -> dict:
