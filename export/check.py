@@ -26,7 +26,7 @@ from edgecnn.export import bisect as bisecting
 from edgecnn.export.calibration import DEFAULT_CALIBRATION_SIZE, batches, load_image_folder
 from edgecnn.export.exporter import build_model, export_model, random_input
 from edgecnn.export.files import atomic_output, check_output_path
-from edgecnn.export.onnx_file import dims, get_metadata, graph_inputs
+from edgecnn.export.onnx_file import dims, fixed_batch, get_metadata, graph_inputs, input_dims
 from edgecnn.export.parity import ParityMetrics, compare, default_tolerance
 from edgecnn.runtime import load_session
 
@@ -53,6 +53,7 @@ class CheckReport:
     batch: int
     samples: int
     images: int
+    rows: int  # input rows compared: batch x samples random ones + the images
     tolerance: float  # rel_l2 bound (for int8 derived from the SQNR floor)
     outputs: list[OutputReport]
     bisect: bisecting.BisectResult | None = None
@@ -65,7 +66,7 @@ class CheckReport:
     def as_dict(self) -> dict:
         return {"model": self.model, "onnx": self.onnx_path, "precision": self.precision,
                 "provider": self.provider, "batch": self.batch, "samples": self.samples,
-                "images": self.images, "tolerance_rel_l2": self.tolerance,
+                "images": self.images, "rows": self.rows, "tolerance_rel_l2": self.tolerance,
                 "passed": self.passed, "outputs": [o.as_dict() for o in self.outputs],
                 "bisect": self.bisect.as_dict() if self.bisect else None, "notes": self.notes}
 
@@ -123,16 +124,18 @@ def convert_precision(fp32_path: Path, precision: str, output: Path,
     if precision == "fp16":
         quantize_model(fp32_path, output, mode="fp16", check=False)
         return output
-    calibration = images
-    if calibration is None:
-        metadata = get_metadata(_load(fp32_path), str(fp32_path))
-        calibration = output.with_suffix(".calibration.npy")
+    if images is not None:
+        quantize_model(fp32_path, output, mode="int8", calibration=images,
+                       calibration_size=DEFAULT_CALIBRATION_SIZE, check=False)
+        return output
+    metadata = get_metadata(_load(fp32_path), str(fp32_path))
+    with tempfile.TemporaryDirectory(prefix="edgecnn-calibration-") as work:
+        calibration = Path(work) / "calibration.npy"
         np.save(calibration, np.concatenate(
             [random_input((1, *metadata.input.shape), seed=1000 + k).numpy()
              for k in range(CALIBRATION_SAMPLES)]))
-    quantize_model(fp32_path, output, mode="int8", calibration=calibration,
-                   calibration_size=None if images is None else DEFAULT_CALIBRATION_SIZE,
-                   check=False)
+        quantize_model(fp32_path, output, mode="int8", calibration=calibration,
+                       calibration_size=None, check=False)
     return output
 
 
@@ -176,8 +179,10 @@ def check_parity(name: str, onnx_path: str | os.PathLike | None = None, *,
     """
     step = on_step or (lambda message: None)
     spec = models.get_spec(name)
-    if (batch is not None and batch < 1) or samples < 1:
-        raise BadInput(f"--batch and --samples must be >= 1, got {batch} and {samples}")
+    if batch is not None and batch < 1:
+        raise BadInput(f"--batch must be >= 1, got {batch}")
+    if samples < 1:
+        raise BadInput(f"--samples must be >= 1, got {samples}")
     if precision is not None and precision not in PRECISIONS:
         raise BadInput(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
     with tempfile.TemporaryDirectory(prefix="edgecnn-check-") as work:
@@ -200,7 +205,7 @@ def check_parity(name: str, onnx_path: str | os.PathLike | None = None, *,
         if precision is not None and precision != file_precision:
             raise BadInput(f"{path} holds a {file_precision} model, not {precision}")
         precision = file_precision
-        fixed = _fixed_batch(model)
+        fixed = fixed_batch(model)
         batch = _batch_size(fixed, path, batch)
         metadata = get_metadata(model, str(path))
         channels, height, width = (metadata.input.shape if metadata else
@@ -210,12 +215,13 @@ def check_parity(name: str, onnx_path: str | os.PathLike | None = None, *,
                              in_channels=channels if channels != spec.input_size[0] else None)
         inputs = [random_input((batch, channels, height, width), seed + 1 + k).numpy()
                   for k in range(samples)]
-        image_count = 0
+        image_count, notes = 0, []
         if images is not None:
             if metadata is None:
                 raise BadInput(f"--images needs the preprocessing in the edgecnn metadata, which "
                                f"{path} does not carry")
-            image_batch = load_image_folder(images, metadata.input, what="--images").inputs
+            image_batch = load_image_folder(images, metadata.input, what="--images",
+                                            warn=notes.append).inputs
             inputs.extend(batches(image_batch, fixed, len(image_batch)))
             image_count = len(image_batch)
         with torch.no_grad():
@@ -230,8 +236,9 @@ def check_parity(name: str, onnx_path: str | os.PathLike | None = None, *,
         passed = bool(metrics.rel_l2 <= bound)
         report = CheckReport(model=name, onnx_path=str(onnx_path or f"(fresh export, {precision})"),
                              precision=precision, provider=list(session.get_providers()),
-                             batch=batch, samples=samples, images=image_count, tolerance=bound,
-                             outputs=[OutputReport(output_name, metrics, passed)])
+                             batch=batch, samples=samples, images=image_count,
+                             rows=sum(len(x) for x in inputs), tolerance=bound,
+                             outputs=[OutputReport(output_name, metrics, passed)], notes=notes)
         if not passed and onnx_path is not None:
             report.notes.append("was the file exported with the same --seed/--weights/"
                                 "--num-classes? the eager model is rebuilt from them")
@@ -248,12 +255,6 @@ def _load(path: Path) -> onnx.ModelProto:
         raise BadInput(f"{path} is not a readable ONNX model ({type(error).__name__})") from None
 
 
-def _fixed_batch(model: onnx.ModelProto) -> int | None:
-    inputs = graph_inputs(model)
-    shape = dims(inputs[0]) if inputs else []
-    return shape[0] if shape else None
-
-
 def _batch_size(fixed: int | None, path: Path, requested: int | None) -> int:
     """The rows per input: ``requested`` (default 2), which a fixed batch axis must equal."""
     if fixed is not None and requested not in (None, fixed):
@@ -262,8 +263,7 @@ def _batch_size(fixed: int | None, path: Path, requested: int | None) -> int:
 
 
 def _input_chw(model: onnx.ModelProto) -> tuple[int, int, int]:
-    inputs = graph_inputs(model)
-    shape = dims(inputs[0]) if inputs else []
+    shape = input_dims(model)
     if len(shape) != 4 or not all(shape[1:]):
         raise BadInput(f"cannot tell the input size of the ONNX file (input dims {shape}); "
                        "it carries no edgecnn metadata")

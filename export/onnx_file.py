@@ -59,3 +59,15 @@ def dims(value: onnx.ValueInfoProto) -> list[int | None]:
     """A value's shape: ints for fixed axes, None for named or unknown ones."""
     return [dim.dim_value if dim.HasField("dim_value") else None
             for dim in value.type.tensor_type.shape.dim]
+
+
+def input_dims(model: onnx.ModelProto) -> list[int | None]:
+    """The first graph input's shape (``dims``); [] for a graph without inputs."""
+    inputs = graph_inputs(model)
+    return dims(inputs[0]) if inputs else []
+
+
+def fixed_batch(model: onnx.ModelProto) -> int | None:
+    """The first graph input's fixed batch size; None for a dynamic batch axis."""
+    shape = input_dims(model)
+    return shape[0] if shape else None

@@ -12,7 +12,7 @@ import onnx
 
 from edgecnn.export.calibration import InputSet, batches
 from edgecnn.export.quiet import silenced
-from edgecnn.export.onnx_file import dims
+from edgecnn.export.onnx_file import fixed_batch
 from edgecnn.export.quantize_input import STANDARD_DOMAINS, graph_input
 from edgecnn.runtime import load_session
 
@@ -21,16 +21,11 @@ PERCENTILE = 99.999  # the percentile method's clipping point (onnxruntime's def
 ProgressCallback = Callable[[str, int, int], None]  # (task, done, total)
 
 
-def _batch_size(model: onnx.ModelProto) -> int | None:
-    """The graph's fixed batch size, or None for a dynamic batch axis."""
-    return dims(graph_input(model))[0]
-
-
 def run_model(model: onnx.ModelProto, inputs: np.ndarray) -> np.ndarray:
     """The first output of ``model`` on ``inputs`` (onnxruntime, CPU), in batches."""
     session = load_session(model.SerializeToString())
     name = session.get_inputs()[0].name
-    fixed = _batch_size(model)
+    fixed = fixed_batch(model)
     outputs = [session.run(None, {name: chunk})[0] for chunk in batches(inputs, fixed, 64)]
     return np.concatenate(outputs)[:len(inputs)].astype(np.float32)
 
@@ -102,7 +97,7 @@ def int8_static(model: onnx.ModelProto, calibration: InputSet, recipe: Int8Recip
     name = graph_input(model).name
     reader = None
     if not cache.is_file():
-        reader = _reader(name, batches(calibration.inputs, _batch_size(model)), progress)
+        reader = _reader(name, batches(calibration.inputs, fixed_batch(model)), progress)
     extra = {"CalibPercentile": PERCENTILE}
     output = cache.with_name(f"int8-{len(exclude)}.onnx")
     with silenced(""):

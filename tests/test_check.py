@@ -127,7 +127,8 @@ def test_wrong_architecture_is_an_error(cli, resnet18_64, tmp_path):
     (["--precision", "int4"], "int4"),
     (["--provider", "quantum"], "unknown provider 'quantum'"),
     (["--onnx", "/nonexistent/model.onnx"], "not found"),
-    (["--samples", "0"], "--samples"),
+    (["--samples", "0"], "--samples must be >= 1, got 0"),
+    (["--batch", "0"], "--batch must be >= 1, got 0"),
     (["--report", "out.txt"], ".md or .json"),
 ])
 def test_bad_check_arguments(cli, resnet18_64, args, fragment):
@@ -154,9 +155,11 @@ def test_check_with_real_images(cli, tmp_path, zoo_onnx):
     folder.mkdir()
     write_pngs(load_digits().test_images[:5], folder)
     (folder / "notes.txt").write_text("not an image")
+    (folder / "broken.png").write_bytes(b"not a png")
     result = json.loads(cli("check", "lenet", "--onnx", zoo_onnx("lenet"), "--images", folder,
                             "--samples", "1", "--batch", "2", "--json").stdout)
-    assert result["passed"] and result["images"] == 5
+    assert result["passed"] and result["images"] == 5 and result["rows"] == 2 + 5
+    assert any("skipped 1 unreadable" in note for note in result["notes"])  # broken.png
     assert result["outputs"][0]["top1_agreement"] == 1.0  # over 2 random + 5 real inputs
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -178,6 +181,7 @@ def test_fixed_batch_file_sets_the_batch(cli, tmp_path):
     report = json.loads(cli("check", "lenet", "--onnx", fixed, "--images", folder, "--samples",
                             "2", "--json").stdout)
     assert report["passed"] and report["batch"] == 1 and report["images"] == 3
+    assert report["rows"] == 2 + 3
     assert report["outputs"][0]["rel_l2"] <= 1e-5
     assert_one_line_error(cli("check", "lenet", "--onnx", fixed, "--batch", "3"), 2,
                           "fixed batch size of 1", "--batch 1")
