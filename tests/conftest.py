@@ -92,8 +92,9 @@ def resnet18_64(zoo_onnx) -> Path:
 # ---- parallel runs and the parity report ----------------------------------------------------
 
 def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (--dist loadgroup) every test of one model runs on one worker, so each
-    model is exported once per session, as without xdist."""
+    """Under pytest-xdist (--dist loadgroup) the tests parametrized by one model (``name``) run
+    on one worker and share its export. Other tests that use a model (``resnet18_64``,
+    ``zoo_onnx("lenet")``) may run on either worker: at most one export per worker."""
     for item in items:
         callspec = getattr(item, "callspec", None)
         name = callspec.params.get("name") if callspec else None
