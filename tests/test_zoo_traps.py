@@ -222,24 +222,25 @@ def test_fcn_nearest_resize_upsampling_from_the_cli(cli, tmp_path):
     assert masks.shape == (3, 4, 40, 36) and compare(eager(model, x), masks).rel_l2 <= FP32
 
 
+_BAD_CLI_OPTIONS = [  # (model, --option value, the error's fragment)
+    ("fcn_resnet18", "upsample=cubic", "upsample must be one of transposed, bilinear, nearest"),
+    ("lenet", "depth=3", "unexpected keyword argument 'depth'"),
+    ("lenet", "depth", "--option takes KEY=VALUE"),
+    ("lenet", "num_classes=5", "--option num_classes: use --num-classes"),
+    ("lenet", "seed=1", "--option seed: use --seed"),
+    ("lenet", "weights=a.pt", "--option weights: use --weights"),
+]
+
+
 def test_model_options_from_the_cli_are_checked(cli, tmp_path):
-    result = cli("export", "fcn_resnet18", "--option", "upsample=cubic", "-o", tmp_path / "x.onnx")
-    assert_one_line_error(result, 2, "upsample must be one of transposed, bilinear, nearest")
-    result = cli("export", "lenet", "--option", "depth=3", "-o", tmp_path / "x.onnx")
-    assert_one_line_error(result, 2, "unexpected keyword argument 'depth'")
-    result = cli("export", "lenet", "--option", "depth", "-o", tmp_path / "x.onnx")
-    assert_one_line_error(result, 2, "--option takes KEY=VALUE")
+    for name, option, fragment in _BAD_CLI_OPTIONS:
+        result = cli("export", name, "--option", option, "-o", tmp_path / "x.onnx")
+        assert_one_line_error(result, 2, fragment)
     assert list(tmp_path.iterdir()) == []
     from edgecnn.cli.export_cmd import parse_model_options
 
     assert parse_model_options(["paper-lrn=True", "dropout=0.25", "n=3", "upsample=nearest"]) == {
         "paper_lrn": True, "dropout": 0.25, "n": 3, "upsample": "nearest"}
-    result = cli("export", "lenet", "--option", "num_classes=5", "-o", tmp_path / "x.onnx")
-    assert_one_line_error(result, 2, "--option num_classes: use --num-classes")
-    result = cli("export", "lenet", "--option", "seed=1", "-o", tmp_path / "x.onnx")
-    assert_one_line_error(result, 2, "--option seed: use --seed")
-    result = cli("export", "lenet", "--option", "weights=a.pt", "-o", tmp_path / "x.onnx")
-    assert_one_line_error(result, 2, "--option weights: use --weights")
     from edgecnn.errors import BadInput
     from edgecnn.export import export_model
 
