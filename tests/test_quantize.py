@@ -177,6 +177,9 @@ def test_cli_quantize_json_and_info(cli, resnet_int8, calibration_npy, resnet18_
     info = cli("info", output)
     assert info.code == 0
     assert "precision     int8" in info.stdout and "method=percentile" in info.stdout
+    lines = info.stdout.splitlines()
+    assert "              method=percentile" in lines  # one quantization field per line
+    assert all(line == line.rstrip() for line in lines)  # nothing padded for a pipe
     info_json = json.loads(cli("info", output, "--json").stdout)
     assert info_json["metadata"]["precision"] == "int8"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
+from rich.text import Text
 
-from edgecnn.cli._app import JsonOpt, app, escape, human_size, out, print_json
+from edgecnn.cli._app import JsonOpt, app, human_size, out, print_json
 
 
 @app.command("info")
@@ -23,10 +23,10 @@ def info_command(
         print_json(info)
         return
     meta = info["metadata"]
-    table = Table(show_header=False, box=None, pad_edge=False)
+    rows: list[tuple[str, str]] = []
 
-    def add(key: str, value: str) -> None:  # values come from the file: no markup in them
-        table.add_row(key, escape(value))
+    def add(key: str, value: str) -> None:
+        rows.append((key, value))
 
     add("file", f"{info['path']} ({human_size(info['size_bytes'])})")
     if meta:
@@ -38,7 +38,8 @@ def info_command(
         if meta.get("deform_lowering"):
             add("deform lowering", meta["deform_lowering"])
         if meta.get("quantization"):
-            add("quantization", ", ".join(f"{k}={v}" for k, v in meta["quantization"].items()))
+            for index, (key, value) in enumerate(meta["quantization"].items()):
+                add("quantization" if index == 0 else "", f"{key}={value}")
         add("labels", f"{len(meta['labels'])} labels" if meta["labels"] else "none")
     else:
         add("metadata", "none (not exported by edgecnn)")
@@ -53,4 +54,7 @@ def info_command(
             add("functions", ", ".join(info["functions"]))
         add("weights", f"{info['parameters']:,} values in {info['nodes']} nodes")
     add("producer", info["producer"])
-    out.print(table)
+    # Plain aligned lines: no markup read from file values, no padding after the last column.
+    width = max(len(key) for key, _ in rows) + 2
+    for key, value in rows:
+        out.print(Text(f"{key:<{width}}{value}"), soft_wrap=True)
