@@ -99,6 +99,9 @@ def test_bench_table(cli, resnet18_64):
     result = cli("bench", resnet18_64, "--runs", "3", "--warmup", "1", "--batch", "2")
     assert result.code == 0, result.stderr
     assert "p50" in result.stdout and "items/s" in result.stdout and "peak RSS" in result.stdout
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("batch / threads  2 / ") for line in lines)  # values aligned
+    assert all(line == line.rstrip() for line in lines)  # nothing padded for a pipe
 
 
 # -- errors: one line, exit 2 ------------------------------------------------------------------

@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.text import Text
 
-from edgecnn.cli._app import JsonOpt, app, human_size, out, print_json
+from edgecnn.cli._app import JsonOpt, app, human_size, print_fields, print_json
 
 
 @app.command("info")
@@ -54,7 +53,4 @@ def info_command(
             add("functions", ", ".join(info["functions"]))
         add("weights", f"{info['parameters']:,} values in {info['nodes']} nodes")
     add("producer", info["producer"])
-    # Plain aligned lines: no markup read from file values, no padding after the last column.
-    width = max(len(key) for key, _ in rows) + 2
-    for key, value in rows:
-        out.print(Text(f"{key:<{width}}{value}"), soft_wrap=True)
+    print_fields(rows)

@@ -14,9 +14,10 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
-from edgecnn.cli._app import BatchOpt, JsonOpt, ProviderOpt, ThreadsOpt, app, err, out, print_json
+from edgecnn.cli._app import (
+    BatchOpt, JsonOpt, ProviderOpt, ThreadsOpt, app, err, out, print_fields, print_json,
+)
 
 
 @contextlib.contextmanager
@@ -81,13 +82,13 @@ def bench_command(
         print_json(result.as_dict())
         return
     latency = result.latency_ms
-    table = Table(show_header=False, box=None, pad_edge=False)
-    table.add_row("model", f"{escape(result.model)} ({result.precision or 'no edgecnn metadata'})")
-    table.add_row("provider", ", ".join(result.providers))
-    table.add_row("batch / threads", f"{result.batch} / {result.threads or 'default'}")
-    table.add_row("latency (ms)", f"p50 {latency['p50']:.3f}  p90 {latency['p90']:.3f}  "
-                  f"p99 {latency['p99']:.3f}  ({result.runs} runs after {result.warmup} warmup)")
-    table.add_row("throughput", f"{result.throughput:,.1f} items/s")
     rss = "n/a" if result.peak_rss_mb is None else f"{result.peak_rss_mb:.1f} MB"
-    table.add_row("peak RSS", rss)
-    out.print(table)
+    print_fields([
+        ("model", f"{result.model} ({result.precision or 'no edgecnn metadata'})"),
+        ("provider", ", ".join(result.providers)),
+        ("batch / threads", f"{result.batch} / {result.threads or 'default'}"),
+        ("latency (ms)", f"p50 {latency['p50']:.3f}  p90 {latency['p90']:.3f}  "
+                         f"p99 {latency['p99']:.3f}  ({result.runs} runs after {result.warmup} warmup)"),
+        ("throughput", f"{result.throughput:,.1f} items/s"),
+        ("peak RSS", rss),
+    ])
