@@ -45,14 +45,6 @@ err = Console(stderr=True, highlight=False)  # progress and warnings (stderr)
 # Console output is rich markup: every value from the user or a file (paths, names, messages)
 # goes through escape(), or '[b]' in a path would be read as a style.
 
-def print_fields(rows: list[tuple[str, str]]) -> None:
-    """Key/value lines with the values aligned (``info``, ``bench``): plain text, so values read
-    from files are never taken as markup, and nothing is padded after the value when piped."""
-    width = max(len(key) for key, _ in rows) + 2
-    for key, value in rows:
-        out.print(Text(f"{key:<{width}}{value}"), soft_wrap=True)
-
-
 # Options shared by several commands (DESIGN.md, "CLI conventions").
 OutputOpt = Annotated[Optional[str], typer.Option("--output", "-o", help="Output .onnx path.")]
 OpsetOpt = Annotated[int, typer.Option("--opset", help="ONNX opset (18 or newer).")]
@@ -107,6 +99,14 @@ def join_input_size(argv: list[str]) -> list[str]:
 
 def print_json(payload: dict) -> None:
     out.out(json.dumps(payload, indent=2, default=str), highlight=False)  # raw: no markup, no wrap
+
+
+def print_fields(rows: list[tuple[str, str]]) -> None:
+    """Key/value lines with the values aligned (``info``, ``bench``): plain text, so values read
+    from files are never taken as markup, and nothing is padded after the value when piped."""
+    width = max(len(key) for key, _ in rows) + 2
+    for key, value in rows:
+        out.print(Text(f"{key:<{width}}{value}"), soft_wrap=True)
 
 
 def human_size(size: int) -> str:
