@@ -42,6 +42,10 @@ _DROPPED_NODE_METADATA = ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node"
 
 EXPORTER_LOGGERS = ("torch.onnx", "torch.export", "onnxscript")
 
+# export_model's own arguments that a model builder also takes: model_options cannot set them
+# (the CLI has a flag for each, --num-classes and so on).
+OWN_ARGUMENTS = ("num_classes", "in_channels", "weights", "seed")
+
 StepCallback = Callable[[str], None]
 
 
@@ -237,7 +241,7 @@ def export_model(name: str, output: str | os.PathLike | None = None, *,
     if batch is not None and batch < 1:
         raise BadInput(f"--batch must be >= 1, got {batch}")
     channels = in_channels or spec.input_size[0]
-    own = sorted(set(model_options or ()) & {"num_classes", "in_channels", "weights", "seed"})
+    own = sorted(set(model_options or ()) & set(OWN_ARGUMENTS))
     if own:
         raise BadInput(f"model_options cannot set {', '.join(own)}: pass "
                        f"{', '.join(f'{key}=...' for key in own)} to export_model itself")

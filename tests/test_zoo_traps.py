@@ -229,6 +229,7 @@ _BAD_CLI_OPTIONS = [  # (model, --option value, the error's fragment)
     ("lenet", "num_classes=5", "--option num_classes: use --num-classes"),
     ("lenet", "seed=1", "--option seed: use --seed"),
     ("lenet", "weights=a.pt", "--option weights: use --weights"),
+    ("lenet", "in-channels=1", "--option in_channels: use --in-channels"),
 ]
 
 

@@ -12,26 +12,22 @@ from edgecnn.cli._app import (
 )
 from edgecnn.errors import BadInput
 
-# export_model's own arguments, which have a flag each and cannot come through --option
-# (the same set export_model refuses in model_options).
-_OWN_FLAGS = {"num_classes": "--num-classes", "in_channels": "--in-channels",
-              "weights": "--weights", "seed": "--seed"}
-
-
 def parse_model_options(pairs: list[str] | None) -> dict:
     """``["upsample=bilinear", "paper_lrn=true"]`` -> ``{"upsample": "bilinear", "paper_lrn": True}``.
 
     Values become bool (true/false), int or float where they read as one, else stay strings;
     the model's builder rejects keys it does not take (BadInput naming them).
     """
+    from edgecnn.export.exporter import OWN_ARGUMENTS  # they have flags of their own
+
     options = {}
     for pair in pairs or ():
         key, separator, text = pair.partition("=")
         key = key.strip().replace("-", "_")
         if not separator or not key.isidentifier():
             raise BadInput(f"--option takes KEY=VALUE, got {pair!r}")
-        if key in _OWN_FLAGS:
-            raise BadInput(f"--option {key}: use {_OWN_FLAGS[key]}")
+        if key in OWN_ARGUMENTS:
+            raise BadInput(f"--option {key}: use --{key.replace('_', '-')}")
         options[key] = _option_value(text.strip())
     return options
 
