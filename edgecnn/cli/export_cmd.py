@@ -12,6 +12,7 @@ from edgecnn.cli._app import (
 )
 from edgecnn.errors import BadInput
 
+
 def parse_model_options(pairs: list[str] | None) -> dict:
     """``["upsample=bilinear", "paper_lrn=true"]`` -> ``{"upsample": "bilinear", "paper_lrn": True}``.
 
