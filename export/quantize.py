@@ -38,7 +38,7 @@ from edgecnn.export.quantize_input import (
     resolve_metadata,
 )
 from edgecnn.export.quantize_recipes import (
-    Int8Recipe, ProgressCallback, int8_dynamic, int8_static, run_model, to_fp16,
+    Int8Recipe, ProgressCallback, int8_dynamic, int8_rewrites, int8_static, run_model, to_fp16,
 )
 from edgecnn.runtime import ModelMetadata
 from edgecnn.runtime.postprocess import top1_accuracy
@@ -229,6 +229,8 @@ def quantize_model(model_path: str | os.PathLike, output_path: str | os.PathLike
                 quantized = quantize(excluded)
             details.update(recipe.describe(), calibration=calibration_set.source,
                            calibration_size=len(calibration_set))
+            if int8_rewrites(model, kept):
+                details["graph_rewrites"] = int8_rewrites(model, kept)
             if calibration_set.location:
                 details["calibration_path"] = Path(calibration_set.location).name
         elif mode == "int8-dynamic":

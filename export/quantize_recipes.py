@@ -14,6 +14,7 @@ from edgecnn.export.calibration import InputSet, batches
 from edgecnn.export.quiet import silenced
 from edgecnn.export.onnx_file import fixed_batch
 from edgecnn.export.quantize_input import STANDARD_DOMAINS, graph_input
+from edgecnn.export.rgb_stem import DESCRIPTION as RGB_STEM, find_stem, finish, split_stem
 from edgecnn.runtime import load_session
 
 PERCENTILE = 99.999  # the percentile method's clipping point (onnxruntime's default)
@@ -83,11 +84,24 @@ class Int8Recipe:
                 "activations": "uint8 asymmetric per-tensor"}
 
 
+def _stem_to_split(model: onnx.ModelProto, exclude: Sequence[str]):
+    """The RGB stem that ``int8_static`` splits (export/rgb_stem.py); not one kept in float,
+    which the split would not speed up."""
+    stem = find_stem(model)
+    return stem if stem is not None and stem.conv.name not in exclude else None
+
+
+def int8_rewrites(model: onnx.ModelProto, exclude: Sequence[str]) -> list[str]:
+    """What ``int8_static`` rewrites in ``model`` before quantizing it (for the metadata)."""
+    return [RGB_STEM] if _stem_to_split(model, exclude) is not None else []
+
+
 def int8_static(model: onnx.ModelProto, calibration: InputSet, recipe: Int8Recipe,
                 exclude: Sequence[str], cache: Path,
                 progress: ProgressCallback | None = None) -> onnx.ModelProto:
     """Static QDQ quantization; the activation ranges are computed once and cached in ``cache``
-    (later calls with other ``exclude`` lists reuse them)."""
+    (later calls with other ``exclude`` lists reuse them; a graph with the RGB stem split has
+    other tensors, and a cache of its own next to ``cache``)."""
     from onnxruntime.quantization import (
         CalibrationMethod, QuantFormat, QuantType, quantize_static,
     )
@@ -95,6 +109,9 @@ def int8_static(model: onnx.ModelProto, calibration: InputSet, recipe: Int8Recip
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
     name = graph_input(model).name
+    stem = _stem_to_split(model, exclude)
+    if stem is not None:  # other tensors: calibrated (and cached) apart
+        model, cache = split_stem(model, stem), cache.with_name(f"{cache.stem}-split{cache.suffix}")
     reader = None
     if not cache.is_file():
         reader = _reader(name, batches(calibration.inputs, fixed_batch(model)), progress)
@@ -106,7 +123,10 @@ def int8_static(model: onnx.ModelProto, calibration: InputSet, recipe: Int8Recip
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         nodes_to_exclude=list(exclude), calibrate_method=methods[recipe.method],
                         extra_options=extra, calibration_cache_path=cache)
-    return onnx.load(str(output))
+    quantized = onnx.load(str(output))
+    if stem is not None:
+        finish(quantized, stem)
+    return quantized
 
 
 def int8_dynamic(model: onnx.ModelProto, exclude: Sequence[str], workdir: Path) -> onnx.ModelProto:

@@ -1,0 +1,201 @@
+"""int8: the 7×7/2 convolution on RGB input, rewritten for onnxruntime's fast int8 kernel.
+
+onnxruntime's fastest int8 convolution (MLAS "ConvSym") needs input channels % 4 == 0. The
+3-channel stem of ResNet-style networks misses it and runs on the slower im2col + QGEMM path: on
+resnet18 it took 0.84 of its fp32 time where the other convolutions take 0.5
+(docs/quantization.md). This module rewrites that convolution, exactly, before quantization:
+
+- In NHWC, four neighbouring pixels of a row are 12 contiguous values, so a free ``Reshape``
+  turns the (N, H, W, 3) image into (N, H, W/4, 12) "quads" of 12 channels.
+- The 7×7 stride-2 convolution gives two outputs per quad. The even ones read 7 pixels that
+  lie in 2 consecutive quads; so do the odd ones once the image is shifted right by one
+  pixel (``Pad``). Each parity is a (7, 2)-kernel convolution over 12-channel quads,
+  stride (2, 1): two ConvSym convolutions with 8/7 of the original multiply-adds.
+- Concatenating their NHWC outputs on the channel axis puts each even output next to its odd
+  neighbour, so a free ``Reshape`` gives back the (N, H/2, W/2, C) result.
+
+The transposes cancel against the ones onnxruntime inserts around its NHWC int8 kernels. After
+quantization (``finish``) two Q/DQ details onnxruntime would run in float are fixed: the shift
+``Pad`` runs on the uint8 tensor (padding with its zero point, which is the real 0), and the two
+branches take the quantization parameters of their concatenation (whose range covers both:
+the same grid as the original stem's output), so the concatenation copies bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from edgecnn.export.onnx_file import dims
+
+QUAD = 4  # pixels grouped into one position of the rewritten image
+BRANCHES = ("even", "odd")
+DESCRIPTION = "7x7/2 RGB stem as two 12-channel convolutions (onnxruntime's ConvSym kernel)"
+
+
+@dataclass
+class RgbStem:
+    """An eligible stem: its Conv, the Relu right after it (if any), the image width."""
+
+    conv: onnx.NodeProto
+    relu: onnx.NodeProto | None
+    width: int
+
+
+def _attribute(node: onnx.NodeProto, name: str, default):
+    for attribute in node.attribute:
+        if attribute.name == name:
+            value = helper.get_attribute_value(attribute)
+            return list(value) if isinstance(value, (list, tuple)) or hasattr(value, "extend") else value
+    return default
+
+
+def find_stem(model: onnx.ModelProto) -> RgbStem | None:
+    """The graph's 7×7/2 convolution on a 3-channel image of static width % 4 == 0 (pads 3,
+    no dilation or groups, constant weights with >= 16 and % 8 == 0 filters, as ConvSym needs),
+    or None."""
+    graph = model.graph
+    weights = {init.name: init for init in graph.initializer}
+    shapes = {value.name: dims(value) for value in (*graph.input, *graph.value_info)}
+    for conv in graph.node:
+        if conv.op_type != "Conv" or conv.domain not in ("", "ai.onnx") or conv.input[1] not in weights:
+            continue
+        filters, channels, *kernel = weights[conv.input[1]].dims
+        shape = shapes.get(conv.input[0], [])
+        if not (channels == 3 and kernel == [7, 7] and filters >= 16 and filters % 8 == 0
+                and _attribute(conv, "strides", None) == [2, 2]
+                and _attribute(conv, "pads", None) == [3, 3, 3, 3]
+                and _attribute(conv, "dilations", [1, 1]) == [1, 1]
+                and _attribute(conv, "group", 1) == 1
+                and _attribute(conv, "auto_pad", b"NOTSET") == b"NOTSET"
+                and len(shape) == 4 and shape[3] and shape[3] % QUAD == 0):
+            continue
+        consumers = [node for node in graph.node if conv.output[0] in node.input]
+        relu = consumers[0] if len(consumers) == 1 and consumers[0].op_type == "Relu" else None
+        if conv.output[0] in {output.name for output in graph.output}:
+            relu = None
+        return RgbStem(conv, relu, shape[3])
+    return None
+
+
+def branch_weights(weight: np.ndarray) -> dict[str, np.ndarray]:
+    """The (C, 3, 7, 7) filter as the two branches' (C, 12, 7, 2) filters over quads.
+
+    Quad channel 3 * r + c is colour c of the quad's pixel r. An even output's taps t = 0..6
+    read the pixels at offsets t + 1 of the two quads before and at it (the conv pads one quad
+    on the left); an odd output's, after the one-pixel shift, offsets t.
+    """
+    filters, colours, rows, taps = weight.shape
+    branches = {}
+    for branch, offset in zip(BRANCHES, (1, 0)):
+        quads = np.zeros((filters, QUAD, colours, rows, 2), weight.dtype)
+        for tap in range(taps):
+            quad, pixel = divmod(tap + offset, QUAD)
+            quads[:, pixel, :, :, quad] = weight[:, :, :, tap]
+        branches[branch] = quads.reshape(filters, QUAD * colours, rows, 2)
+    return branches
+
+
+def split_stem(model: onnx.ModelProto, stem: RgbStem) -> onnx.ModelProto:
+    """A copy of ``model`` with ``stem`` (and its Relu) replaced by the two-branch form."""
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(model)
+    graph = rewritten.graph
+    conv, name = stem.conv, stem.conv.name
+    weights = {init.name: init for init in graph.initializer}
+    filters = weights[conv.input[1]].dims[0]
+    bias = list(conv.input[2:3])
+    output = stem.relu.output[0] if stem.relu else conv.output[0]
+
+    def tensor(suffix: str) -> str:
+        return f"{name}_{suffix}"
+
+    graph.initializer.extend([
+        numpy_helper.from_array(np.array(values, np.int64), tensor(suffix)) for suffix, values in (
+            ("quad_shape", [0, 0, -1, 3 * QUAD]),        # (N, H, W, 3) -> (N, H, W/4, 12)
+            ("shift", [0, 0, 1, 0, 0, 0, QUAD - 1, 0]),  # one pixel right, W + 4 in all
+            ("output_shape", [0, 0, -1, filters]))])     # (N, Ho, W/4, 2C) -> (N, Ho, W/2, C)
+    for branch, values in branch_weights(numpy_helper.to_array(weights[conv.input[1]])).items():
+        graph.initializer.append(numpy_helper.from_array(values, tensor(f"{branch}_weight")))
+
+    node = helper.make_node
+    nodes = [node("Transpose", [conv.input[0]], [tensor("nhwc")], name=tensor("nhwc"), perm=[0, 2, 3, 1]),
+             node("Pad", [tensor("nhwc"), tensor("shift")], [tensor("shifted")], name=tensor("shift"))]
+    concatenated = []
+    for branch, source, left_pad in (("even", "nhwc", 1), ("odd", "shifted", 0)):
+        nodes += [
+            node("Reshape", [tensor(source), tensor("quad_shape")], [tensor(f"{branch}_quads")],
+                 name=tensor(f"{branch}_quads")),
+            node("Transpose", [tensor(f"{branch}_quads")], [tensor(f"{branch}_input")],
+                 name=tensor(f"{branch}_input"), perm=[0, 3, 1, 2]),
+            node("Conv", [tensor(f"{branch}_input"), tensor(f"{branch}_weight"), *bias],
+                 [tensor(branch)], name=tensor(branch), kernel_shape=[7, 2], strides=[2, 1],
+                 pads=[3, left_pad, 3, 0])]
+        result = tensor(branch)
+        if stem.relu:
+            nodes.append(node("Relu", [result], [tensor(f"{branch}_relu")], name=tensor(f"{branch}_relu")))
+            result = tensor(f"{branch}_relu")
+        nodes.append(node("Transpose", [result], [tensor(f"{branch}_nhwc")],
+                          name=tensor(f"{branch}_nhwc"), perm=[0, 2, 3, 1]))
+        concatenated.append(tensor(f"{branch}_nhwc"))
+    nodes += [node("Concat", concatenated, [tensor("pairs")], name=tensor("pairs"), axis=3),
+              node("Reshape", [tensor("pairs"), tensor("output_shape")], [tensor("output_nhwc")],
+                   name=tensor("interleave")),
+              node("Transpose", [tensor("output_nhwc")], [output], name=tensor("nchw"), perm=[0, 3, 1, 2])]
+
+    position = list(graph.node).index(next(n for n in graph.node if n.name == name))
+    replaced = {name} | ({stem.relu.name} if stem.relu else set())
+    kept = [n for n in graph.node if n.name not in replaced]
+    del graph.node[:]
+    graph.node.extend(kept[:position] + nodes + kept[position:])
+    if not any(conv.input[1] in n.input for n in kept):
+        graph.initializer.remove(next(i for i in graph.initializer if i.name == conv.input[1]))
+    if stem.relu:  # the convolution's own output no longer exists
+        stale = [value for value in graph.value_info if value.name == conv.output[0]]
+        for value in stale:
+            graph.value_info.remove(value)
+    return rewritten
+
+
+def finish(quantized: onnx.ModelProto, stem: RgbStem) -> None:
+    """Fix the two Q/DQ details of the quantized two-branch stem (see the module docstring)."""
+    graph = quantized.graph
+    produced_by = {output: node for node in graph.node for output in node.output}
+    values = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+
+    def same_parameters(first: onnx.NodeProto, second: onnx.NodeProto) -> bool:
+        return all(np.array_equal(values.get(a), values.get(b))
+                   for a, b in zip(first.input[1:3], second.input[1:3]))
+
+    # The shift: DQ -> Pad -> Q with one set of parameters becomes a Pad of the uint8 tensor.
+    pad = next(node for node in graph.node if node.name == f"{stem.conv.name}_shift")
+    dequantize = produced_by.get(pad.input[0])
+    quantize = [node for node in graph.node if pad.output[0] in node.input]
+    if (dequantize is not None and dequantize.op_type == "DequantizeLinear" and len(quantize) == 1
+            and quantize[0].op_type == "QuantizeLinear" and same_parameters(dequantize, quantize[0])
+            and len(dequantize.input) > 2):
+        pad.input[:] = [dequantize.input[0], pad.input[1], dequantize.input[2]]
+        pad.output[0] = quantize[0].output[0]
+        graph.node.remove(quantize[0])
+
+    # The branches quantized with the parameters of their concatenation.
+    concat = next(node for node in graph.node if node.name == f"{stem.conv.name}_pairs")
+    requantize = [node for node in graph.node if concat.output[0] in node.input]
+    if len(requantize) != 1 or requantize[0].op_type != "QuantizeLinear":
+        return
+    shared = requantize[0].input[1:3]
+    renamed = {}
+    for value in concat.input:
+        source = produced_by.get(value)
+        if source is not None and source.op_type == "DequantizeLinear":
+            renamed.update(zip(source.input[1:3], shared))
+    for node in graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            node.input[1:3] = [renamed.get(name, name) for name in node.input[1:3]]
+    used = {name for node in graph.node for name in node.input}
+    unused = [init for init in graph.initializer if init.name in renamed and init.name not in used]
+    for init in unused:
+        graph.initializer.remove(init)
