@@ -161,41 +161,66 @@ def split_stem(model: onnx.ModelProto, stem: RgbStem) -> onnx.ModelProto:
 
 
 def finish(quantized: onnx.ModelProto, stem: RgbStem) -> None:
-    """Fix the two Q/DQ details of the quantized two-branch stem (see the module docstring)."""
+    """Fix the Q/DQ details of the quantized two-branch stem (see the module docstring): the
+    branches take their concatenation's quantization parameters; then the shift and the
+    concatenation run on the uint8 tensors."""
     graph = quantized.graph
-    produced_by = {output: node for node in graph.node for output in node.output}
-    values = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
-
-    def same_parameters(first: onnx.NodeProto, second: onnx.NodeProto) -> bool:
-        return all(np.array_equal(values.get(a), values.get(b))
-                   for a, b in zip(first.input[1:3], second.input[1:3]))
-
-    # The shift: DQ -> Pad -> Q with one set of parameters becomes a Pad of the uint8 tensor.
-    pad = next(node for node in graph.node if node.name == f"{stem.conv.name}_shift")
-    dequantize = produced_by.get(pad.input[0])
-    quantize = [node for node in graph.node if pad.output[0] in node.input]
-    if (dequantize is not None and dequantize.op_type == "DequantizeLinear" and len(quantize) == 1
-            and quantize[0].op_type == "QuantizeLinear" and same_parameters(dequantize, quantize[0])
-            and len(dequantize.input) > 2):
-        pad.input[:] = [dequantize.input[0], pad.input[1], dequantize.input[2]]
-        pad.output[0] = quantize[0].output[0]
-        graph.node.remove(quantize[0])
-
-    # The branches quantized with the parameters of their concatenation.
-    concat = next(node for node in graph.node if node.name == f"{stem.conv.name}_pairs")
-    requantize = [node for node in graph.node if concat.output[0] in node.input]
-    if len(requantize) != 1 or requantize[0].op_type != "QuantizeLinear":
-        return
-    shared = requantize[0].input[1:3]
-    renamed = {}
-    for value in concat.input:
-        source = produced_by.get(value)
-        if source is not None and source.op_type == "DequantizeLinear":
-            renamed.update(zip(source.input[1:3], shared))
-    for node in graph.node:
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
-            node.input[1:3] = [renamed.get(name, name) for name in node.input[1:3]]
+    concat = _node(graph, f"{stem.conv.name}_pairs")
+    requantize = _consumers(graph, concat.output[0])
+    if len(requantize) == 1 and requantize[0].op_type == "QuantizeLinear":
+        shared = requantize[0].input[1:3]
+        renamed = {}
+        for dequantize in _producers(graph, concat.input):
+            if dequantize is not None and dequantize.op_type == "DequantizeLinear":
+                renamed.update(zip(dequantize.input[1:3], shared))
+        for node in graph.node:
+            if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+                node.input[1:3] = [renamed.get(name, name) for name in node.input[1:3]]
+    for node in (_node(graph, f"{stem.conv.name}_shift"), concat):
+        _on_integers(quantized, node)
     used = {name for node in graph.node for name in node.input}
-    unused = [init for init in graph.initializer if init.name in renamed and init.name not in used]
+    unused = [init for init in graph.initializer
+              if init.name not in used and init.name.startswith(stem.conv.name)]
     for init in unused:
         graph.initializer.remove(init)
+
+
+def _node(graph: onnx.GraphProto, name: str) -> onnx.NodeProto:
+    return next(node for node in graph.node if node.name == name)
+
+
+def _consumers(graph: onnx.GraphProto, value: str) -> list[onnx.NodeProto]:
+    return [node for node in graph.node if value in node.input]
+
+
+def _producers(graph: onnx.GraphProto, values) -> list[onnx.NodeProto | None]:
+    produced_by = {output: node for node in graph.node for output in node.output}
+    return [produced_by.get(value) for value in values]
+
+
+def _on_integers(model: onnx.ModelProto, node: onnx.NodeProto) -> None:
+    """``DequantizeLinear``s -> ``node`` (Pad or Concat) -> ``QuantizeLinear``, all with the
+    same parameters, becomes ``node`` on the uint8 tensors (onnxruntime's QDQ fusions would
+    leave the Pad in float and make the Concat a slower ``QLinearConcat``). A Pad pads with
+    the zero point, the integer that stands for the float 0 it padded with."""
+    graph = model.graph
+    data = node.input[:1] if node.op_type == "Pad" else node.input
+    dequantized = _producers(graph, data)
+    requantize = _consumers(graph, node.output[0])
+    if (any(dq is None or dq.op_type != "DequantizeLinear" or len(dq.input) < 3 for dq in dequantized)
+            or len(requantize) != 1 or requantize[0].op_type != "QuantizeLinear"):
+        return
+    values = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    parameters = [[values.get(name) for name in q.input[1:3]] for q in (*dequantized, requantize[0])]
+    if any(value is None for value in parameters[0]) or not all(
+            np.array_equal(a, b) for other in parameters[1:] for a, b in zip(parameters[0], other)):
+        return
+    inputs = [dq.input[0] for dq in dequantized]
+    if node.op_type == "Pad":
+        inputs += [node.input[1], dequantized[0].input[2]]
+    node.input[:] = inputs
+    node.output[0] = requantize[0].output[0]
+    graph.node.remove(requantize[0])
+    for dq in dequantized:
+        if not _consumers(graph, dq.output[0]) and dq in graph.node:
+            graph.node.remove(dq)

@@ -118,11 +118,15 @@ def test_quantized_stem_runs_in_integers(quantized_pair, tmp_path):
     # Float input -> uint8 once; then only integer ops up to the max-pool.
     assert stem_ops.count("QuantizeLinear") == 1 and "DequantizeLinear" not in stem_ops
     assert stem_ops.count("QLinearConv") == 2 and "Conv" not in stem_ops
-    assert "Pad" in stem_ops  # the shift, on the uint8 tensor
-    concat = next(node for node in graph.node[:first_pool] if node.op_type == "QLinearConcat")
-    # QLinearConcat(Y_scale, Y_zp, X1, X1_scale, X1_zp, X2, X2_scale, X2_zp): one grid for all
-    assert concat.input[0] == concat.input[3] == concat.input[6]
-    assert concat.input[1] == concat.input[4] == concat.input[7]
+    # the shift and the interleaving run on the uint8 tensors, with no float detour
+    assert stem_ops.count("Pad") == stem_ops.count("Concat") == 1 and "QLinearConcat" not in stem_ops
+    # in the file: uint8 in (from QuantizeLinear), uint8 out (to DequantizeLinear)
+    file_graph = onnx.load(str(split.path)).graph
+    producers = {output: node.op_type for node in file_graph.node for output in node.output}
+    for op_type, data_inputs in (("Pad", 1), ("Concat", 2)):
+        node = next(node for node in file_graph.node if node.op_type == op_type)
+        assert [producers[name] for name in node.input[:data_inputs]] == ["QuantizeLinear"] * data_inputs
+        assert {n.op_type for n in file_graph.node if node.output[0] in n.input} == {"DequantizeLinear"}
 
 
 def test_split_stem_is_as_accurate_as_the_whole_conv(quantized_pair, resnet18_64):
