@@ -38,18 +38,17 @@ DESCRIPTION = "7x7/2 RGB stem as two 12-channel convolutions (onnxruntime's Conv
 
 @dataclass
 class RgbStem:
-    """An eligible stem: its Conv, the Relu right after it (if any), the image width."""
+    """An eligible stem: its Conv and the Relu right after it (if any)."""
 
     conv: onnx.NodeProto
     relu: onnx.NodeProto | None
-    width: int
 
 
 def _attribute(node: onnx.NodeProto, name: str, default):
     for attribute in node.attribute:
         if attribute.name == name:
             value = helper.get_attribute_value(attribute)
-            return list(value) if isinstance(value, (list, tuple)) or hasattr(value, "extend") else value
+            return list(value) if isinstance(value, (list, tuple)) else value
     return default
 
 
@@ -77,7 +76,7 @@ def find_stem(model: onnx.ModelProto) -> RgbStem | None:
         relu = consumers[0] if len(consumers) == 1 and consumers[0].op_type == "Relu" else None
         if conv.output[0] in {output.name for output in graph.output}:
             relu = None
-        return RgbStem(conv, relu, shape[3])
+        return RgbStem(conv, relu)
     return None
 
 
