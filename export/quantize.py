@@ -229,8 +229,9 @@ def quantize_model(model_path: str | os.PathLike, output_path: str | os.PathLike
                 quantized = quantize(excluded)
             details.update(recipe.describe(), calibration=calibration_set.source,
                            calibration_size=len(calibration_set))
-            if int8_rewrites(model, kept):
-                details["graph_rewrites"] = int8_rewrites(model, kept)
+            rewrites = int8_rewrites(model, kept)
+            if rewrites:
+                details["graph_rewrites"] = rewrites
             if calibration_set.location:
                 details["calibration_path"] = Path(calibration_set.location).name
         elif mode == "int8-dynamic":

@@ -15,10 +15,11 @@ resnet18 it took 0.84 of its fp32 time where the other convolutions take 0.5
   neighbour, so a free ``Reshape`` gives back the (N, H/2, W/2, C) result.
 
 The transposes cancel against the ones onnxruntime inserts around its NHWC int8 kernels. After
-quantization (``finish``) two Q/DQ details onnxruntime would run in float are fixed: the shift
-``Pad`` runs on the uint8 tensor (padding with its zero point, which is the real 0), and the two
-branches take the quantization parameters of their concatenation (whose range covers both:
-the same grid as the original stem's output), so the concatenation copies bytes.
+quantization (``finish``) the two branches take the quantization parameters of their
+concatenation (whose range covers both: the same grid as the original stem's output), and the
+shift ``Pad`` and the ``Concat`` run on the uint8 tensors (the Pad pads with the zero point,
+which stands for the real 0); onnxruntime would otherwise run the Pad in float and the Concat
+as a requantizing ``QLinearConcat``.
 """
 
 from __future__ import annotations
