@@ -177,7 +177,7 @@ def finish(quantized: onnx.ModelProto, stem: RgbStem) -> None:
             if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
                 node.input[1:3] = [renamed.get(name, name) for name in node.input[1:3]]
     for node in (_node(graph, f"{stem.conv.name}_shift"), concat):
-        _on_integers(quantized, node)
+        _on_integers(graph, node)
     used = {name for node in graph.node for name in node.input}
     unused = [init for init in graph.initializer
               if init.name not in used and init.name.startswith(stem.conv.name)]
@@ -198,12 +198,11 @@ def _producers(graph: onnx.GraphProto, values) -> list[onnx.NodeProto | None]:
     return [produced_by.get(value) for value in values]
 
 
-def _on_integers(model: onnx.ModelProto, node: onnx.NodeProto) -> None:
+def _on_integers(graph: onnx.GraphProto, node: onnx.NodeProto) -> None:
     """``DequantizeLinear``s -> ``node`` (Pad or Concat) -> ``QuantizeLinear``, all with the
     same parameters, becomes ``node`` on the uint8 tensors (onnxruntime's QDQ fusions would
     leave the Pad in float and make the Concat a slower ``QLinearConcat``). A Pad pads with
     the zero point, the integer that stands for the float 0 it padded with."""
-    graph = model.graph
     data = node.input[:1] if node.op_type == "Pad" else node.input
     dequantized = _producers(graph, data)
     requantize = _consumers(graph, node.output[0])

@@ -12,11 +12,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgecnn.export import rgb_stem
 from edgecnn.export.calibration import InputSet, random_inputs
+from edgecnn.export.onnx_file import get_metadata
 from edgecnn.export.parity import compare
 from edgecnn.export.quantize import quantize_model
 from edgecnn.export.quantize_recipes import Int8Recipe, int8_rewrites, int8_static
 from edgecnn.export.rgb_stem import find_stem, split_stem
-from edgecnn.runtime import ModelMetadata
 
 RNG = np.random.default_rng(0)
 
@@ -92,7 +92,7 @@ def test_branch_weights_place_every_tap_once():
 def quantized_pair(resnet18_64, tmp_path_factory):
     """resnet18-64 quantized with the rewrite and, for reference, without it."""
     work = tmp_path_factory.mktemp("stem")
-    meta = ModelMetadata.from_props({p.key: p.value for p in onnx.load(str(resnet18_64)).metadata_props})
+    meta = get_metadata(onnx.load(str(resnet18_64)))
     calibration = work / "calib.npy"
     np.save(calibration, random_inputs(meta.input, 24, seed=1))
     split = quantize_model(resnet18_64, work / "split.onnx", calibration=calibration)
@@ -145,7 +145,7 @@ def test_stem_kept_in_float_is_not_split_and_calibrates_apart(resnet18_64, tmp_p
     float (not split) in turn, reusing the calibration cache: each graph gets its ranges."""
     source = onnx.load(str(resnet18_64))
     stem = find_stem(source)
-    meta = ModelMetadata.from_props({p.key: p.value for p in source.metadata_props})
+    meta = get_metadata(source)
     calibration = InputSet(random_inputs(meta.input, 8, seed=1), "random", None, 8)
     cache = tmp_path / "calibration.json"
     split = int8_static(source, calibration, Int8Recipe(), [], cache)
