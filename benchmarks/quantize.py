@@ -22,6 +22,12 @@ which kernels run, so they do not change the speed.
    --rss-runs times, median. Goal int8/fp32 <= 0.5.
 4. Cross-check of 1. that other jobs cannot skew: fp32 and int8 on one thread, timed with the
    thread's CPU clock.
+5. The floor under 1.: a model of one 3x3 convolution + Relu (the shapes of resnet18's layer1
+   and layer4 convolutions), fp32 against int8 from the same recipe, the sessions taking turns
+   as in 1.; the ratio of the convolution kernels' own times (onnxruntime's profiler, median
+   over the calls). resnet18 is almost all such convolutions, so its int8/fp32 cannot go much
+   below this; it sits above it by what the int8 graph's other nodes cost (on an AVX2 CPU
+   without VNNI the kernels' ratio is about 0.52: docs/quantization.md, "Where the time goes").
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 from edgecnn.export import export_model
 from edgecnn.export.calibration import random_inputs
@@ -45,6 +52,7 @@ from edgecnn.export.quiet import silenced
 from edgecnn.runtime import load_session
 
 GOALS = {"latency": 0.53, "size": 0.26, "rss": 0.5}
+CONV_SHAPES = {"layer1": (64, 56), "layer4": (512, 7)}  # (channels, height = width)
 CALIBRATION_SAMPLES = 16
 PAUSE_S = 0.1  # lets the previous session's worker threads stop spinning (see latencies)
 
@@ -98,8 +106,41 @@ def build_models(work: Path, size: int) -> dict[str, Path]:
     return models
 
 
-def latencies(models: dict[str, Path], rounds: int, calls: int, threads: int, size: int,
-              clock=time.perf_counter) -> dict[str, list[float]]:
+def one_conv(path: Path, channels: int, size: int) -> None:
+    """An fp32 model of one 3x3 convolution (padding 1) + Relu on a (1, channels, size, size)
+    input, with random weights."""
+    from onnx import helper, numpy_helper, save
+
+    weights = np.random.default_rng(0).standard_normal((channels, channels, 3, 3)).astype(np.float32)
+    tensor = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "weight", "bias"], ["conv"], name="conv",
+                          kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["conv"], ["output"], name="relu")],
+        f"conv{channels}", [tensor("input", 1, [1, channels, size, size])],
+        [tensor("output", 1, [1, channels, size, size])],
+        [numpy_helper.from_array(weights / np.float32(np.sqrt(9 * channels)), "weight"),
+         numpy_helper.from_array(np.zeros(channels, np.float32), "bias")])
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def build_conv_models(work: Path) -> dict[str, dict[str, Path]]:
+    """Per CONV_SHAPES entry, the one-conv model in fp32 and int8 (edgecnn's recipe)."""
+    pairs = {}
+    for layer, (channels, size) in CONV_SHAPES.items():
+        fp32, int8 = work / f"{layer}.onnx", work / f"{layer}_int8.onnx"
+        one_conv(fp32, channels, size)
+        calibration = work / f"{layer}_calibration.npy"
+        np.save(calibration, np.random.default_rng(1).standard_normal(
+            (CALIBRATION_SAMPLES, channels, size, size)).astype(np.float32))
+        quantize_model(fp32, int8, mode="int8", calibration=calibration,
+                       calibration_size=CALIBRATION_SAMPLES, mean=[0.0], std=[1.0])
+        pairs[layer] = {"fp32": fp32, "int8": int8}
+    return pairs
+
+
+def latencies(models: dict[str, Path], rounds: int, calls: int, threads: int,
+              clock=time.perf_counter, profile_dir: Path | None = None) -> dict[str, list[float]]:
     """Per model and round, the median seconds of ``calls`` consecutive calls; the models take
     turns, the order rotating every round.
 
@@ -109,26 +150,47 @@ def latencies(models: dict[str, Path], rounds: int, calls: int, threads: int, si
     2-core machine that doubled fp32's time and swung the ratio by 10%).
     With one thread onnxruntime computes in the calling thread, so ``clock=time.thread_time``
     measures the CPU time of the inference itself, which other jobs on the machine barely move.
+    With ``profile_dir``, the sessions also profile every node: then the result is, per model,
+    the kernel times (seconds) of its convolutions instead.
     """
-    sessions = {name: load_session(path, threads=threads) for name, path in models.items()}
-    feed = {"input": np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)}
-    for session in sessions.values():  # warm-up: first calls allocate and pre-pack
+    sessions = {}
+    for name, path in models.items():
+        options = ort.SessionOptions()
+        if profile_dir is not None:
+            options.enable_profiling = True
+            options.profile_file_prefix = str(profile_dir / path.stem)
+        sessions[name] = load_session(path, threads=threads, options=options)
+    feeds = {name: {value.name: np.random.default_rng(0).standard_normal(value.shape).astype(np.float32)}
+             for name, session in sessions.items() for value in session.get_inputs()[:1]}
+    for name, session in sessions.items():  # warm-up: first calls allocate and pre-pack
         for _ in range(3):
-            session.run(None, feed)
+            session.run(None, feeds[name])
     times = {name: [] for name in sessions}
     names = list(sessions)
     for round_index in range(rounds):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
             time.sleep(PAUSE_S)
-            sessions[name].run(None, feed)
+            sessions[name].run(None, feeds[name])
             block = []
             for _ in range(calls):
                 started = clock()
-                sessions[name].run(None, feed)
+                sessions[name].run(None, feeds[name])
                 block.append(clock() - started)
             times[name].append(statistics.median(block))
+    if profile_dir is not None:
+        return {name: conv_kernel_times(Path(session.end_profiling()))
+                for name, session in sessions.items()}
     return times
+
+
+def conv_kernel_times(profile: Path) -> list[float]:
+    """The seconds each convolution kernel (``Conv``: fp32, ``QLinearConv``: int8) took in an
+    onnxruntime profile: the kernels alone, without the model's layout and type conversions."""
+    events = json.loads(profile.read_text())
+    return [event["dur"] / 1e6 for event in events
+            if event.get("cat") == "Node" and event["name"].endswith("_kernel_time")
+            and event["args"].get("op_name") in ("Conv", "QLinearConv")]
 
 
 def peak_rss_mb(path: Path, threads: int, size: int) -> float:
@@ -151,10 +213,13 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="edgecnn-bench-") as work:
         models = build_models(Path(work), args.size)
-        times = latencies(models, args.rounds, args.calls, args.threads, args.size)
+        times = latencies(models, args.rounds, args.calls, args.threads)
         int8_pair = {name: models[name] for name in ("fp32", "int8")}
-        cpu_times = latencies(int8_pair, args.rounds, args.calls, 1, args.size,
-                              clock=time.thread_time)
+        cpu_times = latencies(int8_pair, args.rounds, args.calls, 1, clock=time.thread_time)
+        floors = {}
+        for layer, pair in build_conv_models(Path(work)).items():
+            kernels = latencies(pair, args.rounds, args.calls, args.threads, profile_dir=Path(work))
+            floors[layer] = statistics.median(kernels["int8"]) / statistics.median(kernels["fp32"])
         rss = {name: statistics.median(peak_rss_mb(path, args.threads, args.size)
                                        for _ in range(args.rss_runs))
                for name, path in models.items()}
@@ -181,6 +246,10 @@ def main() -> None:
     print(f"cross-check, 1 thread, CPU time of the inference: fp32 "
           f"{1e3 * statistics.median(cpu_times['fp32']):.1f} ms, int8 "
           f"{1e3 * statistics.median(cpu_times['int8']):.1f} ms, ratio {cpu_ratio:.3f}")
+    print("floor: one 3x3 conv + Relu, int8/fp32 of the conv kernel alone, " + ", ".join(
+        f"{layer} shape ({CONV_SHAPES[layer][0]} ch, {CONV_SHAPES[layer][1]}x{CONV_SHAPES[layer][1]}) "
+        f"{ratio:.3f}" for layer, ratio in floors.items()))
+    report["floor"] = {f"{layer}_latency_ratio": ratio for layer, ratio in floors.items()}
     print(json.dumps({name: {key: round(value, 4) for key, value in row.items()}
                       for name, row in report.items()}))
 
