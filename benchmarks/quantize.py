@@ -140,19 +140,15 @@ def build_conv_models(work: Path) -> dict[str, dict[str, Path]]:
 
 
 def latencies(models: dict[str, Path], rounds: int, calls: int, threads: int,
-              clock=time.perf_counter, profile_dir: Path | None = None) -> dict[str, list[float]]:
-    """Per model and round, the median seconds of ``calls`` consecutive calls; the models take
-    turns, the order rotating every round.
+              clock=time.perf_counter) -> dict[str, list[float]]:
+    """Per model and round, the median seconds of ``calls`` consecutive calls (``take_turns``)."""
+    return take_turns(open_sessions(models, threads), rounds, calls, clock)
 
-    Before each model's turn: a pause and one untimed call. An onnxruntime session's worker
-    threads keep spinning for a while after a call; interleaving sessions call by call would
-    let the idle session's spinning threads steal the cores from the one being timed (on this
-    2-core machine that doubled fp32's time and swung the ratio by 10%).
-    With one thread onnxruntime computes in the calling thread, so ``clock=time.thread_time``
-    measures the CPU time of the inference itself, which other jobs on the machine barely move.
-    With ``profile_dir``, the sessions also profile every node: then the result is, per model,
-    the kernel times (seconds) of its convolutions instead.
-    """
+
+def open_sessions(models: dict[str, Path], threads: int,
+                  profile_dir: Path | None = None) -> dict[str, ort.InferenceSession]:
+    """A CPU session per model; with ``profile_dir``, each profiles its nodes (onnxruntime's
+    profiler, written there when the session's ``end_profiling`` is called)."""
     sessions = {}
     for name, path in models.items():
         options = ort.SessionOptions()
@@ -160,6 +156,21 @@ def latencies(models: dict[str, Path], rounds: int, calls: int, threads: int,
             options.enable_profiling = True
             options.profile_file_prefix = str(profile_dir / path.stem)
         sessions[name] = load_session(path, threads=threads, options=options)
+    return sessions
+
+
+def take_turns(sessions: dict[str, ort.InferenceSession], rounds: int, calls: int,
+               clock=time.perf_counter) -> dict[str, list[float]]:
+    """Per session and round, the median seconds of ``calls`` consecutive calls; the sessions
+    take turns, the order rotating every round.
+
+    Before each session's turn: a pause and one untimed call. An onnxruntime session's worker
+    threads keep spinning for a while after a call; interleaving sessions call by call would
+    let the idle session's spinning threads steal the cores from the one being timed (on this
+    2-core machine that doubled fp32's time and swung the ratio by 10%).
+    With one thread onnxruntime computes in the calling thread, so ``clock=time.thread_time``
+    measures the CPU time of the inference itself, which other jobs on the machine barely move.
+    """
     feeds = {name: {value.name: np.random.default_rng(0).standard_normal(value.shape).astype(np.float32)}
              for name, session in sessions.items() for value in session.get_inputs()[:1]}
     for name, session in sessions.items():  # warm-up: first calls allocate and pre-pack
@@ -178,10 +189,18 @@ def latencies(models: dict[str, Path], rounds: int, calls: int, threads: int,
                 sessions[name].run(None, feeds[name])
                 block.append(clock() - started)
             times[name].append(statistics.median(block))
-    if profile_dir is not None:
-        return {name: conv_kernel_times(Path(session.end_profiling()))
-                for name, session in sessions.items()}
     return times
+
+
+def conv_kernel_ratio(pair: dict[str, Path], rounds: int, calls: int, threads: int,
+                      profile_dir: Path) -> float:
+    """int8/fp32 of the median time of the convolution kernels alone, the two sessions taking
+    turns as in ``latencies``."""
+    sessions = open_sessions(pair, threads, profile_dir)
+    take_turns(sessions, rounds, calls)
+    kernels = {name: statistics.median(conv_kernel_times(Path(session.end_profiling())))
+               for name, session in sessions.items()}
+    return kernels["int8"] / kernels["fp32"]
 
 
 def conv_kernel_times(profile: Path) -> list[float]:
@@ -216,10 +235,8 @@ def main() -> None:
         times = latencies(models, args.rounds, args.calls, args.threads)
         int8_pair = {name: models[name] for name in ("fp32", "int8")}
         cpu_times = latencies(int8_pair, args.rounds, args.calls, 1, clock=time.thread_time)
-        floors = {}
-        for layer, pair in build_conv_models(Path(work)).items():
-            kernels = latencies(pair, args.rounds, args.calls, args.threads, profile_dir=Path(work))
-            floors[layer] = statistics.median(kernels["int8"]) / statistics.median(kernels["fp32"])
+        floors = {layer: conv_kernel_ratio(pair, args.rounds, args.calls, args.threads, Path(work))
+                  for layer, pair in build_conv_models(Path(work)).items()}
         rss = {name: statistics.median(peak_rss_mb(path, args.threads, args.size)
                                        for _ in range(args.rss_runs))
                for name, path in models.items()}
