@@ -266,7 +266,7 @@ def main() -> None:
     print("floor: one 3x3 conv + Relu, int8/fp32 of the conv kernel alone, " + ", ".join(
         f"{layer} shape ({CONV_SHAPES[layer][0]} ch, {CONV_SHAPES[layer][1]}x{CONV_SHAPES[layer][1]}) "
         f"{ratio:.3f}" for layer, ratio in floors.items()))
-    report["floor"] = {f"{layer}_latency_ratio": ratio for layer, ratio in floors.items()}
+    report["floor"] = {f"{layer}_kernel_ratio": ratio for layer, ratio in floors.items()}
     print(json.dumps({name: {key: round(value, 4) for key, value in row.items()}
                       for name, row in report.items()}))
 
