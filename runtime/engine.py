@@ -22,11 +22,9 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from edgecnn.errors import BadInput
-from edgecnn.runtime import deform
 from edgecnn.runtime import providers as provider_lib
 from edgecnn.runtime.metadata import ModelMetadata
-from edgecnn.runtime.model_file import opset_domains
-from edgecnn.runtime.session import load_session
+from edgecnn.runtime.session import load_session, model_source
 
 PREDICT_CHUNK = 16  # images per run() call when the batch axis is dynamic
 ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
@@ -68,18 +66,19 @@ class Engine:
         (False: raise BadInput naming the installed providers).
     device_id, fp16, trt_cache_dir: the CUDA / TensorRT GPU, TensorRT fp16 kernels and the
         directory TensorRT caches its built engines in (building one takes minutes).
+    tf32: let CUDA round convolution inputs to TF32 (onnxruntime's default; False: full fp32).
     check_finite: report NaN/Inf inputs in ``run`` as BadInput.
     """
 
     def __init__(self, path: str | os.PathLike, provider: provider_lib.ProviderRequest = "auto",
                  threads: int | None = None, fallback: bool = True, *, device_id: int = 0,
                  fp16: bool = False, trt_cache_dir: str | os.PathLike | None = None,
-                 check_finite: bool = True, session_options=None):
+                 tf32: bool = True, check_finite: bool = True, session_options=None):
         self.path = Path(path)
-        source, self.deform_lowering_swapped = _model_source(self.path)
+        source, self.deform_lowering_swapped = model_source(self.path)
         requested = provider_lib.resolve_providers(
             provider, fallback=fallback, device_id=device_id, fp16=fp16,
-            trt_cache_dir=trt_cache_dir)
+            trt_cache_dir=trt_cache_dir, tf32=tf32)
         self.session = load_session(source, providers=requested, threads=threads,
                                     options=session_options)
         self.providers: list[str] = self.session.get_providers()
@@ -227,24 +226,3 @@ def _check_active(wanted: str, active: Sequence[str], *, explicit: bool, fallbac
     if not fallback:
         raise BadInput(message)
     warnings.warn(message, provider_lib.ProviderFallbackWarning, stacklevel=3)
-
-
-def _model_source(path: Path) -> tuple[str | bytes, bool]:
-    """What to create the session from: the path, or bytes with the DeformConv lowering swapped.
-
-    Models that use the ai.edgecnn::DeformConv2d custom op carry a function body built on the
-    standard DeformConv; an onnxruntime without a DeformConv kernel gets the decomposed body
-    (older standard ops only) instead. Returns (source, swapped).
-    """
-    if deform.DOMAIN not in opset_domains(path):
-        return str(path), False  # load_session reports missing and unreadable files
-    if deform.onnxruntime_has_deformconv():
-        return str(path), False
-    try:
-        import onnx
-    except ImportError:
-        raise BadInput(f"{path} uses the {deform.DOMAIN}::{deform.OP_TYPE} op and this onnxruntime "
-                       "has no DeformConv kernel; install the onnx package so the Engine can "
-                       "switch it to the decomposed lowering") from None
-    model = deform.set_deform_lowering(onnx.load(str(path)), "decomposed")
-    return model.SerializeToString(), True

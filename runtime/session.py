@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from pathlib import Path
 
 import onnxruntime as ort
 
 from edgecnn.errors import BadInput
+from edgecnn.runtime import deform
+from edgecnn.runtime.model_file import opset_domains
 
 ort.set_default_logger_severity(3)  # errors only: onnxruntime's warnings are not for users
 
@@ -15,22 +19,51 @@ ort.set_default_logger_severity(3)  # errors only: onnxruntime's warnings are no
 def load_session(model: str | os.PathLike | bytes, providers: list | None = None,
                  threads: int | None = None,
                  options: ort.SessionOptions | None = None) -> ort.InferenceSession:
-    """An InferenceSession on ``model`` (a path or serialized bytes); BadInput when unreadable."""
+    """An InferenceSession on ``model`` (a path or serialized bytes); BadInput when unreadable.
+
+    A file that uses the ai.edgecnn::DeformConv2d op gets its decomposed lowering when this
+    onnxruntime has no DeformConv kernel (``model_source``).
+    """
     if not isinstance(model, bytes):
         path = Path(model)
         if not path.is_file():
             raise BadInput(f"model file not found: {path}")
         if path.stat().st_size == 0:
             raise BadInput(f"model file is empty: {path}")
-        model = str(path)
+        model, _ = model_source(path)
     options = options or ort.SessionOptions()
     if threads is not None:
         if threads < 1:
             raise BadInput(f"threads must be >= 1, got {threads}")
         options.intra_op_num_threads = threads
     try:
-        return ort.InferenceSession(model, options, providers=providers or ["CPUExecutionProvider"])
+        # When a provider fails to start (TensorRT without its libraries), onnxruntime prints
+        # its "EP Error ... Falling back" notice on stdout: keep stdout for `--json` output.
+        with contextlib.redirect_stdout(sys.stderr):
+            return ort.InferenceSession(model, options,
+                                        providers=providers or ["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
         source = "model" if isinstance(model, bytes) else model
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise BadInput(f"cannot load {source} as an ONNX model: {first_line[:300]}") from None
+
+
+def model_source(path: str | os.PathLike) -> tuple[str | bytes, bool]:
+    """What to create the session from: the path, or bytes with the DeformConv lowering swapped.
+
+    Models that use the ai.edgecnn::DeformConv2d custom op carry a function body built on the
+    standard DeformConv; an onnxruntime without a DeformConv kernel gets the decomposed body
+    (older standard ops only) instead. Returns (source, swapped).
+    """
+    if deform.DOMAIN not in opset_domains(path):
+        return str(path), False  # load_session reports missing and unreadable files
+    if deform.onnxruntime_has_deformconv():
+        return str(path), False
+    try:
+        import onnx
+    except ImportError:
+        raise BadInput(f"{path} uses the {deform.DOMAIN}::{deform.OP_TYPE} op and this onnxruntime "
+                       "has no DeformConv kernel; install the onnx package so edgecnn can "
+                       "switch it to the decomposed lowering") from None
+    model = deform.set_deform_lowering(onnx.load(str(path)), "decomposed")
+    return model.SerializeToString(), True

@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edgecnn.export.parity import compare
 from edgecnn.runtime import Engine, InputInfo, ModelMetadata, deform
 from edgecnn.runtime.metadata import METADATA_KEY
+from edgecnn.runtime.session import load_session
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +77,15 @@ def test_engine_swaps_to_decomposed_without_a_kernel(deform_model, tmp_path, mon
     parity = compare(native, swapped)
     assert parity.rel_l2 <= 1e-5, parity
     assert np.abs(native).max() > 1  # a real output, not zeros
+
+
+def test_load_session_swaps_without_a_kernel_too(deform_model, tmp_path, monkeypatch):
+    """`edgecnn check` and the parity matrix load files with load_session, not the Engine: on an
+    onnxruntime without a DeformConv kernel (onnxruntime-gpu 1.31) they get the decomposed
+    lowering too."""
+    monkeypatch.setattr(deform, "onnxruntime_has_deformconv", lambda: False)
+    ops = optimized_ops(lambda o: load_session(deform_model, options=o), tmp_path)
+    assert "DeformConv" not in ops and "DeformConv2d" not in ops and "MatMul" in ops
 
 
 def test_swap_without_the_onnx_package_is_a_clear_error(deform_model, monkeypatch):
