@@ -53,10 +53,15 @@ def full_name(provider: str) -> str:
 
 
 def provider_options(provider: str, *, device_id: int = 0, fp16: bool = False,
-                     trt_cache_dir: str | os.PathLike | None = None) -> dict:
-    """onnxruntime options for ``provider``: the GPU id, TensorRT fp16 and engine cache."""
+                     trt_cache_dir: str | os.PathLike | None = None, tf32: bool = True) -> dict:
+    """onnxruntime options for ``provider``: the GPU id, TensorRT fp16 and engine cache.
+
+    ``tf32=False`` turns off CUDA's TF32 math (on by default in onnxruntime), which rounds the
+    inputs of convolutions and matrix products to a 10-bit mantissa: parity checks measure the
+    export in full fp32 (docs/gpu.md).
+    """
     if provider == CUDA:
-        return {"device_id": device_id}
+        return {"device_id": device_id} if tf32 else {"device_id": device_id, "use_tf32": 0}
     if provider == TENSORRT:
         options = {"device_id": device_id, "trt_fp16_enable": fp16}
         if trt_cache_dir is not None:
@@ -87,12 +92,13 @@ def _requested(provider: ProviderRequest) -> tuple[list[ProviderEntry], bool]:
 
 def resolve_providers(provider: ProviderRequest = "auto", *, fallback: bool = True,
                       device_id: int = 0, fp16: bool = False,
-                      trt_cache_dir: str | os.PathLike | None = None,
+                      trt_cache_dir: str | os.PathLike | None = None, tf32: bool = True,
                       installed: Sequence[str] | None = None) -> list[ProviderEntry]:
     """The (name, options) list to create a session with, most preferred first.
 
     ``provider`` is "auto", "cpu", "cuda", "tensorrt", an onnxruntime provider name, or a list
     of names / (name, options) pairs; options given in a list win over the generated ones.
+    ``tf32=False``: CUDA computes convolutions in full fp32 (see ``provider_options``).
     """
     installed = list(installed_providers() if installed is None else installed)
     entries, auto = _requested(provider)
@@ -102,14 +108,14 @@ def resolve_providers(provider: ProviderRequest = "auto", *, fallback: bool = Tr
                        f"(installed: {', '.join(installed) or 'none'}); "
                        "pass fallback=True to use what is installed")
     chosen = {name: {**provider_options(name, device_id=device_id, fp16=fp16,
-                                        trt_cache_dir=trt_cache_dir), **options}
+                                        trt_cache_dir=trt_cache_dir, tf32=tf32), **options}
               for name, options in entries if name in installed}
     # Each accelerator hands the nodes it does not support to the next one; CPU ends the chain.
     # A missing provider's chain is what fallback uses instead of it.
     for name, _ in entries:
         for backup in FALLBACK_CHAIN.get(name, (CPU,)):
             if backup in installed and backup not in chosen:
-                chosen[backup] = provider_options(backup, device_id=device_id)
+                chosen[backup] = provider_options(backup, device_id=device_id, tf32=tf32)
     if not chosen:
         raise BadInput(f"no usable provider; installed: {', '.join(installed) or 'none'}")
     if missing and not auto:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper
 
 from edgecnn.errors import BadInput
 from edgecnn.export.parity import compare
@@ -16,6 +17,7 @@ from edgecnn.runtime import Engine
 from edgecnn.runtime.providers import (
     CPU, CUDA, TENSORRT, ProviderFallbackWarning, resolve_providers,
 )
+from edgecnn.runtime.session import load_session
 
 AZURE = "AzureExecutionProvider"
 GPU_BOX = [TENSORRT, CUDA, CPU, AZURE]
@@ -61,6 +63,27 @@ def test_missing_provider_falls_back_along_its_chain():
         assert names(resolve_providers(["cuda"], installed=[CPU])) == [CPU]
 
 
+def test_tf32_off_reaches_cuda_directly_and_behind_tensorrt():
+    """Parity checks ask for full fp32: CUDA's use_tf32 off, also as TensorRT's fallback."""
+    assert dict(resolve_providers("cuda", installed=GPU_BOX))[CUDA] == {"device_id": 0}
+    for request_ in ("cuda", "tensorrt"):
+        entries = dict(resolve_providers(request_, installed=GPU_BOX, tf32=False))
+        assert entries[CUDA] == {"device_id": 0, "use_tf32": 0} and entries[CPU] == {}
+
+
+def test_onnxruntime_fallback_notice_stays_off_stdout(monkeypatch, capsys):
+    """onnxruntime prints "EP Error ... Falling back" on stdout when a provider does not start;
+    load_session sends it to stderr so `edgecnn bench --json` stays one JSON object."""
+    def session_that_falls_back(*args, **kwargs):
+        print("*************** EP Error ***************")
+        return "session"
+
+    monkeypatch.setattr(ort, "InferenceSession", session_that_falls_back)
+    assert load_session(b"model bytes", providers=[TENSORRT, CPU]) == "session"
+    captured = capsys.readouterr()
+    assert captured.out == "" and "EP Error" in captured.err
+
+
 @pytest.mark.parametrize("request_", ["gpu", ["cpu", "npu"], []])
 def test_unknown_provider_names_are_bad_input(request_):
     with pytest.raises(BadInput, match="unknown provider|provider list is empty"):
@@ -70,9 +93,20 @@ def test_unknown_provider_names_are_bad_input(request_):
 # -- on a GPU (skipped here: this machine has none) --------------------------------------------
 
 def require(provider: str) -> None:
+    """Skip unless ``provider`` is installed and starts: onnxruntime-gpu lists TensorRT even
+    where the TensorRT libraries are missing (then it falls back, and logs why on stderr)."""
     if provider not in ort.get_available_providers():
         pytest.skip(f"{provider} is not installed (onnxruntime {ort.__version__} offers "
                     f"{', '.join(ort.get_available_providers())}); see docs/gpu.md")
+    relu = helper.make_model(helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "relu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])]),
+        opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    started = load_session(relu.SerializeToString(), providers=[provider]).get_providers()
+    if started[0] != provider:
+        pytest.skip(f"{provider} is installed but does not start here (onnxruntime fell back to "
+                    f"{', '.join(started)}; its log on stderr says why); see docs/gpu.md")
 
 
 def gpu_parity(path, provider, **engine_options):
