@@ -27,7 +27,9 @@ from edgecnn.export.calibration import DEFAULT_CALIBRATION_SIZE, batches, load_i
 from edgecnn.export.exporter import build_model, export_model, random_input
 from edgecnn.export.files import atomic_output, check_output_path
 from edgecnn.export.onnx_file import dims, fixed_batch, get_metadata, graph_inputs, input_dims
-from edgecnn.export.parity import ParityMetrics, compare, default_tolerance
+from edgecnn.export.parity import (
+    FP16_MAX, ParityMetrics, activation_peak, compare, default_tolerance,
+)
 from edgecnn.runtime import load_session
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -239,13 +241,27 @@ def check_parity(name: str, onnx_path: str | os.PathLike | None = None, *,
                              batch=batch, samples=samples, images=image_count,
                              rows=sum(len(x) for x in inputs), tolerance=bound,
                              outputs=[OutputReport(output_name, metrics, passed)], notes=notes)
-        if not passed and onnx_path is not None:
+        if not all(np.isfinite(c).all() for c in candidates):
+            report.notes.append(_non_finite_note(module, inputs[0], precision))
+        elif not passed and onnx_path is not None:
             report.notes.append("was the file exported with the same --seed/--weights/"
                                 "--num-classes? the eager model is rebuilt from them")
         if bisect:
             step("bisecting layer by layer")
             report.bisect = bisecting.bisect(module, model, inputs[0], bound, providers)
     return report
+
+
+def _non_finite_note(module, x: np.ndarray, precision: str) -> str:
+    note = "the ONNX output holds NaN or Inf"
+    if precision != "fp16":
+        return note
+    peak, where = activation_peak(module, x)
+    if peak <= FP16_MAX:
+        return f"{note}; the eager activations stay within fp16's range (peak {peak:.3g})"
+    return (f"{note}: fp16 overflows, the eager activations reach {peak:.3g} ({where}), beyond "
+            f"fp16's {FP16_MAX:g}; keep this model in fp32 (or its overflowing layers: "
+            "edgecnn quantize --keep-float)")
 
 
 def _load(path: Path) -> onnx.ModelProto:

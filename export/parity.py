@@ -25,6 +25,10 @@ REL_L2_TOLERANCE = {"fp32": 1e-5, "fp16": 5e-3}
 # 2x (a 7-bit/8-bit range mix-up) drops ResNet-18 from 30.6 dB to 6-10 dB. 20 dB passes every
 # correct zoo model and fails such a layer (tests/test_parity_matrix.py shows both).
 INT8_SQNR_FLOOR_DB = 20.0
+# The largest finite float16. An fp16 model whose activations pass it gives inf/NaN wherever the
+# arithmetic is really fp16 (CUDA); onnxruntime's CPU provider runs most fp16 graphs' ops in
+# fp32, so there it goes unnoticed (docs/gpu.md).
+FP16_MAX = 65504.0
 
 
 def sqnr_to_rel_l2(sqnr_db: float) -> float:
@@ -85,6 +89,32 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> ParityMetrics:
     max_abs = float(np.max(np.abs(candidate - reference))) if reference.size else 0.0
     return ParityMetrics(rel_l2=rel_l2, max_abs=max_abs, cosine=cosine,
                          top1_agreement=top1, sqnr_db=sqnr_db)
+
+
+def activation_peak(module, inputs) -> tuple[float, str]:
+    """(largest |value| any submodule of ``module`` outputs on ``inputs``, that submodule's name):
+    what an fp16 model must hold without overflowing (``FP16_MAX``)."""
+    import torch
+
+    peak, where = 0.0, ""
+
+    def record(name):
+        def hook(_module, _inputs, output):
+            nonlocal peak, where
+            if isinstance(output, torch.Tensor) and output.is_floating_point() and output.numel():
+                value = float(output.detach().abs().max())
+                if value > peak:
+                    peak, where = value, name
+        return hook
+
+    handles = [sub.register_forward_hook(record(name)) for name, sub in module.named_modules()]
+    try:
+        with torch.no_grad():
+            module(torch.as_tensor(inputs))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return peak, where or "output"
 
 
 def assert_parity(module, onnx_path, inputs, *, precision: str = "fp32",

@@ -196,3 +196,18 @@ def test_precision_comes_from_the_file(cli, tmp_path, resnet18_64):
     assert 1e-5 < result["outputs"][0]["rel_l2"] <= 5e-3  # fp16 rounding, not fp32 parity
     assert_one_line_error(cli("check", "resnet18", "--onnx", fp16, "--precision", "int8"),
                           2, "holds a fp16 model, not int8")
+
+
+def test_non_finite_fp16_output_is_explained():
+    """An fp16 output with NaN/Inf gets a note: overflow when the eager activations pass fp16's
+    range (with where), otherwise only that the output is not finite."""
+    from edgecnn.export.check import _non_finite_note
+
+    x = np.ones((1, 4), np.float32)
+    loud = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    with torch.no_grad():
+        loud[0].weight.fill_(1e5)
+    assert "fp16 overflows, the eager activations reach 4e+05 (0)" in _non_finite_note(loud, x, "fp16")
+    quiet = nn.Sequential(nn.Linear(4, 4))
+    assert "stay within fp16's range" in _non_finite_note(quiet, x, "fp16")
+    assert _non_finite_note(quiet, x, "fp32") == "the ONNX output holds NaN or Inf"

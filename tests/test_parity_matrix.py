@@ -27,7 +27,9 @@ import torch
 from edgecnn import models
 from edgecnn.export import build_model, compare
 from edgecnn.export.exporter import random_input
-from edgecnn.export.parity import INT8_SQNR_FLOOR_DB, REL_L2_TOLERANCE, default_tolerance
+from edgecnn.export.parity import (
+    FP16_MAX, INT8_SQNR_FLOOR_DB, REL_L2_TOLERANCE, activation_peak, default_tolerance,
+)
 from edgecnn.export.check import convert_precision
 from edgecnn.runtime import load_session
 from edgecnn.runtime.providers import resolve_providers
@@ -35,7 +37,7 @@ from edgecnn.runtime.providers import resolve_providers
 PRECISIONS = ("fp32", "fp16", "int8")
 BATCHES = (1, 3)
 PROVIDER = os.environ.get("EDGECNN_PROVIDER", "cpu")
-PROVIDERS = resolve_providers(PROVIDER, fallback=False)
+PROVIDERS = resolve_providers(PROVIDER, fallback=False, tf32=False)  # fp32 parity: no TF32
 CASES = [(name, precision) for name in models.list_models() for precision in PRECISIONS]
 
 
@@ -66,6 +68,8 @@ def test_onnx_matches_eager(name, precision, zoo_onnx, tmp_path, record_property
         metrics = compare(eager, candidate)
         record_property("parity", {"model": name, "precision": precision, "batch": batch,
                                    **metrics.as_dict()})  # EDGECNN_PARITY_REPORT (conftest.py)
+        if precision == "fp16" and not np.isfinite(candidate).all():
+            expect_fp16_overflow(name, x)
         assert metrics.rel_l2 <= bound, (name, precision, batch, metrics)
         if precision == "fp32" and metrics.top1_agreement is not None:
             assert metrics.top1_agreement == 1.0, (name, batch, metrics)
@@ -76,6 +80,25 @@ def test_onnx_matches_eager(name, precision, zoo_onnx, tmp_path, record_property
         assert compare(eager, ignoring_input).rel_l2 > 10 * bound, name
     else:
         path.unlink()  # the VGGs are hundreds of MB
+
+
+def expect_fp16_overflow(name: str, x: np.ndarray) -> None:
+    """An fp16 output with inf/NaN is an expected failure only where the eager model's own
+    activations pass fp16's range: random-weight ResNet-101/152 reach 2e5/3e8 (each bottleneck
+    block grows them ~1.6x). Where the arithmetic is really fp16 (CUDA) such a model overflows;
+    onnxruntime's CPU provider runs most fp16 ops in fp32 and does not (docs/gpu.md)."""
+    peak, where = activation_peak(build_model(name, seed=0), x)
+    if peak > FP16_MAX:
+        pytest.xfail(f"{name}: seed-0 weights drive {where} to {peak:.3g}, beyond fp16's "
+                     f"{FP16_MAX:g}; the fp16 model overflows on {PROVIDER}")
+
+
+def test_fp16_overflow_is_expected_only_beyond_fp16_range():
+    """What makes a CUDA fp16 NaN an expected failure is measured, never assumed: ResNet-152's
+    seed-0 activations pass fp16's range, ResNet-18's do not (so NaN there fails the test)."""
+    with pytest.raises(pytest.xfail.Exception, match="beyond fp16's 65504"):
+        expect_fp16_overflow("resnet152", eager_reference("resnet152")[3][0])
+    expect_fp16_overflow("resnet18", eager_reference("resnet18")[3][0])  # returns: in range
 
 
 def test_int8_floor_catches_one_broken_layer(zoo_onnx, tmp_path):
