@@ -1,6 +1,7 @@
 """What the Engine costs over a bare onnxruntime session, and the memory of `edgecnn run`.
 
     .venv/bin/python benchmarks/runtime_overhead.py [--rounds 30] [--calls 20] [--threads 1]
+    python benchmarks/runtime_overhead.py --provider cuda      # on a GPU (docs/gpu.md)
 
 1. Engine.run vs a bare InferenceSession.run (its own session, same options) on resnet18 (fp32,
    batch 1, 224x224), interleaved: each round times a block of --calls calls of each, the order
@@ -11,6 +12,9 @@
    ``quantize_model(..., mode="int8")``, calibrated on random-pixel images, which is fine for a
    memory figure), next to a bare int8 session and `import torch`; each a fresh process that
    reads its own peak with edgecnn.runtime.bench.peak_rss_mb at its end. Goal: <= 150 MB.
+
+``--provider`` runs 1. and 2. on that provider (both sides with the same provider options; the
+input is copied to the GPU in every call of either); 3. is on the CPU provider always.
 
 Needs the dev install (exports with torch); the runtime itself never imports torch.
 """
@@ -29,6 +33,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgecnn.runtime import Engine
+from edgecnn.runtime.providers import resolve_providers
 
 OVERHEAD_RATIO_GOAL = 1.03
 OVERHEAD_US_GOAL = 30.0
@@ -36,32 +41,36 @@ RSS_MB_GOAL = 150.0
 CALIBRATION_SAMPLES = 8
 
 
-def interleaved(call_a, call_b, rounds: int, calls: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seconds per call of A and B in each round: one block of ``calls`` calls each, the
-    order alternating, so a pair (a[i], b[i]) ran under the same machine load."""
-    times = np.empty((rounds, 2))
+def interleaved(calls_to_time, rounds: int, calls: int) -> list[np.ndarray]:
+    """Seconds per call of each callable in each round: one block of ``calls`` calls each, the
+    order rotating, so the figures of one round ran under the same machine load."""
+    times = np.empty((rounds, len(calls_to_time)))
     for round_index in range(rounds):
-        order = (0, 1) if round_index % 2 == 0 else (1, 0)
-        for column in order:
-            call = (call_a, call_b)[column]
+        shift = round_index % len(calls_to_time)
+        for column in [*range(shift, len(calls_to_time)), *range(shift)]:
+            call = calls_to_time[column]
             started = time.perf_counter()
             for _ in range(calls):
                 call()
             times[round_index, column] = (time.perf_counter() - started) / calls
-    return times[:, 0], times[:, 1]
+    return list(times.T)
 
 
-def compare_engine_to_bare(path: Path, shape: tuple, threads: int, rounds: int, calls: int):
-    """Per-round seconds per call of Engine.run and of a separately created bare session."""
-    engine = Engine(path, "cpu", threads=threads)
+def compare_engine_to_bare(path: Path, shape: tuple, threads: int, rounds: int, calls: int,
+                           provider: str = "cpu"):
+    """Per-round seconds per call of Engine.run, of a separately created bare session and of
+    the Engine's own session called directly (the same session object minus the wrapper)."""
+    engine = Engine(path, provider, threads=threads, fallback=False)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    bare = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    bare = ort.InferenceSession(str(path), options,
+                                providers=resolve_providers(provider, fallback=False))
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     feed = {bare.get_inputs()[0].name: x}
     for _ in range(5):  # warm both up
         engine.run(x), bare.run(None, feed)
-    return interleaved(lambda: engine.run(x), lambda: bare.run(None, feed), rounds, calls)
+    return interleaved([lambda: engine.run(x), lambda: bare.run(None, feed),
+                        lambda: engine.session.run(None, feed)], rounds, calls)
 
 
 def export_models(folder: Path) -> tuple[Path, Path]:
@@ -107,7 +116,8 @@ def memory_figures(int8: Path, image: Path, repeats: int = 3) -> dict[str, float
     bare = ("import numpy as np, onnxruntime as ort\n"
             f"s = ort.InferenceSession({str(int8)!r}, providers=['CPUExecutionProvider'])\n"
             "s.run(None, {'input': np.zeros((1, 3, 224, 224), np.float32)})")
-    commands = {"edgecnn run (int8 resnet18)": (_EDGECNN_CLI, "run", str(int8), str(image)),
+    commands = {"edgecnn run (int8 resnet18)": (_EDGECNN_CLI, "run", str(int8), str(image),
+                                                        "--provider", "cpu"),
                 "bare int8 session": (bare,),
                 "import torch (+ edgecnn.runtime, to read the peak)": ("import torch",)}
     return {name: statistics.median(peak_rss_mb(*command) for _ in range(repeats))
@@ -119,17 +129,20 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--calls", type=int, default=20, help="calls per timed block (resnet18)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--provider", choices=("cpu", "cuda"), default="cpu")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         print("exporting resnet18 (224) and lenet...", file=sys.stderr)
         resnet, lenet = export_models(folder)
         print("timing (interleaved)...", file=sys.stderr)
-        engine_s, bare_s = compare_engine_to_bare(resnet, (1, 3, 224, 224), args.threads,
-                                                  args.rounds, args.calls)
+        engine_s, bare_s, own_s = compare_engine_to_bare(resnet, (1, 3, 224, 224), args.threads,
+                                                         args.rounds, args.calls, args.provider)
         ratio = float(np.median(engine_s / bare_s))  # median of the paired ratios
-        lenet_engine, lenet_bare = compare_engine_to_bare(lenet, (1, 1, 28, 28), args.threads,
-                                                          args.rounds, args.calls * 50)
+        own_ratio = float(np.median(engine_s / own_s))
+        lenet_engine, lenet_bare, _ = compare_engine_to_bare(lenet, (1, 1, 28, 28), args.threads,
+                                                          args.rounds, args.calls * 50,
+                                                          args.provider)
         overhead_us = float(np.median(lenet_engine - lenet_bare)) * 1e6
         print("quantizing resnet18 to int8 and measuring memory...", file=sys.stderr)
         int8 = folder / "resnet18_int8.onnx"
@@ -143,10 +156,13 @@ def main() -> int:
     def verdict(ok: bool) -> str:
         return "ok" if ok else "MISSED"
 
-    print(f"threads {args.threads}, {args.rounds} rounds, onnxruntime {ort.__version__}")
+    print(f"{args.provider} provider, threads {args.threads}, {args.rounds} rounds, "
+          f"onnxruntime {ort.__version__}")
     print(f"resnet18 fp32 b1 224: Engine.run {np.median(engine_s) * 1e3:.3f} ms vs bare session "
           f"{np.median(bare_s) * 1e3:.3f} ms -> median paired ratio {ratio:.4f} (goal <= {OVERHEAD_RATIO_GOAL}) "
           f"{verdict(ratio <= OVERHEAD_RATIO_GOAL)}")
+    print(f"  the same Engine's own session called directly: {np.median(own_s) * 1e3:.3f} ms -> "
+          f"median paired ratio {own_ratio:.4f} (the wrapper alone)")
     print(f"lenet b1: Engine.run {np.median(lenet_engine) * 1e6:.1f} us vs bare session "
           f"{np.median(lenet_bare) * 1e6:.1f} us -> median paired overhead {overhead_us:.1f} us/call "
           f"(goal <= {OVERHEAD_US_GOAL:g} us) {verdict(overhead_us <= OVERHEAD_US_GOAL)}")
