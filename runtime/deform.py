@@ -5,8 +5,8 @@ Each deformable convolution of an exported model is ONE node ``DeformConv2d`` of
 attributes ``strides, pads, dilations, group, offset_group``. The model carries a FunctionProto
 for it, so a stock onnxruntime runs it without any plugin, in one of two lowerings:
 
-- ``native``: the body is the standard ONNX ``DeformConv`` (opset 19+; onnxruntime >= 1.32 has
-  a CPU kernel, TensorRT parses it since 10.1);
+- ``native``: the body is the standard ONNX ``DeformConv`` (opset 19+; onnxruntime >= 1.25 has
+  a CPU kernel and 1.31's CUDA provider one, TensorRT parses it since 10.1);
 - ``decomposed``: a body of older ops only (GridSample + MatMul, see ``_deform_decomposed``) for
   runtimes without a DeformConv kernel (onnxruntime 1.17, TensorRT 8.6).
 

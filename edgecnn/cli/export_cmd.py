@@ -87,7 +87,7 @@ def export_command(
     deform_lowering: Annotated[str, typer.Option(
         "--deform-lowering", metavar="native|decomposed",
         help="Body of the deformable-conv custom op: ONNX DeformConv (opset 19+), or older ops "
-             "for runtimes without a DeformConv kernel (onnxruntime < 1.32, TensorRT < 10.1).")
+             "for runtimes without a DeformConv kernel (onnxruntime < 1.25, TensorRT < 10.1).")
     ] = "native",
     model_option: Annotated[Optional[list[str]], typer.Option(
         "--option", metavar="KEY=VALUE",
