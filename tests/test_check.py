@@ -207,7 +207,8 @@ def test_non_finite_fp16_output_is_explained():
     loud = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
     with torch.no_grad():
         loud[0].weight.fill_(1e5)
-    assert "fp16 overflows, the eager activations reach 4e+05 (0)" in _non_finite_note(loud, x, "fp16")
+    note = _non_finite_note(loud, x, "fp16")
+    assert "fp16 overflows, the eager activations reach 4e+05 (0)" in note  # module "0", 4 x 1e5
     quiet = nn.Sequential(nn.Linear(4, 4))
     assert "stay within fp16's range" in _non_finite_note(quiet, x, "fp16")
     assert _non_finite_note(quiet, x, "fp32") == "the ONNX output holds NaN or Inf"

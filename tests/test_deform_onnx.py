@@ -142,7 +142,8 @@ def test_lowering_errors_and_models_without_the_op():
 
 
 def test_onnxruntime_probe_finds_the_deformconv_kernel():
-    """onnxruntime >= 1.32 (our dependency; the kernel exists since 1.25) has it; the probe runs once, cached."""
+    """onnxruntime >= 1.32 (our dependency; the kernel exists since 1.25) has the kernel; the
+    probe runs once, cached."""
     deform.onnxruntime_has_deformconv.cache_clear()
     assert deform.onnxruntime_has_deformconv() is True
     assert deform.onnxruntime_has_deformconv.cache_info().currsize == 1

@@ -79,7 +79,8 @@ def check_command(
     with progress(enabled=not json_output) as (on_step, _):
         result = check_parity(
             model, onnx_file, precision=precision.value if precision else None, batch=batch,
-            samples=samples, images=images, providers=resolve_providers(provider, fallback=False, tf32=False),
+            samples=samples, images=images,
+            providers=resolve_providers(provider, fallback=False, tf32=False),  # full fp32 on CUDA
             tolerance=tolerance, seed=seed, weights=weights, num_classes=num_classes,
             input_size=parse_input_size(input_size), bisect=bisect, on_step=on_step)
     if report:
