@@ -137,6 +137,14 @@ def test_bad_check_arguments(cli, resnet18_64, args, fragment):
     assert_one_line_error(result, 2, fragment)
 
 
+def test_the_file_can_follow_the_model_name(cli, resnet18_64):
+    """`edgecnn check resnet18 model.onnx` is `--onnx model.onnx`; giving both is one error."""
+    result = json.loads(cli("check", "resnet18", resnet18_64, "--samples", "1", "--json").stdout)
+    assert result["passed"] and result["onnx"] == str(resnet18_64)
+    assert_one_line_error(cli("check", "resnet18", resnet18_64, "--onnx", resnet18_64), 2,
+                          "give the ONNX file once")
+
+
 def test_int8_check_of_a_fresh_export(cli):
     """--precision converts a fresh export as the matrix does and applies that precision's bound."""
     int8 = json.loads(cli("check", "resnet18", "--precision", "int8", "--input-size", "32",

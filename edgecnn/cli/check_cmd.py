@@ -12,6 +12,7 @@ from edgecnn.cli._app import (
     InputSizeOpt, JsonOpt, NumClassesOpt, ProviderOpt, WeightsOpt, app, escape, err, out,
     parse_input_size, print_json, progress,
 )
+from edgecnn.errors import BadInput
 
 
 class Precision(str, Enum):
@@ -48,6 +49,9 @@ def _print_report(report) -> None:
 @app.command("check")
 def check_command(
     model: Annotated[str, typer.Argument(help="Registered model name (see `edgecnn list`).")],
+    onnx_argument: Annotated[Optional[str], typer.Argument(
+        metavar="FILE.onnx", help="Check this file instead of a fresh export (or --onnx).",
+        show_default=False)] = None,
     onnx_file: Annotated[Optional[str], typer.Option(
         "--onnx", help="Check this file instead of a fresh export.")] = None,
     precision: Annotated[Optional[Precision], typer.Option(
@@ -73,6 +77,9 @@ def check_command(
     from edgecnn.export.check import check_parity, check_report_path, write_report
     from edgecnn.runtime.providers import resolve_providers
 
+    if onnx_argument is not None and onnx_file is not None:
+        raise BadInput(f"give the ONNX file once: {onnx_argument} or --onnx {onnx_file}")
+    onnx_file = onnx_file if onnx_argument is None else onnx_argument
     if report:
         check_report_path(report)
 
