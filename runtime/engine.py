@@ -79,11 +79,13 @@ class Engine:
         requested = provider_lib.resolve_providers(
             provider, fallback=fallback, device_id=device_id, fp16=fp16,
             trt_cache_dir=trt_cache_dir, tf32=tf32)
+        provider_errors: list[str] = []
         self.session = load_session(source, providers=requested, threads=threads,
-                                    options=session_options)
+                                    options=session_options, provider_errors=provider_errors)
         self.providers: list[str] = self.session.get_providers()
         auto = isinstance(provider, str) and provider.lower() == "auto"
-        _check_active(requested[0][0], self.providers, explicit=not auto, fallback=fallback)
+        _check_active(requested[0][0], self.providers, explicit=not auto, fallback=fallback,
+                      reasons=provider_errors)
         props = self.session.get_modelmeta().custom_metadata_map
         self.metadata: ModelMetadata | None = ModelMetadata.from_props(props, str(self.path))
         self.inputs = [TensorSpec.from_node_arg(arg) for arg in self.session.get_inputs()]
@@ -217,12 +219,15 @@ class _InputCheck:
             self.accepted.add(shape)
 
 
-def _check_active(wanted: str, active: Sequence[str], *, explicit: bool, fallback: bool) -> None:
-    """A provider can be installed yet fail to start (no GPU, missing CUDA libraries)."""
+def _check_active(wanted: str, active: Sequence[str], *, explicit: bool, fallback: bool,
+                  reasons: Sequence[str] = ()) -> None:
+    """A provider can be installed yet fail to start (no GPU, missing CUDA/TensorRT libraries);
+    ``reasons``: what onnxruntime said about it (``load_session``'s provider_errors)."""
     if wanted in active or not explicit:
         return
+    why = reasons[0] if reasons else "no device or missing libraries?"
     message = (f"provider {provider_lib.short_name(wanted)!r} is installed but did not start "
-               f"(no device or missing libraries?); running on {', '.join(active)}")
+               f"({why}); running on {', '.join(active)}")
     if not fallback:
         raise BadInput(message)
     warnings.warn(message, provider_lib.ProviderFallbackWarning, stacklevel=3)

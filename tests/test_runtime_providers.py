@@ -71,17 +71,39 @@ def test_tf32_off_reaches_cuda_directly_and_behind_tensorrt():
         assert entries[CUDA] == {"device_id": 0, "use_tf32": 0} and entries[CPU] == {}
 
 
-def test_onnxruntime_fallback_notice_stays_off_stdout(monkeypatch, capsys):
-    """onnxruntime prints "EP Error ... Falling back" on stdout when a provider does not start;
-    load_session sends it to stderr so `edgecnn bench --json` stays one JSON object."""
+EP_ERROR_NOTICE = (  # what onnxruntime-gpu 1.31.1 printed on an H100 without TensorRT
+    "*************** EP Error ***************\n"
+    "EP Error /onnxruntime_src/onnxruntime/python/onnxruntime_pybind_state.cc:729 void "
+    "onnxruntime::python::RegisterTensorRTPluginsAsCustomOps(PySessionOptions&, const "
+    "onnxruntime::ProviderOptions&) Please install TensorRT libraries as mentioned in the GPU "
+    "requirements page, make sure they're in the PATH or LD_LIBRARY_PATH, and that your GPU is "
+    "supported.\n when using [('TensorrtExecutionProvider', {'device_id': 0})]\n"
+    "Falling back to ['CUDAExecutionProvider', 'CPUExecutionProvider'] and retrying.\n"
+    "****************************************\n")
+
+
+def test_onnxruntime_fallback_notice_becomes_the_reason(monkeypatch, capsys):
+    """onnxruntime prints a multi-line "EP Error ... Falling back" notice on stdout when a
+    provider does not start; load_session keeps stdout and stderr clean (`--json`, one-line
+    errors) and hands the reason to the Engine, whose fallback message quotes it."""
+    from edgecnn.runtime.engine import _check_active
+
     def session_that_falls_back(*args, **kwargs):
-        print("*************** EP Error ***************")
+        print(EP_ERROR_NOTICE, end="")
         return "session"
 
     monkeypatch.setattr(ort, "InferenceSession", session_that_falls_back)
-    assert load_session(b"model bytes", providers=[TENSORRT, CPU]) == "session"
-    captured = capsys.readouterr()
-    assert captured.out == "" and "EP Error" in captured.err
+    reasons = []
+    assert load_session(b"model", providers=[TENSORRT, CPU], provider_errors=reasons) == "session"
+    assert capsys.readouterr() == ("", "")
+    assert reasons == ["Please install TensorRT libraries as mentioned in the GPU requirements "
+                       "page, make sure they're in the PATH or LD_LIBRARY_PATH, and that your GPU "
+                       "is supported."]
+    with pytest.raises(BadInput, match=r"'tensorrt' is installed but did not start \(Please "
+                                       r"install TensorRT libraries .*\); running on cuda"):
+        _check_active(TENSORRT, ["cuda"], explicit=True, fallback=False, reasons=reasons)
+    with pytest.warns(ProviderFallbackWarning, match="no device or missing libraries"):
+        _check_active(TENSORRT, ["cuda"], explicit=True, fallback=True)
 
 
 @pytest.mark.parametrize("request_", ["gpu", ["cpu", "npu"], []])
