@@ -134,8 +134,16 @@ def int8_dynamic(model: onnx.ModelProto, exclude: Sequence[str], workdir: Path) 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     output = workdir / "int8-dynamic.onnx"
+    copy = _copy(model)
+    # The exporter also types the initializers in value_info. onnxruntime 1.31's dynamic
+    # quantizer transposes the Gemm weight and keeps that entry, and then its own shape inference
+    # fails ("(512) vs (1000)"). Initializers carry their shapes, so the entries are redundant.
+    initializers = {init.name for init in copy.graph.initializer}
+    kept = [value for value in copy.graph.value_info if value.name not in initializers]
+    del copy.graph.value_info[:]
+    copy.graph.value_info.extend(kept)
     with silenced(""):
-        quantize_dynamic(_copy(model), output, per_channel=True, weight_type=QuantType.QInt8,
+        quantize_dynamic(copy, output, per_channel=True, weight_type=QuantType.QInt8,
                          nodes_to_exclude=list(exclude))
     return onnx.load(str(output))
 
