@@ -14,6 +14,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper
 
+from edgecnn.export.onnx_file import set_minimal_ir_version
 from edgecnn.ops import deform_conv2d
 from edgecnn.ops.deform_conv import output_size
 from edgecnn.runtime import deform
@@ -94,7 +95,9 @@ def _model(node: onnx.NodeProto, case: Case, opset: int, domains=()) -> onnx.Mod
                                   "Y", TensorProto.FLOAT,
                                   ["N", case.weight.shape[0], "out_h", "out_w"])])
     imports = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, 1) for d in domains]
-    return helper.make_model(graph, opset_imports=imports)
+    model = helper.make_model(graph, opset_imports=imports)
+    set_minimal_ir_version(model)  # onnx's newest IR is newer than older onnxruntimes read
+    return model
 
 
 def _inputs(case: Case) -> list[str]:

@@ -97,6 +97,7 @@ def _two_call_site_model() -> tuple[onnx.ModelProto, callable]:
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 5, 3, 3])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19),
                                                     helper.make_opsetid(deform.DOMAIN, 1)])
+    model.ir_version = 9  # opset 19's, which older onnxruntimes read
     model.metadata_props.add(key=METADATA_KEY, value=ModelMetadata(
         model="two", task="classification", input=InputInfo(shape=[3, 7, 7])).to_json())
 

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgecnn.export import rgb_stem
 from edgecnn.export.calibration import InputSet, random_inputs
-from edgecnn.export.onnx_file import get_metadata
+from edgecnn.export.onnx_file import get_metadata, set_minimal_ir_version
 from edgecnn.export.parity import compare
 from edgecnn.export.quantize import quantize_model
 from edgecnn.export.quantize_recipes import Int8Recipe, int8_rewrites, int8_static
@@ -38,7 +38,9 @@ def stem_model(channels=3, kernel=7, stride=2, pads=3, width=32, relu=True, filt
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", channels, height, width])],
         [helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["batch", filters, "h", "w"])],
         [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    set_minimal_ir_version(model)  # onnx's newest IR is newer than older onnxruntimes read
+    return model
 
 
 def run(model: onnx.ModelProto, inputs: np.ndarray) -> np.ndarray:

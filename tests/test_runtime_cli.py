@@ -32,13 +32,13 @@ def labelled_tiny(tmp_path_factory):
 
 
 def test_run_json_matches_the_engine(cli, resnet18_64, photos):
-    result = cli("run", resnet18_64, *photos, "--top-k", "3", "--json")
+    result = cli("run", resnet18_64, *photos, "--top-k", "3", "--json", "--provider", "cpu")
     assert result.code == 0, result.stderr
     assert result.stderr == ""
     report = json.loads(result.stdout)
     assert report["name"] == "resnet18" and report["precision"] == "fp32"
     assert report["providers"] == ["CPUExecutionProvider"]
-    expected = Engine(resnet18_64).predict(photos, top_k=3)
+    expected = Engine(resnet18_64, "cpu").predict(photos, top_k=3)
     assert [entry["image"] for entry in report["results"]] == [str(path) for path in photos]
     for entry, prediction in zip(report["results"], expected):
         assert [item["label"] for item in entry["top_k"]] == [label for label, _ in prediction]
@@ -49,13 +49,14 @@ def test_run_json_matches_the_engine(cli, resnet18_64, photos):
 def test_run_prints_labels(cli, labelled_tiny, photos, tmp_path):
     photo = tmp_path / ("long-name-" * 20 + "[bold]shot[1].jpg")  # not rich markup, not wrapped
     photo.write_bytes(photos[0].read_bytes())
-    result = cli("run", labelled_tiny.path, photo, "--top-k", "2", "--threads", "1")
+    result = cli("run", labelled_tiny.path, photo, "--top-k", "2", "--threads", "1",
+                 "--provider", "cpu")
     assert result.code == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("tiny_classification (classification, fp32) on CPUExecutionProvider")
     assert lines[1] == str(photo)
-    assert [line.split()[1] for line in lines[2:]] == [label for label, _ in
-                                                       Engine(labelled_tiny.path).predict(photos[0], 2)]
+    expected = Engine(labelled_tiny.path, "cpu").predict(photos[0], 2)
+    assert [line.split()[1] for line in lines[2:]] == [label for label, _ in expected]
 
 
 def test_run_segmentation_summary(cli, tmp_path, photos):
@@ -83,7 +84,7 @@ def test_bench_json_figures_are_consistent(labelled_tiny):
     # A fresh process, as a user runs it: peak RSS is the process's, so pytest's would include
     # every model the suite loaded before.
     result = run_console_script("bench", labelled_tiny.path, "--runs", "30", "--warmup", "2",
-                                "--threads", "1", "--json")
+                                "--threads", "1", "--provider", "cpu", "--json")
     assert result.code == 0, result.stderr
     report = json.loads(result.stdout)
     latency = report["latency_ms"]
@@ -169,8 +170,10 @@ def test_embedded_inference_example(resnet18_64, photos):
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0] == "resnet18 on CPUExecutionProvider" and lines[-1] == "torch-free"
-    expected = Engine(resnet18_64).predict(photos[0], top_k=5)
+    expected_engine = Engine(resnet18_64)  # the example's provider="auto": CPU here, CUDA on a GPU
+    assert lines[0] == f"resnet18 on {expected_engine.providers[0]}"
+    assert lines[-1] == "torch-free"
+    expected = expected_engine.predict(photos[0], top_k=5)
     assert [line.split() for line in lines[1:6]] == [[f"{p:.2%}", str(label)] for label, p in expected]
 
 

@@ -33,7 +33,7 @@ def tiny_fixed_batch(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def resnet_engine(resnet18_64):
-    return Engine(resnet18_64, threads=1)
+    return Engine(resnet18_64, "cpu", threads=1)  # compared bit for bit with a CPU session
 
 
 # -- run(): validation ------------------------------------------------------------------------
