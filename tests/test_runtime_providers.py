@@ -116,7 +116,7 @@ def test_unknown_provider_names_are_bad_input(request_):
 
 def require(provider: str) -> None:
     """Skip unless ``provider`` is installed and starts: onnxruntime-gpu lists TensorRT even
-    where the TensorRT libraries are missing (then it falls back, and logs why on stderr)."""
+    where the TensorRT libraries are missing (then it falls back and says why)."""
     if provider not in ort.get_available_providers():
         pytest.skip(f"{provider} is not installed (onnxruntime {ort.__version__} offers "
                     f"{', '.join(ort.get_available_providers())}); see docs/gpu.md")
@@ -125,10 +125,12 @@ def require(provider: str) -> None:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])]),
         opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    started = load_session(relu.SerializeToString(), providers=[provider]).get_providers()
+    reasons = []
+    started = load_session(relu.SerializeToString(), providers=[provider],
+                           provider_errors=reasons).get_providers()
     if started[0] != provider:
-        pytest.skip(f"{provider} is installed but does not start here (onnxruntime fell back to "
-                    f"{', '.join(started)}; its log on stderr says why); see docs/gpu.md")
+        pytest.skip(f"{provider} is installed but does not start here ({'; '.join(reasons)}); "
+                    f"onnxruntime fell back to {', '.join(started)}; see docs/gpu.md")
 
 
 def gpu_parity(path, provider, **engine_options):
