@@ -55,6 +55,10 @@ class ModelMetadata:
     deform_lowering: str | None = None
     # Quantization details (method, calibration source and size); None for float models.
     quantization: dict[str, Any] | None = None
+    # The model's own parity bounds written at export: precision -> rel_l2 bound.
+    tolerances: dict[str, float] | None = None
+    # Where the weights came from, e.g. "random (seed 0)" or "<file> sha256:<hex>".
+    weights: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
