@@ -23,3 +23,10 @@ class CheckFailed(EdgecnnError):
     """A parity or accuracy check ran and did not pass. The CLI exits with code 1."""
 
     exit_code = 1
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of ``error``'s message (at most ``limit`` characters), or its
+    type's name when the message is empty: what a one-line report quotes of an exception."""
+    text = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    return text[:limit] or type(error).__name__

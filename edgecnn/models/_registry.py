@@ -17,7 +17,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Callable
 
-from edgecnn.errors import BadInput
+from edgecnn.errors import BadInput, first_line
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -117,7 +117,8 @@ def create(name: str, num_classes: int | None = None, **kwargs):
 
     ``kwargs`` go to the builder (``in_channels``, architecture options such as ``upsample``).
     An option whose default is a bool, int or float must be one too (an int will do for a
-    float); a builder's ValueError/TypeError (e.g. a dropout outside [0, 1]) is BadInput.
+    float); a builder's ValueError (e.g. a dropout outside [0, 1]) is BadInput. A TypeError
+    raised inside a builder is a bug in it and propagates as one.
     """
     spec = get_spec(name)
     if num_classes is not None:
@@ -137,9 +138,8 @@ def create(name: str, num_classes: int | None = None, **kwargs):
         model = spec.builder(**kwargs)
     except BadInput:
         raise
-    except (ValueError, TypeError) as error:
-        message = " ".join(str(error).split()) or type(error).__name__
-        raise BadInput(f"{name}: {message}") from None
+    except ValueError as error:
+        raise BadInput(f"{name}: {first_line(error)}") from None
     return model.eval()
 
 

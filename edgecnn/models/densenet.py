@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgecnn.models._registry import register_model
-from edgecnn.models.resnet import init_like_torchvision
+from edgecnn.models._layers import init_like_torchvision
 
 # torchvision's legacy names: "...denselayer1.norm.1.weight" -> "...denselayer1.norm1.weight".
 _LEGACY_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\."

@@ -31,7 +31,7 @@ from torch import nn
 
 from edgecnn.errors import BadInput
 from edgecnn.models._registry import IMAGENET_MEAN, IMAGENET_STD, register_model
-from edgecnn.models.resnet import init_like_torchvision
+from edgecnn.models._layers import init_like_torchvision
 
 GoogLeNetOutputs = namedtuple("GoogLeNetOutputs", ["logits", "aux_logits2", "aux_logits1"])
 AUX_PREFIXES = ("aux1.", "aux2.")

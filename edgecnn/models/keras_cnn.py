@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from edgecnn.models._registry import register_model
-from edgecnn.models.lenet import GREY_28, MNIST_MEAN, MNIST_STD, init_xavier_uniform
+from edgecnn.models._layers import GREY_28, MNIST_MEAN, MNIST_STD, init_xavier_uniform
 
 FASHION_MNIST_MEAN = (0.2860,)
 FASHION_MNIST_STD = (0.3530,)

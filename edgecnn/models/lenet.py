@@ -13,25 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from edgecnn.models._layers import GREY_28, MNIST_MEAN, MNIST_STD, init_xavier_uniform
 from edgecnn.models._registry import register_model
-
-# MNIST's pixel statistics (0-1 scale), the usual normalization for 28x28 grey digits.
-MNIST_MEAN = (0.1307,)
-MNIST_STD = (0.3081,)
-
-# Spec fields shared by the fixed-size 28x28 grey classifiers (here and in keras_cnn).
-GREY_28 = dict(task="classification", input_size=(1, 28, 28), num_classes=10,
-               test_input=(28, 28), fixed_input_size=True, crop_fraction=1.0)
-
-
-def init_xavier_uniform(model: nn.Module) -> None:
-    """Xavier/Glorot-uniform weights and zero biases for every conv and fully connected layer:
-    d2l's ``init_cnn`` and Keras' default initialisation."""
-    for module in model.modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            nn.init.xavier_uniform_(module.weight)
-            nn.init.zeros_(module.bias)
-
 
 class LeNet(nn.Module):
     """conv 6@5x5 p2 -> sigmoid -> avgpool 2 -> conv 16@5x5 -> sigmoid -> avgpool 2 -> 120 -> 84."""

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgecnn.models._registry import register_model
-from edgecnn.models.resnet import init_like_torchvision
+from edgecnn.models._layers import init_like_torchvision
 
 
 class ConvBNActivation(nn.Sequential):

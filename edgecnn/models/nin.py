@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from edgecnn.models._registry import register_model
-from edgecnn.models.resnet import init_like_torchvision
+from edgecnn.models._layers import init_like_torchvision
 
 
 def nin_block(in_channels: int, out_channels: int, kernel_size: int, stride: int,

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from edgecnn.models._registry import register_model
-from edgecnn.models.resnet import conv1x1, conv3x3, init_like_torchvision
+from edgecnn.models._layers import init_like_torchvision
+from edgecnn.models.resnet import conv1x1, conv3x3
 
 
 class PreActBasicBlock(nn.Module):

@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from edgecnn.models._layers import init_like_torchvision
 from edgecnn.models._registry import register_model
 
 Conv3x3Factory = Callable[..., nn.Module]  # (in_planes, out_planes, stride) -> module
@@ -114,24 +115,6 @@ class ResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)[-1]
         return self.fc(torch.flatten(self.avgpool(x), 1))
-
-
-def init_like_torchvision(model: nn.Module, *, conv_mode: str = "fan_out",
-                          linear_std: float | None = None) -> None:
-    """torchvision's CNN initialisation: Kaiming-normal convolutions (``conv_mode`` fan_out or
-    fan_in, zero bias), unit/zero BatchNorm; with ``linear_std`` also N(0, std) fully
-    connected weights and zero biases (VGG, MobileNet), else PyTorch's default for those."""
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode=conv_mode, nonlinearity="relu")
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
-            nn.init.constant_(module.weight, 1)
-            nn.init.constant_(module.bias, 0)
-        elif isinstance(module, nn.Linear) and linear_std is not None:
-            nn.init.normal_(module.weight, 0, linear_std)
-            nn.init.zeros_(module.bias)
 
 
 _RESNET = dict(task="classification", input_size=(3, 224, 224), num_classes=1000,

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from edgecnn.models._registry import register_model
-from edgecnn.models.resnet import init_like_torchvision
+from edgecnn.models._layers import init_like_torchvision
 
 # Numbers are conv widths, "M" a 2x2 max pool (torchvision's cfgs "A", "B", "D", "E").
 CONFIGS: dict[str, list[Union[int, str]]] = {
