@@ -3,19 +3,35 @@
 One JSON object describes the model so the runtime can preprocess inputs and label outputs
 without any other flags. This module is torch-free and onnx-free: the exporter writes the
 object through ``ModelMetadata.to_json`` and the runtime reads it back with ``from_json``.
+
+The file is untrusted input: ``from_json`` checks every field's type and range
+(``ModelMetadata.validate``) and ``check_graph`` checks the metadata against the graph it
+describes, so a shape of [3, 100000, 100000] is one BadInput naming ``input.shape`` instead of
+an allocation of many gigabytes.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import reprlib
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 from edgecnn.errors import BadInput
 
 METADATA_KEY = "edgecnn"
 PRECISIONS = ("fp32", "fp16", "int8")
 LOWERINGS = ("native", "decomposed")
+LAYOUTS = ("NCHW", "NHWC")
+COLORS = ("RGB", "GRAY")
+# Far above any CNN input, far below what breaks a machine: one fp32 image of MAX_ELEMENTS is
+# 512 MB, and preprocessing or calibration holds a few of them.
+MAX_SIDE = 16384
+MAX_ELEMENTS = 2 ** 27
+
+_short = reprlib.Repr()
+_short.maxstring, _short.maxother, _short.maxlist, _short.maxdict = 60, 60, 6, 6
 
 
 @dataclass
@@ -65,19 +81,150 @@ class ModelMetadata:
 
     @classmethod
     def from_json(cls, text: str, source: str = "model") -> "ModelMetadata":
+        """Parse and ``validate``; BadInput naming ``source`` and the field when malformed."""
         try:
             data = json.loads(text)
-            data["input"] = InputInfo(**data["input"])
-            known = {name for name in cls.__dataclass_fields__}
-            metadata = cls(**{key: value for key, value in data.items() if key in known})
-        except (ValueError, TypeError, KeyError) as error:
-            raise BadInput(f"{source}: malformed edgecnn metadata ({error})") from None
-        if metadata.precision not in PRECISIONS:
-            raise BadInput(f"{source}: unknown precision {metadata.precision!r} in metadata")
+        except ValueError as error:
+            raise BadInput(f"{source}: edgecnn metadata is not valid JSON ({error})") from None
+        check = _Fields(source)
+        check.expect(isinstance(data, dict), "", "a JSON object", data)
+        missing = [name for name in ("model", "task", "input") if name not in data]
+        if missing:
+            raise BadInput(f"{source}: edgecnn metadata has no field {missing[0]!r}")
+        check.expect(isinstance(data["input"], dict), "input", "a JSON object", data["input"])
+        inputs = {key: value for key, value in data["input"].items()
+                  if key in InputInfo.__dataclass_fields__}
+        known = {key: value for key, value in data.items()
+                 if key in cls.__dataclass_fields__ and key != "input"}
+        metadata = cls(input=InputInfo(**inputs), **known)  # unknown keys: newer writers
+        metadata.validate(source)
         return metadata
+
+    def validate(self, source: str = "model") -> None:
+        """Each field's type and range; BadInput "<source>: edgecnn metadata field ..."."""
+        check = _Fields(source)
+        check.string("model", self.model)
+        check.string("task", self.task)
+        check.choice("precision", self.precision, PRECISIONS)
+        check.integer("opset", self.opset, 1, 10_000)
+        check.string("edgecnn_version", self.edgecnn_version)
+        if self.deform_lowering is not None:
+            check.choice("deform_lowering", self.deform_lowering, LOWERINGS)
+        check.expect(self.quantization is None or isinstance(self.quantization, dict),
+                     "quantization", "an object or null", self.quantization)
+        if self.labels is not None:
+            check.expect(isinstance(self.labels, list)
+                         and all(isinstance(label, str) for label in self.labels),
+                         "labels", "a list of strings", self.labels)
+        if self.tolerances is not None:
+            check.expect(isinstance(self.tolerances, dict) and set(self.tolerances) <= set(PRECISIONS),
+                         "tolerances", f"an object keyed by {', '.join(PRECISIONS)}", self.tolerances)
+            for precision, bound in self.tolerances.items():
+                check.positive(f"tolerances.{precision}", bound)
+        if self.weights is not None:
+            check.string("weights", self.weights)
+        _validate_input(self.input, check)
+
+    def check_graph(self, inputs: Mapping[str, Sequence], output: Sequence,
+                    source: str = "model") -> None:
+        """The metadata agrees with the graph: ``inputs`` maps each graph input's name to its dims
+        (batch first; an int for a fixed axis, None or a name for a dynamic one), ``output`` is
+        the first output's dims, whose axis 1 is the class count the labels must match."""
+        check = _Fields(source)
+        info = self.input
+        check.expect(info.name in inputs, "input.name",
+                     f"one of the graph's inputs ({', '.join(map(repr, inputs))})", info.name)
+        graph = [_fixed(size) for size in inputs[info.name]]
+        check.expect(len(graph) == 4, "input.shape", f"[C, H, W] of an image batch, but the "
+                     f"graph's input {info.name!r} has rank {len(graph)}", info.shape)
+        channels, height, width = info.shape
+        expected = [channels, height, width] if info.layout == "NCHW" else [height, width, channels]
+        agrees = all(size is None or size == want for size, want in zip(graph[1:], expected))
+        check.expect(agrees, "input.shape", f"[C, H, W] matching the graph's {info.layout} "
+                     f"input {_describe_dims(graph)}", info.shape)
+        classes = _fixed(output[1]) if len(output) > 1 else None
+        if self.labels is not None and classes is not None:
+            check.expect(len(self.labels) == classes, "labels",
+                         f"one per class ({classes}, the graph's output axis 1)", self.labels,
+                         got=f"{len(self.labels)} labels")
 
     @classmethod
     def from_props(cls, props: dict[str, str], source: str = "model") -> "ModelMetadata | None":
         """Parse the model's metadata_props map; None when it has no edgecnn entry."""
         text = props.get(METADATA_KEY)
         return None if text is None else cls.from_json(text, source)
+
+
+def _validate_input(info: InputInfo, check: "_Fields") -> None:
+    check.string("input.name", info.name)
+    check.expect(isinstance(info.shape, list) and len(info.shape) == 3, "input.shape",
+                 "a list [C, H, W]", info.shape)
+    check.expect(all(_is_int(size) and 1 <= size <= MAX_SIDE for size in info.shape),
+                 "input.shape", f"[C, H, W] of integers in [1, {MAX_SIDE}]", info.shape)
+    channels, height, width = info.shape
+    check.expect(channels * height * width <= MAX_ELEMENTS, "input.shape",
+                 f"at most {MAX_ELEMENTS:,} values (C*H*W)", info.shape)
+    check.choice("input.layout", info.layout, LAYOUTS)
+    check.choice("input.color", info.color, COLORS)
+    # RGB images have 3 channels; GRAY also describes the non-image N-channel inputs of
+    # `export --in-channels N` (Engine.run takes them; preprocessing refuses them).
+    check.expect(info.color != "RGB" or channels == 3, "input.color",
+                 f"GRAY for a {channels}-channel input (RGB has 3)", info.color)
+    check.positive("input.scale", info.scale)
+    for name, values in (("input.mean", info.mean), ("input.std", info.std)):
+        check.expect(isinstance(values, list) and len(values) == channels, name,
+                     f"a list of {channels} numbers (one per channel)", values)
+        for value in values:
+            if name == "input.std":
+                check.positive(name, value)
+            else:
+                check.number(name, value)
+    check.number("input.crop_fraction", info.crop_fraction)
+    check.expect(0 < info.crop_fraction <= 1, "input.crop_fraction", "in (0, 1]",
+                 info.crop_fraction)
+
+
+class _Fields:
+    """The checks ``validate`` and ``check_graph`` make, each raising one BadInput line."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def expect(self, condition: bool, name: str, requirement: str, value: Any,
+               got: str | None = None) -> None:
+        if not condition:
+            where = f"field {name!r}" if name else "entry"
+            raise BadInput(f"{self.source}: edgecnn metadata {where} must be {requirement}, "
+                           f"got {got or _short.repr(value)}")
+
+    def string(self, name: str, value: Any) -> None:
+        self.expect(isinstance(value, str), name, "a string", value)
+
+    def choice(self, name: str, value: Any, choices: Sequence[str]) -> None:
+        self.expect(isinstance(value, str) and value in choices, name,
+                    f"one of {', '.join(choices)}", value)
+
+    def integer(self, name: str, value: Any, low: int, high: int) -> None:
+        self.expect(_is_int(value) and low <= value <= high, name,
+                    f"an integer in [{low}, {high}]", value)
+
+    def number(self, name: str, value: Any) -> None:
+        self.expect(isinstance(value, (int, float)) and not isinstance(value, bool)
+                    and math.isfinite(value), name, "a finite number", value)
+
+    def positive(self, name: str, value: Any) -> None:
+        self.number(name, value)
+        self.expect(value > 0, name, "> 0", value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is no size
+
+
+def _fixed(size: Any) -> int | None:
+    """A graph axis as an int when fixed; None for a named (dynamic) or unknown axis."""
+    return size if _is_int(size) and size > 0 else None
+
+
+def _describe_dims(dims: Sequence[int | None]) -> str:
+    return "[" + ", ".join("?" if size is None else str(size) for size in dims) + "]"
