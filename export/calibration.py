@@ -13,6 +13,7 @@ deployed runtime will feed the model. Every problem with the source is a ``BadIn
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -61,6 +62,22 @@ def batches(inputs: np.ndarray, fixed: int | None, size: int = CALIBRATION_BATCH
     return chunks
 
 
+def calibration_batches(inputs: np.ndarray, fixed: int | None) -> list[np.ndarray]:
+    """``inputs`` in equal chunks for the calibrator, each sample exactly once where possible.
+
+    onnxruntime's entropy and percentile collectors stack every batch's activations into one
+    array, so a smaller last batch fails there. Padding it by repeating samples would count
+    those twice in the histograms; instead a dynamic batch axis gets the largest batch size up
+    to CALIBRATION_BATCH that divides the sample count (1 for a prime count: more runs, the
+    same statistics). A fixed batch axis leaves no choice: its last chunk is padded.
+    """
+    if fixed is not None:
+        return batches(inputs, fixed)
+    size = max(size for size in range(1, min(CALIBRATION_BATCH, len(inputs)) + 1)
+               if len(inputs) % size == 0)
+    return batches(inputs, None, size)
+
+
 def _order(count: int, size: int | None, seed: int) -> np.ndarray:
     """The order samples are taken in: all in order, or a seeded shuffle when only ``size`` of
     ``count`` are wanted (a folder sorted by class would otherwise calibrate on one class)."""
@@ -81,18 +98,18 @@ def image_files(folder: Path) -> list[Path]:
 
 
 def _read_images(files: list[Path], info: InputInfo, order: Iterable[int] | None = None,
-                 size: int | None = None) -> tuple[dict[int, np.ndarray], int]:
+                 size: int | None = None) -> tuple[dict[int, np.ndarray], list[str]]:
     """Preprocess ``files`` (in ``order``, default as listed) until ``size`` are read (all when
-    None); returns {file index: tensor} and how many unreadable files were skipped."""
+    None); returns {file index: tensor} and why each unreadable file was skipped."""
     read: dict[int, np.ndarray] = {}
-    skipped = 0
+    skipped: list[str] = []
     for index in range(len(files)) if order is None else order:
         if size is not None and len(read) == size:
             break
         try:
             read[int(index)] = preprocess_images(files[index], info)[0]
-        except BadInput:
-            skipped += 1
+        except BadInput as error:
+            skipped.append(str(error))
     return read, skipped
 
 
@@ -105,11 +122,11 @@ def _image_folder(folder: Path, info: InputInfo, size: int | None, seed: int,
     read, skipped = _read_images(files, info, _order(len(files), size, seed), size)
     if not read:
         raise BadInput(f"{what} folder {folder}: none of the {len(files)} image files "
-                       "could be read")
+                       f"could be read (the first: {skipped[0]})")
     if skipped:
-        warn(f"skipped {skipped} unreadable image file(s) in {folder}")
+        warn(f"skipped {len(skipped)} unreadable image file(s) in {folder}")
     tensors = [read[index] for index in sorted(read)]
-    return InputSet(np.stack(tensors), "images", str(folder), len(files), skipped=skipped)
+    return InputSet(np.stack(tensors), "images", str(folder), len(files), skipped=len(skipped))
 
 
 def load_image_folder(folder: str | os.PathLike, info: InputInfo, *, what: str = "image",
@@ -142,22 +159,39 @@ def _check_inputs(array: np.ndarray, info: InputInfo, where: str) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
+# What reading a corrupt, truncated or pickled (object) array raises.
+ARRAY_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)
+
+
+def _cannot_read(path, error: Exception) -> BadInput:
+    reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+    return BadInput(f"cannot read {path}: {reason}")
+
+
 def _npz_entry(arrays, keys: tuple[str, ...], where: str, what: str):
     for key in keys:
         if key in arrays.files:
-            return arrays[key]
+            return _npz_member(arrays, key, where)
     if what == "inputs" and len(arrays.files) == 1:
-        return arrays[arrays.files[0]]
+        return _npz_member(arrays, arrays.files[0], where)
     raise BadInput(f"{where}: no {what} array (looked for keys {', '.join(keys)}; "
                    f"the file has {', '.join(arrays.files) or 'none'})")
+
+
+def _npz_member(arrays, key: str, where: str) -> np.ndarray:
+    """One array of an .npz; np.load reads the members lazily, so their errors come here."""
+    try:
+        return arrays[key]
+    except ARRAY_READ_ERRORS as error:
+        raise _cannot_read(f"{where} (array {key!r})", error) from None
 
 
 def _load_arrays(path: Path, info: InputInfo, with_labels: bool) -> tuple[np.ndarray, np.ndarray | None]:
     """Inputs (and labels) from a .npy (inputs only) or .npz file; shapes checked."""
     try:
         loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as error:
-        raise BadInput(f"cannot read {path}: {str(error).splitlines()[0][:200]}") from None
+    except ARRAY_READ_ERRORS as error:
+        raise _cannot_read(path, error) from None
     if isinstance(loaded, np.ndarray):
         if with_labels:
             raise BadInput(f"{path}: a validation set needs labels; give an .npz with "
@@ -195,10 +229,34 @@ def existing_source(path: str | os.PathLike, what: str = "calibration") -> Path:
     return path
 
 
-def load_calibration(source: str | os.PathLike, info: InputInfo,
+def _in_memory_inputs(data, info: InputInfo) -> np.ndarray:
+    """One array from an array, or from an iterable of batches / {input name: batch} dicts."""
+    if isinstance(data, np.ndarray):
+        return data
+    if hasattr(data, "get_next"):  # a CalibrationDataReader
+        data = iter(data.get_next, None)
+    try:
+        chunks = [batch[info.name] if isinstance(batch, dict) else np.asarray(batch)
+                  for batch in data]
+    except TypeError:
+        raise BadInput("calibration data must be a path, 'random', an array or an iterable of "
+                       f"batches, got {type(data).__name__}") from None
+    except KeyError:
+        raise BadInput(f"calibration batches are dicts without the input {info.name!r}") from None
+    if not chunks:
+        raise BadInput("calibration data holds no batches")
+    if len({chunk.shape[1:] for chunk in chunks}) != 1 or any(c.ndim != 4 for c in chunks):
+        raise BadInput("calibration batches must all be (N, C, H, W) of one sample shape, got "
+                       f"{sorted({tuple(chunk.shape) for chunk in chunks})[:3]}")
+    return np.concatenate(chunks)
+
+
+def load_calibration(source, info: InputInfo,
                      size: int | None = DEFAULT_CALIBRATION_SIZE, *, seed: int = 0,
                      warn: WarnCallback | None = None) -> InputSet:
-    """Calibration inputs from a folder of images, a .npy/.npz array, or ``"random"``.
+    """Calibration inputs from a folder of images, a .npy/.npz array, ``"random"``, or data in
+    memory: an (N, C, H, W) array, or an iterable of batches (arrays or {input name: array}
+    dicts, as onnxruntime's CalibrationDataReader yields).
 
     ``size`` samples at most (a seeded random subset of a larger source; None: all of them).
     ``"random"`` calls ``warn``: its scales fit noise, not the data, so accuracy is not
@@ -206,6 +264,10 @@ def load_calibration(source: str | os.PathLike, info: InputInfo,
     """
     warn = warn or (lambda message: None)
     _check_size(size)
+    if not isinstance(source, (str, os.PathLike)):
+        inputs = _check_inputs(_in_memory_inputs(source, info), info, "calibration data")
+        picked = np.sort(_order(len(inputs), size, seed)[:size])
+        return InputSet(inputs[picked], "array", None, len(inputs))
     if str(source) == RANDOM:
         warn("calibrating on random inputs: the int8 scales fit noise, not real data, so "
              "accuracy is not guaranteed (give --calibration FOLDER or an .npy/.npz of inputs)")
@@ -253,7 +315,7 @@ def load_validation(source: str | os.PathLike, info: InputInfo,
         read, unreadable = _read_images(files, info)
         tensors += [read[index] for index in sorted(read)]
         labels += [label] * len(read)
-        skipped += unreadable
+        skipped += len(unreadable)
     if not tensors:
         raise BadInput(f"validation folder {path} has no readable {'/'.join(IMAGE_SUFFIXES)} images")
     if skipped:

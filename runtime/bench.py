@@ -6,6 +6,7 @@ a few microseconds per call) on a random batch of the model's input shape.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -16,6 +17,8 @@ import numpy as np
 from edgecnn.errors import BadInput
 from edgecnn.runtime.engine import Engine, TensorSpec
 from edgecnn.runtime.providers import ProviderRequest, short_name
+
+MAX_FEED_BYTES = 4 * 2**30  # one random input; larger is a typo, not a benchmark
 
 
 @dataclass
@@ -91,11 +94,22 @@ def _random_array(spec: TensorSpec, engine: Engine, batch: int | None, rng) -> n
                 raise BadInput(f"input {spec.name!r} has a dynamic axis {axis} "
                                f"({spec.describe()}) and no edgecnn metadata to size it")
         shape.append(int(size))
+    _check_feed_size(spec, shape, batch)
+    # Drawn in the input's own dtype (float16 via float32): a float64 draw first would need
+    # two to four times the feed's memory.
     if np.issubdtype(spec.dtype, np.floating):
-        return rng.standard_normal(shape).astype(spec.dtype)
-    if spec.dtype == np.bool_:
-        return rng.integers(0, 2, shape).astype(np.bool_)
-    return rng.integers(0, 100, shape).astype(spec.dtype)
+        drawn = np.float64 if spec.dtype == np.float64 else np.float32
+        return rng.standard_normal(shape, dtype=drawn).astype(spec.dtype, copy=False)
+    return rng.integers(0, 2 if spec.dtype == np.bool_ else 100, shape, dtype=spec.dtype)
+
+
+def _check_feed_size(spec: TensorSpec, shape: list[int], batch: int | None) -> None:
+    size = math.prod(shape) * np.dtype(spec.dtype).itemsize
+    if size > MAX_FEED_BYTES:
+        asked = f"--batch {batch}: " if batch is not None else ""
+        raise BadInput(f"{asked}input {spec.name!r} {shape} {np.dtype(spec.dtype).name} would take "
+                       f"{size / 2**30:.1f} GiB, more than the {MAX_FEED_BYTES // 2**30} GiB "
+                       "bench allows; use a smaller --batch")
 
 
 def benchmark(path: str | os.PathLike, provider: ProviderRequest = "auto", *,

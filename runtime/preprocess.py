@@ -44,6 +44,10 @@ def as_image_list(images) -> list:
     if isinstance(images, np.ndarray) and images.ndim != 4:
         raise BadInput(f"expected an HxWxC image or an NxHxWxC batch, got an array of shape "
                        f"{images.shape}")
+    # bytes iterate as ints; encoded image data is opened by the caller, e.g. with io.BytesIO
+    if isinstance(images, (bytes, bytearray, memoryview)) or not isinstance(images, Iterable):
+        raise BadInput(f"expected an image (path, PIL image or uint8 array) or a list of them, "
+                       f"got {type(images).__name__}")
     return list(images)
 
 
@@ -60,17 +64,43 @@ def load_image(image: ImageLike, color: str = "RGB") -> Image.Image:
     else:
         raise BadInput(f"expected an image path, a PIL image or a uint8 array, got "
                        f"{type(image).__name__}")
+    if picture.width == 0 or picture.height == 0:
+        raise BadInput(f"expected an image of at least 1x1 pixels, got {picture.width}x"
+                       f"{picture.height}")
+    picture = _to_8_bit(picture)
     return picture if picture.mode == PIL_MODES[color] else picture.convert(PIL_MODES[color])
+
+
+def _to_8_bit(picture: Image.Image) -> Image.Image:
+    """16-bit and 32-bit grey images as 8-bit "L". Pillow's own conversion clips them to 255
+    (a 16-bit PNG turns almost white), so 16-bit values are scaled down (0..65535 onto 0..255,
+    rounded); 32-bit ones have no known range, so only values already in 0..255 are accepted.
+    Pillow reads 16-bit RGB(A) PNGs as 8-bit already, and 16-bit grey ones as "I;16" (older
+    versions as "I": a PNG holds at most 16 bits, so an "I" PNG is 16-bit too)."""
+    if picture.mode.startswith("I;16") or (picture.mode == "I" and picture.format == "PNG"):
+        values = np.asarray(picture).astype(np.uint32)
+        return Image.fromarray(((values + 128) // 257).astype(np.uint8))  # round(v / 257)
+    if picture.mode in ("I", "F"):
+        values = np.asarray(picture)
+        low, high = values.min(), values.max()
+        if not (low >= 0 and high <= 255):  # NaN fails too
+            raise BadInput(f"expected 8-bit or 16-bit pixel values, got a 32-bit image "
+                           f"(mode {picture.mode}) with values {low}..{high} outside 0..255; "
+                           "scale it to 8 bits first")
+        return Image.fromarray(np.rint(values).astype(np.uint8))
+    return picture
 
 
 def _open(path: str | os.PathLike) -> Image.Image:
     try:
+        # Image.open raises on a pixel count past Pillow's limit before decoding anything.
         with Image.open(path) as picture:
             picture.load()  # decode now, so a truncated file fails here with its name
             return picture
     except FileNotFoundError:
         raise BadInput(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError,
+            ValueError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise BadInput(f"cannot read image {path}: {reason}") from None
 
