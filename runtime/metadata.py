@@ -117,8 +117,9 @@ class ModelMetadata:
                          and all(isinstance(label, str) for label in self.labels),
                          "labels", "a list of strings", self.labels)
         if self.tolerances is not None:
-            check.expect(isinstance(self.tolerances, dict) and set(self.tolerances) <= set(PRECISIONS),
-                         "tolerances", f"an object keyed by {', '.join(PRECISIONS)}", self.tolerances)
+            check.expect(isinstance(self.tolerances, dict)
+                         and set(self.tolerances) <= set(PRECISIONS), "tolerances",
+                         f"an object keyed by {', '.join(PRECISIONS)}", self.tolerances)
             for precision, bound in self.tolerances.items():
                 check.positive(f"tolerances.{precision}", bound)
         if self.weights is not None:
@@ -173,12 +174,9 @@ def _validate_input(info: InputInfo, check: "_Fields") -> None:
     check.positive("input.scale", info.scale)
     for name, values in (("input.mean", info.mean), ("input.std", info.std)):
         check.expect(isinstance(values, list) and len(values) == channels, name,
-                     f"a list of {channels} numbers (one per channel)", values)
+                     f"a list of one number per channel ({channels})", values)
         for value in values:
-            if name == "input.std":
-                check.positive(name, value)
-            else:
-                check.number(name, value)
+            (check.positive if name == "input.std" else check.number)(name, value)
     check.number("input.crop_fraction", info.crop_fraction)
     check.expect(0 < info.crop_fraction <= 1, "input.crop_fraction", "in (0, 1]",
                  info.crop_fraction)
@@ -209,8 +207,7 @@ class _Fields:
                     f"an integer in [{low}, {high}]", value)
 
     def number(self, name: str, value: Any) -> None:
-        self.expect(isinstance(value, (int, float)) and not isinstance(value, bool)
-                    and math.isfinite(value), name, "a finite number", value)
+        self.expect(_is_finite_number(value), name, "a finite number", value)
 
     def positive(self, name: str, value: Any) -> None:
         self.number(name, value)
@@ -219,6 +216,15 @@ class _Fields:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)  # JSON true is no size
+
+
+def _is_finite_number(value: Any) -> bool:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float (JSON allows any digit count)
+        return False
 
 
 def _fixed(size: Any) -> int | None:
