@@ -8,6 +8,10 @@ eager outputs of the same module calls with forward hooks, and compare them in g
 
 Modules folded away by the exporter (a Conv2d whose BatchNorm was fused into it reports under
 the BatchNorm's path) simply have no ONNX counterpart and are skipped.
+
+In a quantized (QDQ) graph the next layer never sees a module's float output, only what its
+QuantizeLinear -> DequantizeLinear pair made of it, so that DequantizeLinear output is compared
+(``_quantized_views``). The quantizer's own nodes carry no scope record and split no run.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import torch
+from onnx import numpy_helper
 from torch import nn
 
 from edgecnn.export.parity import ParityMetrics, compare
@@ -33,6 +38,9 @@ class ModuleCall:
     call: int  # 0 for the first call of the module, 1 for the second...
     tensor: str  # the ONNX tensor holding this call's output
     position: int  # index of the node producing it (graph order)
+    # The tensor is a DequantizeLinear output whose Q clips negatives to 0 (see _quantized_views):
+    # compare it with the eager output through the same ReLU.
+    clipped_at_zero: bool = False
 
 
 @dataclass
@@ -60,12 +68,45 @@ class BisectResult:
                 "first_divergent": first.as_dict() if first else None}
 
 
-def _node_modules(node: onnx.NodeProto, module_names: set[str]) -> list[str]:
+def _node_modules(node: onnx.NodeProto, module_names: set[str]) -> list[str] | None:
+    """The modules ``node`` ran in, or None for a node without a scope record."""
     for prop in node.metadata_props:
         if prop.key == SCOPES_KEY:
             scopes = ast.literal_eval(prop.value)
             return [scope for scope in scopes[:-1] if scope and scope in module_names]
-    return []
+    return None
+
+
+def _quantized_views(model: onnx.ModelProto) -> dict[str, tuple[str, bool]]:
+    """float tensor -> (the DequantizeLinear output of its QuantizeLinear, whether Q clips at 0).
+
+    A QuantizeLinear whose zero point is its type's lowest code represents no negative value.
+    That is how onnxruntime folds a Relu into the Q after it: the Relu node disappears and the
+    Conv or Add before it takes its output name, so the DQ output is the module's output through
+    that ReLU. For a residual block it is the block's output (the Add holds the pre-ReLU sum);
+    for a Conv+BN it is what the next layer sees of the BN output. Clipping the eager output at
+    0 the same way compares what the next layer sees on both sides; a clip at the top of the
+    calibrated range is not undone and stays a divergence.
+    """
+    constants = {init.name: init for init in model.graph.initializer}
+    dequantized = {}  # Q output -> DQ output, the first DQ reading it (any other is identical)
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear":
+            dequantized.setdefault(node.input[0], node.output[0])
+    views = {}
+    for node in model.graph.node:
+        if node.op_type != "QuantizeLinear" or node.output[0] not in dequantized:
+            continue
+        if len(node.input) < 3 or not node.input[2]:
+            clips = True  # no zero point: uint8 with zero point 0
+        elif node.input[2] in constants:
+            zero_point = numpy_helper.to_array(constants[node.input[2]])
+            clips = (np.issubdtype(zero_point.dtype, np.integer)
+                     and bool(np.all(zero_point == np.iinfo(zero_point.dtype).min)))
+        else:
+            clips = False  # a computed zero point: no folded ReLU that we can tell
+        views.setdefault(node.input[0], (dequantized[node.output[0]], clips))
+    return views
 
 
 def module_calls(model: onnx.ModelProto, module_names: set[str]) -> list[ModuleCall]:
@@ -73,7 +114,10 @@ def module_calls(model: onnx.ModelProto, module_names: set[str]) -> list[ModuleC
     calls, open_runs, counts = [], {}, defaultdict(int)
     previous: set[str] = set()
     for position, node in enumerate(model.graph.node):
-        current = set(_node_modules(node, module_names))
+        modules = _node_modules(node, module_names)
+        if modules is None:  # added after export (Q/DQ pairs, weight DQs): in no module call
+            continue
+        current = set(modules)
         for module in previous - current:  # a run ended on the previous node
             calls.append(open_runs.pop(module))
         for module in current:
@@ -84,6 +128,10 @@ def module_calls(model: onnx.ModelProto, module_names: set[str]) -> list[ModuleC
             open_runs[module].position = position
         previous = current
     calls.extend(open_runs.values())
+    views = _quantized_views(model)
+    for call in calls:
+        if call.tensor in views:
+            call.tensor, call.clipped_at_zero = views[call.tensor]
     return sorted(calls, key=lambda c: (c.position, -c.module.count(".")))
 
 
@@ -140,6 +188,8 @@ def bisect(module: nn.Module, model: onnx.ModelProto, inputs: np.ndarray, tolera
         reference, candidate = eager_calls[call.call], onnx_values[call.tensor]
         if reference is None or reference.shape != candidate.shape:
             continue  # the last node of the run is not the module's output (rare)
+        if call.clipped_at_zero:
+            reference = np.maximum(reference, 0)
         metrics = compare(reference, candidate)
         layers.append(LayerComparison(call.module, call.call, call.tensor, metrics,
                                       diverged=not metrics.rel_l2 <= tolerance))
