@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
-from edgecnn.export.onnx_file import set_minimal_ir_version
+from edgecnn.runtime.onnx_file import set_minimal_ir_version
 from edgecnn.export.parity import REL_L2_TOLERANCE, compare
 from edgecnn.ops import deform_conv2d
 from edgecnn.runtime import deform

@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgecnn.export.onnx_file import dims
+from edgecnn.runtime.onnx_file import dims
 
 QUAD = 4  # pixels grouped into one position of the rewritten image
 BRANCHES = ("even", "odd")

@@ -11,44 +11,29 @@ from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
-from edgecnn.errors import BadInput
 from edgecnn.runtime.metadata import ModelMetadata
-
-STANDARD_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training"}
-
-
-def _check_file(path: Path) -> None:
-    if not path.is_file():
-        raise BadInput(f"model file not found: {path}")
-    if path.stat().st_size == 0:
-        raise BadInput(f"model file is empty: {path}")
+from edgecnn.runtime.model_file import check_model_file
 
 
 def _shape(value_info) -> list:
-    dims = value_info.type.tensor_type.shape.dim
-    return [dim.dim_param or dim.dim_value for dim in dims]
+    return [dim.dim_param or dim.dim_value for dim in value_info.type.tensor_type.shape.dim]
 
 
-def _describe_with_onnx(path: Path, onnx) -> dict:
-    from google.protobuf.message import DecodeError
+def _describe_with_onnx(path: Path) -> dict:
+    import onnx
 
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, RuntimeError, ValueError, OSError) as error:
-        raise BadInput(f"{path} is not a readable ONNX model ({type(error).__name__}: "
-                       f"{str(error).splitlines()[0][:200] if str(error) else 'truncated?'})") from None
-    if not model.graph.node and not model.graph.output:
-        raise BadInput(f"{path} is not an ONNX model (no graph)")
+    from edgecnn.runtime.onnx_file import graph_inputs, is_custom_domain, load_model
+
+    model = load_model(path, external_data=False)
     graph = model.graph
-    initializers = {init.name for init in graph.initializer}
     elem_name = onnx.helper.tensor_dtype_to_np_dtype
     custom = Counter((node.domain, node.op_type) for node in graph.node
-                     if node.domain not in STANDARD_DOMAINS)
+                     if is_custom_domain(node.domain))
     props = {prop.key: prop.value for prop in model.metadata_props}
     return {
         "inputs": [{"name": v.name, "shape": _shape(v),
                     "dtype": str(elem_name(v.type.tensor_type.elem_type))}
-                   for v in graph.input if v.name not in initializers],
+                   for v in graph_inputs(model)],
         "outputs": [{"name": v.name, "shape": _shape(v),
                      "dtype": str(elem_name(v.type.tensor_type.elem_type))} for v in graph.output],
         "opset_imports": {(imp.domain or "ai.onnx"): imp.version for imp in model.opset_import},
@@ -85,14 +70,13 @@ def _describe_with_onnxruntime(path: Path) -> dict:
 
 def describe_model(path: str | os.PathLike) -> dict:
     """A JSON-ready description: metadata, inputs/outputs, opsets, custom ops, size."""
-    path = Path(path)
-    _check_file(path)
+    path = check_model_file(path)
     try:
-        import onnx
+        import onnx  # noqa: F401
     except ImportError:  # minimal device install: onnxruntime only
         details = _describe_with_onnxruntime(path)
     else:
-        details = _describe_with_onnx(path, onnx)
+        details = _describe_with_onnx(path)
     metadata = ModelMetadata.from_props(details.pop("props"), str(path))
     return {"path": str(path), "size_bytes": path.stat().st_size,
             "metadata": None if metadata is None else asdict(metadata), **details}

@@ -14,7 +14,6 @@ load time when the installed onnxruntime has no DeformConv kernel.
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -24,7 +23,7 @@ import numpy as np
 from edgecnn.errors import BadInput
 from edgecnn.runtime import providers as provider_lib
 from edgecnn.runtime.metadata import ModelMetadata
-from edgecnn.runtime.session import load_session, model_source
+from edgecnn.runtime.session import open_session
 
 PREDICT_CHUNK = 16  # images per run() call when the batch axis is dynamic
 ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
@@ -75,21 +74,18 @@ class Engine:
                  fp16: bool = False, trt_cache_dir: str | os.PathLike | None = None,
                  tf32: bool = True, check_finite: bool = True, session_options=None):
         self.path = Path(path)
-        source, self.deform_lowering_swapped = model_source(self.path)
-        requested = provider_lib.resolve_providers(
-            provider, fallback=fallback, device_id=device_id, fp16=fp16,
-            trt_cache_dir=trt_cache_dir, tf32=tf32)
-        provider_errors: list[str] = []
-        self.session = load_session(source, providers=requested, threads=threads,
-                                    options=session_options, provider_errors=provider_errors)
-        self.providers: list[str] = self.session.get_providers()
-        auto = isinstance(provider, str) and provider.lower() == "auto"
-        _check_active(requested[0][0], self.providers, explicit=not auto, fallback=fallback,
-                      reasons=provider_errors)
+        opened = open_session(self.path, provider, threads=threads, fallback=fallback,
+                              options=session_options, device_id=device_id, fp16=fp16,
+                              trt_cache_dir=trt_cache_dir, tf32=tf32)
+        self.session, self.deform_lowering_swapped = opened.session, opened.deform_lowering_swapped
+        self.providers: list[str] = opened.providers
         props = self.session.get_modelmeta().custom_metadata_map
         self.metadata: ModelMetadata | None = ModelMetadata.from_props(props, str(self.path))
         self.inputs = [TensorSpec.from_node_arg(arg) for arg in self.session.get_inputs()]
         self.outputs = [TensorSpec.from_node_arg(arg) for arg in self.session.get_outputs()]
+        if self.metadata is not None:  # before anything is allocated from the metadata's shape
+            self.metadata.check_graph({spec.name: spec.shape for spec in self.inputs},
+                                      self.outputs[0].shape, str(self.path))
         self.check_finite = check_finite
         self._output_names = [spec.name for spec in self.outputs]
         self._checks = [_InputCheck(spec) for spec in self.inputs]
@@ -155,6 +151,9 @@ class Engine:
             raise BadInput(f"predict does not know task {metadata.task!r}; use run()")
         if metadata.task == "classification" and top_k < 1:
             raise BadInput(f"top_k must be >= 1, got {top_k}")
+        if batch_size is not None and (isinstance(batch_size, bool)
+                                       or not isinstance(batch_size, int) or batch_size < 1):
+            raise BadInput(f"batch_size must be an integer >= 1, got {batch_size!r}")
         spec = self._input_spec(metadata.input.name)
         fixed_batch = spec.shape[0] if spec.shape and isinstance(spec.shape[0], int) else None
         chunk = fixed_batch or batch_size or PREDICT_CHUNK
@@ -217,17 +216,3 @@ class _InputCheck:
                            f"{array.dtype} {list(shape)}")
         if len(self.accepted) < self.MAX_SHAPES:
             self.accepted.add(shape)
-
-
-def _check_active(wanted: str, active: Sequence[str], *, explicit: bool, fallback: bool,
-                  reasons: Sequence[str] = ()) -> None:
-    """A provider can be installed yet fail to start (no GPU, missing CUDA/TensorRT libraries);
-    ``reasons``: what onnxruntime said about it (``load_session``'s provider_errors)."""
-    if wanted in active or not explicit:
-        return
-    why = reasons[0] if reasons else "no device or missing libraries?"
-    message = (f"provider {provider_lib.short_name(wanted)!r} is installed but did not start "
-               f"({why}); running on {', '.join(active)}")
-    if not fallback:
-        raise BadInput(message)
-    warnings.warn(message, provider_lib.ProviderFallbackWarning, stacklevel=3)

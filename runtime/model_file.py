@@ -1,4 +1,4 @@
-"""Peeking into an .onnx file without the onnx package: which operator domains it imports.
+"""An .onnx file on disk, without the onnx package: is it there, which operator domains it imports.
 
 An ONNX file is a protobuf ``ModelProto``. Its top-level ``opset_import`` entries (field 8) name
 every operator domain the graph uses, so the Engine can tell whether a model needs the
@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import io
 import os
+from pathlib import Path
 from typing import BinaryIO, Iterator
+
+from edgecnn.errors import BadInput
 
 _OPSET_IMPORT_FIELD = 8  # ModelProto.opset_import
 _DOMAIN_FIELD = 1  # OperatorSetIdProto.domain
@@ -67,3 +70,15 @@ def opset_domains(model: str | os.PathLike | bytes) -> set[str]:
     except (ValueError, OSError):
         return set()
     return domains
+
+
+def check_model_file(path: str | os.PathLike, what: str = "model file") -> Path:
+    """``path`` as a Path; BadInput when it is missing, a directory or empty."""
+    path = Path(path)
+    if path.is_dir():
+        raise BadInput(f"{what} is a directory, not an .onnx file: {path}")
+    if not path.is_file():
+        raise BadInput(f"{what} not found: {path}")
+    if path.stat().st_size == 0:
+        raise BadInput(f"{what} is empty: {path}")
+    return path

@@ -24,6 +24,8 @@ AUTO_ORDER = (TENSORRT, CUDA, CPU)
 # What each provider falls back to for the nodes it cannot run (in this order).
 FALLBACK_CHAIN = {TENSORRT: (CUDA, CPU), CUDA: (CPU,), CPU: ()}
 
+THREADS_PER_CORE = 4
+
 ProviderEntry = tuple[str, dict]
 ProviderRequest = Union[str, Sequence[Union[str, ProviderEntry]]]
 
@@ -69,6 +71,21 @@ def provider_options(provider: str, *, device_id: int = 0, fp16: bool = False,
             options.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(trt_cache_dir))
         return options
     return {}
+
+
+def max_threads() -> int:
+    """The most intra-op threads a session may ask for: a few per core. More only adds
+    contention (and a huge count from a typo or a file would start that many threads)."""
+    return THREADS_PER_CORE * (os.cpu_count() or 1)
+
+
+def check_threads(threads: int) -> int:
+    if isinstance(threads, bool) or not isinstance(threads, int):
+        raise BadInput(f"threads must be an integer, got {threads!r}")
+    if not 1 <= threads <= max_threads():
+        raise BadInput(f"threads must be between 1 and {max_threads()} ({THREADS_PER_CORE} per "
+                       f"core on this machine), got {threads}")
+    return threads
 
 
 def installed_providers() -> list[str]:

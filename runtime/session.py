@@ -1,4 +1,9 @@
-"""Creating onnxruntime sessions with clear errors. Torch-free."""
+"""The one way edgecnn opens an onnxruntime session. Torch-free.
+
+``open_session`` resolves the providers, applies the deformable-conv lowering swap, creates the
+session with clear errors, and verifies that the provider asked for really started (one
+fallback message). The Engine, ``edgecnn check``, ``bench`` and the quantizer all go through it.
+"""
 
 from __future__ import annotations
 
@@ -6,59 +11,94 @@ import contextlib
 import io
 import os
 import re
-from pathlib import Path
+import warnings
+from dataclasses import dataclass
 
 import onnxruntime as ort
 
-from edgecnn.errors import BadInput
+from edgecnn.errors import BadInput, first_line
 from edgecnn.runtime import deform
-from edgecnn.runtime.model_file import opset_domains
+from edgecnn.runtime import providers as provider_lib
+from edgecnn.runtime.model_file import check_model_file, opset_domains
 
 # Fatal messages only: onnxruntime also logs errors it recovers from (a provider library that
 # does not load, a cuDNN plan it skips), and edgecnn reports what matters itself: failures as
 # BadInput, a requested provider that did not start as a warning or BadInput with the reason.
-ort.set_default_logger_severity(4)
+LOG_SEVERITY = 4
 
 # onnxruntime's notice when a provider fails and it retries with the rest of the list:
 # "EP Error <source>:<line> <function>(<args>) <reason>" (the reason is what a user can act on).
 _EP_ERROR = re.compile(r"^EP Error (?:\S+:\d+ [^(]*\([^)]*\) )?(?P<reason>.+)$")
 
 
-def load_session(model: str | os.PathLike | bytes, providers: list | None = None,
-                 threads: int | None = None, options: ort.SessionOptions | None = None,
-                 provider_errors: list[str] | None = None) -> ort.InferenceSession:
-    """An InferenceSession on ``model`` (a path or serialized bytes); BadInput when unreadable.
+@dataclass
+class OpenedSession:
+    session: ort.InferenceSession
+    requested: list[provider_lib.ProviderEntry]  # what was asked of onnxruntime, in order
+    deform_lowering_swapped: bool  # the DeformConv2d body was switched to the decomposed one
 
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+
+def open_session(model: str | os.PathLike | bytes,
+                 provider: provider_lib.ProviderRequest = "cpu", *, threads: int | None = None,
+                 fallback: bool = True, options: ort.SessionOptions | None = None,
+                 **provider_options) -> OpenedSession:
+    """A session on ``model`` (a path or serialized bytes) with ``provider``.
+
+    provider: "auto", "cpu", "cuda", "tensorrt", an onnxruntime provider name, or a list of
+        names / (name, options) pairs (see ``resolve_providers``; its keyword options
+        device_id, fp16, trt_cache_dir and tf32 pass through ``provider_options``).
+    fallback: a provider asked for by name that is missing or does not start is a warning
+        (True) or BadInput naming the reason (False).
     A file that uses the ai.edgecnn::DeformConv2d op gets its decomposed lowering when this
-    onnxruntime has no DeformConv kernel (``model_source``). When a provider fails to start
-    and onnxruntime falls back to the others, its reason is appended to ``provider_errors``
-    (given a list) instead of onnxruntime's multi-line notice on stdout.
+    onnxruntime has no DeformConv kernel.
     """
-    if not isinstance(model, bytes):
-        path = Path(model)
-        if not path.is_file():
-            raise BadInput(f"model file not found: {path}")
-        if path.stat().st_size == 0:
-            raise BadInput(f"model file is empty: {path}")
-        model, _ = model_source(path)
+    requested = provider_lib.resolve_providers(provider, fallback=fallback, **provider_options)
+    source, swapped = (model, False) if isinstance(model, bytes) else model_source(model)
     options = options or ort.SessionOptions()
+    if options.log_severity_level < 0:  # not set by the caller
+        options.log_severity_level = LOG_SEVERITY
     if threads is not None:
-        if threads < 1:
-            raise BadInput(f"threads must be >= 1, got {threads}")
-        options.intra_op_num_threads = threads
+        options.intra_op_num_threads = provider_lib.check_threads(threads)
     notice = io.StringIO()  # onnxruntime prints its provider fallback notice (see _EP_ERROR)
     try:
         with contextlib.redirect_stdout(notice):
-            session = ort.InferenceSession(model, options,
-                                           providers=providers or ["CPUExecutionProvider"])
+            session = ort.InferenceSession(source, options, providers=requested)
     except Exception as error:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
-        source = "model" if isinstance(model, bytes) else model
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise BadInput(f"cannot load {source} as an ONNX model: {first_line[:300]}") from None
-    if provider_errors is not None:
-        provider_errors.extend(match["reason"][:300] for line in notice.getvalue().splitlines()
-                               if (match := _EP_ERROR.match(line.strip())))
-    return session
+        where = "model" if isinstance(source, bytes) else source
+        raise BadInput(f"cannot load {where} as an ONNX model: {first_line(error)}") from None
+    reasons = [match["reason"][:300] for line in notice.getvalue().splitlines()
+               if (match := _EP_ERROR.match(line.strip()))]
+    explicit = not (isinstance(provider, str) and provider.lower() == "auto")
+    check_started(requested[0][0], session.get_providers(), explicit=explicit,
+                  fallback=fallback, reasons=reasons)
+    return OpenedSession(session, requested, swapped)
+
+
+def load_session(model: str | os.PathLike | bytes,
+                 providers: provider_lib.ProviderRequest | None = None, *,
+                 threads: int | None = None, options: ort.SessionOptions | None = None,
+                 fallback: bool = True, **provider_options) -> ort.InferenceSession:
+    """``open_session(...).session``: the bare InferenceSession (CPU unless ``providers``)."""
+    return open_session(model, "cpu" if providers is None else providers, threads=threads,
+                        fallback=fallback, options=options, **provider_options).session
+
+
+def check_started(wanted: str, active: list[str], *, explicit: bool, fallback: bool,
+                  reasons: list[str] = ()) -> None:
+    """A provider can be installed yet fail to start (no GPU, missing CUDA/TensorRT libraries);
+    ``reasons``: what onnxruntime said about it."""
+    if wanted in active or not explicit:
+        return
+    why = reasons[0] if reasons else "no device or missing libraries?"
+    message = (f"provider {provider_lib.short_name(wanted)!r} is installed but did not start "
+               f"({why}); running on {', '.join(active)}")
+    if not fallback:
+        raise BadInput(message)
+    warnings.warn(message, provider_lib.ProviderFallbackWarning, stacklevel=4)
 
 
 def model_source(path: str | os.PathLike) -> tuple[str | bytes, bool]:
@@ -68,9 +108,8 @@ def model_source(path: str | os.PathLike) -> tuple[str | bytes, bool]:
     standard DeformConv; an onnxruntime without a DeformConv kernel gets the decomposed body
     (older standard ops only) instead. Returns (source, swapped).
     """
-    if deform.DOMAIN not in opset_domains(path):
-        return str(path), False  # load_session reports missing and unreadable files
-    if deform.onnxruntime_has_deformconv():
+    path = check_model_file(path)
+    if deform.DOMAIN not in opset_domains(path) or deform.onnxruntime_has_deformconv():
         return str(path), False
     try:
         import onnx

@@ -14,7 +14,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper
 
-from edgecnn.export.onnx_file import set_minimal_ir_version
+from edgecnn.runtime.onnx_file import set_minimal_ir_version
 from edgecnn.ops import deform_conv2d
 from edgecnn.ops.deform_conv import output_size
 from edgecnn.runtime import deform

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgecnn.export import rgb_stem
 from edgecnn.export.calibration import InputSet, random_inputs
-from edgecnn.export.onnx_file import get_metadata, set_minimal_ir_version
+from edgecnn.runtime.onnx_file import get_metadata, set_minimal_ir_version
 from edgecnn.export.parity import compare
 from edgecnn.export.quantize import quantize_model
 from edgecnn.export.quantize_recipes import Int8Recipe, int8_rewrites, int8_static

@@ -1,4 +1,4 @@
-"""Engine on models with the ai.edgecnn::DeformConv2d custom op (DESIGN.md, deformable conv).
+"""Engine on models with the ai.edgecnn::DeformConv2d custom op (docs/deform_conv.md).
 
 When the installed onnxruntime lacks a DeformConv kernel, the Engine swaps the function body to
 the decomposed lowering at load time. The probe is monkeypatched to False here, so the swap is
@@ -38,7 +38,8 @@ def deform_model(tmp_path_factory):
                                                     helper.make_opsetid(deform.DOMAIN, 1)])
     model.ir_version = 9
     model.metadata_props.add(key=METADATA_KEY, value=ModelMetadata(
-        model="deform_probe", task="segmentation", input=InputInfo(shape=[4, 7, 7])).to_json())
+        model="deform_probe", task="segmentation", input=InputInfo(shape=[4, 7, 7], color="GRAY", mean=[0.5] * 4,
+                                                   std=[0.25] * 4)).to_json())
     model = deform.set_deform_lowering(model, "native")
     path = tmp_path_factory.mktemp("deform") / "deform.onnx"
     onnx.save(model, str(path))

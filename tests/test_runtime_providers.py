@@ -17,7 +17,7 @@ from edgecnn.runtime import Engine
 from edgecnn.runtime.providers import (
     CPU, CUDA, TENSORRT, ProviderFallbackWarning, resolve_providers,
 )
-from edgecnn.runtime.session import load_session
+from edgecnn.runtime.session import open_session
 
 AZURE = "AzureExecutionProvider"
 GPU_BOX = [TENSORRT, CUDA, CPU, AZURE]
@@ -84,26 +84,52 @@ EP_ERROR_NOTICE = (  # what onnxruntime-gpu 1.31.1 printed on an H100 without Te
 
 def test_onnxruntime_fallback_notice_becomes_the_reason(monkeypatch, capsys):
     """onnxruntime prints a multi-line "EP Error ... Falling back" notice on stdout when a
-    provider does not start; load_session keeps stdout and stderr clean (`--json`, one-line
-    errors) and hands the reason to the Engine, whose fallback message quotes it."""
-    from edgecnn.runtime.engine import _check_active
+    provider does not start; open_session keeps stdout and stderr clean (`--json`, one-line
+    errors) and its one fallback message quotes the reason."""
+    from edgecnn.runtime import providers
 
-    def session_that_falls_back(*args, **kwargs):
-        print(EP_ERROR_NOTICE, end="")
-        return "session"
+    class FallsBack:
+        def __init__(self, *args, **kwargs):
+            print(EP_ERROR_NOTICE, end="")
 
-    monkeypatch.setattr(ort, "InferenceSession", session_that_falls_back)
-    reasons = []
-    assert load_session(b"model", providers=[TENSORRT, CPU], provider_errors=reasons) == "session"
+        def get_providers(self):
+            return [CUDA, CPU]
+
+    monkeypatch.setattr(ort, "InferenceSession", FallsBack)
+    monkeypatch.setattr(providers, "installed_providers", lambda: GPU_BOX)
+    reason = (r"Please install TensorRT libraries as mentioned in the GPU requirements page, "
+              r"make sure they're in the PATH or LD_LIBRARY_PATH, and that your GPU is supported\.")
+    with pytest.raises(BadInput, match=rf"'tensorrt' is installed but did not start \({reason}\); "
+                                       r"running on CUDAExecutionProvider, CPUExecutionProvider"):
+        open_session(b"model", "tensorrt", fallback=False)
     assert capsys.readouterr() == ("", "")
-    assert reasons == ["Please install TensorRT libraries as mentioned in the GPU requirements "
-                       "page, make sure they're in the PATH or LD_LIBRARY_PATH, and that your GPU "
-                       "is supported."]
-    with pytest.raises(BadInput, match=r"'tensorrt' is installed but did not start \(Please "
-                                       r"install TensorRT libraries .*\); running on cuda"):
-        _check_active(TENSORRT, ["cuda"], explicit=True, fallback=False, reasons=reasons)
-    with pytest.warns(ProviderFallbackWarning, match="no device or missing libraries"):
-        _check_active(TENSORRT, ["cuda"], explicit=True, fallback=True)
+    with pytest.warns(ProviderFallbackWarning, match=reason):
+        opened = open_session(b"model", "tensorrt")
+    assert opened.providers == [CUDA, CPU]
+    assert capsys.readouterr() == ("", "")
+    opened = open_session(b"model", "auto")  # auto promised nothing: no message
+    assert opened.providers == [CUDA, CPU]
+
+
+def test_session_options_carry_the_log_level_and_thread_cap(monkeypatch):
+    """onnxruntime's log level goes on each session's options (nothing process-wide), and a
+    thread count past a few per core is refused before any thread starts."""
+    from edgecnn.runtime import session as session_module
+
+    seen = {}
+
+    class Records:
+        def __init__(self, model, options, providers):
+            seen.update(level=options.log_severity_level, threads=options.intra_op_num_threads)
+
+        def get_providers(self):
+            return [CPU]
+
+    monkeypatch.setattr(ort, "InferenceSession", Records)
+    open_session(b"model", "cpu", threads=2)
+    assert seen == {"level": session_module.LOG_SEVERITY, "threads": 2}
+    with pytest.raises(BadInput, match="threads must be between 1 and"):
+        open_session(b"model", "cpu", threads=10_000)
 
 
 @pytest.mark.parametrize("request_", ["gpu", ["cpu", "npu"], []])
@@ -125,12 +151,10 @@ def require(provider: str) -> None:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])]),
         opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    reasons = []
-    started = load_session(relu.SerializeToString(), providers=[provider],
-                           provider_errors=reasons).get_providers()
-    if started[0] != provider:
-        pytest.skip(f"{provider} is installed but does not start here ({'; '.join(reasons)}); "
-                    f"onnxruntime fell back to {', '.join(started)}; see docs/gpu.md")
+    try:
+        open_session(relu.SerializeToString(), [provider], fallback=False)
+    except BadInput as error:
+        pytest.skip(f"{error}; see docs/gpu.md")
 
 
 def gpu_parity(path, provider, **engine_options):
@@ -153,7 +177,7 @@ def test_cuda_matches_cpu(resnet18_64):
 @pytest.mark.parametrize("fp16, bound", [(False, 1e-3), (True, 5e-3)])
 def test_tensorrt_matches_cpu(resnet18_64, tmp_path, fp16, bound):
     """TensorRT builds fp32 engines with TF32 allowed (10-bit mantissa: rel_l2 up to ~1e-3);
-    with fp16 the bound is the fp16 export bound (DESIGN.md)."""
+    with fp16 the bound is the fp16 export bound (edgecnn.export.parity)."""
     require(TENSORRT)
     engine, parity = gpu_parity(resnet18_64, "tensorrt", fp16=fp16, trt_cache_dir=tmp_path)
     assert engine.providers[0] == TENSORRT

@@ -1,0 +1,113 @@
+"""Torch-free helpers on ONNX models (the ``onnx`` package): the one place that loads a file,
+reads its interface, opsets and edgecnn metadata, and tidies what tools leave behind.
+
+The exporter, the quantizer, ``edgecnn check`` and ``edgecnn info`` all use these. The
+runtime's session code does not import this module, so a device with onnxruntime alone (no
+``onnx`` package) still runs models.
+"""
+
+from __future__ import annotations
+
+import os
+
+import onnx
+
+from edgecnn.errors import BadInput, EdgecnnError, first_line
+from edgecnn.runtime.metadata import METADATA_KEY, ModelMetadata
+from edgecnn.runtime.model_file import check_model_file
+
+# The operator domains the ONNX standard defines; anything else is a custom op.
+STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training"})
+DEFAULT_DOMAIN_NAMES = ("", "ai.onnx")  # two spellings of the default domain
+
+
+def load_model(path: str | os.PathLike, *, external_data: bool = True) -> onnx.ModelProto:
+    """The ModelProto at ``path`` (its external data too, unless ``external_data`` is False);
+    BadInput, in one line, when the file is missing, empty, not ONNX or truncated."""
+    path = check_model_file(path)
+    try:
+        model = onnx.load(str(path), load_external_data=external_data)
+    except Exception as error:  # protobuf DecodeError, truncated files, missing external data
+        raise BadInput(f"{path} is not a readable ONNX model ({first_line(error, 200)})") from None
+    if not model.graph.node and not model.graph.output:
+        raise BadInput(f"{path} is not an ONNX model (empty graph)")
+    return model
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """The graph's real inputs (older exporters also list initializers as inputs)."""
+    initializers = {init.name for init in model.graph.initializer}
+    return [value for value in model.graph.input if value.name not in initializers]
+
+
+def dims(value: onnx.ValueInfoProto) -> list[int | None]:
+    """A value's shape: ints for fixed axes, None for named or unknown ones."""
+    return [dim.dim_value if dim.HasField("dim_value") else None
+            for dim in value.type.tensor_type.shape.dim]
+
+
+def input_dims(model: onnx.ModelProto) -> list[int | None]:
+    """The first graph input's shape (``dims``); [] for a graph without inputs."""
+    inputs = graph_inputs(model)
+    return dims(inputs[0]) if inputs else []
+
+
+def fixed_batch(model: onnx.ModelProto) -> int | None:
+    """The first graph input's fixed batch size; None for a dynamic batch axis."""
+    shape = input_dims(model)
+    return shape[0] if shape else None
+
+
+def opset_version(model: onnx.ModelProto, domain: str = "") -> int | None:
+    """The version ``model`` imports of ``domain`` ("" or "ai.onnx": the default domain)."""
+    names = DEFAULT_DOMAIN_NAMES if domain in DEFAULT_DOMAIN_NAMES else (domain,)
+    return next((imp.version for imp in model.opset_import if imp.domain in names), None)
+
+
+def is_custom_domain(domain: str) -> bool:
+    return domain not in STANDARD_DOMAINS
+
+
+def get_metadata(model: onnx.ModelProto, source: str = "model") -> ModelMetadata | None:
+    """The edgecnn metadata (validated; BadInput naming the field when malformed), or None."""
+    return ModelMetadata.from_props({p.key: p.value for p in model.metadata_props}, source)
+
+
+def set_metadata(model: onnx.ModelProto, metadata: ModelMetadata) -> None:
+    """Store ``metadata`` under the ``edgecnn`` key, replacing any earlier entry."""
+    kept = [prop for prop in model.metadata_props if prop.key != METADATA_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    model.metadata_props.add(key=METADATA_KEY, value=metadata.to_json())
+
+
+def drop_initializer_value_info(model: onnx.ModelProto) -> None:
+    """Remove value_info entries of initializers: they carry their own types, and stale copies
+    (left by exporters and converters) break later shape inference."""
+    initializers = {init.name for init in model.graph.initializer}
+    kept = [value for value in model.graph.value_info if value.name not in initializers]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(kept)
+
+
+def set_minimal_ir_version(model: onnx.ModelProto) -> None:
+    """Lower the IR version to the oldest that the model's opsets allow.
+
+    Exporters write the newest IR, which older runtimes refuse, although an opset-18 graph
+    needs only IR 8. Custom domains do not constrain it.
+    """
+    model.ir_version = onnx.helper.find_min_ir_version_for(list(model.opset_import),
+                                                           ignore_unknown=True)
+
+
+def check_model(model: onnx.ModelProto | str | os.PathLike) -> None:
+    """onnx.checker with strict, type-checked shape inference; EdgecnnError when invalid.
+
+    Give a saved file's path where there is one: the checker then reads it directly instead
+    of serializing the proto again (seconds for the 500 MB VGGs).
+    """
+    source = model if isinstance(model, onnx.ModelProto) else str(model)
+    try:
+        onnx.checker.check_model(source, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
+        raise EdgecnnError(f"the graph is not valid ONNX: {first_line(error)}") from error
