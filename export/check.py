@@ -1,10 +1,11 @@
-"""``check_parity("resnet18")``: what ``edgecnn check`` runs.
+"""``check_onnx(module, "model.onnx", inputs)``: does an ONNX file compute what a module computes?
 
-Exports the model (or takes a given .onnx), runs eager PyTorch and onnxruntime on K random
-batches (plus real images when given) and judges each output by the precision's criterion:
-a rel_l2 bound (fp32 1e-5, fp16 5e-3; int8 an SQNR floor, expressed as the same rel_l2 bound
-since SQNR = -20 log10(rel_l2)). With ``bisect=True`` a failing check also names the first
-module where eager and ONNX diverge.
+``check_onnx`` runs any eager module and the ONNX file on the same input batches, compares every
+output and judges them with ``parity.judge`` (the file's own bound for its precision). With
+``bisect=True`` it also names the first module where eager and ONNX diverge.
+``check_parity("resnet18")`` is what ``edgecnn check`` runs: it rebuilds a registered model
+(once), exports and converts it when no file is given, draws the inputs, and calls
+``check_onnx``. ``assert_parity`` (edgecnn.export.parity) is the same check for users' CI.
 """
 
 from __future__ import annotations
@@ -17,33 +18,24 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import onnx
 import torch
 
 from edgecnn import models
 from edgecnn.errors import BadInput
 from edgecnn.export import bisect as bisecting
-from edgecnn.export.calibration import DEFAULT_CALIBRATION_SIZE, batches, load_image_folder
+from edgecnn.export.calibration import batches, load_image_folder
 from edgecnn.export.exporter import build_model, export_model, random_input
 from edgecnn.export.files import atomic_output, check_output_path
-from edgecnn.export.onnx_file import dims, fixed_batch, get_metadata, graph_inputs, input_dims
 from edgecnn.export.parity import (
-    FP16_MAX, ParityMetrics, activation_peak, compare, default_tolerance,
+    FP16_MAX, OutputReport, Verdict, activation_peak, check_precision, judge,
 )
-from edgecnn.runtime import load_session
+from edgecnn.runtime import ModelMetadata, load_session
+from edgecnn.runtime.onnx_file import dims, fixed_batch, get_metadata, graph_inputs, load_model
+from edgecnn.runtime.providers import ProviderRequest
 
-PRECISIONS = ("fp32", "fp16", "int8")
 CALIBRATION_SAMPLES = 32  # int8 of a fresh export calibrates on inputs drawn like the checked ones
 
-
-@dataclass
-class OutputReport:
-    name: str
-    metrics: ParityMetrics
-    passed: bool
-
-    def as_dict(self) -> dict:
-        return {"name": self.name, "passed": self.passed, **self.metrics.as_dict()}
+StepCallback = Callable[[str], None]
 
 
 @dataclass
@@ -53,31 +45,41 @@ class CheckReport:
     precision: str
     provider: list[str]
     batch: int
-    samples: int
-    images: int
-    rows: int  # input rows compared: batch x samples random ones + the images
-    tolerance: float  # rel_l2 bound (for int8 derived from the SQNR floor)
-    outputs: list[OutputReport]
+    samples: int  # input batches compared
+    images: int  # of which rows came from image files
+    rows: int  # input rows compared in all
+    verdict: Verdict
     bisect: bisecting.BisectResult | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
+    def outputs(self) -> list[OutputReport]:
+        return self.verdict.outputs
+
+    @property
+    def tolerance(self) -> float:
+        return self.verdict.tolerance
+
+    @property
     def passed(self) -> bool:
-        return all(output.passed for output in self.outputs)
+        return self.verdict.passed
 
     def as_dict(self) -> dict:
         return {"model": self.model, "onnx": self.onnx_path, "precision": self.precision,
                 "provider": self.provider, "batch": self.batch, "samples": self.samples,
                 "images": self.images, "rows": self.rows, "tolerance_rel_l2": self.tolerance,
+                "min_top1": self.verdict.min_top1,
                 "passed": self.passed, "outputs": [o.as_dict() for o in self.outputs],
                 "bisect": self.bisect.as_dict() if self.bisect else None, "notes": self.notes}
 
     def to_markdown(self) -> str:
         lines = [f"# Parity check: {self.model} ({self.precision})", "",
                  f"- ONNX: `{self.onnx_path}`", f"- provider: {', '.join(self.provider)}",
-                 f"- inputs: {self.samples} random batches of {self.batch}"
-                 + (f" + {self.images} images" if self.images else ""),
-                 f"- criterion: rel_l2 <= {self.tolerance:g}",
+                 f"- inputs: {self.samples} batches of {self.batch}"
+                 + (f" ({self.images} rows from images)" if self.images else ""),
+                 f"- criterion: rel_l2 <= {self.tolerance:g}"
+                 + (f", top-1 agreement >= {self.verdict.min_top1:g}"
+                    if self.verdict.min_top1 is not None else ""),
                  f"- result: **{'PASS' if self.passed else 'FAIL'}**", "",
                  "| output | rel_l2 | max_abs | cosine | SQNR dB | top-1 agreement | pass |",
                  "|---|---|---|---|---|---|---|"]
@@ -100,7 +102,7 @@ def check_report_path(path: str | os.PathLike) -> Path:
     """BadInput unless ``path`` is a writable FILE.md or FILE.json (checked before any work)."""
     path = Path(path)
     if path.suffix not in (".md", ".json"):
-        raise BadInput(f"--report must end in .md or .json, got {path.name}")
+        raise BadInput(f"report must end in .md or .json, got {path.name}")
     return check_output_path(path)
 
 
@@ -113,6 +115,89 @@ def write_report(report: CheckReport, path: str | os.PathLike) -> Path:
     return path
 
 
+# ---------------------------------------------------------------------------------------------
+# Any module against any file
+
+
+def _as_arrays(values) -> tuple[np.ndarray, ...]:
+    values = values if isinstance(values, (tuple, list)) else (values,)
+    return tuple(value.detach().cpu().numpy() if isinstance(value, torch.Tensor)
+                 else np.asarray(value) for value in values)
+
+
+def check_onnx(module: torch.nn.Module, onnx_path: str | os.PathLike, inputs: Sequence, *,
+               precision: str | None = None, providers: ProviderRequest = "cpu",
+               tolerance: float | None = None, min_top1: float | None = None,
+               bisect: bool = False, model_name: str | None = None, image_rows: int = 0,
+               on_step: StepCallback | None = None) -> CheckReport:
+    """Run ``module`` eagerly and ``onnx_path`` in onnxruntime on each batch of ``inputs`` and
+    judge every output.
+
+    inputs: a list of batches; a batch is one array/tensor, or a tuple of them for a
+        multi-input model (in the graph's input order).
+    precision: what the file is (default: its metadata's, else fp32); a file of another
+        precision is BadInput. The bound is ``tolerance``, else the file's metadata bound for
+        the precision, else the precision's default (``parity.judge``).
+    providers: the onnxruntime providers ("cpu", "cuda", ...); CUDA runs without TF32.
+    bisect: name the first module whose output diverges (single-input models).
+    """
+    step = on_step or (lambda message: None)
+    if not inputs:
+        raise BadInput("inputs holds no batch to compare on")
+    session = load_session(onnx_path, providers, fallback=False, tf32=False)
+    metadata = ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map,
+                                        str(onnx_path))
+    file_precision = metadata.precision if metadata else "fp32"
+    if precision is not None and check_precision(precision) != file_precision:
+        raise BadInput(f"{onnx_path} holds a {file_precision} model, not {precision}")
+    batches_in = [_as_arrays(batch) for batch in inputs]
+    names = [value.name for value in session.get_inputs()]
+    if any(len(batch) != len(names) for batch in batches_in):
+        raise BadInput(f"{onnx_path} takes {len(names)} inputs ({', '.join(names)}); a batch "
+                       f"has {len(batches_in[0])}")
+    step("running eager PyTorch")
+    with torch.no_grad():
+        references = [_as_arrays(module.eval()(*map(torch.from_numpy, batch)))
+                      for batch in batches_in]
+    step("running onnxruntime")
+    candidates = [session.run(None, dict(zip(names, batch))) for batch in batches_in]
+    outputs = [value.name for value in session.get_outputs()]
+    verdict = judge([np.concatenate([ref[k] for ref in references]) for k in range(len(outputs))],
+                    [np.concatenate([run[k] for run in candidates]) for k in range(len(outputs))],
+                    file_precision, bounds=metadata.tolerances if metadata else None,
+                    tolerance=tolerance, names=outputs, min_top1=min_top1)
+    report = CheckReport(model=model_name or type(module).__name__, onnx_path=str(onnx_path),
+                         precision=file_precision, provider=list(session.get_providers()),
+                         batch=len(batches_in[0][0]), samples=len(batches_in),
+                         images=image_rows, rows=sum(len(batch[0]) for batch in batches_in),
+                         verdict=verdict)
+    if not all(np.isfinite(c).all() for run in candidates for c in run):
+        report.notes.append(_non_finite_note(module, batches_in[0][0], file_precision))
+    if bisect:
+        if len(names) != 1:
+            raise BadInput("bisect compares single-input models only")
+        step("bisecting layer by layer")
+        report.bisect = bisecting.bisect(module, load_model(onnx_path), batches_in[0][0],
+                                         verdict.tolerance, session.get_providers())
+    return report
+
+
+def _non_finite_note(module, x: np.ndarray, precision: str) -> str:
+    note = "the ONNX output holds NaN or Inf"
+    if precision != "fp16":
+        return note
+    peak, where = activation_peak(module, x)
+    if peak <= FP16_MAX:
+        return f"{note}; the eager activations stay within fp16's range (peak {peak:.3g})"
+    return (f"{note}: fp16 overflows, the eager activations reach {peak:.3g} ({where}), beyond "
+            f"fp16's {FP16_MAX:g}; keep this model in fp32 (or its overflowing layers: "
+            "edgecnn quantize --keep-float)")
+
+
+# ---------------------------------------------------------------------------------------------
+# A registered model: what `edgecnn check` runs
+
+
 def convert_precision(fp32_path: Path, precision: str, output: Path,
                       images: str | os.PathLike | None = None) -> Path:
     """The fp16 or int8 version of a fresh fp32 export, with edgecnn's own quantizer.
@@ -122,27 +207,21 @@ def convert_precision(fp32_path: Path, precision: str, output: Path,
     another distribution would clip the checked inputs and measure the mismatch, not the export.
     """
     from edgecnn.export.quantize import quantize_model
+    from edgecnn.export.quantize_recipes import recipe_for_precision
 
-    if precision == "fp16":
-        quantize_model(fp32_path, output, mode="fp16", check=False)
-        return output
-    if images is not None:
-        quantize_model(fp32_path, output, mode="int8", calibration=images,
-                       calibration_size=DEFAULT_CALIBRATION_SIZE, check=False)
-        return output
-    metadata = get_metadata(_load(fp32_path), str(fp32_path))
-    with tempfile.TemporaryDirectory(prefix="edgecnn-calibration-") as work:
-        calibration = Path(work) / "calibration.npy"
-        np.save(calibration, np.concatenate(
-            [random_input((1, *metadata.input.shape), seed=1000 + k).numpy()
-             for k in range(CALIBRATION_SAMPLES)]))
-        quantize_model(fp32_path, output, mode="int8", calibration=calibration,
-                       calibration_size=None, check=False)
+    recipe = recipe_for_precision(precision)
+    calibration = None
+    if recipe.needs_calibration:
+        shape = get_metadata(load_model(fp32_path, external_data=False)).input.shape
+        calibration = images if images is not None else np.concatenate(
+            [random_input((1, *shape), seed=1000 + k).numpy() for k in range(CALIBRATION_SAMPLES)])
+    quantize_model(fp32_path, output, recipe=recipe, calibration=calibration,
+                   calibration_size=None, check=False)
     return output
 
 
-def _check_architecture(name: str, model: onnx.ModelProto, source: str,
-                        eager_input: Sequence[int], eager_output: Sequence[int]) -> None:
+def _check_architecture(name: str, model, source: str, eager_input: Sequence[int],
+                        eager_output: Sequence[int]) -> None:
     """BadInput unless ``model`` has the named model's interface (never a bogus pass)."""
     metadata = get_metadata(model, source)
     if metadata is not None and metadata.model != name:
@@ -159,128 +238,92 @@ def _check_architecture(name: str, model: onnx.ModelProto, source: str,
                            f"; {name} gives [N, {', '.join(map(str, wanted))}]: not this architecture")
 
 
-def _precision_of(model: onnx.ModelProto, source: str) -> str:
-    metadata = get_metadata(model, source)
-    return metadata.precision if metadata else "fp32"
+def _input_chw(model, metadata: ModelMetadata | None, source: str) -> tuple[int, int, int]:
+    if metadata is not None:
+        return tuple(metadata.input.shape)
+    inputs = graph_inputs(model)
+    shape = dims(inputs[0]) if inputs else []
+    if len(shape) != 4 or not all(shape[1:]):
+        raise BadInput(f"cannot tell the input size of {source} (input dims {shape}); it "
+                       "carries no edgecnn metadata")
+    return tuple(shape[1:])
+
+
+def _batch_size(fixed: int | None, path: Path, requested: int | None) -> int:
+    """The rows per input: ``requested`` (default 2), which a fixed batch axis must equal."""
+    if requested is not None and (isinstance(requested, bool) or not isinstance(requested, int)
+                                  or requested < 1):
+        raise BadInput(f"batch must be >= 1, got {requested!r}")
+    if fixed is not None and requested not in (None, fixed):
+        raise BadInput(f"batch must be {fixed}: {path} has a fixed batch size of {fixed}")
+    return fixed or requested or 2
 
 
 def check_parity(name: str, onnx_path: str | os.PathLike | None = None, *,
                  precision: str | None = None, batch: int | None = None, samples: int = 3,
-                 images: str | os.PathLike | None = None, providers: list | None = None,
-                 tolerance: float | None = None, seed: int = 0,
+                 images: str | os.PathLike | None = None, providers: ProviderRequest = "cpu",
+                 tolerance: float | None = None, min_top1: float | None = None, seed: int = 0,
                  weights: str | os.PathLike | None = None, num_classes: int | None = None,
                  input_size: int | Sequence[int] | None = None, bisect: bool = False,
-                 on_step: Callable[[str], None] | None = None) -> CheckReport:
+                 on_step: StepCallback | None = None) -> CheckReport:
     """Compare eager ``name`` with its ONNX export (or ``onnx_path``) on random inputs.
 
     Without ``onnx_path`` the model is exported fresh and converted to ``precision`` (int8
     calibrates on ``images`` when given). ``batch``: rows per random input (default 2, or the
     file's fixed batch size). ``images``: a folder of jpg/png added to the inputs, preprocessed
     from the file's metadata. The eager model is rebuilt from ``seed``/``weights``/
-    ``num_classes``: pass the values the file was exported with.
+    ``num_classes`` (once, for both sides): pass the values the file was exported with.
     """
     step = on_step or (lambda message: None)
     spec = models.get_spec(name)
-    if batch is not None and batch < 1:
-        raise BadInput(f"--batch must be >= 1, got {batch}")
-    if samples < 1:
-        raise BadInput(f"--samples must be >= 1, got {samples}")
-    if precision is not None and precision not in PRECISIONS:
-        raise BadInput(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise BadInput(f"samples must be >= 1, got {samples!r}")
+    if precision is not None:
+        check_precision(precision)
+    step(f"building eager {name}")
     with tempfile.TemporaryDirectory(prefix="edgecnn-check-") as work:
         if onnx_path is None:
             precision = precision or "fp32"
+            module = build_model(name, num_classes=num_classes, weights=weights, seed=seed)
             step(f"exporting {name}")
             path = export_model(name, Path(work) / f"{name}.onnx", input_size=input_size,
                                 num_classes=num_classes, weights=weights, seed=seed,
-                                check=False).path
+                                check=False, module=module).path
             if precision != "fp32":
                 step(f"converting to {precision}")
                 path = convert_precision(path, precision, Path(work) / f"{name}.{precision}.onnx",
                                          images)
         else:
             path = Path(onnx_path)
-            if not path.is_file():
-                raise BadInput(f"ONNX file not found: {path}")
-        model = _load(path)
-        file_precision = _precision_of(model, str(path))
-        if precision is not None and precision != file_precision:
-            raise BadInput(f"{path} holds a {file_precision} model, not {precision}")
-        precision = file_precision
+        model = load_model(path)
+        metadata = get_metadata(model, str(path))
         fixed = fixed_batch(model)
         batch = _batch_size(fixed, path, batch)
-        metadata = get_metadata(model, str(path))
-        channels, height, width = (metadata.input.shape if metadata else
-                                   _input_chw(model))
-        step(f"building eager {name}")
-        module = build_model(name, num_classes=num_classes, weights=weights, seed=seed,
-                             in_channels=channels if channels != spec.input_size[0] else None)
+        channels, height, width = _input_chw(model, metadata, str(path))
+        if onnx_path is not None:
+            module = build_model(name, num_classes=num_classes, weights=weights, seed=seed,
+                                 in_channels=channels if channels != spec.input_size[0] else None)
         inputs = [random_input((batch, channels, height, width), seed + 1 + k).numpy()
                   for k in range(samples)]
-        image_count, notes = 0, []
+        image_rows, notes = 0, []
         if images is not None:
             if metadata is None:
-                raise BadInput(f"--images needs the preprocessing in the edgecnn metadata, which "
+                raise BadInput(f"images need the preprocessing in the edgecnn metadata, which "
                                f"{path} does not carry")
-            image_batch = load_image_folder(images, metadata.input, what="--images",
+            image_batch = load_image_folder(images, metadata.input, what="images",
                                             warn=notes.append).inputs
             inputs.extend(batches(image_batch, fixed, len(image_batch)))
-            image_count = len(image_batch)
+            image_rows = len(image_batch)
         with torch.no_grad():
-            references = [module(torch.from_numpy(x)).numpy() for x in inputs]
-        _check_architecture(name, model, str(path), inputs[0].shape, references[0].shape)
-        step("running onnxruntime")
-        session = load_session(str(path), providers=providers)
-        output_name = session.get_outputs()[0].name
-        candidates = [session.run(None, {session.get_inputs()[0].name: x})[0] for x in inputs]
-        bound = tolerance if tolerance is not None else default_tolerance(precision, spec)
-        metrics = compare(np.concatenate(references), np.concatenate(candidates))
-        passed = bool(metrics.rel_l2 <= bound)
-        report = CheckReport(model=name, onnx_path=str(onnx_path or f"(fresh export, {precision})"),
-                             precision=precision, provider=list(session.get_providers()),
-                             batch=batch, samples=samples, images=image_count,
-                             rows=sum(len(x) for x in inputs), tolerance=bound,
-                             outputs=[OutputReport(output_name, metrics, passed)], notes=notes)
-        if not all(np.isfinite(c).all() for c in candidates):
-            report.notes.append(_non_finite_note(module, inputs[0], precision))
-        elif not passed and onnx_path is not None:
-            report.notes.append("was the file exported with the same --seed/--weights/"
-                                "--num-classes? the eager model is rebuilt from them")
-        if bisect:
-            step("bisecting layer by layer")
-            report.bisect = bisecting.bisect(module, model, inputs[0], bound, providers)
+            eager_output = module(torch.from_numpy(inputs[0])).shape
+        _check_architecture(name, model, str(path), inputs[0].shape, eager_output)
+        del model  # the session reads the file itself
+        report = check_onnx(module, path, inputs, precision=precision, providers=providers,
+                            tolerance=tolerance, min_top1=min_top1, bisect=bisect,
+                            model_name=name, image_rows=image_rows, on_step=step)
+    report.onnx_path = str(onnx_path or f"(fresh export, {report.precision})")
+    report.notes[:0] = notes
+    if not report.passed and onnx_path is not None and not any("NaN" in n for n in report.notes):
+        report.notes.append("was the file exported with the same --seed/--weights/"
+                            "--num-classes? the eager model is rebuilt from them")
     return report
-
-
-def _non_finite_note(module, x: np.ndarray, precision: str) -> str:
-    note = "the ONNX output holds NaN or Inf"
-    if precision != "fp16":
-        return note
-    peak, where = activation_peak(module, x)
-    if peak <= FP16_MAX:
-        return f"{note}; the eager activations stay within fp16's range (peak {peak:.3g})"
-    return (f"{note}: fp16 overflows, the eager activations reach {peak:.3g} ({where}), beyond "
-            f"fp16's {FP16_MAX:g}; keep this model in fp32 (or its overflowing layers: "
-            "edgecnn quantize --keep-float)")
-
-
-def _load(path: Path) -> onnx.ModelProto:
-    try:
-        return onnx.load(str(path))
-    except Exception as error:
-        raise BadInput(f"{path} is not a readable ONNX model ({type(error).__name__})") from None
-
-
-def _batch_size(fixed: int | None, path: Path, requested: int | None) -> int:
-    """The rows per input: ``requested`` (default 2), which a fixed batch axis must equal."""
-    if fixed is not None and requested not in (None, fixed):
-        raise BadInput(f"{path} has a fixed batch size of {fixed}; run with --batch {fixed}")
-    return fixed or requested or 2
-
-
-def _input_chw(model: onnx.ModelProto) -> tuple[int, int, int]:
-    shape = input_dims(model)
-    if len(shape) != 4 or not all(shape[1:]):
-        raise BadInput(f"cannot tell the input size of the ONNX file (input dims {shape}); "
-                       "it carries no edgecnn metadata")
-    return tuple(shape[1:])

@@ -8,11 +8,12 @@ file in onnxruntime against eager, and only then move it atomically onto the out
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import onnx
@@ -22,21 +23,25 @@ from torch import nn
 import edgecnn
 from edgecnn import models
 from edgecnn.ops import randomize_offset_predictors, uses_deform_conv
-from edgecnn.errors import BadInput, CheckFailed, EdgecnnError
+from edgecnn.errors import BadInput, CheckFailed, EdgecnnError, first_line
 from edgecnn.export.deform import TRANSLATION_TABLE as DEFORM_TRANSLATION_TABLE
 from edgecnn.export.files import atomic_output, check_output_path
-from edgecnn.export.onnx_file import check_model, set_metadata, set_minimal_ir_version
-from edgecnn.export.parity import ParityMetrics, compare, default_tolerance
+from edgecnn.export.parity import ParityMetrics, Verdict, default_bounds, judge
 from edgecnn.export.quiet import silenced
 from edgecnn.runtime import InputInfo, ModelMetadata, load_session
 from edgecnn.runtime.deform import (
     DEFAULT_LOWERING, NATIVE_MIN_OPSET, model_lowering, set_deform_lowering,
 )
-from edgecnn.runtime.metadata import LOWERINGS
+from edgecnn.runtime.metadata import LOWERINGS, MAX_ELEMENTS, MAX_SIDE
+from edgecnn.runtime.onnx_file import check_model, set_metadata, set_minimal_ir_version
+
+if TYPE_CHECKING:
+    from edgecnn.export.quantize import QuantizeResult
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 18  # the dynamo exporter emits opset 18 and up; lower requests silently fail
 CHECK_BATCH = 2
+MAX_SEED = 2**63 - 1  # torch's generators take a signed 64-bit seed
 # Node metadata the exporter adds that we drop: source paths of this machine, FX dumps.
 _DROPPED_NODE_METADATA = ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node")
 
@@ -57,15 +62,26 @@ class ExportResult:
     opset: int
     size_bytes: int
     seconds: float
-    parity: ParityMetrics | None = None
-    tolerance: float | None = None
-    extra: dict = field(default_factory=dict)
+    verdict: Verdict | None = None  # onnxruntime vs eager (None with check=False)
+    deform_lowering: str | None = None  # None when the model has no deformable convolution
+    weights: str | None = None  # "random (seed N)" or the checkpoint's name and sha256
+    quantization: QuantizeResult | None = None  # export --quantize: the quantizer's result
+
+    @property
+    def parity(self) -> ParityMetrics | None:
+        return self.verdict.outputs[0].metrics if self.verdict else None
+
+    @property
+    def tolerance(self) -> float | None:
+        return self.verdict.tolerance if self.verdict else None
 
     def as_dict(self) -> dict:
         return {"path": str(self.path), "model": self.model, "input_shape": self.input_shape,
                 "opset": self.opset, "size_bytes": self.size_bytes,
                 "seconds": round(self.seconds, 3), "tolerance": self.tolerance,
-                "parity": self.parity.as_dict() if self.parity else None, **self.extra}
+                "parity": self.parity.as_dict() if self.parity else None,
+                "deform_lowering": self.deform_lowering, "weights": self.weights,
+                "quantization": self.quantization.as_dict() if self.quantization else None}
 
 
 def resolve_input_size(spec: models.ModelSpec,
@@ -76,17 +92,37 @@ def resolve_input_size(spec: models.ModelSpec,
     size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     if len(size) == 1:
         size = (size[0], size[0])
-    if len(size) != 2 or any(int(v) != v for v in size):
-        raise BadInput(f"--input-size takes one int or two (H W), got {list(size)}")
+    if len(size) != 2 or any(isinstance(v, bool) or int(v) != v for v in size):
+        raise BadInput(f"input_size takes one int or two (H, W), got {list(size)}")
     height, width = (int(v) for v in size)
     if spec.fixed_input_size and (height, width) != tuple(spec.input_size[1:]):
         raise BadInput(f"{spec.name} only works at {spec.input_size[1]}x{spec.input_size[2]}, "
-                       f"got --input-size {height} {width}")
+                       f"got input_size {height}x{width}")
     min_h, min_w = spec.min_input_size
     if height < min_h or width < min_w:
-        raise BadInput(f"--input-size {height}x{width} is too small for {spec.name} "
+        raise BadInput(f"input_size {height}x{width} is too small for {spec.name} "
                        f"(minimum {min_h}x{min_w})")
+    if max(height, width) > MAX_SIDE:
+        raise BadInput(f"input_size {height}x{width} is too large (at most {MAX_SIDE} per side)")
     return height, width
+
+
+def _check_arguments(spec: models.ModelSpec, *, batch, seed, channels, height, width,
+                     model_options) -> None:
+    """The exporter's own argument checks, in the API's words (the CLI names the flags)."""
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise BadInput(f"batch must be >= 1, got {batch!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise BadInput(f"seed must be an integer in [0, 2**63), got {seed!r}")
+    if channels < 1:
+        raise BadInput(f"in_channels must be >= 1, got {channels}")
+    if channels * height * width > MAX_ELEMENTS:
+        raise BadInput(f"an input of {channels}x{height}x{width} is too large (at most "
+                       f"{MAX_ELEMENTS:,} values per image)")
+    own = sorted(set(model_options or ()) & set(OWN_ARGUMENTS))
+    if own:
+        raise BadInput(f"model_options cannot set {', '.join(own)}: each is an argument of "
+                       "its own")
 
 
 def validate_opset(opset: int, spec: models.ModelSpec | None = None) -> int:
@@ -94,7 +130,7 @@ def validate_opset(opset: int, spec: models.ModelSpec | None = None) -> int:
     lowest = max(MIN_OPSET, spec.min_opset if spec else MIN_OPSET)
     if not lowest <= opset <= newest:
         needs = f"{spec.name} needs" if spec and spec.min_opset > MIN_OPSET else "supported:"
-        raise BadInput(f"--opset {opset} is not possible ({needs} {lowest}..{newest})")
+        raise BadInput(f"opset {opset} is not possible ({needs} {lowest}..{newest})")
     return opset
 
 
@@ -108,16 +144,16 @@ def resolve_opset(opset: int | None, spec: models.ModelSpec, native_deform: bool
         opset = max(DEFAULT_OPSET, spec.min_opset, NATIVE_MIN_OPSET if native_deform else 0)
     opset = validate_opset(opset, spec)
     if native_deform and opset < NATIVE_MIN_OPSET:
-        raise BadInput(f"--opset {opset} is too old for the deformable convolutions of {spec.name} "
-                       f"with --deform-lowering native (ONNX DeformConv needs opset "
-                       f"{NATIVE_MIN_OPSET}): use --opset {NATIVE_MIN_OPSET} or "
-                       "--deform-lowering decomposed")
+        raise BadInput(f"opset {opset} is too old for the deformable convolutions of {spec.name} "
+                       f"with the native deform_lowering (ONNX DeformConv needs opset "
+                       f"{NATIVE_MIN_OPSET}): use opset {NATIVE_MIN_OPSET} or the decomposed "
+                       "deform_lowering")
     return opset
 
 
 def check_deform_lowering(lowering: str) -> str:
     if lowering not in LOWERINGS:
-        raise BadInput(f"--deform-lowering must be one of {', '.join(LOWERINGS)}, got {lowering!r}")
+        raise BadInput(f"deform_lowering must be one of {', '.join(LOWERINGS)}, got {lowering!r}")
     return lowering
 
 
@@ -153,9 +189,15 @@ def to_onnx(module: nn.Module, example: torch.Tensor, output_name: str = "logits
                 dynamic_shapes=dynamic_shapes, optimize=True, verbose=False,
                 custom_translation_table=table)
     except Exception as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        # A Ctrl-C inside torch.export's lazy import of torch._dynamo comes back as the error
+        # of importing the half-initialised module again: it is still an interruption.
+        interrupt = error
+        while interrupt is not None and not isinstance(interrupt, KeyboardInterrupt):
+            interrupt = interrupt.__cause__ or interrupt.__context__
+        if interrupt is not None:
+            raise interrupt from None
         raise EdgecnnError(f"torch.onnx could not export {type(module).__name__}: "
-                           f"{first_line[:300]}") from error
+                           f"{first_line(error)}") from error
     proto = program.model_proto
     try:
         set_deform_lowering(proto, deform_lowering)
@@ -212,7 +254,18 @@ def run_eager(model: nn.Module, example: torch.Tensor, spec: models.ModelSpec) -
             return model(example).numpy()
     except RuntimeError as error:
         raise BadInput(f"input {list(example.shape[1:])} does not work for {spec.name}: "
-                       f"{str(error).splitlines()[0][:200]}") from None
+                       f"{first_line(error, 200)}") from None
+
+
+def weights_provenance(weights: str | os.PathLike | None, seed: int) -> str:
+    """What the metadata records of the weights: "random (seed N)" or "NAME sha256:HEX"."""
+    if weights is None:
+        return f"random (seed {seed})"
+    digest = hashlib.sha256()
+    with open(weights, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return f"{Path(weights).name} sha256:{digest.hexdigest()}"
 
 
 def export_model(name: str, output: str | os.PathLike | None = None, *,
@@ -221,15 +274,20 @@ def export_model(name: str, output: str | os.PathLike | None = None, *,
                  in_channels: int | None = None, weights: str | os.PathLike | None = None,
                  seed: int = 0, check: bool = True, labels: str | os.PathLike | None = None,
                  model_options: dict | None = None, deform_lowering: str = DEFAULT_LOWERING,
+                 module: nn.Module | None = None,
                  on_step: StepCallback | None = None) -> ExportResult:
     """Export a registered model to ONNX; see ``edgecnn export --help`` for the options.
 
     ``opset`` None means 18, or 19 when the model has deformable convolutions exported with
-    the native lowering (``deform_lowering``, "native" or "decomposed").
+    the native lowering (``deform_lowering``, "native" or "decomposed"). ``module``: the model
+    already built by ``build_model`` with the same arguments (``edgecnn check`` builds it once
+    for both sides); by default it is built here.
 
     Raises BadInput for unusable arguments (before anything is written) and CheckFailed when
     the onnxruntime output differs from eager beyond the model's tolerance (nothing written).
     """
+    from edgecnn.labels import default_labels
+
     started = time.perf_counter()
     step = on_step or (lambda message: None)
     spec = models.get_spec(name)
@@ -238,53 +296,52 @@ def export_model(name: str, output: str | os.PathLike | None = None, *,
         validate_opset(opset, spec)
     check_deform_lowering(deform_lowering)
     height, width = resolve_input_size(spec, input_size)
-    if batch is not None and batch < 1:
-        raise BadInput(f"--batch must be >= 1, got {batch}")
     channels = in_channels or spec.input_size[0]
-    own = sorted(set(model_options or ()) & set(OWN_ARGUMENTS))
-    if own:
-        raise BadInput(f"model_options cannot set {', '.join(own)}: pass "
-                       f"{', '.join(f'{key}=...' for key in own)} to export_model itself")
-
-    step(f"building {name}")
-    model = build_model(name, num_classes=num_classes, in_channels=in_channels, weights=weights,
-                        seed=seed, **(model_options or {}))
+    _check_arguments(spec, batch=batch, seed=seed, channels=channels, height=height,
+                     width=width, model_options=model_options)
     classes = num_classes or spec.num_classes
-    tolerance = default_tolerance("fp32", spec)
-    label_list = read_labels(labels, classes) if labels is not None else None
+    # no labels file: ImageNet's names for a 1000-class checkpoint (edgecnn.labels), else none
+    label_list = (read_labels(labels, classes) if labels is not None
+                  else default_labels(classes, weights))
+
+    if module is None:
+        step(f"building {name}")
+        module = build_model(name, num_classes=num_classes, in_channels=in_channels,
+                             weights=weights, seed=seed, **(model_options or {}))
     example = random_input((batch or CHECK_BATCH, channels, height, width), seed)
-    reference = run_eager(model, example, spec)
-    opset = resolve_opset(opset, spec, uses_deform_conv(model) and deform_lowering == "native")
+    reference = run_eager(module, example, spec)
+    opset = resolve_opset(opset, spec, uses_deform_conv(module) and deform_lowering == "native")
 
     step("exporting with torch.onnx (dynamo)")
-    proto = to_onnx(model, example, spec.output_name, opset=opset, dynamic_batch=batch is None,
+    proto = to_onnx(module, example, spec.output_name, opset=opset, dynamic_batch=batch is None,
                     deform_lowering=deform_lowering)
     proto.graph.name = name
     lowering = model_lowering(proto)  # None when the graph has no deformable convolution
     mean, std = spec.normalization(channels)
+    bounds = default_bounds(spec.tolerances)
+    provenance = weights_provenance(weights, seed)
     set_metadata(proto, ModelMetadata(
         model=name, task=spec.task, labels=label_list, precision="fp32", opset=opset,
-        edgecnn_version=edgecnn.__version__, deform_lowering=lowering,
+        edgecnn_version=edgecnn.__version__, deform_lowering=lowering, tolerances=bounds,
+        weights=provenance,
         input=InputInfo(shape=[channels, height, width], color="RGB" if channels == 3 else "GRAY",
                         mean=mean, std=std, crop_fraction=spec.crop_fraction)))
     with atomic_output(output) as temp_path:
         onnx.save_model(proto, temp_path)
         step("checking the graph (onnx.checker, shape inference)")
         check_model(temp_path)
-        parity = None
+        verdict = None
         if check:
             step("running onnxruntime against eager")
             session = load_session(temp_path)
-            candidate = session.run(None, {"input": example.numpy()})[0]
-            parity = compare(reference, candidate)
-            if not parity.rel_l2 <= tolerance:
-                raise CheckFailed(
-                    f"parity check failed for {name}: rel_l2 {parity.rel_l2:.3g} > "
-                    f"{tolerance:g} (max_abs {parity.max_abs:.3g}); nothing written "
-                    "(--no-check writes it anyway)")
+            candidate = session.run(None, {"input": example.numpy()})
+            verdict = judge([reference], candidate, "fp32", bounds=bounds,
+                            names=[spec.output_name])
+            if not verdict.passed:
+                raise CheckFailed(f"parity check failed for {name}: {verdict.failures()}; "
+                                  "nothing written (skip the check to write it anyway)")
         size = temp_path.stat().st_size
     return ExportResult(path=output, model=name, opset=opset, size_bytes=size,
                         input_shape=[batch or "batch", channels, height, width],
-                        seconds=time.perf_counter() - started, parity=parity,
-                        tolerance=tolerance if check else None,
-                        extra={"deform_lowering": lowering})
+                        seconds=time.perf_counter() - started, verdict=verdict,
+                        deform_lowering=lowering, weights=provenance)

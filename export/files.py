@@ -3,19 +3,51 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import re
+import socket
+import stat
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
 from edgecnn.errors import BadInput
 
+_FILE_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
+               stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
 
-def check_output_path(path: str | os.PathLike, suffix: str = ".onnx") -> Path:
-    """Validate an output path before any work: its directory exists and is writable."""
-    path = Path(path)
-    if path.is_dir():
+
+def refuse_irregular_target(path: Path, suffix: str | None = None) -> None:
+    """BadInput when ``path`` exists and is not a regular file (or a symlink to one).
+
+    The final rename would replace a FIFO or a device node (``-o /dev/null``) with a regular
+    file. A symlink to a regular file is an ordinary target (the rename replaces the link).
+    """
+    suffix = suffix or path.suffix or ".onnx"
+    try:
+        mode = os.stat(path).st_mode  # follows a symlink to what it names
+    except (FileNotFoundError, NotADirectoryError):
+        # Nothing there yet (or a dangling symlink): the rename creates it. A parent that is
+        # no directory is check_output_path's to report.
+        return
+    except OSError as error:
+        raise BadInput(f"cannot use output path {path}: {error.strerror}") from None
+    if stat.S_ISDIR(mode):
         raise BadInput(f"output path is a directory: {path} (give a file name ending in {suffix})")
+    if not stat.S_ISREG(mode):
+        kind = _FILE_KINDS.get(stat.S_IFMT(mode), "a special file")
+        raise BadInput(f"output path is {kind}, not a regular file: {path} (writing would "
+                       f"replace it; give a file name ending in {suffix})")
+
+
+def check_output_path(path: str | os.PathLike, suffix: str | None = None) -> Path:
+    """Validate an output path before any work: a regular file or none, in a writable directory.
+
+    ``suffix`` (default: the path's own, else .onnx) is what the error messages suggest.
+    """
+    path = Path(path)
+    refuse_irregular_target(path, suffix)
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise BadInput(f"output directory does not exist: {directory}")
@@ -30,10 +62,57 @@ def check_output_path(path: str | os.PathLike, suffix: str = ".onnx") -> Path:
     return path
 
 
+@contextlib.contextmanager
+def work_directory(prefix: str) -> Iterator[Path]:
+    """A temporary folder that also receives the temporary files of the libraries called inside.
+
+    onnxruntime's quantizer makes its ``ort.quant.*`` folders with ``tempfile`` in the system
+    temporary directory; pointing ``tempfile`` here for the duration makes the one clean-up of
+    this folder remove them too, however the work ends.
+    """
+    with tempfile.TemporaryDirectory(prefix=prefix) as work:
+        previous, tempfile.tempdir = tempfile.tempdir, work
+        try:
+            yield Path(work)
+        finally:
+            tempfile.tempdir = previous
+
+
 def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _host_tag() -> str:
+    """Eight hex digits naming this machine: process ids only mean something on their host."""
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporary files that killed runs (SIGKILL, power loss) left next to ``path``.
+
+    A temporary file's name carries the host and process id of its run; only those of this
+    host whose process no longer exists are removed, never the file of a run still going.
+    """
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)-{_host_tag()}\.[a-z0-9_]+\.tmp")
+    directory = path.parent if str(path.parent) else Path(".")
+    with contextlib.suppress(OSError):
+        for sibling in directory.iterdir():
+            match = pattern.fullmatch(sibling.name)
+            if match and not _process_exists(int(match.group(1))):
+                with contextlib.suppress(OSError):
+                    sibling.unlink()
 
 
 @contextlib.contextmanager
@@ -42,10 +121,13 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
 
     On any exception (including KeyboardInterrupt) the temporary file is removed and the
     target is left as it was. The temporary file lives in the target directory so the final
-    rename is atomic on POSIX file systems.
+    rename is atomic on POSIX file systems. The target must be a regular file or absent, when
+    the work starts and again at the rename (BadInput otherwise).
     """
     path = check_output_path(path)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
+    _remove_stale_temporaries(path)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-{_host_tag()}.",
+                                         suffix=".tmp",
                                          dir=path.parent if str(path.parent) else ".")
     os.close(handle)
     temp_path = Path(temp_name)
@@ -54,6 +136,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         with open(temp_path, "rb") as written:
             os.fsync(written.fileno())
         os.chmod(temp_path, 0o666 & ~_current_umask())  # mkstemp makes it 0600
+        refuse_irregular_target(path)  # it may have become one during the work
         os.replace(temp_path, path)
     finally:
         temp_path.unlink(missing_ok=True)

@@ -6,27 +6,30 @@
     top1_agreement  fraction of rows (pixels for segmentation) with the same argmax over axis 1
     sqnr_db         20 log10(||eager|| / ||onnx - eager||)
 
-Export, ``edgecnn check`` and the tests all use this one module.
+``judge`` turns reference and candidate outputs, a precision and the model's bounds into one
+verdict; export, ``edgecnn check``, ``quantize`` and the tests all use it.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Mapping, Sequence
 
 import numpy as np
 
-# Default rel_l2 bounds per precision. int8 is judged by an SQNR floor on random inputs plus
-# top-1 agreement and accuracy on real data (tests/test_quantize*.py), not by rel_l2 alone.
+from edgecnn.errors import BadInput
+
+# The default rel_l2 bound per precision. int8 is judged by an SQNR floor, expressed as the rel_l2
+# bound it implies (SQNR = -20 log10(rel_l2)): 20 dB passes every correct zoo model and fails a
+# single conv with a wrong weight scale (docs/parity.md has the measured figures). A model's own
+# bounds (ModelSpec.tolerances, with a written reason) are stored in its file's metadata at
+# export, so every command judges a file by the same bounds.
 REL_L2_TOLERANCE = {"fp32": 1e-5, "fp16": 5e-3}
-# int8 floor. With per-channel int8 weights and per-tensor uint8 activations calibrated on
-# inputs drawn like the checked ones, the zoo measures 20.5-48 dB (most 25-31 dB: about 8-bit
-# noise, ~35 dB per layer, summed over tens of layers). One conv whose weight scale is off by
-# 2x (a 7-bit/8-bit range mix-up) drops ResNet-18 from 30.6 dB to 6-10 dB. 20 dB passes every
-# correct zoo model and fails such a layer (tests/test_parity_matrix.py shows both).
 INT8_SQNR_FLOOR_DB = 20.0
+PRECISIONS = ("fp32", "fp16", "int8")
 # The largest finite float16. An fp16 model whose activations pass it gives inf/NaN wherever the
-# arithmetic is really fp16 (CUDA); onnxruntime's CPU provider runs most fp16 graphs' ops in
+# arithmetic is really fp16 (CUDA); onnxruntime's CPU provider computes most fp16 graphs' ops in
 # fp32, so there it goes unnoticed (docs/gpu.md).
 FP16_MAX = 65504.0
 
@@ -36,13 +39,21 @@ def sqnr_to_rel_l2(sqnr_db: float) -> float:
     return 10.0 ** (-sqnr_db / 20.0)
 
 
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise BadInput(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
+def default_bounds(overrides: Mapping[str, float] | None = None) -> dict[str, float]:
+    """The rel_l2 bound of every precision: the defaults, with a model's ``overrides``."""
+    bounds = {**REL_L2_TOLERANCE, "int8": sqnr_to_rel_l2(INT8_SQNR_FLOOR_DB)}
+    return {**bounds, **(overrides or {})}
+
+
 def default_tolerance(precision: str, spec=None) -> float:
     """The rel_l2 bound for ``precision``; a model spec may loosen it, with a written reason."""
-    if spec is not None and precision in spec.tolerances:
-        return spec.tolerances[precision]
-    if precision == "int8":
-        return sqnr_to_rel_l2(INT8_SQNR_FLOOR_DB)
-    return REL_L2_TOLERANCE[precision]
+    return default_bounds(spec.tolerances if spec is not None else None)[check_precision(precision)]
 
 
 @dataclass(frozen=True)
@@ -117,39 +128,87 @@ def activation_peak(module, inputs) -> tuple[float, str]:
     return peak, where or "output"
 
 
+@dataclass
+class OutputReport:
+    name: str
+    metrics: ParityMetrics
+    passed: bool
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "passed": self.passed, **self.metrics.as_dict()}
+
+
+@dataclass
+class Verdict:
+    """Every output's metrics against one rel_l2 bound (and an optional top-1 floor)."""
+
+    precision: str
+    tolerance: float
+    outputs: list[OutputReport]
+    min_top1: float | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(output.passed for output in self.outputs)
+
+    def failures(self) -> str:
+        """The failing outputs in one line, e.g. "output 'logits': rel_l2 0.0078 > 0.005 ..."."""
+        return "; ".join(f"output {output.name!r}: {_why(output.metrics, self)}"
+                         for output in self.outputs if not output.passed)
+
+
+def _why(metrics: ParityMetrics, verdict: Verdict) -> str:
+    if not metrics.rel_l2 <= verdict.tolerance:
+        return (f"rel_l2 {metrics.rel_l2:.3g} > {verdict.tolerance:g} (max_abs "
+                f"{metrics.max_abs:.3g}, SQNR {metrics.sqnr_db:.1f} dB)")
+    return f"top-1 agreement {metrics.top1_agreement:.4f} < {verdict.min_top1:g}"
+
+
+def judge(references: Sequence[np.ndarray], candidates: Sequence[np.ndarray], precision: str, *,
+          bounds: Mapping[str, float] | None = None, tolerance: float | None = None,
+          names: Sequence[str] | None = None, min_top1: float | None = None) -> Verdict:
+    """The one parity verdict: each output of ``candidates`` against ``references``.
+
+    The bound is ``tolerance`` when given, else ``bounds[precision]`` (a model's bounds, e.g.
+    its file's metadata ``tolerances``), else the precision's default. ``min_top1`` also fails
+    an output whose top-1 agreement is below it. Every command that compares outputs (export,
+    check, quantize, assert_parity, the accuracy-budget search) calls this.
+    """
+    check_precision(precision)
+    if len(references) != len(candidates):
+        raise BadInput(f"the ONNX model has {len(candidates)} outputs, the reference "
+                       f"{len(references)}")
+    bound = tolerance if tolerance is not None else default_bounds(bounds)[precision]
+    names = list(names) if names is not None else [f"output {k}" for k in range(len(references))]
+    outputs = []
+    for name, reference, candidate in zip(names, references, candidates):
+        if np.shape(reference) != np.shape(candidate):
+            raise BadInput(f"output {name!r} has shape {list(np.shape(candidate))}, the "
+                           f"reference {list(np.shape(reference))}")
+        metrics = compare(reference, candidate)
+        passed = bool(metrics.rel_l2 <= bound)
+        if min_top1 is not None and metrics.top1_agreement is not None:
+            passed = passed and metrics.top1_agreement >= min_top1
+        outputs.append(OutputReport(name, metrics, passed))
+    return Verdict(precision, bound, outputs, min_top1)
+
+
 def assert_parity(module, onnx_path, inputs, *, precision: str = "fp32",
-                  tolerance: float | None = None, providers: list | None = None) -> list[ParityMetrics]:
+                  tolerance: float | None = None, providers=None) -> list[ParityMetrics]:
     """Assert that an .onnx file computes what the eager ``module`` computes; for users' CI.
 
     ``inputs``: one array/tensor, or a tuple of them for a multi-input model (in the ONNX
-    graph's input order). Every output is compared; an AssertionError names the first output
-    over the rel_l2 bound (default: the precision's, see ``default_tolerance``) with its
+    graph's input order). Every output is compared; an AssertionError names the outputs over
+    the bound (default: the file's own bound for ``precision``, see ``judge``) with their
     figures. Returns the metrics of every output.
 
         from edgecnn.export.parity import assert_parity
         assert_parity(MyNet().eval(), "mynet.onnx", torch.randn(4, 3, 64, 64))
     """
-    import torch  # numpy-only at import time; torch is needed only to run the module
+    from edgecnn.export.check import check_onnx  # torch is needed only to run the module
 
-    from edgecnn.runtime import load_session
-
-    bound = default_tolerance(precision) if tolerance is None else tolerance
-    arrays = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
-    tensors = [torch.as_tensor(np.asarray(a) if not isinstance(a, torch.Tensor) else a) for a in arrays]
-    with torch.no_grad():
-        eager = module.eval()(*tensors)
-    eager = eager if isinstance(eager, (tuple, list)) else (eager,)
-    session = load_session(onnx_path, providers=providers)
-    feeds = {spec.name: tensor.numpy() for spec, tensor in zip(session.get_inputs(), tensors)}
-    onnx_outputs = session.run(None, feeds)
-    if len(onnx_outputs) != len(eager):
-        raise AssertionError(f"{onnx_path}: {len(onnx_outputs)} outputs, eager gives {len(eager)}")
-    results = []
-    for spec, reference, candidate in zip(session.get_outputs(), eager, onnx_outputs):
-        metrics = compare(reference.detach().numpy(), candidate)
-        if not metrics.rel_l2 <= bound:
-            raise AssertionError(
-                f"{onnx_path} output {spec.name!r} differs from eager: rel_l2 {metrics.rel_l2:.3e}"
-                f" > {bound:g} (max_abs {metrics.max_abs:.3e}, SQNR {metrics.sqnr_db:.1f} dB)")
-        results.append(metrics)
-    return results
+    report = check_onnx(module, onnx_path, [inputs], precision=precision, tolerance=tolerance,
+                        providers=providers or "cpu")
+    if not report.passed:
+        raise AssertionError(f"{onnx_path} differs from eager: {report.verdict.failures()}")
+    return [output.metrics for output in report.outputs]

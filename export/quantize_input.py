@@ -11,30 +11,19 @@ from typing import Sequence
 import onnx
 
 from edgecnn.errors import BadInput
-from edgecnn.export.onnx_file import dims, get_metadata, graph_inputs
+from edgecnn.runtime.onnx_file import dims, get_metadata, graph_inputs, load_model, opset_version
 from edgecnn.runtime import InputInfo, ModelMetadata
 
 # Operators that mean a graph is already quantized (or fp16): quantizing twice is refused.
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv",
                  "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm", "QLinearAdd",
                  "DynamicQuantizeMatMul", "MatMulNBits"}
-STANDARD_DOMAINS = {"", "ai.onnx"}
-
 
 
 def load_float_model(path: str | os.PathLike) -> onnx.ModelProto:
     """The model at ``path``; BadInput when it is missing, unreadable or already quantized."""
-    path = Path(path)
-    if not path.is_file():
-        raise BadInput(f"model file not found: {path}")
-    try:
-        model = onnx.load(str(path))
-    except Exception as error:  # protobuf DecodeError, truncated files, external data...
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-        raise BadInput(f"{path} is not a readable ONNX model ({reason})") from None
-    if not model.graph.node:
-        raise BadInput(f"{path} is not an ONNX model (empty graph)")
-    _reject_quantized(model, path)
+    model = load_model(path)
+    _reject_quantized(model, Path(path))
     return model
 
 
@@ -82,6 +71,9 @@ def resolve_metadata(model: onnx.ModelProto, path: Path, input_size: Sequence[in
     if len(shape) != 4:
         raise BadInput(f"{path}: input {value.name!r} has rank {len(shape)}; expected an NCHW image batch")
     metadata = get_metadata(model, str(path))
+    if metadata is not None:
+        metadata.check_graph({v.name: dims(v) for v in graph_inputs(model)},
+                             dims(model.graph.output[0]), str(path))
     if metadata is None:
         if shape[1] is None:
             raise BadInput(f"{path}: input {value.name!r} has no fixed channel count")
@@ -97,7 +89,7 @@ def resolve_metadata(model: onnx.ModelProto, path: Path, input_size: Sequence[in
         metadata = ModelMetadata(
             model=model.graph.name or path.stem,
             task="classification" if output_rank == 2 else "segmentation",
-            opset=default_opset(model),
+            opset=opset_version(model),
             input=InputInfo(name=value.name, shape=[channels, *shape[2:]],
                             color="RGB" if channels == 3 else "GRAY"))
     info = metadata.input
@@ -114,10 +106,6 @@ def resolve_metadata(model: onnx.ModelProto, path: Path, input_size: Sequence[in
     if any(s <= 0 for s in info.std):
         raise BadInput(f"--std values must be > 0, got {info.std}")
     return replace(metadata, input=info)
-
-
-def default_opset(model: onnx.ModelProto) -> int:
-    return next(imp.version for imp in model.opset_import if imp.domain in STANDARD_DOMAINS)
 
 
 def resolve_keep_float(model: onnx.ModelProto, keep_float: Sequence[str]) -> list[str]:

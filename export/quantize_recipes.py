@@ -1,34 +1,64 @@
-"""The three onnxruntime recipes behind ``quantize_model`` (docs/quantization.md explains each
-choice), and running a ModelProto on a batch of inputs."""
+"""Quantization modes as a table of recipes: ``RECIPES[mode]`` (docs/quantization.md explains
+each choice).
+
+A recipe says what it needs (calibration data or none), how it transforms the fp32 model, the
+precision it writes (whose parity bound verifies it) and what the metadata records of it.
+``quantize_model`` is load -> recipe -> verify -> write. To add a mode: a ``Recipe`` subclass
+here, its entry in ``RECIPES`` and its tests; nothing else lists the modes.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 import onnx
 
-from edgecnn.export.calibration import InputSet, batches
+from edgecnn.errors import BadInput
+from edgecnn.export.calibration import InputSet, calibration_batches
+from edgecnn.export.quantize_input import graph_input
 from edgecnn.export.quiet import silenced
-from edgecnn.export.onnx_file import fixed_batch
-from edgecnn.export.quantize_input import STANDARD_DOMAINS, graph_input
 from edgecnn.export.rgb_stem import DESCRIPTION as RGB_STEM, find_stem, finish, split_stem
-from edgecnn.runtime import load_session
+from edgecnn.runtime.onnx_file import drop_initializer_value_info, fixed_batch, is_custom_domain
 
+METHODS = ("minmax", "entropy", "percentile")
 PERCENTILE = 99.999  # the percentile method's clipping point (onnxruntime's default)
 
 ProgressCallback = Callable[[str, int, int], None]  # (task, done, total)
 
 
-def run_model(model: onnx.ModelProto, inputs: np.ndarray) -> np.ndarray:
-    """The first output of ``model`` on ``inputs`` (onnxruntime, CPU), in batches."""
-    session = load_session(model.SerializeToString())
-    name = session.get_inputs()[0].name
-    fixed = fixed_batch(model)
-    outputs = [session.run(None, {name: chunk})[0] for chunk in batches(inputs, fixed, 64)]
-    return np.concatenate(outputs)[:len(inputs)].astype(np.float32)
+@dataclass
+class QuantizeJob:
+    """What a recipe works on: the fp32 model and the options of one ``quantize_model`` call."""
+
+    model: onnx.ModelProto
+    workdir: Path  # a private temporary folder (the calibration cache lives here)
+    calibration: InputSet | None = None
+    keep_io_float: bool = True
+    progress: ProgressCallback | None = None
+
+
+class Recipe:
+    """One quantization mode. Subclasses set the class attributes and implement ``quantize``."""
+
+    mode: ClassVar[str]
+    precision: ClassVar[str]  # what the written file is, and so the parity bound it must meet
+    summary: ClassVar[str]  # for help texts
+    needs_calibration: ClassVar[bool] = False
+    exportable: ClassVar[bool] = False  # offered by `edgecnn export --quantize`
+
+    def quantize(self, job: QuantizeJob, exclude: Sequence[str]) -> onnx.ModelProto:
+        raise NotImplementedError
+
+    def describe(self, job: QuantizeJob, kept: Sequence[str]) -> dict:
+        """What the metadata's ``quantization`` entry records (besides ``kept_float``)."""
+        raise NotImplementedError
+
+    def input_dtype(self, job: QuantizeJob) -> type:
+        """The dtype the quantized model's input takes."""
+        return np.float32
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -67,23 +97,6 @@ def _reader(name: str, chunks: list[np.ndarray], progress: ProgressCallback | No
     return Reader()
 
 
-@dataclass
-class Int8Recipe:
-    """How ``int8`` mode calls onnxruntime's static quantizer (see docs/quantization.md)."""
-
-    method: str = "minmax"
-    per_channel: bool = True  # one scale per output channel of every weight
-    # 7-bit weights: x86 CPUs without VNNI multiply uint8 x int8 pairs into a saturating int16;
-    # with |w| <= 63 two products never overflow it.
-    reduce_range: bool = True
-
-    def describe(self) -> dict:
-        return {"format": "QDQ", "method": self.method,
-                "weights": "int8 symmetric " + ("per-channel" if self.per_channel else "per-tensor")
-                           + (" (7-bit range)" if self.reduce_range else ""),
-                "activations": "uint8 asymmetric per-tensor"}
-
-
 def _stem_to_split(model: onnx.ModelProto, exclude: Sequence[str]):
     """The RGB stem that ``int8_static`` splits (export/rgb_stem.py); not one kept in float,
     which the split would not speed up."""
@@ -96,7 +109,7 @@ def int8_rewrites(model: onnx.ModelProto, exclude: Sequence[str]) -> list[str]:
     return [RGB_STEM] if _stem_to_split(model, exclude) is not None else []
 
 
-def int8_static(model: onnx.ModelProto, calibration: InputSet, recipe: Int8Recipe,
+def int8_static(model: onnx.ModelProto, calibration: InputSet, recipe: Int8Static,
                 exclude: Sequence[str], cache: Path,
                 progress: ProgressCallback | None = None) -> onnx.ModelProto:
     """Static QDQ quantization; the activation ranges are computed once and cached in ``cache``
@@ -114,7 +127,8 @@ def int8_static(model: onnx.ModelProto, calibration: InputSet, recipe: Int8Recip
         model, cache = split_stem(model, stem), cache.with_name(f"{cache.stem}-split{cache.suffix}")
     reader = None
     if not cache.is_file():
-        reader = _reader(name, batches(calibration.inputs, fixed_batch(model)), progress)
+        reader = _reader(name, calibration_batches(calibration.inputs, fixed_batch(model)),
+                         progress)
     extra = {"CalibPercentile": PERCENTILE}
     output = cache.with_name(f"int8-{len(exclude)}.onnx")
     with silenced(""):
@@ -135,13 +149,9 @@ def int8_dynamic(model: onnx.ModelProto, exclude: Sequence[str], workdir: Path) 
 
     output = workdir / "int8-dynamic.onnx"
     copy = _copy(model)
-    # The exporter also types the initializers in value_info. onnxruntime 1.31's dynamic
-    # quantizer transposes the Gemm weight and keeps that entry, and then its own shape inference
-    # fails ("(512) vs (1000)"). Initializers carry their shapes, so the entries are redundant.
-    initializers = {init.name for init in copy.graph.initializer}
-    kept = [value for value in copy.graph.value_info if value.name not in initializers]
-    del copy.graph.value_info[:]
-    copy.graph.value_info.extend(kept)
+    # The dynamic quantizer transposes the Gemm weight but keeps the exporter's value_info
+    # entry for it, and then its own shape inference fails ("(512) vs (1000)").
+    drop_initializer_value_info(copy)
     with silenced(""):
         quantize_dynamic(copy, output, per_channel=True, weight_type=QuantType.QInt8,
                          nodes_to_exclude=list(exclude))
@@ -161,7 +171,7 @@ def to_fp16(model: onnx.ModelProto, exclude: Sequence[str], keep_io_float: bool)
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
     from onnxruntime.transformers.onnx_model import OnnxModel
 
-    custom = sorted({node.op_type for node in model.graph.node if node.domain not in STANDARD_DOMAINS})
+    custom = sorted({node.op_type for node in model.graph.node if is_custom_domain(node.domain)})
     with silenced(""):
         converted = convert_float_to_float16(model, keep_io_types=keep_io_float,
                                              op_block_list=DEFAULT_OP_BLOCK_LIST + custom,
@@ -170,8 +180,102 @@ def to_fp16(model: onnx.ModelProto, exclude: Sequence[str], keep_io_float: bool)
         # The converter appends its Cast nodes at the end; onnx.checker wants graph order.
         OnnxModel(converted).topological_sort(is_deterministic=True)
     # It also records fp16 value_info for the weights of blocked nodes, which it leaves fp32.
-    initializers = {init.name for init in converted.graph.initializer}
-    kept = [value for value in converted.graph.value_info if value.name not in initializers]
-    del converted.graph.value_info[:]
-    converted.graph.value_info.extend(kept)
+    drop_initializer_value_info(converted)
     return converted
+
+
+# ---------------------------------------------------------------------------------------------
+# The recipes
+
+
+@dataclass(frozen=True)
+class Int8Static(Recipe):
+    """Static QDQ: int8 weights, uint8 activations with ranges calibrated on example inputs."""
+
+    mode: ClassVar[str] = "int8"
+    precision: ClassVar[str] = "int8"
+    summary: ClassVar[str] = "static QDQ, calibrated"
+    needs_calibration: ClassVar[bool] = True
+    exportable: ClassVar[bool] = True
+
+    method: str = "minmax"
+    per_channel: bool = True  # one scale per output channel of every weight
+    # 7-bit weights: x86 CPUs without VNNI multiply uint8 x int8 pairs into a saturating int16;
+    # with |w| <= 63 two products never overflow it.
+    reduce_range: bool = True
+
+    def quantize(self, job: QuantizeJob, exclude: Sequence[str]) -> onnx.ModelProto:
+        return int8_static(job.model, job.calibration, self, exclude,
+                           job.workdir / "calibration.json", job.progress)
+
+    def describe(self, job: QuantizeJob, kept: Sequence[str]) -> dict:
+        details = {"mode": "static", "format": "QDQ", "method": self.method,
+                   "weights": "int8 symmetric " + ("per-channel" if self.per_channel else "per-tensor")
+                              + (" (7-bit range)" if self.reduce_range else ""),
+                   "activations": "uint8 asymmetric per-tensor",
+                   "calibration": job.calibration.source,
+                   "calibration_size": len(job.calibration)}
+        rewrites = int8_rewrites(job.model, kept)
+        if rewrites:
+            details["graph_rewrites"] = rewrites
+        if job.calibration.location:
+            details["calibration_path"] = Path(job.calibration.location).name
+        return details
+
+
+Int8Recipe = Int8Static  # the name benchmarks and older callers use
+
+
+class Int8Dynamic(Recipe):
+    mode: ClassVar[str] = "int8-dynamic"
+    precision: ClassVar[str] = "int8"
+    summary: ClassVar[str] = "weights only, activation ranges at run time"
+
+    def quantize(self, job: QuantizeJob, exclude: Sequence[str]) -> onnx.ModelProto:
+        return int8_dynamic(job.model, exclude, job.workdir)
+
+    def describe(self, job: QuantizeJob, kept: Sequence[str]) -> dict:
+        return {"mode": "dynamic", "weights": "int8 symmetric per-channel",
+                "activations": "uint8, range computed at run time"}
+
+
+class Fp16(Recipe):
+    mode: ClassVar[str] = "fp16"
+    precision: ClassVar[str] = "fp16"
+    summary: ClassVar[str] = "half-precision weights and math"
+    exportable: ClassVar[bool] = True
+
+    def quantize(self, job: QuantizeJob, exclude: Sequence[str]) -> onnx.ModelProto:
+        return to_fp16(job.model, exclude, job.keep_io_float)
+
+    def describe(self, job: QuantizeJob, kept: Sequence[str]) -> dict:
+        return {"mode": "fp16", "io": "float32" if job.keep_io_float else "float16"}
+
+    def input_dtype(self, job: QuantizeJob) -> type:
+        return np.float32 if job.keep_io_float else np.float16
+
+
+RECIPES: dict[str, Recipe] = {recipe.mode: recipe for recipe in (Int8Static(), Int8Dynamic(), Fp16())}
+MODES = tuple(RECIPES)
+EXPORT_MODES = tuple(mode for mode, recipe in RECIPES.items() if recipe.exportable)
+
+
+def get_recipe(mode: str, *, method: str = "minmax") -> Recipe:
+    """The recipe of ``mode`` (calibrated ones with ``method``); BadInput when unknown."""
+    if mode not in RECIPES:
+        raise BadInput(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if method not in METHODS:
+        raise BadInput(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    recipe = RECIPES[mode]
+    return replace(recipe, method=method) if isinstance(recipe, Int8Static) else recipe
+
+
+def recipe_for_precision(precision: str) -> Recipe:
+    """The recipe ``edgecnn check --precision`` converts with: the mode named like the precision."""
+    return RECIPES[precision]
+
+
+def help_text() -> str:
+    """'int8 (static QDQ, calibrated), int8-dynamic (...) or fp16 (...)' for --mode."""
+    parts = [f"{mode} ({recipe.summary})" for mode, recipe in RECIPES.items()]
+    return ", ".join(parts[:-1]) + " or " + parts[-1]

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 
 from edgecnn.errors import CheckFailed
-from edgecnn.export.parity import compare
+from edgecnn.export.parity import judge
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -67,7 +67,8 @@ class BudgetSearch:
         model = self.quantize([*self.base, *kept])
         logits = self.evaluate(model)
         correct = int(np.sum(logits.argmax(axis=1) == self.labels))
-        return Trial(tuple(kept), correct, compare(self.reference, logits).sqnr_db, model)
+        (fit,) = judge([self.reference], [logits], "int8").outputs
+        return Trial(tuple(kept), correct, fit.metrics.sqnr_db, model)
 
     def _report(self, task: str, done: int, total: int) -> None:
         if self.progress:

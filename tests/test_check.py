@@ -192,7 +192,7 @@ def test_fixed_batch_file_sets_the_batch(cli, tmp_path):
     assert report["rows"] == 2 + 3
     assert report["outputs"][0]["rel_l2"] <= 1e-5
     assert_one_line_error(cli("check", "lenet", "--onnx", fixed, "--batch", "3"), 2,
-                          "fixed batch size of 1", "--batch 1")
+                          "fixed batch size of 1", "--batch must be 1")
 
 
 def test_precision_comes_from_the_file(cli, tmp_path, resnet18_64):

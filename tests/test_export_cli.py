@@ -224,7 +224,7 @@ def test_wrong_shapes_point_at_num_classes(cli, tmp_path):
     (["--input-size", "abc"], "--input-size"),
     (["--opset", "17"], "--opset 17"),
     (["--batch", "0"], "--batch"),
-    (["--num-classes", "0"], "num_classes"),
+    (["--num-classes", "0"], "--num-classes must be >= 1"),
     (["--bogus-flag"], "--bogus-flag"),
 ])
 def test_bad_arguments(cli, tmp_path, args, fragment):
@@ -256,10 +256,9 @@ def test_console_script_error_contract(tmp_path):
 # ---- failures during the export leave nothing behind --------------------------------------
 
 def test_failed_parity_check_writes_nothing(cli, tmp_path, monkeypatch):
-    import edgecnn.export.exporter as exporter
-    from edgecnn.export.parity import ParityMetrics
+    import edgecnn.export.parity as parity
 
-    monkeypatch.setattr(exporter, "compare", lambda a, b: ParityMetrics(1e-2, 0.5, 0.99, 1.0, 40.0))
+    monkeypatch.setattr(parity, "compare", lambda a, b: parity.ParityMetrics(1e-2, 0.5, 0.99, 1.0, 40.0))
     result = cli("export", "resnet18", "--input-size", "32", "-o", tmp_path / "r.onnx")
     assert_one_line_error(result, 1, "parity check failed", "rel_l2 0.01")
     assert _leftovers(tmp_path) == []

@@ -196,8 +196,6 @@ def test_quantize_does_not_copy_malformed_metadata_and_names_the_metadata(cli, l
     assert not output.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="quantize_model does not call ModelMetadata.check_graph "
-                                       "yet (export/quantize_input.py: resolve_metadata)")
 def test_quantize_refuses_a_shape_the_graph_does_not_have(cli, lenet, tmp_path):
     model = with_metadata(lenet, tmp_path / "wrong.onnx", input__shape=[1, 32, 32])
     output = tmp_path / "out.onnx"

@@ -1,4 +1,4 @@
-"""The parity traps of ARCHITECTURES.md, one focused test each: exact values and shapes.
+"""The architectures' parity traps (docs/zoo.md), one focused test each: exact values and shapes.
 
 Small modules (taken from the zoo where a zoo model has the trap) are exported with the real
 exporter (``to_onnx``) and run in onnxruntime at two batch sizes through the dynamic batch axis.
@@ -226,10 +226,10 @@ _BAD_CLI_OPTIONS = [  # (model, --option value, the error's fragment)
     ("fcn_resnet18", "upsample=cubic", "upsample must be one of transposed, bilinear, nearest"),
     ("lenet", "depth=3", "unexpected keyword argument 'depth'"),
     ("lenet", "depth", "--option takes KEY=VALUE"),
-    ("lenet", "num_classes=5", "--option num_classes: use --num-classes"),
-    ("lenet", "seed=1", "--option seed: use --seed"),
-    ("lenet", "weights=a.pt", "--option weights: use --weights"),
-    ("lenet", "in-channels=1", "--option in_channels: use --in-channels"),
+    ("lenet", "num_classes=5", "--option cannot set num_classes: each is an argument of its own"),
+    ("lenet", "seed=1", "--option cannot set seed"),
+    ("lenet", "weights=a.pt", "--option cannot set weights"),
+    ("lenet", "in-channels=1", "--option cannot set in_channels"),
 ]
 
 
@@ -245,7 +245,7 @@ def test_model_options_from_the_cli_are_checked(cli, tmp_path):
     from edgecnn.errors import BadInput
     from edgecnn.export import export_model
 
-    with pytest.raises(BadInput, match="model_options cannot set num_classes, seed: pass num_classes=...,"):
+    with pytest.raises(BadInput, match="model_options cannot set num_classes, seed: each is an argument of its own"):
         export_model("lenet", tmp_path / "x.onnx", model_options={"seed": 1, "num_classes": 5})
     assert list(tmp_path.iterdir()) == []
 
