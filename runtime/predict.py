@@ -33,7 +33,8 @@ def predict_files(model: str | os.PathLike, images: Sequence[str | os.PathLike],
     metadata = engine.require_metadata()
     results = engine.predict(list(images), top_k=top_k)
     report = {"model": str(model), "name": metadata.model, "task": metadata.task,
-              "precision": metadata.precision, "providers": engine.providers, "results": []}
+              "precision": metadata.precision, "weights": metadata.weights,
+              "providers": engine.providers, "results": []}
     classes = engine.outputs[0].shape[1] if len(engine.outputs[0].shape) > 1 else None
     labels = usable_labels(metadata.labels, classes)
     for image, result in zip(images, results):

@@ -1,4 +1,4 @@
-"""The runtime is what ships to devices: it must never pull in torch (DESIGN.md, layers)."""
+"""The runtime is what ships to devices: it must never pull in torch (docs/design.md, layers)."""
 
 from __future__ import annotations
 

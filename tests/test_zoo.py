@@ -17,7 +17,7 @@ from torch import nn
 from edgecnn import models
 from edgecnn.export import build_model
 
-# The architectures of issue 3 (ARCHITECTURES.md); the registry may hold more.
+# The architectures the zoo promises (README, Model zoo); the registry may hold more.
 ZOO = ["lenet", "lenet5", "mnist_cnn", "fashion_cnn", "alexnet", "alexnet_original",
        *(f"vgg{depth}{bn}" for depth in (11, 13, 16, 19) for bn in ("", "_bn")),
        "nin", "googlenet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",

@@ -11,8 +11,9 @@ import sys
 
 import typer
 
-from edgecnn.cli._app import app, err, escape, join_input_size
-from edgecnn.errors import EdgecnnError
+from edgecnn.cli._app import app, err, fill_help, in_flags, join_input_size, safe
+from edgecnn.cli._signals import SignalsAsInterrupts
+from edgecnn.errors import EdgecnnError, first_line
 
 # Command modules register themselves on `app` when imported, in this (help) order: the build
 # side (list, export, quantize, check), then what runs on a device (info, run, bench).
@@ -20,16 +21,28 @@ from edgecnn.cli import models_cmd, export_cmd, quantize_cmd, check_cmd  # noqa:
 from edgecnn.cli import info_cmd, runtime_cmd  # noqa: E402,F401
 
 
+# What the build-side commands (list, export, quantize, check) need beyond the runtime install.
+BUILD_PACKAGES = ("torch", "onnx", "onnxscript")
+
+
 def _fail(message: str, code: int) -> int:
-    err.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
+    err.print(f"[red]error:[/red] {safe(message)}", markup=True, highlight=False, soft_wrap=True)
     return code
 
 
 def main(argv: list[str] | None = None) -> int:
+    # SIGTERM and SIGHUP clean up like Ctrl-C and exit with 128 + the signal number.
+    with SignalsAsInterrupts() as caught:
+        return caught.exit_code(_run(argv))
+
+
+def _run(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("EDGECNN_DEBUG") == "1"
     argv = join_input_size([arg for arg in argv if arg != "--debug"]) or ["--help"]
     command = typer.main.get_command(app)
+    if "--help" in argv or "-h" in argv:
+        fill_help(command)
     try:
         result = command.main(args=argv, prog_name="edgecnn", standalone_mode=False)
         code = result if isinstance(result, int) else 0
@@ -46,15 +59,18 @@ def main(argv: list[str] | None = None) -> int:
     except EdgecnnError as error:
         if debug:
             raise
-        code = _fail(str(error), error.exit_code)
+        code = _fail(in_flags(str(error), command, argv), error.exit_code)
     except BrokenPipeError:  # whoever read stdout stopped (`edgecnn list | head`): not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no 2nd error at exit
         code = 0
     except Exception as error:  # a bug: say so in one line, keep the traceback for --debug
         if debug:
             raise
-        first_line = next(iter(str(error).strip().splitlines()), "")
-        code = _fail(f"internal error: {type(error).__name__}: {first_line} "
+        if isinstance(error, ModuleNotFoundError) and error.name in BUILD_PACKAGES:
+            return _fail(f"`edgecnn {next(iter(argv), '')}` needs {error.name}, which this "
+                         "install does not have (the runtime-only install runs info, run and "
+                         "bench); install the full package: pip install edgecnn", 2)
+        code = _fail(f"internal error: {type(error).__name__}: {first_line(error)} "
                      "(run again with --debug for the traceback)", 1)
     return code
 

@@ -7,9 +7,11 @@ Command modules must not import torch at module level: ``edgecnn run``, ``bench`
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import re
 import sys
+import warnings
 from typing import Annotated, Iterator, Optional
 
 import typer
@@ -27,6 +29,7 @@ app = typer.Typer(
     help="Classic CNNs from PyTorch to the edge: export to ONNX, quantize, run, check parity.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,  # plain help: flags without '<bool>' metavars, no boxes in pipes
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -45,9 +48,83 @@ err = Console(stderr=True, highlight=False)  # progress and warnings (stderr)
 # Console output is rich markup: every value from the user or a file (paths, names, messages)
 # goes through escape(), or '[b]' in a path would be read as a style.
 
-# Options shared by several commands (DESIGN.md, "CLI conventions").
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL, C1
+
+
+def printable(text: object) -> str:
+    """``text`` with control characters as visible ``\\x1b``-style escapes: names, labels and
+    paths come from files, and an ESC in one would otherwise reach the terminal (clear the
+    screen, move the cursor); a newline would break the one-line error."""
+    return _CONTROL_CHARACTERS.sub(lambda match: f"\\x{ord(match.group()):02x}", str(text))
+
+
+def safe(text: object) -> str:
+    """``text`` for a rich markup string: control characters shown (``printable``) and
+    brackets escaped, so '[b]' in a path is not read as a style."""
+    return escape(printable(text))
+
+
+# Help texts may name lists that the code owns ({modes}, {providers}, ...): they are filled in
+# from the code when help is shown (``fill_help``), so the help can never drift from what the
+# commands accept, and a command that runs does not import the modules that own the lists.
+def _print_version(value: bool) -> None:
+    if value:
+        from edgecnn import __version__
+
+        out.print(f"edgecnn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="Print the version and exit.")] = False,
+    debug: Annotated[bool, typer.Option(
+        "--debug", help="Show the traceback of an error (anywhere on the command line; "
+                        "also EDGECNN_DEBUG=1).")] = False,
+) -> None:
+    """Classic CNNs from PyTorch to the edge: export to ONNX, quantize, run, check parity."""
+
+
+def _code(module: str, name: str):
+    return getattr(importlib.import_module(module), name)
+
+
+HELP_LISTS = {
+    "providers": lambda: _providers_list(),
+    "precisions": lambda: _alternatives(_code("edgecnn.export.parity", "PRECISIONS")),
+    "modes": lambda: _code("edgecnn.export.quantize_recipes", "help_text")(),
+    "export_modes": lambda: _alternatives(_code("edgecnn.export.quantize_recipes", "EXPORT_MODES")),
+    "methods": lambda: _alternatives(_code("edgecnn.export.quantize_recipes", "METHODS")),
+}
+
+
+def _alternatives(names) -> str:
+    names = list(names)
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+
+
+def _providers_list() -> str:
+    from edgecnn.runtime.providers import SHORT_NAMES
+
+    return _alternatives(["auto", *dict.fromkeys(short for short, full in SHORT_NAMES.items()
+                                                 if short != "trt")])
+
+
+def fill_help(command) -> None:
+    """Fill the {list} placeholders of every option's help under ``command`` (a click group)."""
+    commands = command.commands.values() if hasattr(command, "commands") else [command]
+    for sub in commands:
+        for param in sub.params:
+            text = getattr(param, "help", None)
+            if text and "{" in text:
+                param.help = text.format(**{key: value() for key, value in HELP_LISTS.items()
+                                            if "{" + key + "}" in text})
+
+
+# Options shared by several commands (docs/contributing.md, "A CLI command").
 OutputOpt = Annotated[Optional[str], typer.Option("--output", "-o", help="Output .onnx path.")]
-OpsetOpt = Annotated[int, typer.Option("--opset", help="ONNX opset (18 or newer).")]
 InputSizeOpt = Annotated[Optional[str], typer.Option(
     "--input-size", metavar="H W",
     help="Input height and width: one int (square) or two (H W). Default: the model's.")]
@@ -57,7 +134,7 @@ NumClassesOpt = Annotated[Optional[int], typer.Option("--num-classes", help="Num
 WeightsOpt = Annotated[Optional[str], typer.Option(
     "--weights", help="state_dict file (e.g. a torchvision checkpoint); default: seeded random.")]
 ProviderOpt = Annotated[str, typer.Option(
-    "--provider", help="Execution provider: auto, cpu, cuda or tensorrt.")]
+    "--provider", help="Execution provider: {providers}.")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="onnxruntime intra-op threads.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout, nothing else.")]
 CalibrationOpt = Annotated[Optional[str], typer.Option(
@@ -69,15 +146,27 @@ CalibrationSizeOpt = Annotated[int, typer.Option(
     "--calibration-size", metavar="N", help="Calibration samples to use (a seeded subset).")]
 
 
-def parse_input_size(text: str | None) -> tuple[int, int] | None:
-    """'64', '64x48', '64,48' or '64 48' -> (H, W). main() joins `--input-size 64 48`."""
+def parse_numbers(text: str | None, flag: str, kind: type = float) -> list | None:
+    """'0.5', '0.485,0.456,0.406', '0.485 0.456 0.406' (or '64x48' for ints) -> numbers; the
+    API checks how many it takes. BadInput naming ``flag`` when a part is not a number."""
     if text is None:
         return None
-    parts = [part for part in re.split(r"[x,\s]+", text.strip()) if part]
-    if not 1 <= len(parts) <= 2 or not all(part.isdigit() for part in parts):
-        raise BadInput(f"--input-size takes one int or two (H W), got {text!r}")
-    sizes = [int(part) for part in parts]
-    return (sizes[0], sizes[-1])
+    separators = r"[x,\s]+" if kind is int else r"[,\s]+"
+    parts = [part for part in re.split(separators, text.strip()) if part]
+    try:
+        return [kind(part) for part in parts] or _no_numbers(flag, text)
+    except ValueError:
+        what = "integers" if kind is int else "numbers"
+        raise BadInput(f"{flag} takes {what} (comma- or space-separated), got {text!r}") from None
+
+
+def _no_numbers(flag: str, text: str):
+    raise BadInput(f"{flag} needs a value, got {text!r}")
+
+
+def parse_input_size(text: str | None) -> list[int] | None:
+    """'64', '64x48', '64,48' or '64 48' -> [64] or [64, 48]. main() joins `--input-size 64 48`."""
+    return parse_numbers(text, "--input-size", int)
 
 
 def join_input_size(argv: list[str]) -> list[str]:
@@ -97,6 +186,22 @@ def join_input_size(argv: list[str]) -> list[str]:
     return joined
 
 
+# API parameters whose flag is not spelled like the parameter.
+_FLAG_OF_PARAMETER = {"model_options": "--option"}
+
+
+def in_flags(message: str, command, argv: list[str]) -> str:
+    """An API message that begins with a parameter name ("batch must be >= 1") in the words of
+    the command line that was run ("--batch must be >= 1"); other messages as they are."""
+    name = next(iter(argv), None)
+    sub = command.commands.get(name) if hasattr(command, "commands") else command
+    parameter = message.split(" ", 1)[0]
+    flags = {param.name: param.opts[0] for param in getattr(sub, "params", ())
+             if param.param_type_name == "option"}
+    flag = _FLAG_OF_PARAMETER.get(parameter) or flags.get(parameter)
+    return flag + message[len(parameter):] if flag and flag.startswith("--") else message
+
+
 def print_json(payload: dict) -> None:
     out.out(json.dumps(payload, indent=2, default=str), highlight=False)  # raw: no markup, no wrap
 
@@ -106,7 +211,59 @@ def print_fields(rows: list[tuple[str, str]]) -> None:
     from files are never taken as markup, and nothing is padded after the value when piped."""
     width = max(len(key) for key, _ in rows) + 2
     for key, value in rows:
-        out.print(Text(f"{key:<{width}}{value}"), soft_wrap=True)
+        out.print(Text(f"{key:<{width}}{printable(value)}"), soft_wrap=True)
+
+
+def print_warning(message: str) -> None:
+    err.print(f"[yellow]warning:[/yellow] {safe(message)}", markup=True, highlight=False,
+              soft_wrap=True)
+
+
+@contextlib.contextmanager
+def warnings_as_lines():
+    """Python warnings (e.g. a provider fallback) as one `warning: ...` line each on stderr."""
+    def show(message, category, *args, **kwargs) -> None:
+        print_warning(str(message))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = show
+        yield
+
+
+def print_quantize_summary(result) -> None:
+    """What `quantize` and `export --quantize` print about a ``QuantizeResult``."""
+    details = result.quantization
+    how = f"int8 {details['mode']}" if result.precision == "int8" else result.precision
+    if details.get("calibration"):
+        how += (f", {details['method']} calibration on {details['calibration_size']} "
+                f"{details['calibration']} samples")
+    source = f" of {human_size(result.source_size_bytes)}"
+    out.print(f"[green]wrote[/green] {safe(result.path)} ({safe(how)}) "
+              f"{human_size(result.size_bytes)} = {result.size_ratio:.2f}x{source}, "
+              f"in {result.seconds:.1f} s")
+    verdict = result.verdict
+    if verdict is None:
+        out.print("[yellow]comparison with fp32 skipped (--no-check)[/yellow]")
+    else:
+        for output in verdict.outputs:
+            m = output.metrics
+            sqnr = "inf" if m.sqnr_db == float("inf") else f"{m.sqnr_db:.1f}"
+            out.print(f"vs fp32{'' if len(verdict.outputs) == 1 else ' ' + safe(output.name)}: "
+                      f"rel_l2 {m.rel_l2:.2e}  SQNR {sqnr} dB"
+                      + (f"  top-1 agreement {m.top1_agreement:.1%}"
+                         if m.top1_agreement is not None else "")
+                      + f"  (tolerance {verdict.tolerance:g}) "
+                      + ("[green]ok[/green]" if output.passed else "[red]FAIL[/red]"))
+    accuracy = result.accuracy
+    if accuracy:
+        budget = accuracy["budget_points"]
+        out.print(f"top-1 on {accuracy['samples']} validation samples: fp32 {accuracy['fp32']:.2%}"
+                  f"  {result.precision} {accuracy['quantized']:.2%}  (drop "
+                  f"{accuracy['drop_points']:.2f} points"
+                  + (f", budget {budget:g})" if budget is not None else ")"))
+    if result.kept_float:
+        out.print(f"kept in float: {safe(', '.join(result.kept_float))}")
 
 
 def human_size(size: int) -> str:

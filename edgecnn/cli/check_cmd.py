@@ -2,36 +2,33 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
 from edgecnn.cli._app import (
-    InputSizeOpt, JsonOpt, NumClassesOpt, ProviderOpt, WeightsOpt, app, escape, err, out,
-    parse_input_size, print_json, progress,
+    InputSizeOpt, JsonOpt, NumClassesOpt, ProviderOpt, WeightsOpt, app, err, out,
+    parse_input_size, print_json, progress, safe,
 )
 from edgecnn.errors import BadInput
-
-
-class Precision(str, Enum):
-    fp32 = "fp32"
-    fp16 = "fp16"
-    int8 = "int8"
 
 
 def _print_report(report) -> None:
     table = Table("output", "rel_l2", "max_abs", "cosine", "SQNR dB", "top-1 agree", "result")
     for output in report.outputs:
         m = output.metrics
-        table.add_row(escape(output.name), f"{m.rel_l2:.3e}", f"{m.max_abs:.3e}", f"{m.cosine:.8f}",
-                      f"{m.sqnr_db:.1f}", "–" if m.top1_agreement is None else f"{m.top1_agreement:.4f}",
+        table.add_row(safe(output.name), f"{m.rel_l2:.3e}", f"{m.max_abs:.3e}",
+                      f"{m.cosine:.8f}", f"{m.sqnr_db:.1f}",
+                      "–" if m.top1_agreement is None else f"{m.top1_agreement:.4f}",
                       "[green]pass[/green]" if output.passed else "[red]FAIL[/red]")
-    out.print(f"{report.model} {report.precision} on {', '.join(report.provider)}: "
-              f"{report.samples} batches of {report.batch}"
-              + (f" + {report.images} images" if report.images else "")
-              + f", criterion rel_l2 <= {report.tolerance:g}")
+    criterion = f"rel_l2 <= {report.tolerance:g}"
+    if report.verdict.min_top1 is not None:
+        criterion += f", top-1 agreement >= {report.verdict.min_top1:g}"
+    out.print(f"{safe(report.model)} {report.precision} on {', '.join(report.provider)}: "
+              f"{report.rows} rows in {report.samples} batches"
+              + (f" ({report.images} from images)" if report.images else "")
+              + f", criterion {criterion}")
     out.print(table)
     if report.bisect is not None:
         first = report.bisect.first_divergent
@@ -39,11 +36,11 @@ def _print_report(report) -> None:
             out.print(f"bisect: {len(report.bisect.layers)} module outputs compared, "
                       "none over the tolerance")
         else:
-            out.print(f"bisect: first divergence at [bold]{escape(first.module)}[/bold] (call {first.call},"
-                      f" ONNX tensor {escape(first.tensor)}): rel_l2 {first.metrics.rel_l2:.3e}, "
-                      f"max_abs {first.metrics.max_abs:.3e}")
+            out.print(f"bisect: first divergence at [bold]{safe(first.module)}[/bold]"
+                      f" (call {first.call}, ONNX tensor {safe(first.tensor)}): "
+                      f"rel_l2 {first.metrics.rel_l2:.3e}, max_abs {first.metrics.max_abs:.3e}")
     for note in report.notes:
-        err.print(f"note: {escape(note)}")
+        err.print(f"note: {safe(note)}")
 
 
 @app.command("check")
@@ -54,8 +51,9 @@ def check_command(
         show_default=False)] = None,
     onnx_file: Annotated[Optional[str], typer.Option(
         "--onnx", help="Check this file instead of a fresh export.")] = None,
-    precision: Annotated[Optional[Precision], typer.Option(
-        help="fp32, fp16 or int8 (default: fp32, or the --onnx file's).")] = None,
+    precision: Annotated[Optional[str], typer.Option(
+        metavar="PRECISION",
+        help="{precisions} (default: fp32, or the --onnx file's).")] = None,
     batch: Annotated[Optional[int], typer.Option(
         help="Batch size of each random input (default: 2, or the --onnx file's fixed batch).")
     ] = None,
@@ -64,7 +62,8 @@ def check_command(
         help="Folder of jpg/png images added to the inputs (int8: also the calibration set).")] = None,
     provider: ProviderOpt = "cpu",
     tolerance: Annotated[Optional[float], typer.Option(
-        help="rel_l2 bound (default: 1e-5 fp32, 5e-3 fp16, the SQNR floor for int8).")] = None,
+        help="rel_l2 bound (default: the file's own bound for its precision: 1e-5 fp32, "
+             "5e-3 fp16, the 20 dB SQNR floor for int8, unless the model says otherwise).")] = None,
     seed: Annotated[int, typer.Option(help="Seed the file was exported with.")] = 0,
     weights: WeightsOpt = None,
     num_classes: NumClassesOpt = None,
@@ -75,7 +74,6 @@ def check_command(
 ) -> None:
     """Compare eager PyTorch with the ONNX model; exit 1 when a criterion fails."""
     from edgecnn.export.check import check_parity, check_report_path, write_report
-    from edgecnn.runtime.providers import resolve_providers
 
     if onnx_argument is not None and onnx_file is not None:
         raise BadInput(f"give the ONNX file once: {onnx_argument} or --onnx {onnx_file}")
@@ -85,11 +83,10 @@ def check_command(
 
     with progress(enabled=not json_output) as (on_step, _):
         result = check_parity(
-            model, onnx_file, precision=precision.value if precision else None, batch=batch,
-            samples=samples, images=images,
-            providers=resolve_providers(provider, fallback=False, tf32=False),  # full fp32 on CUDA
-            tolerance=tolerance, seed=seed, weights=weights, num_classes=num_classes,
-            input_size=parse_input_size(input_size), bisect=bisect, on_step=on_step)
+            model, onnx_file, precision=precision, batch=batch, samples=samples, images=images,
+            providers=provider, tolerance=tolerance, seed=seed, weights=weights,
+            num_classes=num_classes, input_size=parse_input_size(input_size), bisect=bisect,
+            on_step=on_step)
     if report:
         write_report(result, report)
     if json_output:

@@ -8,7 +8,8 @@ import typer
 
 from edgecnn.cli._app import (
     BatchOpt, CalibrationOpt, CalibrationSizeOpt, InputSizeOpt, JsonOpt, NumClassesOpt, OutputOpt,
-    WeightsOpt, app, escape, human_size, out, parse_input_size, print_json, progress,
+    WeightsOpt, app, human_size, out, parse_input_size, print_json, print_quantize_summary,
+    print_warning, progress, safe,
 )
 from edgecnn.errors import BadInput
 
@@ -17,18 +18,14 @@ def parse_model_options(pairs: list[str] | None) -> dict:
     """``["upsample=bilinear", "paper_lrn=true"]`` -> ``{"upsample": "bilinear", "paper_lrn": True}``.
 
     Values become bool (true/false), int or float where they read as one, else stay strings;
-    the model's builder rejects keys it does not take (BadInput naming them).
+    the exporter and the model's builder check the keys (BadInput naming them).
     """
-    from edgecnn.export.exporter import OWN_ARGUMENTS  # they have flags of their own
-
     options = {}
     for pair in pairs or ():
         key, separator, text = pair.partition("=")
         key = key.strip().replace("-", "_")
         if not separator or not key.isidentifier():
             raise BadInput(f"--option takes KEY=VALUE, got {pair!r}")
-        if key in OWN_ARGUMENTS:
-            raise BadInput(f"--option {key}: use --{key.replace('_', '-')}")
         options[key] = _option_value(text.strip())
     return options
 
@@ -44,21 +41,21 @@ def _option_value(text: str):
     return text
 
 
-def print_export_summary(summary: dict) -> None:
+def print_export_summary(result) -> None:
     """The export's lines; with --quantize the fp32 graph was an intermediate, not written."""
-    parity = summary.get("parity")
-    shape = f"opset {summary['opset']}, input {summary['input_shape']}"
-    intermediate = "quantization" in summary
+    shape = f"opset {result.opset}, input {result.input_shape}"
+    intermediate = result.quantization is not None
     if intermediate:
-        out.print(f"exported {summary['model']} fp32 ({shape})")
+        out.print(f"exported {safe(result.model)} fp32 ({shape})")
     else:
-        out.print(f"[green]wrote[/green] {escape(summary['path'])} "
-                  f"({human_size(summary['size_bytes'])}, {shape}) in {summary['seconds']:.1f} s")
-    if summary.get("deform_lowering"):
-        out.print(f"deformable convs: ai.edgecnn::DeformConv2d, {summary['deform_lowering']} lowering")
-    if parity:
-        out.print(f"{'fp32 ' if intermediate else ''}parity vs eager: rel_l2 {parity['rel_l2']:.2e}"
-                  f"  max_abs {parity['max_abs']:.2e}  (tolerance {summary['tolerance']:g}) [green]ok[/green]")
+        out.print(f"[green]wrote[/green] {safe(result.path)} "
+                  f"({human_size(result.size_bytes)}, {shape}) in {result.seconds:.1f} s")
+    if result.deform_lowering:
+        out.print(f"deformable convs: ai.edgecnn::DeformConv2d, {result.deform_lowering} lowering")
+    if result.parity:
+        out.print(f"{'fp32 ' if intermediate else ''}parity vs eager: rel_l2 {result.parity.rel_l2:.2e}"
+                  f"  max_abs {result.parity.max_abs:.2e}  (tolerance {result.tolerance:g}) "
+                  "[green]ok[/green]")
     else:
         out.print("[yellow]parity check skipped (--no-check)[/yellow]")
 
@@ -80,8 +77,8 @@ def export_command(
     check: Annotated[bool, typer.Option("--check/--no-check",
                                         help="Run the file in onnxruntime against eager.")] = True,
     quantize: Annotated[Optional[str], typer.Option(
-        "--quantize", metavar="int8|fp16",
-        help="Write the int8 (static QDQ) or fp16 model instead (see `edgecnn quantize`).")] = None,
+        "--quantize", metavar="MODE",
+        help="Write the {export_modes} model instead (see `edgecnn quantize`).")] = None,
     calibration: CalibrationOpt = None,
     calibration_size: CalibrationSizeOpt = 100,
     deform_lowering: Annotated[str, typer.Option(
@@ -96,7 +93,6 @@ def export_command(
     json_output: JsonOpt = False,
 ) -> None:
     """Export a model to ONNX (dynamo exporter), embed its metadata and check parity."""
-    from edgecnn.cli.quantize_cmd import print_quantize_summary, print_warning
     from edgecnn.export import export_model
 
     options = dict(opset=opset, input_size=parse_input_size(input_size), batch=batch,
@@ -113,10 +109,11 @@ def export_command(
     else:
         with progress(enabled=not json_output) as (on_step, _):
             result = export_model(model, output, on_step=on_step, **options)
-    summary = result.as_dict()
+    if weights is None:  # after the export: a failed one prints only its error line
+        print_warning("random weights: predictions are meaningless; give --weights")
     if json_output:
-        print_json(summary)
+        print_json(result.as_dict())
     else:
-        print_export_summary(summary)
-        if "quantization" in summary:
-            print_quantize_summary(summary["quantization"])
+        print_export_summary(result)
+        if result.quantization is not None:
+            print_quantize_summary(result.quantization)

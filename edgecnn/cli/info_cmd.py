@@ -40,6 +40,7 @@ def info_command(
             for index, (key, value) in enumerate(meta["quantization"].items()):
                 add("quantization" if index == 0 else "", f"{key}={value}")
         add("labels", f"{len(meta['labels'])} labels" if meta["labels"] else "none")
+        add("weights", meta.get("weights") or "not recorded")
     else:
         add("metadata", "none (not exported by edgecnn)")
     for kind in ("inputs", "outputs"):
@@ -51,6 +52,6 @@ def info_command(
         add("custom ops", ", ".join(customs) or "none")
         if info["functions"]:  # the bodies that make custom ops runnable (model-local functions)
             add("functions", ", ".join(info["functions"]))
-        add("weights", f"{info['parameters']:,} values in {info['nodes']} nodes")
+        add("parameters", f"{info['parameters']:,} values in {info['nodes']} nodes")
     add("producer", info["producer"])
     print_fields(rows)

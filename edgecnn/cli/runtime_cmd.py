@@ -6,30 +6,15 @@ inside the commands so `edgecnn --help` and the other commands do not pay for on
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import warnings
-
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from edgecnn.cli._app import (
-    BatchOpt, JsonOpt, ProviderOpt, ThreadsOpt, app, err, out, print_fields, print_json,
+    BatchOpt, JsonOpt, ProviderOpt, ThreadsOpt, app, out, print_fields, print_json, safe,
+    warnings_as_lines,
 )
-
-
-@contextlib.contextmanager
-def warnings_as_lines():
-    """Warnings (e.g. a provider fallback) as one `warning: ...` line each on stderr."""
-    def show(message, category, *args, **kwargs) -> None:
-        err.print(f"[yellow]warning:[/yellow] {escape(str(message))}", soft_wrap=True)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("default")
-        warnings.showwarning = show
-        yield
 
 
 @app.command("run")
@@ -50,15 +35,16 @@ def run_command(
         print_json(report)
         return
     say = functools.partial(out.print, soft_wrap=True)  # long paths stay on one line
-    say(f"{escape(report['name'])} ({report['task']}, {report['precision']}) on "
-        f"{', '.join(report['providers'])}")
+    weights = f", weights {safe(report['weights'])}" if report.get("weights") else ""
+    say(f"{safe(report['name'])} ({safe(report['task'])}, "
+        f"{report['precision']}{weights}) on {', '.join(report['providers'])}")
     for result in report["results"]:
-        say(f"[bold]{escape(result['image'])}[/bold]")
+        say(f"[bold]{safe(result['image'])}[/bold]")
         if "top_k" in result:
             for rank, entry in enumerate(result["top_k"], 1):
-                say(f"  {rank}. {escape(str(entry['label']))}  {entry['probability']:.4f}")
+                say(f"  {rank}. {safe(entry['label'])}  {entry['probability']:.4f}")
         else:
-            classes = ", ".join(f"{escape(str(entry['label']))} {entry['fraction']:.1%}"
+            classes = ", ".join(f"{safe(entry['label'])} {entry['fraction']:.1%}"
                                 for entry in result["classes"][:top_k])
             say(f"  {result['shape'][0]}x{result['shape'][1]} class map: {classes}")
 

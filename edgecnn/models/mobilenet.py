@@ -3,7 +3,7 @@
 ``mobilenet_v1``: a 3x3 stride-2 stem, then 13 depthwise separable convolutions — a 3x3
 depthwise convolution (``groups`` = channels) + BN + ReLU, then a 1x1 pointwise convolution +
 BN + ReLU — global average pooling and one fully connected layer. Its parameter count
-(ARCHITECTURES.md says "about 4.23M") is exactly 4,231,976: 3,185,088 in the convolutions,
+(often quoted as "about 4.23M") is exactly 4,231,976: 3,185,088 in the convolutions,
 21,888 in the BatchNorms, 1,025,000 in the classifier.
 
 ``mobilenet_v2``: torchvision's layout and parameter names (inverted residual blocks with

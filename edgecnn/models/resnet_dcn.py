@@ -6,7 +6,7 @@ shape: a torchvision ResNet checkpoint loads with only the offset (and mask) pre
 missing, which stay at their zero initialisation, and the model then computes exactly the
 plain ResNet (zero offsets; DCNv2 masks start at 1, see ``DeformConv2d``).
 
-Stages, as read from ARCHITECTURES.md ("3x3 convs of stages 3-4 (dcn v1) / 3-5 (dcnv2)"):
+Stages, as the zoo specifies them ("3x3 convs of stages 3-4 (dcn v1) / 3-5 (dcnv2)"):
 
 - ``resnet18_dcn``: the third and fourth residual stages, torchvision's ``layer3`` and
   ``layer4`` (stages counted over the four residual stages).

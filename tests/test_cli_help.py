@@ -1,0 +1,76 @@
+"""The lists in the help texts come from the code (the recipe table, the provider table, the
+precisions), so adding a recipe or a provider changes the help without touching the CLI."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgecnn.export import quantize_recipes
+from edgecnn.export.parity import PRECISIONS
+from edgecnn.runtime import providers
+
+
+def _placeholders(text: str) -> list[str]:
+    from edgecnn.cli._app import HELP_LISTS
+
+    return [key for key in HELP_LISTS if "{" + key + "}" in text]
+
+
+def _help(cli, *command: str) -> str:
+    result = cli(*command, "--help")
+    assert result.code == 0, result.stderr
+    return " ".join(result.stdout.split())  # the help wraps lines
+
+
+def test_quantize_help_lists_every_recipe_and_method(cli):
+    text = _help(cli, "quantize")
+    for mode, recipe in quantize_recipes.RECIPES.items():
+        assert f"{mode} ({recipe.summary})" in text
+    assert ", ".join(quantize_recipes.METHODS[:-1]) in text and not _placeholders(text)
+
+
+def test_a_new_recipe_shows_in_the_help_with_no_cli_change(cli, monkeypatch):
+    class Int4(quantize_recipes.Fp16):
+        mode, precision, summary = "int4", "int8", "a recipe the CLI has never heard of"
+
+    monkeypatch.setitem(quantize_recipes.RECIPES, "int4", Int4())
+    assert "int4 (a recipe the CLI has never heard of)" in _help(cli, "quantize")
+
+
+@pytest.mark.parametrize("command", ["run", "bench", "check"])
+def test_provider_help_comes_from_the_provider_table(cli, command, monkeypatch):
+    names = [short for short in providers.SHORT_NAMES if short != "trt"]
+    assert all(name in _help(cli, command) for name in ["auto", *names])
+    monkeypatch.setitem(providers.SHORT_NAMES, "npu", "NpuExecutionProvider")
+    assert "npu" in _help(cli, command)
+
+
+def test_check_help_lists_the_precisions_and_export_the_export_modes(cli):
+    check = _help(cli, "check")
+    assert all(precision in check for precision in PRECISIONS)
+    export = _help(cli, "export")
+    assert " or ".join(quantize_recipes.EXPORT_MODES) in export and not _placeholders(export)
+
+
+def test_version_and_debug_are_in_the_help(cli):
+    from edgecnn import __version__
+
+    assert cli("--version").stdout.strip() == f"edgecnn {__version__}"
+    text = _help(cli)
+    assert "--version" in text and "--debug" in text
+    assert "<bool>" not in _help(cli, "check")
+
+
+def test_api_messages_show_the_flag_of_their_parameter(cli, tmp_path):
+    """The API says "batch must be >= 1"; the command line says "--batch must be >= 1"."""
+    from conftest import assert_one_line_error
+    from edgecnn.errors import BadInput
+    from edgecnn.export import export_model
+
+    with pytest.raises(BadInput, match=r"^batch must be >= 1, got 0$"):
+        export_model("lenet", tmp_path / "x.onnx", batch=0)
+    assert_one_line_error(cli("export", "lenet", "--batch", "0", "-o", tmp_path / "x.onnx"), 2,
+                          "error: --batch must be >= 1, got 0")
+    assert_one_line_error(cli("export", "lenet", "--seed", "1180591620717411303424",
+                              "-o", tmp_path / "x.onnx"), 2, "--seed must be an integer in")
+    assert list(tmp_path.iterdir()) == []
