@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import pickle
+import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -18,13 +21,20 @@ _SHOWN_KEYS = 3
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a state_dict file safely (``weights_only=True``); BadInput on any problem."""
     path = Path(path)
+    if path.is_dir():
+        raise BadInput(f"weights path is a directory, not a file: {path}")
     if not path.is_file():
         raise BadInput(f"weights file not found: {path}")
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before failing
+            warnings.simplefilter("ignore")
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "Weights only load failed" not in str(error):
+            raise BadInput(f"cannot read weights file {path}: {_first_line(error)}") from None
+        raise BadInput(_refused_pickle(path, str(error))) from None
     except Exception as error:  # torch raises many types for truncated or foreign files
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise BadInput(f"cannot read weights file {path}: {reason[:200]}") from None
+        raise BadInput(f"cannot read weights file {path}: {_first_line(error)}") from None
     for key in _NESTED_KEYS:
         if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
             loaded = loaded[key]
@@ -33,6 +43,32 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()):
         raise BadInput(f"weights file {path} does not hold a state_dict (name -> tensor)")
     return loaded
+
+
+_RESAVE = "re-save only the weights with torch.save(model.state_dict(), FILE)"
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+def _refused_pickle(path: Path, torch_message: str) -> str:
+    """One line for a file the weights-only unpickler refused (torch's message is a page)."""
+    detail = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\n\n|$)", torch_message, re.S)
+    detail = " ".join(detail.group(1).split()) if detail else ""
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", detail)
+    if found:  # a whole pickled model, or a checkpoint with Python objects beside its tensors
+        return (f"cannot read weights file {path}: it holds a pickled Python object "
+                f"({found.group(1)}), not only tensors, and unpickling objects can run "
+                "arbitrary code; " + _RESAVE)
+    with open(path, "rb") as stream:
+        head = stream.read(2)
+    if len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # pickle's PROTO opcode
+        return (f"cannot read weights file {path}: a plain pickle (protocol {head[1]}), not a "
+                "torch.save file of tensors, and unpickling it could run arbitrary code; "
+                + _RESAVE)
+    return f"cannot read weights file {path}: not a torch.save file ({detail[:120] or 'unreadable'})"
 
 
 def _first(keys: list[str]) -> str:
