@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 DEFAULT_OPSET = 18
 MIN_OPSET = 18  # the dynamo exporter emits opset 18 and up; lower requests silently fail
 CHECK_BATCH = 2
+IMAGE_CHANNELS = (1, 3)  # what an exported file's image preprocessing can produce
 MAX_SEED = 2**63 - 1  # torch's generators take a signed 64-bit seed
 # Node metadata the exporter adds that we drop: source paths of this machine, FX dumps.
 _DROPPED_NODE_METADATA = ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node")
@@ -114,8 +115,10 @@ def _check_arguments(spec: models.ModelSpec, *, batch, seed, channels, height, w
         raise BadInput(f"batch must be >= 1, got {batch!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise BadInput(f"seed must be an integer in [0, 2**63), got {seed!r}")
-    if channels < 1:
-        raise BadInput(f"in_channels must be >= 1, got {channels}")
+    if channels not in IMAGE_CHANNELS:
+        raise BadInput(f"in_channels must be 1 (grey) or 3 (RGB), got {channels}: the file's "
+                       "metadata describes images, which the runtime and calibration read in "
+                       "those two forms")
     if channels * height * width > MAX_ELEMENTS:
         raise BadInput(f"an input of {channels}x{height}x{width} is too large (at most "
                        f"{MAX_ELEMENTS:,} values per image)")

@@ -63,11 +63,14 @@ class ParityMetrics:
     cosine: float
     top1_agreement: float | None
     sqnr_db: float
+    worst_index: tuple[int, ...] | None = None  # where |candidate - reference| is largest
 
     def as_dict(self) -> dict:
         # JSON has no inf: an exact match reports sqnr_db as None.
+        values = asdict(self)
+        values["worst_index"] = None if self.worst_index is None else list(self.worst_index)
         return {key: (None if isinstance(value, float) and math.isinf(value) else value)
-                for key, value in asdict(self).items()}
+                for key, value in values.items()}
 
 
 def compare(reference: np.ndarray, candidate: np.ndarray) -> ParityMetrics:
@@ -97,9 +100,15 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> ParityMetrics:
     top1 = None
     if reference.ndim >= 2 and reference.shape[1] > 1:
         top1 = float(np.mean(reference.argmax(axis=1) == candidate.argmax(axis=1)))
-    max_abs = float(np.max(np.abs(candidate - reference))) if reference.size else 0.0
+    max_abs, worst = 0.0, None
+    if reference.size:
+        error = np.abs(candidate - reference)
+        error[np.isnan(error)] = np.inf  # a NaN is the worst element there is
+        flat = int(np.argmax(error))
+        max_abs = float(error.flat[flat])
+        worst = tuple(int(i) for i in np.unravel_index(flat, error.shape))
     return ParityMetrics(rel_l2=rel_l2, max_abs=max_abs, cosine=cosine,
-                         top1_agreement=top1, sqnr_db=sqnr_db)
+                         top1_agreement=top1, sqnr_db=sqnr_db, worst_index=worst)
 
 
 def activation_peak(module, inputs) -> tuple[float, str]:
@@ -175,6 +184,8 @@ def judge(references: Sequence[np.ndarray], candidates: Sequence[np.ndarray], pr
     check, quantize, assert_parity, the accuracy-budget search) calls this.
     """
     check_precision(precision)
+    if min_top1 is not None and not 0 <= min_top1 <= 1:
+        raise BadInput(f"min_top1 is a fraction of rows in [0, 1], got {min_top1}")
     if len(references) != len(candidates):
         raise BadInput(f"the ONNX model has {len(candidates)} outputs, the reference "
                        f"{len(references)}")

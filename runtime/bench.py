@@ -40,7 +40,7 @@ class BenchResult:
         return short_name(self.providers[0])
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "provider": self.provider}
+        return asdict(self)
 
 
 def peak_rss_mb() -> float | None:

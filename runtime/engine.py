@@ -129,12 +129,13 @@ class Engine:
     # -- images -------------------------------------------------------------------------------
 
     def predict(self, images, top_k: int = 5, *, batch_size: int | None = None,
-                crop_fraction: float | None = None):
+                crop_fraction: float | None = None, labelled: bool = True):
         """Classify or segment images (paths, PIL images, HxWxC uint8 arrays, or lists of them).
 
         Preprocessing comes from the model's metadata (see edgecnn.runtime.preprocess);
         ``crop_fraction`` overrides the metadata's center-crop share.
-        Classification: a list of (label or class index, probability), most likely first.
+        Classification: a list of (label or class index, probability), most likely first
+        (``labelled=False``: always the class index).
         Segmentation: an (H, W) int64 map of argmax classes at the model's input size (the
         center-cropped view the model saw, not the original image size).
         One image in -> one result; a list in -> a list of results.
@@ -169,7 +170,7 @@ class Engine:
             outputs.append(self.run({spec.name: batch})[self._output_names[0]][:count])
         scores = np.concatenate(outputs)
         if metadata.task == "classification":
-            results = postprocess.top_k(scores, top_k, metadata.labels)
+            results = postprocess.top_k(scores, top_k, metadata.labels if labelled else None)
         else:
             results = postprocess.class_maps(scores)
         return results[0] if single else results

@@ -18,7 +18,7 @@ def _class_summary(class_map: np.ndarray, labels: Sequence[str] | None) -> list[
     or None for class indices)."""
     classes, counts = np.unique(class_map, return_counts=True)
     order = np.argsort(-counts, kind="stable")
-    return [{"label": labels[int(classes[i])] if labels else int(classes[i]),
+    return [{"index": int(classes[i]), **({"label": labels[int(classes[i])]} if labels else {}),
              "pixels": int(counts[i]), "fraction": round(float(counts[i]) / class_map.size, 6)}
             for i in order]
 
@@ -31,16 +31,17 @@ def predict_files(model: str | os.PathLike, images: Sequence[str | os.PathLike],
         raise BadInput("no images given")
     engine = Engine(model, provider, threads, fallback)
     metadata = engine.require_metadata()
-    results = engine.predict(list(images), top_k=top_k)
+    results = engine.predict(list(images), top_k=top_k, labelled=False)
     report = {"model": str(model), "name": metadata.model, "task": metadata.task,
               "precision": metadata.precision, "weights": metadata.weights,
               "providers": engine.providers, "results": []}
     classes = engine.outputs[0].shape[1] if len(engine.outputs[0].shape) > 1 else None
     labels = usable_labels(metadata.labels, classes)
     for image, result in zip(images, results):
-        if metadata.task == "classification":
-            entry = {"top_k": [{"label": label, "probability": round(probability, 6)}
-                               for label, probability in result]}
+        if metadata.task == "classification":  # always the index; the label where there is one
+            entry = {"top_k": [{"index": index, **({"label": labels[index]} if labels else {}),
+                                "probability": round(probability, 6)}
+                               for index, probability in result]}
         else:
             entry = {"shape": list(result.shape), "classes": _class_summary(result, labels)}
         report["results"].append({"image": str(image), **entry})

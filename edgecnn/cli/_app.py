@@ -130,6 +130,9 @@ InputSizeOpt = Annotated[Optional[str], typer.Option(
     help="Input height and width: one int (square) or two (H W). Default: the model's.")]
 BatchOpt = Annotated[Optional[int], typer.Option(
     "--batch", help="Fix the batch size (default: a dynamic 'batch' axis).")]
+BenchBatchOpt = Annotated[Optional[int], typer.Option(
+    "--batch", help="Rows per call: sizes a dynamic batch axis, must equal a fixed one "
+                    "(default: 1, or the fixed size).")]
 NumClassesOpt = Annotated[Optional[int], typer.Option("--num-classes", help="Number of classes.")]
 WeightsOpt = Annotated[Optional[str], typer.Option(
     "--weights", help="state_dict file (e.g. a torchvision checkpoint); default: seeded random.")]
@@ -236,8 +239,8 @@ def print_quantize_summary(result) -> None:
     details = result.quantization
     how = f"int8 {details['mode']}" if result.precision == "int8" else result.precision
     if details.get("calibration"):
-        how += (f", {details['method']} calibration on {details['calibration_size']} "
-                f"{details['calibration']} samples")
+        samples = {"images": "images"}.get(details["calibration"], f"{details['calibration']} samples")
+        how += f", {details['method']} calibration on {details['calibration_size']} {samples}"
     source = f" of {human_size(result.source_size_bytes)}"
     out.print(f"[green]wrote[/green] {safe(result.path)} ({safe(how)}) "
               f"{human_size(result.size_bytes)} = {result.size_ratio:.2f}x{source}, "

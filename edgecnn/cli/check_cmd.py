@@ -8,17 +8,19 @@ import typer
 from rich.table import Table
 
 from edgecnn.cli._app import (
-    InputSizeOpt, JsonOpt, NumClassesOpt, ProviderOpt, WeightsOpt, app, err, out,
+    InputSizeOpt, JsonOpt, NumClassesOpt, WeightsOpt, app, err, out,
     parse_input_size, print_json, progress, safe,
 )
 from edgecnn.errors import BadInput
 
 
 def _print_report(report) -> None:
-    table = Table("output", "rel_l2", "max_abs", "cosine", "SQNR dB", "top-1 agree", "result")
+    table = Table("output", "rel_l2", "max_abs", "worst at", "cosine", "SQNR dB", "top-1 agree",
+                  "result")
     for output in report.outputs:
         m = output.metrics
         table.add_row(safe(output.name), f"{m.rel_l2:.3e}", f"{m.max_abs:.3e}",
+                      str(list(m.worst_index)) if m.worst_index is not None else "–",
                       f"{m.cosine:.8f}", f"{m.sqnr_db:.1f}",
                       "–" if m.top1_agreement is None else f"{m.top1_agreement:.4f}",
                       "[green]pass[/green]" if output.passed else "[red]FAIL[/red]")
@@ -60,7 +62,15 @@ def check_command(
     samples: Annotated[int, typer.Option(help="Number of random batches.")] = 3,
     images: Annotated[Optional[str], typer.Option(
         help="Folder of jpg/png images added to the inputs (int8: also the calibration set).")] = None,
-    provider: ProviderOpt = "cpu",
+    provider: Annotated[str, typer.Option(
+        help="Execution provider: {providers}. Default cpu, unlike run and bench (auto): a "
+             "parity check proves the export against its reference provider, and an "
+             "accelerator (TF32, TensorRT's own kernels) is checked when asked for by name.")
+    ] = "cpu",
+    min_top1: Annotated[Optional[float], typer.Option(
+        "--min-top1", metavar="FRACTION",
+        help="Also fail when the top-1 agreement with eager is below FRACTION, e.g. 0.99 "
+             "(default: off; the rel_l2 bound decides).")] = None,
     tolerance: Annotated[Optional[float], typer.Option(
         help="rel_l2 bound (default: the file's own bound for its precision: 1e-5 fp32, "
              "5e-3 fp16, the 20 dB SQNR floor for int8, unless the model says otherwise).")] = None,
@@ -84,7 +94,7 @@ def check_command(
     with progress(enabled=not json_output) as (on_step, _):
         result = check_parity(
             model, onnx_file, precision=precision, batch=batch, samples=samples, images=images,
-            providers=provider, tolerance=tolerance, seed=seed, weights=weights,
+            providers=provider, tolerance=tolerance, min_top1=min_top1, seed=seed, weights=weights,
             num_classes=num_classes, input_size=parse_input_size(input_size), bisect=bisect,
             on_step=on_step)
     if report:

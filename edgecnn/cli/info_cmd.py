@@ -52,6 +52,9 @@ def info_command(
         add("custom ops", ", ".join(customs) or "none")
         if info["functions"]:  # the bodies that make custom ops runnable (model-local functions)
             add("functions", ", ".join(info["functions"]))
-        add("parameters", f"{info['parameters']:,} values in {info['nodes']} nodes")
+        # The exporter folds each BatchNorm into the convolution before it, so the file holds
+        # fewer values than the PyTorch model's parameter count (`edgecnn list`).
+        add("parameters", f"{info['parameters']:,} values in {info['nodes']} nodes (BatchNorm "
+                          "folded into the convolutions: fewer than the PyTorch model has)")
     add("producer", info["producer"])
     print_fields(rows)

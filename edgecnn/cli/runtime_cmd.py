@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from edgecnn.cli._app import (
-    BatchOpt, JsonOpt, ProviderOpt, ThreadsOpt, app, out, print_fields, print_json, safe,
+    BenchBatchOpt, JsonOpt, ProviderOpt, ThreadsOpt, app, out, print_fields, print_json, safe,
     warnings_as_lines,
 )
 
@@ -42,9 +42,10 @@ def run_command(
         say(f"[bold]{safe(result['image'])}[/bold]")
         if "top_k" in result:
             for rank, entry in enumerate(result["top_k"], 1):
-                say(f"  {rank}. {safe(entry['label'])}  {entry['probability']:.4f}")
+                say(f"  {rank}. {safe(entry.get('label', entry['index']))}  "
+                    f"{entry['probability']:.4f}")
         else:
-            classes = ", ".join(f"{safe(entry['label'])} {entry['fraction']:.1%}"
+            classes = ", ".join(f"{safe(entry.get('label', entry['index']))} {entry['fraction']:.1%}"
                                 for entry in result["classes"][:top_k])
             say(f"  {result['shape'][0]}x{result['shape'][1]} class map: {classes}")
 
@@ -53,7 +54,7 @@ def run_command(
 def bench_command(
     model: Annotated[str, typer.Argument(help="An .onnx file.")],
     provider: ProviderOpt = "auto",
-    batch: BatchOpt = None,
+    batch: BenchBatchOpt = None,
     threads: ThreadsOpt = None,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed calls first.")] = 10,
     runs: Annotated[int, typer.Option("--runs", help="Timed calls.")] = 100,
