@@ -148,9 +148,9 @@ def resolve_opset(opset: int | None, spec: models.ModelSpec, native_deform: bool
     opset = validate_opset(opset, spec)
     if native_deform and opset < NATIVE_MIN_OPSET:
         raise BadInput(f"opset {opset} is too old for the deformable convolutions of {spec.name} "
-                       f"with the native deform_lowering (ONNX DeformConv needs opset "
-                       f"{NATIVE_MIN_OPSET}): use opset {NATIVE_MIN_OPSET} or the decomposed "
-                       "deform_lowering")
+                       f"with deform_lowering='native' (ONNX DeformConv needs opset "
+                       f"{NATIVE_MIN_OPSET}): use opset={NATIVE_MIN_OPSET} or "
+                       "deform_lowering='decomposed'")
     return opset
 
 

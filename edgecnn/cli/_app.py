@@ -194,15 +194,25 @@ _FLAG_OF_PARAMETER = {"model_options": "--option"}
 
 
 def in_flags(message: str, command, argv: list[str]) -> str:
-    """An API message that begins with a parameter name ("batch must be >= 1") in the words of
-    the command line that was run ("--batch must be >= 1"); other messages as they are."""
+    """An API message in the words of the command line that was run: a leading parameter name
+    ("batch must be >= 1") becomes its flag ("--batch must be >= 1"), and a setting written as a
+    keyword argument ("use opset=19 or deform_lowering='decomposed'") becomes the flag and its
+    value ("use --opset 19 or --deform-lowering decomposed"). Other words stay as they are."""
     name = next(iter(argv), None)
     sub = command.commands.get(name) if hasattr(command, "commands") else command
-    parameter = message.split(" ", 1)[0]
     flags = {param.name: param.opts[0] for param in getattr(sub, "params", ())
              if param.param_type_name == "option"}
-    flag = _FLAG_OF_PARAMETER.get(parameter) or flags.get(parameter)
-    return flag + message[len(parameter):] if flag and flag.startswith("--") else message
+    flags.update(_FLAG_OF_PARAMETER)
+    flags = {parameter: flag for parameter, flag in flags.items() if flag.startswith("--")}
+
+    def setting(match: re.Match) -> str:
+        flag = flags.get(match[1])
+        return f"{flag} {match[2].strip(chr(39))}" if flag else match[0]
+
+    message = re.sub(r"\b([a-z_]+)=('[^']*'|[^\s,;:)]+)", setting, message)
+    parameter = message.split(" ", 1)[0]
+    flag = flags.get(parameter)
+    return flag + message[len(parameter):] if flag else message
 
 
 def print_json(payload: dict) -> None:
