@@ -5,24 +5,26 @@ Torch-free; the onnx package is passed in (imported lazily by ``edgecnn.runtime.
 Every size comes from the inputs' runtime shapes and every hyper-parameter from the calling
 node's attributes (``Constant`` nodes whose value references strides, pads, dilations, group and
 offset_group), so one body serves every call site, any batch and any input size. The ops are
-Shape, Gather, Reshape, Range, CastLike, arithmetic, Concat, Squeeze/Unsqueeze, GridSample,
-MatMul and Identity (no DeformConv, no If): all run in onnxruntime 1.17 and have TensorRT 8.6
-importers (GridSample since TensorRT 8.6).
+Shape, Gather, Reshape, Slice, Range, Cast/CastLike, arithmetic, Abs, Min/Max, Equal, Where,
+Concat, Squeeze/Unsqueeze, GridSample and MatMul (no DeformConv, no If, no IsNaN): all run in
+onnxruntime 1.17 and have TensorRT 8.6 importers (GridSample since TensorRT 8.6).
 
 The computation, per (image, offset group) plane:
 
+0. The output size from X, W and the attributes, checked against the offset's (and mask's).
 1. Sampling positions in input pixels, ``out * stride - pad + tap * dilation + offset``, for
-   every tap and output position, normalised for GridSample (``align_corners=0``:
-   ``(2 * p + 1) / size - 1``, valid for any size, 1 included).
-2. GridSample (bilinear, zero padding: ONNX DeformConv's sampling) of the plane's channels at
-   those positions gives the deformed im2col (N * G, C / G, kh * kw * out_h, out_w), already in
-   the channel-major order of the conv weights; the DCNv2 mask multiplies it.
+   every tap and output position, clamped to [-1, size] (NaN to -1) as in the eager op, then
+   normalised for GridSample (``align_corners=0``: ``(2 * p + 1) / size - 1``, valid for any
+   size, 1 included).
+2. GridSample (bilinear, zero padding: ONNX DeformConv's sampling; in float below opset 20,
+   where onnxruntime's GridSample has no other kernel) of the plane's channels at those
+   positions gives the deformed im2col (N * G, C / G, kh * kw * out_h, out_w), already in the
+   channel-major order of the conv weights; the DCNv2 mask multiplies it.
 3. One MatMul per conv group applies the kernel, giving NCHW directly; then the bias.
+4. A Concat with an empty slice of the offset, so that onnx's shape inference knows Y's shape.
 """
 
 from __future__ import annotations
-
-GRID_SAMPLE_LINEAR = {16: "bilinear", 20: "linear"}  # the mode's name changed in opset 20
 
 
 class _Body:
@@ -101,8 +103,42 @@ def _normalized_positions(body: _Body, axis: int, kernel: str, out: str, size: s
     base = body.add(body.op("Reshape", taps, tap_shape), body.op("Reshape", outs, out_shape))
     position = body.add(body.op("Gather", offsets, body.op("Constant", value_int=axis), axis=4),
                         body.op("CastLike", base, "X"))
+    # As the eager op: a NaN position reads zeros (-1 is in the zero border), and positions are
+    # clamped to [-1, size] before normalising, because GridSample's own arithmetic on huge or
+    # infinite coordinates reads pixels of the image again.
+    minus_one = body.floating(-1.0)
+    # (NaN is the one value not Equal to itself: Equal has TensorRT 8.6 importers, IsNaN not.)
+    position = body.op("Where", body.op("Equal", position, position), position, minus_one)
+    position = body.op("Min", body.op("Max", position, minus_one), body.op("CastLike", size, "X"))
     doubled = body.add(body.mul(position, body.floating(2.0)), body.floating(1.0))
     return body.sub(body.div(doubled, body.op("CastLike", size, "X")), body.floating(1.0))
+
+
+def _output_size_check(body: _Body, size: tuple[str, str], kernel: tuple[str, str],
+                       strides: str, pads: str, dilations: str, modulated: bool) -> str:
+    """A one-element 1 that exists only if the offset (and mask) have the convolution's output
+    spatial size, as ONNX DeformConv checks: without it, an offset of another size would silently
+    give an output of its size.
+
+    The check is a Reshape of a one-element tensor to ``1 + |offset_h - out_h| + |offset_w -
+    out_w| (+ the mask's)`` elements, which fails unless every difference is 0. The sampling
+    positions are multiplied by its result, so everything downstream depends on it."""
+    one = body.ints(1)
+    differences = []
+    for axis in (0, 1):
+        padded = body.add(size[axis], body.add(body.element(pads, axis), body.element(pads, axis + 2)))
+        reach = body.mul(body.element(dilations, axis), body.sub(kernel[axis], one))
+        expected = body.add(body.div(body.sub(body.sub(padded, reach), one),
+                                     body.element(strides, axis)), one)
+        for tensor in ("offset", "mask") if modulated else ("offset",):
+            differences.append(body.op("Abs", body.sub(body.dims(tensor, 2 + axis)[0], expected)))
+    check = one
+    for difference in differences:
+        check = body.add(check, difference)
+    # (Not followed by another Reshape: onnxruntime would fuse the two and drop the check.)
+    checked = body.op("Reshape", one, check)  # fails: "offset or mask of the wrong spatial size"
+    body.nodes[-1].name = "offset_and_mask_must_match_the_output_size"
+    return checked
 
 
 def build_decomposed_body(onnx, *, modulated: bool, with_bias: bool, opset: int) -> list:
@@ -111,9 +147,14 @@ def build_decomposed_body(onnx, *, modulated: bool, with_bias: bool, opset: int)
     ints_type, int_type = onnx.AttributeProto.INTS, onnx.AttributeProto.INT
     channels, height, width = body.dims("X", 1, 2, 3)
     out_channels, group_channels, kernel_h, kernel_w = body.dims("W", 0, 1, 2, 3)
-    out_h, out_w = body.dims("offset", 2, 3)
     strides, pads, dilations = (body.attribute(name, ints_type)
                                 for name in ("strides", "pads", "dilations"))
+    # The output's size comes straight from Shape(offset), so that onnx's shape inference of a
+    # call (which onnxruntime's symbolic_shape_infer relies on for this op) finds (N, O, out_h,
+    # out_w); the positions are computed from the checked sizes.
+    batch, out_h, out_w = body.dims("offset", 0, 2, 3)
+    checked = _output_size_check(body, (height, width), (kernel_h, kernel_w), strides, pads,
+                                 dilations, modulated)
     groups = body.attribute("group", int_type)
     offset_groups = body.attribute("offset_group", int_type)
     taps = body.mul(kernel_h, kernel_w)
@@ -125,17 +166,23 @@ def build_decomposed_body(onnx, *, modulated: bool, with_bias: bool, opset: int)
     offsets = body.op("Reshape", "offset", body.shape(
         keep, offset_groups, kernel_h, kernel_w, body.ints(2), out_h, out_w))
     common = dict(strides=strides, pads=pads, dilations=dilations, offsets=offsets)
-    grid_y = _normalized_positions(body, 0, kernel_h, out_h, height, **common)
-    grid_x = _normalized_positions(body, 1, kernel_w, out_w, width, **common)
+    grid_y = _normalized_positions(body, 0, kernel_h, body.mul(out_h, checked), height, **common)
+    grid_x = _normalized_positions(body, 1, kernel_w, body.mul(out_w, checked), width, **common)
     grid = body.op("Concat", *(body.op("Unsqueeze", g, body.ints(-1)) for g in (grid_x, grid_y)),
                    axis=-1)
     grid = body.op("Reshape", grid, body.shape(rest, body.mul(taps, out_h), out_w, body.ints(2)))
 
     # 2. The deformed im2col of each plane, then the mask.
     planes = body.op("Reshape", "X", body.shape(rest, plane_channels, height, width))
-    mode = GRID_SAMPLE_LINEAR[20 if opset >= 20 else 16]
-    columns = body.op("GridSample", planes, grid, align_corners=0, mode=mode,
-                      padding_mode="zeros")
+    if opset >= 20:
+        columns = body.op("GridSample", planes, grid, align_corners=0, mode="linear",
+                          padding_mode="zeros")
+    else:  # onnxruntime's GridSample-16 has float kernels only: double and half sample in float
+        as_float = {"to": onnx.TensorProto.FLOAT}
+        columns = body.op("GridSample", body.op("Cast", planes, **as_float),
+                          body.op("Cast", grid, **as_float), align_corners=0, mode="bilinear",
+                          padding_mode="zeros")
+        columns = body.op("CastLike", columns, "X")
     if modulated:
         columns = body.op("Reshape", columns, body.shape(
             rest, offset_groups, plane_channels, taps, positions))
@@ -149,8 +196,14 @@ def build_decomposed_body(onnx, *, modulated: bool, with_bias: bool, opset: int)
     kernel = body.op("Reshape", "W", body.shape(
         groups, body.div(out_channels, groups), body.mul(group_channels, taps)))
     output = body.op("Reshape", body.op("MatMul", kernel, columns),
-                     body.shape(rest, out_channels, out_h, out_w))
+                     body.shape(batch, out_channels, out_h, out_w))
     if with_bias:
         output = body.add(output, body.op("Reshape", "B", body.ints(1, -1, 1, 1)))
-    body.nodes.append(onnx.helper.make_node("Identity", [output], ["Y"]))
+    # onnx's shape inference cannot follow the computed Reshape shapes, so Y's batch and spatial
+    # sizes would be unknown to it (and onnxruntime's symbolic_shape_infer, which asks it for
+    # this op, would stop at the next Add). Concatenating an empty (N, 0, out_h, out_w) slice of
+    # the offset pins them: Concat takes its other dimensions from its inputs. The bias (the
+    # decomposed lowering always has one, see set_deform_lowering) gives the channels.
+    empty = body.op("Slice", "offset", body.ints(0), body.ints(0), body.ints(1))
+    body.nodes.append(onnx.helper.make_node("Concat", [empty, output], ["Y"], axis=1))
     return body.nodes

@@ -143,7 +143,10 @@ def _has_input(node, index: int) -> bool:
 
 
 def _normalize_call_site(node, helper) -> None:
-    """Write every attribute explicitly (the bodies reference them, defaults included)."""
+    """Write all five inputs ("" for an absent one: the function has five, and onnx.reference
+    refuses a call with fewer) and every attribute (the bodies reference them, defaults too)."""
+    while len(node.input) < len(INPUTS):
+        node.input.append("")
     present = {attribute.name for attribute in node.attribute}
     for name, default in ATTRIBUTE_DEFAULTS.items():
         if name not in present:
@@ -152,8 +155,6 @@ def _normalize_call_site(node, helper) -> None:
 
 def _materialize_inputs(graph, node, helper, need_bias: bool, need_mask: bool) -> None:
     """Give a call site the zero bias / unit mask the decomposed body was built to read."""
-    while len(node.input) < len(INPUTS):
-        node.input.append("")
     prefix = f"{node.name or node.output[0]}_deform"
     new_nodes = []
 
@@ -162,8 +163,8 @@ def _materialize_inputs(graph, node, helper, need_bias: bool, need_mask: bool) -
         new_nodes.append(helper.make_node(op_type, inputs, [output], **attributes))
         return output
 
-    def constant(*values):
-        return add("Constant", [], value_ints=list(values))
+    def constant(*values):  # a tensor, not value_ints: onnxruntime's symbolic_shape_infer reads
+        return add("Constant", [], value=helper.make_tensor("value", 7, [len(values)], values))
 
     if need_bias and not _has_input(node, _BIAS):  # zeros of shape (out_channels,), X's type
         out_channels = add("Shape", [node.input[1]], start=0, end=1)
@@ -181,10 +182,6 @@ def _materialize_inputs(graph, node, helper, need_bias: bool, need_mask: bool) -
         graph.node.insert(position + offset, new_node)
 
 
-def _default_opset(model) -> int:
-    return next((imp.version for imp in model.opset_import if imp.domain in ("", "ai.onnx")), 0)
-
-
 def set_deform_lowering(model, lowering: str):
     """Give ``model`` (an onnx.ModelProto, changed in place and returned) the ``lowering`` body.
 
@@ -192,18 +189,20 @@ def set_deform_lowering(model, lowering: str):
     attributes explicitly, imports the ai.edgecnn domain, and records the lowering in the
     edgecnn metadata (``deform_lowering``). A model without the op is returned unchanged.
     The native lowering needs the model's default opset >= 19 (ValueError otherwise). For the
-    decomposed body, call sites lacking a bias or mask that other call sites have get a zero
+    decomposed body, call sites lacking a bias, or a mask that other call sites have, get a zero
     bias / unit mask computed in the graph (see ``deform_function``); they keep it afterwards.
     Used by the exporter, and by the runtime Engine to switch to ``decomposed`` when
     ``onnxruntime_has_deformconv()`` is False.
     """
     from onnx import helper
 
+    from edgecnn.runtime.onnx_file import opset_version
+
     _check_lowering(lowering)
     sites = call_sites(model)
     if not sites:
         return model
-    opset = _default_opset(model)
+    opset = opset_version(model) or 0
     if lowering == "native" and opset < NATIVE_MIN_OPSET:
         raise ValueError(f"the native DeformConv lowering needs opset >= {NATIVE_MIN_OPSET}; "
                          f"this model imports opset {opset} (use the decomposed lowering)")
@@ -211,7 +210,9 @@ def set_deform_lowering(model, lowering: str):
     for node in sites:
         _normalize_call_site(node, helper)
     modulated = any(_has_input(node, _MASK) for node in sites)
-    with_bias = any(_has_input(node, _BIAS) for node in sites)
+    # The decomposed body always reads a bias: its shape is what tells onnx's shape inference
+    # (and so onnxruntime's symbolic_shape_infer) the output channels (see _deform_decomposed).
+    with_bias = lowering == "decomposed" or any(_has_input(node, _BIAS) for node in sites)
     if lowering == "decomposed":
         for graph in _graphs(model.graph):
             for node in [n for n in graph.node if n in sites]:
