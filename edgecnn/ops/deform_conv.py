@@ -19,29 +19,51 @@ The op is opaque to torch.export (a fake kernel gives its output shape), so an e
 program shows ONE ``edgecnn.deform_conv2d`` node; ``edgecnn.export.deform`` turns it into ONE
 ``ai.edgecnn::DeformConv2d`` ONNX node. Its backward recomputes the pure-PyTorch forward under
 autograd (first-order gradients for input, offset, weight, bias and mask).
+
+``deform_conv2d`` and ``DeformConv2d`` also work under ``torch.jit.script`` (the op is called as
+``torch.ops.edgecnn.deform_conv2d``, so scripted modules save and load) and
+``torch.fx.symbolic_trace`` (like torch.nn.functional, ``deform_conv2d`` dispatches on
+``__torch_function__``, so it is ONE ``call_function`` node whose target is ``deform_conv2d``).
+The shape checks run in the op's kernels (real and fake), so they apply under script, to a
+traced GraphModule when it runs and under torch.export alike.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
+from typing import List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.overrides import handle_torch_function, has_torch_function_variadic
 
-IntPair = int | Sequence[int]
+# An int or an (h, w) pair, spelled with the typing module so that TorchScript reads it.
+IntPair = Union[int, List[int], Tuple[int, int]]
 
 # Zero border added around the input: 1 row/column before, 2 after. Positions clamped to
 # [-1, size] then read only zeros outside the image, exactly like bilinear zero padding.
 _BORDER_BEFORE, _BORDER_AFTER = 1, 2
 
 
-def _pair(value: IntPair, name: str) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else tuple(value)
+def _checked_pair(value, name: str) -> List[int]:
+    pair = [value, value] if isinstance(value, int) else (
+        list(value) if isinstance(value, Sequence) else [])
     if len(pair) != 2 or not all(isinstance(v, int) for v in pair):
         raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
     return pair
+
+
+def _pair(value: IntPair, name: str) -> List[int]:
+    """[h, w] from an int or a pair. Scriptable; under script the op's kernel checks the length."""
+    if not torch.jit.is_scripting():
+        return _checked_pair(value, name)
+    if isinstance(value, int):
+        return [value, value]
+    if isinstance(value, list):
+        return value
+    return [value[0], value[1]]
 
 
 def output_size(in_size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
@@ -49,10 +71,35 @@ def output_size(in_size: int, kernel: int, stride: int, padding: int, dilation: 
     return (in_size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
+def _groups_from_shapes(input: Tensor, offset: Tensor, weight: Tensor) -> Tuple[int, int]:
+    """(groups, offset_groups) as the shapes give them (scriptable); 0 where a shape is too
+    broken to tell, and _check_arguments then names the problem."""
+    taps = weight.shape[2] * weight.shape[3] if weight.dim() == 4 else 0
+    if input.dim() != 4 or offset.dim() != 4 or taps < 1 or weight.shape[1] < 1:
+        return 0, 0
+    return input.shape[1] // weight.shape[1], offset.shape[1] // (2 * taps)
+
+
+def _offset_error(offset: Tensor, batch: int, channels: int, kernel: tuple[int, int],
+                  out_size: tuple[int, int], options: str) -> ValueError:
+    """The offset shapes that would fit, one per offset_groups dividing the input channels."""
+    (kernel_h, kernel_w), taps = kernel, kernel[0] * kernel[1]
+    valid = ", ".join(str((batch, 2 * groups * taps, *out_size))
+                      for groups in range(1, channels + 1) if channels % groups == 0)
+    given = offset.shape[1]
+    why = (f"offset_groups {given // (2 * taps)}" if given % (2 * taps) == 0 else
+           f"{given} channels, not a multiple of 2*{kernel_h}*{kernel_w} = {2 * taps}")
+    return ValueError(
+        f"deform_conv2d: offset must have shape (N, 2*offset_groups*{kernel_h}*{kernel_w}, "
+        f"{out_size[0]}, {out_size[1]}) with offset_groups dividing the {channels} input "
+        f"channels: one of {valid} ({options}); got {tuple(offset.shape)} ({why})")
+
+
 def _check_arguments(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None,
-                     mask: Tensor | None, stride: tuple[int, int], padding: tuple[int, int],
-                     dilation: tuple[int, int]) -> tuple[int, int]:
-    """Validate shapes, dtypes and devices; returns (groups, offset_groups) from the shapes."""
+                     mask: Tensor | None, stride: Sequence[int], padding: Sequence[int],
+                     dilation: Sequence[int], groups: int, offset_groups: int) -> None:
+    """Validate shapes, dtypes, devices and options (the op's kernels run this, so it also runs
+    under TorchScript, FX and torch.export); groups and offset_groups must match the shapes."""
     named = {"input": input, "offset": offset, "weight": weight, "bias": bias, "mask": mask}
     for name, tensor in named.items():
         if tensor is not None and not tensor.is_floating_point():
@@ -66,18 +113,21 @@ def _check_arguments(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor
     for name in ("input", "offset", "weight", "mask"):
         if named[name] is not None and named[name].dim() != 4:
             raise ValueError(f"deform_conv2d: {name} must be 4-D, got shape {tuple(named[name].shape)}")
-    if min(stride) < 1 or min(dilation) < 1 or min(padding) < 0:
-        raise ValueError(f"deform_conv2d: stride and dilation must be >= 1 and padding >= 0, "
-                         f"got stride={stride}, padding={padding}, dilation={dilation}")
+    stride, padding, dilation = tuple(stride), tuple(padding), tuple(dilation)
+    if (not len(stride) == len(padding) == len(dilation) == 2 or min(stride) < 1
+            or min(dilation) < 1 or min(padding) < 0):
+        raise ValueError(f"deform_conv2d: stride, padding and dilation must be pairs, stride and "
+                         f"dilation >= 1 and padding >= 0, got stride={stride}, "
+                         f"padding={padding}, dilation={dilation}")
     batch, channels, height, width = input.shape
     out_channels, group_channels, kernel_h, kernel_w = weight.shape
     if group_channels < 1 or channels % group_channels:
         raise ValueError(f"deform_conv2d: input channels ({channels}) must be divisible by "
                          f"weight.shape[1] ({group_channels}), the channels per group")
-    groups = channels // group_channels
-    if out_channels % groups:
+    shape_groups = channels // group_channels
+    if out_channels % shape_groups:
         raise ValueError(f"deform_conv2d: output channels ({out_channels}) must be divisible by "
-                         f"groups ({groups})")
+                         f"groups ({shape_groups})")
     if bias is not None and tuple(bias.shape) != (out_channels,):
         raise ValueError(f"deform_conv2d: bias must have shape ({out_channels},), "
                          f"got {tuple(bias.shape)}")
@@ -87,20 +137,21 @@ def _check_arguments(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor
     if out_h < 1 or out_w < 1:
         raise ValueError(f"deform_conv2d: input {height}x{width} is too small for a "
                          f"{kernel_h}x{kernel_w} kernel with padding {padding} and dilation {dilation}")
-    offset_groups = offset.shape[1] // (2 * taps)
-    expected = (batch, 2 * max(offset_groups, 1) * taps, out_h, out_w)
-    if (offset_groups < 1 or offset.shape[1] % (2 * taps) or tuple(offset.shape) != expected
-            or channels % offset_groups):
-        raise ValueError(
-            f"deform_conv2d: offset must have shape (N, 2*offset_groups*{kernel_h}*{kernel_w}, "
-            f"{out_h}, {out_w}) = {expected} with offset_groups dividing the {channels} input "
-            f"channels (kernel {kernel_h}x{kernel_w}, stride {stride}, padding {padding}, "
-            f"dilation {dilation}), got {tuple(offset.shape)}")
-    if mask is not None and tuple(mask.shape) != (batch, offset_groups * taps, out_h, out_w):
+    shape_offset_groups = offset.shape[1] // (2 * taps)
+    if (shape_offset_groups < 1 or offset.shape[1] % (2 * taps) or channels % shape_offset_groups
+            or tuple(offset.shape) != (batch, offset.shape[1], out_h, out_w)):
+        raise _offset_error(offset, batch, channels, (kernel_h, kernel_w), (out_h, out_w),
+                            f"kernel {kernel_h}x{kernel_w}, stride {stride}, padding {padding}, "
+                            f"dilation {dilation}")
+    expected = (batch, shape_offset_groups * taps, out_h, out_w)
+    if mask is not None and tuple(mask.shape) != expected:
         raise ValueError(f"deform_conv2d: mask must have shape (N, offset_groups*{kernel_h}*"
-                         f"{kernel_w}, {out_h}, {out_w}) = "
-                         f"{(batch, offset_groups * taps, out_h, out_w)}, got {tuple(mask.shape)}")
-    return groups, offset_groups
+                         f"{kernel_w}, {out_h}, {out_w}) = {expected} with the offset's "
+                         f"offset_groups {shape_offset_groups}, got {tuple(mask.shape)}")
+    if (groups, offset_groups) != (shape_groups, shape_offset_groups):
+        raise ValueError(f"deform_conv2d: groups={groups} and offset_groups={offset_groups} "
+                         f"disagree with the shapes, which give groups={shape_groups} and "
+                         f"offset_groups={shape_offset_groups}")
 
 
 def _sampling_columns(input: Tensor, offset: Tensor, mask: Tensor | None,
@@ -121,8 +172,9 @@ def _sampling_columns(input: Tensor, offset: Tensor, mask: Tensor | None,
     offset = offset.reshape(batch, offset_groups, taps, 2, positions)
     y = offset[:, :, :, 0] + (tap_y[:, None] + out_y[None, :]).to(input.dtype)  # (N, G, K, L)
     x = offset[:, :, :, 1] + (tap_x[:, None] + out_x[None, :]).to(input.dtype)
-    y = y.clamp(-1, height)
-    x = x.clamp(-1, width)
+    # A NaN position reads zeros, like a far one (and onnxruntime's DeformConv): clamp keeps NaN.
+    y = torch.nan_to_num(y, nan=-1.0).clamp(-1, height)
+    x = torch.nan_to_num(x, nan=-1.0).clamp(-1, width)
     y_low, x_low = y.floor(), x.floor()
     frac_y, frac_x = y - y_low, x - x_low
     keep_y, keep_x = 1 - frac_y, 1 - frac_x
@@ -176,6 +228,8 @@ def _deform_conv2d_math(input: Tensor, weight: Tensor, offset: Tensor, bias: Ten
 def _deform_conv2d_op(input: Tensor, weight: Tensor, offset: Tensor, bias: Tensor | None,
                       mask: Tensor | None, stride: Sequence[int], padding: Sequence[int],
                       dilation: Sequence[int], groups: int, offset_groups: int) -> Tensor:
+    _check_arguments(input, offset, weight, bias, mask, stride, padding, dilation, groups,
+                     offset_groups)
     return _deform_conv2d_math(input, weight, offset, bias, mask, stride, padding, dilation,
                                groups, offset_groups)
 
@@ -183,6 +237,8 @@ def _deform_conv2d_op(input: Tensor, weight: Tensor, offset: Tensor, bias: Tenso
 @_deform_conv2d_op.register_fake
 def _deform_conv2d_fake(input, weight, offset, bias, mask, stride, padding, dilation, groups,
                         offset_groups):
+    _check_arguments(input, offset, weight, bias, mask, stride, padding, dilation, groups,
+                     offset_groups)
     return input.new_empty((input.shape[0], weight.shape[0], offset.shape[2], offset.shape[3]))
 
 
@@ -208,9 +264,9 @@ def _backward(ctx, grad_output: Tensor):
 _deform_conv2d_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None = None,
+def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
                   stride: IntPair = 1, padding: IntPair = 0, dilation: IntPair = 1,
-                  mask: Tensor | None = None) -> Tensor:
+                  mask: Optional[Tensor] = None) -> Tensor:
     """Deformable convolution (DCN v1; v2 with ``mask``), torchvision's signature and semantics.
 
     Args:
@@ -219,18 +275,27 @@ def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | 
             taps row-major, grouped by offset group; offset_groups is inferred from the shape.
         weight: (out_channels, C / groups, kh, kw); groups is inferred as C // weight.shape[1].
         bias: (out_channels,) or None.
-        stride, padding, dilation: an int or an (h, w) pair.
+        stride, padding, dilation: an int or an (h, w) pair (tuple or list).
         mask: (N, offset_groups * kh * kw, out_h, out_w) modulation (DCNv2) or None.
 
     Raises ValueError for inconsistent shapes (naming the expected shape) or tensors of
-    different dtypes or devices, and TypeError for non-floating-point tensors.
+    different dtypes or devices, and TypeError for non-floating-point tensors (under
+    TorchScript they surface as RuntimeError carrying the same message).
+
+    Works under ``torch.jit.script`` and, through ``__torch_function__`` like torch.nn.functional,
+    under ``torch.fx.symbolic_trace``: a traced call is ONE ``call_function`` node with this
+    function as its target, and its arguments are checked when the GraphModule runs.
     """
-    stride, padding, dilation = (_pair(stride, "stride"), _pair(padding, "padding"),
-                                 _pair(dilation, "dilation"))
-    groups, offset_groups = _check_arguments(input, offset, weight, bias, mask, stride, padding,
-                                             dilation)
-    return _deform_conv2d_op(input, weight, offset, bias, mask, stride, padding, dilation,
-                             groups, offset_groups)
+    if not torch.jit.is_scripting():
+        if has_torch_function_variadic(input, offset, weight, bias, mask):
+            return handle_torch_function(
+                deform_conv2d, (input, offset, weight, bias, mask), input, offset, weight,
+                bias=bias, stride=stride, padding=padding, dilation=dilation, mask=mask)
+    # The op's kernels validate everything, groups and offset_groups included.
+    groups, offset_groups = _groups_from_shapes(input, offset, weight)
+    return torch.ops.edgecnn.deform_conv2d(
+        input, weight, offset, bias, mask, _pair(stride, "stride"), _pair(padding, "padding"),
+        _pair(dilation, "dilation"), groups, offset_groups)
 
 
 class DeformConv2d(nn.Module):
@@ -246,6 +311,9 @@ class DeformConv2d(nn.Module):
     convolution again) and within (0, 2). The paper's ``sigmoid`` would start at 0.5 and halve
     the output of every converted layer, so a plain checkpoint would no longer reproduce the
     plain network.
+
+    The module scripts (``torch.jit.script``, and saves and loads) and traces with
+    ``torch.fx.symbolic_trace`` (its ``deform_conv2d`` call is one node).
     """
 
     # State the checkpoint of a plain network does not have: edgecnn's load_weights lets a
@@ -264,10 +332,10 @@ class DeformConv2d(nn.Module):
             raise ValueError(f"in_channels ({in_channels}) must be divisible by offset_groups "
                              f"({offset_groups})")
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.stride = _pair(stride, "stride")
-        self.padding = _pair(padding, "padding")
-        self.dilation = _pair(dilation, "dilation")
+        self.kernel_size = tuple(_pair(kernel_size, "kernel_size"))
+        self.stride = tuple(_pair(stride, "stride"))
+        self.padding = tuple(_pair(padding, "padding"))
+        self.dilation = tuple(_pair(dilation, "dilation"))
         self.groups, self.offset_groups, self.modulated = groups, offset_groups, modulated
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups,
                                                *self.kernel_size))
@@ -290,7 +358,7 @@ class DeformConv2d(nn.Module):
         nn.init.zeros_(self.conv_offset.weight)
         nn.init.zeros_(self.conv_offset.bias)
 
-    def offsets_and_mask(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+    def offsets_and_mask(self, x: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         predicted = self.conv_offset(x)
         if not self.modulated:
             return predicted, None
