@@ -24,7 +24,8 @@ import edgecnn
 from edgecnn import models
 from edgecnn.ops import randomize_offset_predictors, uses_deform_conv
 from edgecnn.errors import BadInput, CheckFailed, EdgecnnError, first_line
-from edgecnn.export.deform import TRANSLATION_TABLE as DEFORM_TRANSLATION_TABLE
+from edgecnn.export.deform import (TRANSLATION_TABLE as DEFORM_TRANSLATION_TABLE,
+                                   fold_batchnorm_into_deform)
 from edgecnn.export.files import atomic_output, check_output_path
 from edgecnn.export.parity import ParityMetrics, Verdict, default_bounds, judge
 from edgecnn.export.quiet import silenced
@@ -177,7 +178,8 @@ def to_onnx(module: nn.Module, example: torch.Tensor, output_name: str = "logits
 
     The batch axis is named ``batch`` and dynamic unless ``dynamic_batch`` is False. Each
     edgecnn deformable convolution becomes one ai.edgecnn::DeformConv2d node whose function
-    body is ``deform_lowering`` ("native" needs opset 19; see edgecnn.runtime.deform). Extra
+    body is ``deform_lowering`` ("native" needs opset 19; see edgecnn.runtime.deform), with the
+    BatchNorm after it folded into its weights (``fold_batchnorm_into_deform``). Extra
     ``custom_translation_table`` entries are added to edgecnn's. Raises EdgecnnError when
     torch.onnx cannot export the module.
     """
@@ -202,6 +204,9 @@ def to_onnx(module: nn.Module, example: torch.Tensor, output_name: str = "logits
         raise EdgecnnError(f"torch.onnx could not export {type(module).__name__}: "
                            f"{first_line(error)}") from error
     proto = program.model_proto
+    # The optimizer folded BatchNorm into the Convs; the deformable ones are ours to fold, before
+    # the lowering, so that the decomposed body is built for call sites with a bias.
+    fold_batchnorm_into_deform(proto)
     try:
         set_deform_lowering(proto, deform_lowering)
     except ValueError as error:  # native lowering below opset 19

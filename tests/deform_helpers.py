@@ -2,7 +2,7 @@
 
 ``Case`` holds numpy inputs and the conv hyper-parameters; ``eager(case)`` is what
 ``edgecnn.ops.deform_conv2d`` computes; ``standard_model`` wraps ONNX's own DeformConv (opset 19)
-and ``custom_model`` our ai.edgecnn::DeformConv2d with a given lowering.
+and ``custom_model`` our ai.edgecnn::DeformConv2d with a given lowering (``bare_model``: none).
 """
 
 from __future__ import annotations
@@ -114,8 +114,14 @@ def standard_model(case: Case) -> onnx.ModelProto:
     return _model(node, case, 19)
 
 
-def custom_model(case: Case, lowering: str, opset: int) -> onnx.ModelProto:
-    """ai.edgecnn::DeformConv2d with its function body in ``lowering``."""
+def bare_model(case: Case, opset: int) -> onnx.ModelProto:
+    """ai.edgecnn::DeformConv2d without a function body, as torch.onnx exports it (not runnable
+    until ``deform.set_deform_lowering``)."""
     node = helper.make_node(deform.OP_TYPE, _inputs(case), ["Y"], domain=deform.DOMAIN,
                             **case.attributes())
-    return deform.set_deform_lowering(_model(node, case, opset, [deform.DOMAIN]), lowering)
+    return _model(node, case, opset, [deform.DOMAIN])
+
+
+def custom_model(case: Case, lowering: str, opset: int) -> onnx.ModelProto:
+    """ai.edgecnn::DeformConv2d with its function body in ``lowering``."""
+    return deform.set_deform_lowering(bare_model(case, opset), lowering)
