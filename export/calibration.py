@@ -20,7 +20,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from edgecnn.errors import BadInput
+from edgecnn.errors import BadInput, first_line
 from edgecnn.runtime.metadata import InputInfo
 from edgecnn.runtime.preprocess import preprocess_images
 
@@ -164,8 +164,7 @@ ARRAY_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)
 
 
 def _cannot_read(path, error: Exception) -> BadInput:
-    reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
-    return BadInput(f"cannot read {path}: {reason}")
+    return BadInput(f"cannot read {path}: {first_line(error, 200)}")
 
 
 def _npz_entry(arrays, keys: tuple[str, ...], where: str, what: str):

@@ -20,7 +20,7 @@ from typing import Iterable, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from edgecnn.errors import BadInput
+from edgecnn.errors import BadInput, first_line
 from edgecnn.runtime.metadata import InputInfo
 
 DEFAULT_CROP_FRACTION = InputInfo.crop_fraction  # ImageNet eval: Resize(256) + CenterCrop(224)
@@ -101,8 +101,7 @@ def _open(path: str | os.PathLike) -> Image.Image:
         raise BadInput(f"image not found: {path}") from None
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError,
             ValueError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise BadInput(f"cannot read image {path}: {reason}") from None
+        raise BadInput(f"cannot read image {path}: {first_line(error)}") from None
 
 
 def _from_array(array: np.ndarray) -> Image.Image:

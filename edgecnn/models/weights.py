@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgecnn.errors import BadInput
+from edgecnn.errors import BadInput, first_line
 
 # Checkpoints written by training scripts often nest the state_dict under one of these keys.
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model")
@@ -31,10 +31,10 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if "Weights only load failed" not in str(error):
-            raise BadInput(f"cannot read weights file {path}: {_first_line(error)}") from None
+            raise BadInput(f"cannot read weights file {path}: {first_line(error, 200)}") from None
         raise BadInput(_refused_pickle(path, str(error))) from None
     except Exception as error:  # torch raises many types for truncated or foreign files
-        raise BadInput(f"cannot read weights file {path}: {_first_line(error)}") from None
+        raise BadInput(f"cannot read weights file {path}: {first_line(error, 200)}") from None
     for key in _NESTED_KEYS:
         if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
             loaded = loaded[key]
@@ -46,11 +46,6 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 _RESAVE = "re-save only the weights with torch.save(model.state_dict(), FILE)"
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else type(error).__name__
 
 
 def _refused_pickle(path: Path, torch_message: str) -> str:
