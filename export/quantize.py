@@ -170,7 +170,8 @@ def quantize_model(model_path: str | os.PathLike, output_path: str | os.PathLike
                    validation: str | os.PathLike | None = None, keep_io_float: bool = True,
                    input_size: Sequence[int] | None = None, mean: Sequence[float] | None = None,
                    std: Sequence[float] | None = None, check: bool = True, seed: int = 0,
-                   recipe: Recipe | None = None, on_step: StepCallback | None = None,
+                   target: str = "cpu", recipe: Recipe | None = None,
+                   on_step: StepCallback | None = None,
                    on_progress: ProgressCallback | None = None,
                    on_warning: WarnCallback | None = None) -> QuantizeResult:
     """Quantize an fp32 .onnx file; see ``edgecnn quantize --help`` for the options.
@@ -186,6 +187,8 @@ def quantize_model(model_path: str | os.PathLike, output_path: str | os.PathLike
     keep_io_float: fp16 only: the graph input and output stay float32 (int8 QDQ models always
         take and return float32).
     input_size, mean, std: override the metadata; required for a model without it.
+    target: the provider a static int8 file is tuned for, "cpu" (onnxruntime's CPU provider:
+        the RGB stem rewritten for its int8 kernel) or "openvino" (the plain stem).
     check: the result must match fp32 within the model's bound for its precision (the one
         ``edgecnn check`` applies: rel_l2 5e-3 for fp16 unless the model says otherwise, an SQNR
         of 20 dB for int8); CheckFailed otherwise.
@@ -199,7 +202,7 @@ def quantize_model(model_path: str | os.PathLike, output_path: str | os.PathLike
         messages.append(message)
         (on_warning or (lambda text: warnings.warn(text, stacklevel=3)))(message)
 
-    recipe = recipe or get_recipe(mode, method=method)
+    recipe = recipe or get_recipe(mode, method=method, target=target)
     _check_options(recipe, accuracy_budget, validation, calibration_size)
     source_path = Path(model_path)
     output = check_output_path(output_path or default_output(source_path, recipe.mode))

@@ -24,6 +24,7 @@ from edgecnn.export.rgb_stem import DESCRIPTION as RGB_STEM, find_stem, finish, 
 from edgecnn.runtime.onnx_file import drop_initializer_value_info, fixed_batch, is_custom_domain
 
 METHODS = ("minmax", "entropy", "percentile")
+TARGETS = ("cpu", "openvino")  # the providers a static int8 file is tuned for (Int8Static.target)
 PERCENTILE = 99.999  # the percentile method's clipping point (onnxruntime's default)
 
 ProgressCallback = Callable[[str, int, int], None]  # (task, done, total)
@@ -97,16 +98,19 @@ def _reader(name: str, chunks: list[np.ndarray], progress: ProgressCallback | No
     return Reader()
 
 
-def _stem_to_split(model: onnx.ModelProto, exclude: Sequence[str]):
-    """The RGB stem that ``int8_static`` splits (export/rgb_stem.py); not one kept in float,
-    which the split would not speed up."""
+def _stem_to_split(model: onnx.ModelProto, exclude: Sequence[str], recipe: Int8Static):
+    """The RGB stem that ``int8_static`` splits (export/rgb_stem.py) for the CPU provider; not
+    one kept in float, which the split would not speed up."""
+    if not recipe.split_rgb_stem:
+        return None
     stem = find_stem(model)
     return stem if stem is not None and stem.conv.name not in exclude else None
 
 
-def int8_rewrites(model: onnx.ModelProto, exclude: Sequence[str]) -> list[str]:
+def int8_rewrites(model: onnx.ModelProto, exclude: Sequence[str],
+                  recipe: Int8Static) -> list[str]:
     """What ``int8_static`` rewrites in ``model`` before quantizing it (for the metadata)."""
-    return [RGB_STEM] if _stem_to_split(model, exclude) is not None else []
+    return [RGB_STEM] if _stem_to_split(model, exclude, recipe) is not None else []
 
 
 def int8_static(model: onnx.ModelProto, calibration: InputSet, recipe: Int8Static,
@@ -122,7 +126,7 @@ def int8_static(model: onnx.ModelProto, calibration: InputSet, recipe: Int8Stati
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
     name = graph_input(model).name
-    stem = _stem_to_split(model, exclude)
+    stem = _stem_to_split(model, exclude, recipe)
     if stem is not None:  # other tensors: calibrated (and cached) apart
         model, cache = split_stem(model, stem), cache.with_name(f"{cache.stem}-split{cache.suffix}")
     reader = None
@@ -203,6 +207,14 @@ class Int8Static(Recipe):
     # 7-bit weights: x86 CPUs without VNNI multiply uint8 x int8 pairs into a saturating int16;
     # with |w| <= 63 two products never overflow it.
     reduce_range: bool = True
+    # The provider the file is tuned for (TARGETS). For "cpu" the RGB stem is rewritten for
+    # onnxruntime's fast int8 kernel (export/rgb_stem.py); OpenVINO runs the plain stem faster
+    # (resnet18 at 224: 1.6 ms against 2.7 ms with the rewrite, benchmarks/providers.py).
+    target: str = "cpu"
+
+    @property
+    def split_rgb_stem(self) -> bool:
+        return self.target == "cpu"
 
     def quantize(self, job: QuantizeJob, exclude: Sequence[str]) -> onnx.ModelProto:
         return int8_static(job.model, job.calibration, self, exclude,
@@ -215,7 +227,8 @@ class Int8Static(Recipe):
                    "activations": "uint8 asymmetric per-tensor",
                    "calibration": job.calibration.source,
                    "calibration_size": len(job.calibration)}
-        rewrites = int8_rewrites(job.model, kept)
+        details["target"] = self.target
+        rewrites = int8_rewrites(job.model, kept, self)
         if rewrites:
             details["graph_rewrites"] = rewrites
         if job.calibration.location:
@@ -260,14 +273,17 @@ MODES = tuple(RECIPES)
 EXPORT_MODES = tuple(mode for mode, recipe in RECIPES.items() if recipe.exportable)
 
 
-def get_recipe(mode: str, *, method: str = "minmax") -> Recipe:
-    """The recipe of ``mode`` (calibrated ones with ``method``); BadInput when unknown."""
+def get_recipe(mode: str, *, method: str = "minmax", target: str = "cpu") -> Recipe:
+    """The recipe of ``mode`` (calibrated ones with ``method``, static int8 tuned for the
+    ``target`` provider); BadInput when unknown."""
     if mode not in RECIPES:
         raise BadInput(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if method not in METHODS:
         raise BadInput(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if target not in TARGETS:
+        raise BadInput(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
     recipe = RECIPES[mode]
-    return replace(recipe, method=method) if isinstance(recipe, Int8Static) else recipe
+    return replace(recipe, method=method, target=target) if isinstance(recipe, Int8Static) else recipe
 
 
 def recipe_for_precision(precision: str) -> Recipe:

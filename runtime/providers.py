@@ -1,6 +1,8 @@
 """Which onnxruntime execution providers an Engine asks for, with their options. Torch-free.
 
-``resolve_providers("auto")`` picks TensorRT -> CUDA -> CPU among the installed providers.
+``resolve_providers("auto")`` picks TensorRT -> CUDA -> CPU among the installed providers
+(OpenVINO only when asked for: ``openvino``, ``openvino:GPU``, ``openvino:bf16``; see
+``edgecnn.runtime.openvino``).
 An explicit provider that is not installed is an error naming the installed ones, or, with
 ``fallback=True``, a warning saying what is used instead. CPU always ends the chain, because
 onnxruntime runs the nodes an accelerator does not support on the next provider in the list.
@@ -15,14 +17,19 @@ from typing import Sequence, Union
 import onnxruntime as ort
 
 from edgecnn.errors import BadInput
+from edgecnn.runtime import openvino
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
-SHORT_NAMES = {"cpu": CPU, "cuda": CUDA, "tensorrt": TENSORRT, "trt": TENSORRT}
+OPENVINO = openvino.PROVIDER
+SHORT_NAMES = {"cpu": CPU, "cuda": CUDA, "tensorrt": TENSORRT, "trt": TENSORRT,
+               "openvino": OPENVINO}
 AUTO_ORDER = (TENSORRT, CUDA, CPU)
 # What each provider falls back to for the nodes it cannot run (in this order).
-FALLBACK_CHAIN = {TENSORRT: (CUDA, CPU), CUDA: (CPU,), CPU: ()}
+FALLBACK_CHAIN = {TENSORRT: (CUDA, CPU), CUDA: (CPU,), CPU: (), OPENVINO: (CPU,)}
+# How to get a provider that is not installed.
+INSTALL_HINTS = {OPENVINO: openvino.INSTALL}
 
 THREADS_PER_CORE = 4
 
@@ -50,7 +57,8 @@ def full_name(provider: str) -> str:
         return SHORT_NAMES[provider.lower()]
     if provider.endswith("ExecutionProvider"):
         return provider
-    raise BadInput(f"unknown provider {provider!r} (use auto, cpu, cuda, tensorrt or an "
+    raise BadInput(f"unknown provider {provider!r} (use auto, "
+                   f"{', '.join(name for name in SHORT_NAMES if name != 'trt')} or an "
                    "onnxruntime provider name such as CUDAExecutionProvider)")
 
 
@@ -89,7 +97,19 @@ def check_threads(threads: int) -> int:
 
 
 def installed_providers() -> list[str]:
+    openvino.register()  # a plugin: onnxruntime lists it once its library is registered
     return list(ort.get_available_providers())
+
+
+def _entry(name: str, options: dict) -> ProviderEntry:
+    """(full name, options) from 'cuda', 'openvino:GPU:f16', ... and the options given."""
+    name, _, suffix = name.partition(":")
+    name = full_name(name)
+    if name == OPENVINO:
+        return name, openvino.check_options({**openvino.parse_options(suffix), **options})
+    if suffix:
+        raise BadInput(f"provider {short_name(name)} takes no ':' options, got {suffix!r}")
+    return name, options
 
 
 def _requested(provider: ProviderRequest) -> tuple[list[ProviderEntry], bool]:
@@ -101,9 +121,12 @@ def _requested(provider: ProviderRequest) -> tuple[list[ProviderEntry], bool]:
     entries = []
     for item in provider:
         name, options = (item, {}) if isinstance(item, str) else item
-        entries.append((full_name(name), dict(options)))
+        entries.append(_entry(name, dict(options)))
     if not entries:
         raise BadInput("provider list is empty")
+    if any(name == OPENVINO for name, _ in entries[1:]):
+        raise BadInput("openvino must be the first provider asked for (onnxruntime adds a "
+                       "plugin provider through the session's options; the CPU one follows it)")
     return entries, False
 
 
@@ -120,9 +143,10 @@ def resolve_providers(provider: ProviderRequest = "auto", *, fallback: bool = Tr
     installed = list(installed_providers() if installed is None else installed)
     entries, auto = _requested(provider)
     missing = [name for name, _ in entries if name not in installed]
+    hints = "".join(f"; {INSTALL_HINTS[name]}" for name in missing if name in INSTALL_HINTS)
     if missing and not auto and not fallback:
         raise BadInput(f"provider {', '.join(map(short_name, missing))} is not installed "
-                       f"(installed: {', '.join(installed) or 'none'}); "
+                       f"(installed: {', '.join(installed) or 'none'}{hints}); "
                        "pass fallback=True to use what is installed")
     chosen = {name: {**provider_options(name, device_id=device_id, fp16=fp16,
                                         trt_cache_dir=trt_cache_dir, tf32=tf32), **options}
@@ -137,6 +161,6 @@ def resolve_providers(provider: ProviderRequest = "auto", *, fallback: bool = Tr
         raise BadInput(f"no usable provider; installed: {', '.join(installed) or 'none'}")
     if missing and not auto:
         warnings.warn(f"provider {', '.join(map(short_name, missing))} is not installed "
-                      f"(installed: {', '.join(installed)}); using "
+                      f"(installed: {', '.join(installed)}{hints}); using "
                       f"{', '.join(map(short_name, chosen))}", ProviderFallbackWarning, stacklevel=3)
     return list(chosen.items())

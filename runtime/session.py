@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import onnxruntime as ort
 
 from edgecnn.errors import BadInput, first_line
-from edgecnn.runtime import deform
+from edgecnn.runtime import deform, openvino
 from edgecnn.runtime import providers as provider_lib
 from edgecnn.runtime.model_file import check_model_file, opset_domains
 
@@ -48,8 +48,9 @@ def open_session(model: str | os.PathLike | bytes,
                  **provider_options) -> OpenedSession:
     """A session on ``model`` (a path or serialized bytes) with ``provider``.
 
-    provider: "auto", "cpu", "cuda", "tensorrt", an onnxruntime provider name, or a list of
-        names / (name, options) pairs (see ``resolve_providers``; its keyword options
+    provider: "auto", "cpu", "cuda", "tensorrt", "openvino" (``openvino:GPU``,
+        ``openvino:bf16``: see edgecnn.runtime.openvino), an onnxruntime provider name, or a
+        list of names / (name, options) pairs (see ``resolve_providers``; its keyword options
         device_id, fp16, trt_cache_dir and tf32 pass through ``provider_options``).
     fallback: a provider asked for by name that is missing or does not start is a warning
         (True) or BadInput naming the reason (False).
@@ -63,12 +64,19 @@ def open_session(model: str | os.PathLike | bytes,
         options.log_severity_level = LOG_SEVERITY
     if threads is not None:
         options.intra_op_num_threads = provider_lib.check_threads(threads)
+    plugin = requested[0][0] == provider_lib.OPENVINO
+    if plugin:  # a plugin provider comes through the options (providers=[...] would drop it)
+        openvino.add_to_session(options, threads=threads, **requested[0][1])
     notice = io.StringIO()  # onnxruntime prints its provider fallback notice (see _EP_ERROR)
     try:
         with contextlib.redirect_stdout(notice):
-            session = ort.InferenceSession(source, options, providers=requested)
+            session = (ort.InferenceSession(source, options) if plugin else
+                       ort.InferenceSession(source, options, providers=requested))
     except Exception as error:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
         where = "model" if isinstance(source, bytes) else source
+        if plugin and "EP_FAIL" in str(error):
+            raise BadInput(f"OpenVINO cannot compile {where}: "
+                           f"{_last_line(error)}") from None
         raise BadInput(f"cannot load {where} as an ONNX model: {first_line(error)}") from None
     reasons = [match["reason"][:300] for line in notice.getvalue().splitlines()
                if (match := _EP_ERROR.match(line.strip()))]
@@ -76,6 +84,12 @@ def open_session(model: str | os.PathLike | bytes,
     check_started(requested[0][0], session.get_providers(), explicit=explicit,
                   fallback=fallback, reasons=reasons)
     return OpenedSession(session, requested, swapped)
+
+
+def _last_line(error: Exception) -> str:
+    """OpenVINO's reason: the last line of its stack of "Exception from file:line" lines."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(error).__name__)[:300]
 
 
 def load_session(model: str | os.PathLike | bytes,

@@ -120,11 +120,13 @@ def pytest_sessionfinish(session):
     if not path or not _PARITY_ROWS or hasattr(session.config, "workerinput"):
         return
     order = {"fp32": 0, "fp16": 1, "int8": 2}
-    lines = ["| model | precision | batch | rel_l2 | max_abs | cosine | SQNR dB | top-1 |",
-             "|---|---|---|---|---|---|---|---|"]
-    for row in sorted(_PARITY_ROWS, key=lambda r: (r["model"], order[r["precision"]], r["batch"])):
+    lines = ["| model | precision | provider | batch | rel_l2 | max_abs | cosine | SQNR dB | top-1 |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    key = lambda r: (r["model"], order[r["precision"]], r["provider"], r["batch"])  # noqa: E731
+    for row in sorted(_PARITY_ROWS, key=key):
         top1 = "–" if row["top1_agreement"] is None else f"{row['top1_agreement']:.3f}"
         sqnr = "inf" if row["sqnr_db"] is None else f"{row['sqnr_db']:.1f}"
-        lines.append(f"| {row['model']} | {row['precision']} | {row['batch']} | {row['rel_l2']:.2e} "
-                     f"| {row['max_abs']:.2e} | {row['cosine']:.6f} | {sqnr} | {top1} |")
+        lines.append(f"| {row['model']} | {row['precision']} | {row['provider']} | {row['batch']} "
+                     f"| {row['rel_l2']:.2e} | {row['max_abs']:.2e} | {row['cosine']:.6f} "
+                     f"| {sqnr} | {top1} |")
     Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")

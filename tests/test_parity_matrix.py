@@ -9,8 +9,10 @@ axis at batch 1 and 3 against the seed-0 eager model. Criteria (edgecnn.export.p
 - int8: SQNR >= INT8_SQNR_FLOOR_DB, calibrated on inputs drawn like the checked ones. Accuracy
   on real data is judged in tests/test_quantize_accuracy.py (trained models on digits).
 
-``EDGECNN_PROVIDER=cuda`` (or ``tensorrt``) runs the same matrix on a GPU machine; a provider
-that is not installed is an error, never a silent fall back to the CPU.
+``EDGECNN_PROVIDER`` names the providers, comma-separated, e.g. ``cuda`` or ``tensorrt`` on a
+GPU machine; by default the CPU provider and OpenVINO (in f32; fp32 and int8 of every model)
+when its plugin is installed, as the dev extra does for CI. Each file runs on every provider. A
+provider named that is not installed is an error, never a silent fall back to the CPU.
 ``EDGECNN_PARITY_REPORT=FILE.md`` writes every figure into a table (tests/conftest.py).
 """
 
@@ -31,13 +33,18 @@ from edgecnn.export.parity import (
     FP16_MAX, INT8_SQNR_FLOOR_DB, REL_L2_TOLERANCE, activation_peak, default_tolerance,
 )
 from edgecnn.export.check import convert_precision
-from edgecnn.runtime import load_session
+from edgecnn.runtime import load_session, openvino
 from edgecnn.runtime.providers import resolve_providers
 
 PRECISIONS = ("fp32", "fp16", "int8")
 BATCHES = (1, 3)
-PROVIDER = os.environ.get("EDGECNN_PROVIDER", "cpu")
-PROVIDERS = resolve_providers(PROVIDER, fallback=False, tf32=False)  # fp32 parity: no TF32
+# provider -> what to open sessions with (fp32 parity: no TF32 on CUDA).
+DEFAULT_PROVIDERS = "cpu,openvino" if openvino.plugin_installed() else "cpu"
+PROVIDERS = {name: resolve_providers(name, fallback=False, tf32=False)
+             for name in os.environ.get("EDGECNN_PROVIDER", DEFAULT_PROVIDERS).split(",")}
+# OpenVINO's matrix is fp32 and int8: its fp16 kernels are another precision class (bf16/f16
+# hints), judged where they are asked for.
+SKIP = {("openvino", "fp16")}
 CASES = [(name, precision) for name in models.list_models() for precision in PRECISIONS]
 
 
@@ -60,19 +67,24 @@ def test_onnx_matches_eager(name, precision, zoo_onnx, tmp_path, record_property
     path = zoo_onnx(name)
     if precision != "fp32":  # what `edgecnn check --precision` does with a fresh export
         path = convert_precision(path, precision, tmp_path / f"{name}.{precision}.onnx")
-    session = load_session(path, providers=PROVIDERS)
     bound = default_tolerance(precision, spec)
-    for batch, (x, eager) in eager_reference(name).items():
-        candidate = session.run(None, {"input": x})[0]
-        assert candidate.shape == eager.shape, (name, precision, batch)
-        metrics = compare(eager, candidate)
-        record_property("parity", {"model": name, "precision": precision, "batch": batch,
-                                   **metrics.as_dict()})  # EDGECNN_PARITY_REPORT (conftest.py)
-        if precision == "fp16" and not np.isfinite(candidate).all():
-            expect_fp16_overflow(name, x)
-        assert metrics.rel_l2 <= bound, (name, precision, batch, metrics)
-        if precision == "fp32" and metrics.top1_agreement is not None:
-            assert metrics.top1_agreement == 1.0, (name, batch, metrics)
+    for provider, providers in PROVIDERS.items():
+        if (provider, precision) in SKIP:
+            continue
+        session = load_session(path, providers=providers)
+        for batch, (x, eager) in eager_reference(name).items():
+            candidate = session.run(None, {"input": x})[0]
+            case = (name, precision, provider, batch)
+            assert candidate.shape == eager.shape, case
+            metrics = compare(eager, candidate)
+            record_property("parity", {"model": name, "precision": precision,
+                                       "provider": provider, "batch": batch,
+                                       **metrics.as_dict()})  # EDGECNN_PARITY_REPORT
+            if precision == "fp16" and not np.isfinite(candidate).all():
+                expect_fp16_overflow(name, x, provider)
+            assert metrics.rel_l2 <= bound, (*case, metrics)
+            if precision == "fp32" and metrics.top1_agreement is not None:
+                assert metrics.top1_agreement == 1.0, (*case, metrics)
     if precision == "fp32":
         # The outputs depend on the input enough that this check would catch a graph ignoring
         # it (answering the batch mean for every sample): a sigmoid LeNet's differ by ~1e-4.
@@ -82,7 +94,7 @@ def test_onnx_matches_eager(name, precision, zoo_onnx, tmp_path, record_property
         path.unlink()  # the VGGs are hundreds of MB
 
 
-def expect_fp16_overflow(name: str, x: np.ndarray) -> None:
+def expect_fp16_overflow(name: str, x: np.ndarray, provider: str = "cpu") -> None:
     """An fp16 output with inf/NaN is an expected failure only where the eager model's own
     activations pass fp16's range: random-weight ResNet-101/152 reach 2e5/3e8 (each bottleneck
     block grows them ~1.6x). Where the arithmetic is really fp16 (CUDA) such a model overflows;
@@ -90,7 +102,7 @@ def expect_fp16_overflow(name: str, x: np.ndarray) -> None:
     peak, where = activation_peak(build_model(name, seed=0), x)
     if peak > FP16_MAX:
         pytest.xfail(f"{name}: seed-0 weights drive {where} to {peak:.3g}, beyond fp16's "
-                     f"{FP16_MAX:g}; the fp16 model overflows on {PROVIDER}")
+                     f"{FP16_MAX:g}; the fp16 model overflows on {provider}")
 
 
 def test_fp16_overflow_is_expected_only_beyond_fp16_range():

@@ -4,12 +4,15 @@ detour, as accurately as the convolution it replaces."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from conftest import assert_one_line_error
 from edgecnn.export import rgb_stem
 from edgecnn.export.calibration import InputSet, random_inputs
 from edgecnn.runtime.onnx_file import get_metadata, set_minimal_ir_version
@@ -98,9 +101,9 @@ def quantized_pair(resnet18_64, tmp_path_factory):
     calibration = work / "calib.npy"
     np.save(calibration, random_inputs(meta.input, 24, seed=1))
     split = quantize_model(resnet18_64, work / "split.onnx", calibration=calibration)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("edgecnn.export.quantize_recipes.find_stem", lambda model: None)
-        whole = quantize_model(resnet18_64, work / "whole.onnx", calibration=calibration)
+    # Tuned for OpenVINO, which runs the plain stem faster (docs/openvino.md): no rewrite.
+    whole = quantize_model(resnet18_64, work / "whole.onnx", calibration=calibration,
+                           target="openvino")
     return split, whole, random_inputs(meta.input, 8, seed=2)
 
 
@@ -135,6 +138,7 @@ def test_split_stem_is_as_accurate_as_the_whole_conv(quantized_pair, resnet18_64
     split, whole, inputs = quantized_pair
     assert split.quantization["graph_rewrites"] == [rgb_stem.DESCRIPTION]
     assert "graph_rewrites" not in whole.quantization
+    assert (split.quantization["target"], whole.quantization["target"]) == ("cpu", "openvino")
     reference = run(onnx.load(str(resnet18_64)), inputs)
     split_error = compare(reference, run(onnx.load(str(split.path)), inputs)).rel_l2
     whole_error = compare(reference, run(onnx.load(str(whole.path)), inputs)).rel_l2
@@ -152,7 +156,9 @@ def test_stem_kept_in_float_is_not_split_and_calibrates_apart(resnet18_64, tmp_p
     cache = tmp_path / "calibration.json"
     split = int8_static(source, calibration, Int8Recipe(), [], cache)
     whole = int8_static(source, calibration, Int8Recipe(), [stem.conv.name], cache)
-    assert int8_rewrites(source, []) == [rgb_stem.DESCRIPTION] and int8_rewrites(source, [stem.conv.name]) == []
+    recipe = Int8Recipe()
+    assert int8_rewrites(source, [], recipe) == [rgb_stem.DESCRIPTION]
+    assert int8_rewrites(source, [stem.conv.name], recipe) == []
     names = lambda model: {node.name for node in model.graph.node}
     assert stem.conv.name not in names(split) and stem.conv.name in names(whole)
     weights = {init.name: init for init in whole.graph.initializer}
@@ -162,3 +168,21 @@ def test_stem_kept_in_float_is_not_split_and_calibrates_apart(resnet18_64, tmp_p
     reference = run(source, inputs)
     for model in (split, whole):
         assert compare(reference, run(model, inputs)).sqnr_db > 20  # as in test_quantize.py
+
+
+def test_quantize_target_option(cli, resnet18_64, tmp_path):
+    """`--target openvino` keeps the plain stem (one Conv reads the input); a target that is
+    not a provider edgecnn tunes for is one line, exit 2, nothing written."""
+    out = tmp_path / "ov.onnx"
+    done = cli("quantize", resnet18_64, "-o", out, "--calibration", "random",
+               "--calibration-size", "8", "--target", "openvino", "--json")
+    assert done.code == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["quantization"]["target"] == "openvino"
+    assert "graph_rewrites" not in report["quantization"]
+    graph = onnx.load(str(out)).graph
+    assert not any(node.op_type in ("Pad", "Concat") for node in graph.node)
+    done = cli("quantize", resnet18_64, "-o", tmp_path / "x.onnx", "--calibration", "random",
+               "--target", "npu")
+    assert_one_line_error(done, 2, "--target must be one of cpu, openvino, got 'npu'")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ov.onnx"]

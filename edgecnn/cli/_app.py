@@ -97,6 +97,7 @@ HELP_LISTS = {
     "modes": lambda: _code("edgecnn.export.quantize_recipes", "help_text")(),
     "export_modes": lambda: _alternatives(_code("edgecnn.export.quantize_recipes", "EXPORT_MODES")),
     "methods": lambda: _alternatives(_code("edgecnn.export.quantize_recipes", "METHODS")),
+    "targets": lambda: _alternatives(_code("edgecnn.export.quantize_recipes", "TARGETS")),
 }
 
 
@@ -137,7 +138,8 @@ NumClassesOpt = Annotated[Optional[int], typer.Option("--num-classes", help="Num
 WeightsOpt = Annotated[Optional[str], typer.Option(
     "--weights", help="state_dict file (e.g. a torchvision checkpoint); default: seeded random.")]
 ProviderOpt = Annotated[str, typer.Option(
-    "--provider", help="Execution provider: {providers}.")]
+    "--provider", help="Execution provider: {providers}. openvino:DEVICE and openvino:bf16 (or "
+                       "f16) pick OpenVINO's device and precision (default CPU, f32).")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="onnxruntime intra-op threads.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout, nothing else.")]
 CalibrationOpt = Annotated[Optional[str], typer.Option(

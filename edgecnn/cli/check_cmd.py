@@ -63,7 +63,8 @@ def check_command(
     images: Annotated[Optional[str], typer.Option(
         help="Folder of jpg/png images added to the inputs (int8: also the calibration set).")] = None,
     provider: Annotated[str, typer.Option(
-        help="Execution provider: {providers}. Default cpu, unlike run and bench (auto): a "
+        help="Execution provider: {providers} (openvino:DEVICE, default CPU; in f32). "
+             "Default cpu, unlike run and bench (auto): a "
              "parity check proves the export against its reference provider, and an "
              "accelerator (TF32, TensorRT's own kernels) is checked when asked for by name.")
     ] = "cpu",

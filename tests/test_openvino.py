@@ -1,0 +1,130 @@
+"""The OpenVINO execution provider (the onnxruntime-ep-openvino plugin, a dev dependency): f32 by
+default, its device and precision chosen by name, bad requests as one line. The parity matrix
+runs every model on it in CI (EDGECNN_PROVIDER=cpu,openvino in .ci/run)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import assert_one_line_error
+from edgecnn.errors import BadInput
+from edgecnn.export.parity import compare
+from edgecnn.runtime import Engine, openvino
+from edgecnn.runtime.providers import OPENVINO, resolve_providers
+from edgecnn.runtime.session import open_session
+
+pytestmark = pytest.mark.skipif(not openvino.plugin_installed(),
+                                reason=f"the OpenVINO plugin is not installed ({openvino.INSTALL})")
+
+
+@pytest.fixture(scope="module")
+def resnet18_file(tmp_path_factory):
+    from edgecnn.export import export_model
+
+    path = tmp_path_factory.mktemp("openvino") / "resnet18.onnx"
+    export_model("resnet18", path, input_size=64, check=False)
+    return path
+
+
+def _outputs(path, provider, x) -> np.ndarray:
+    return open_session(path, provider, fallback=False).session.run(None, {"input": x})[0]
+
+
+def test_openvino_runs_in_f32_unless_asked(resnet18_file):
+    """OpenVINO's default on an AMX CPU is bf16 (rel_l2 ~5e-3 here): edgecnn asks for f32."""
+    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    reference = _outputs(resnet18_file, "cpu", x)
+    engine = Engine(resnet18_file, "openvino", fallback=False)
+    assert engine.providers[0] == OPENVINO
+    assert compare(reference, _outputs(resnet18_file, "openvino", x)).rel_l2 <= 1e-5
+    bf16 = compare(reference, _outputs(resnet18_file, "openvino:bf16", x)).rel_l2
+    capabilities = openvino.devices()["CPU"].ep_metadata.get("OPTIMIZATION_CAPABILITIES", "")
+    if "BF16" in capabilities.split():  # a CPU without bf16 runs the hint in f32
+        assert 1e-4 < bf16 <= 2e-2, bf16
+
+
+def test_the_session_gets_the_device_precision_threads_and_cache(tmp_path):
+    class Options:  # records what add_to_session gives onnxruntime
+        def add_provider_for_devices(self, devices, options):
+            self.devices, self.options = devices, options
+
+    options = Options()
+    openvino.add_to_session(options, precision="bf16", threads=2, cache_dir=tmp_path / "cache")
+    assert [device.ep_metadata["ov_device"] for device in options.devices] == ["CPU"]
+    assert json.loads(options.options["load_config"]) == {"CPU": {
+        "INFERENCE_PRECISION_HINT": "bf16", "INFERENCE_NUM_THREADS": "2",
+        "CACHE_DIR": str(tmp_path / "cache")}}
+    assert (tmp_path / "cache").is_dir()
+    openvino.add_to_session(options)
+    assert json.loads(options.options["load_config"]) == {"CPU": {"INFERENCE_PRECISION_HINT": "f32"}}
+
+
+def test_provider_names_and_options():
+    assert resolve_providers("openvino", installed=[OPENVINO, "CPUExecutionProvider"]) == [
+        (OPENVINO, {"device": "CPU", "precision": "f32", "cache_dir": None}),
+        ("CPUExecutionProvider", {})]
+    (name, options), _ = resolve_providers("openvino:gpu:F16", installed=[OPENVINO, "CPUExecutionProvider"])
+    assert options == {"device": "GPU", "precision": "f16", "cache_dir": None}
+    with pytest.raises(BadInput, match="names two devices"):
+        resolve_providers("openvino:CPU:GPU")
+    with pytest.raises(BadInput, match="precision must be one of f32, fp32, bf16"):
+        resolve_providers([("openvino", {"precision": "int4"})])
+    with pytest.raises(BadInput, match="unknown OpenVINO option threads"):
+        resolve_providers([("openvino", {"threads": 2})])
+    with pytest.raises(BadInput, match="takes no ':' options"):
+        resolve_providers("cuda:1")
+    with pytest.raises(BadInput, match="openvino must be the first provider"):
+        resolve_providers(["cpu", "openvino"])
+
+
+def test_bad_requests_are_one_line(cli, resnet18_file, tmp_path):
+    image = "examples/china.jpg"
+    result = cli("run", resnet18_file, image, "--provider", "openvino:NPU")
+    assert_one_line_error(result, 2, "OpenVINO device NPU is not on this machine (devices: CPU")
+    result = cli("run", resnet18_file, image, "--provider", "openvino:int4")
+    assert_one_line_error(result, 2, "precisions: f32, fp32, bf16, f16, fp16")
+    result = cli("bench", resnet18_file, "--provider", "openvinox")
+    assert_one_line_error(result, 2, "unknown provider 'openvinox'", "openvino")
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    with pytest.raises(BadInput, match=r"cache directory .*file/cache cannot be written"):
+        Engine(resnet18_file, [("openvino", {"cache_dir": blocked / "cache"})])
+    assert blocked.read_text() == "not a folder"
+
+
+def test_check_run_and_bench_on_openvino(cli, resnet18_file):
+    result = cli("check", "resnet18", "--input-size", "64", "--provider", "openvino", "--json")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["passed"] and report["provider"][0] == OPENVINO
+    result = cli("run", resnet18_file, "examples/china.jpg", "--provider", "openvino", "--json")
+    assert result.code == 0, result.stderr
+    result = cli("bench", resnet18_file, "--provider", "openvino", "--runs", "5", "--json")
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["providers"][0] == OPENVINO
+
+
+def test_decomposed_deformable_model_on_openvino(cli, tmp_path):
+    from edgecnn.export.exporter import build_model, random_input
+
+    path = tmp_path / "dcn.onnx"
+    result = cli("export", "resnet18_dcn", "-o", path, "--input-size", "32",
+                 "--deform-lowering", "decomposed", "--no-check")
+    assert result.code == 0, result.stderr
+    x = random_input((2, 3, 32, 32), 1)
+    expected = build_model("resnet18_dcn", seed=0)(x).detach().numpy()
+    assert compare(expected, _outputs(path, "openvino", x.numpy())).rel_l2 <= 1e-5
+
+
+def test_without_the_plugin_the_message_says_how_to_install(resnet18_file):
+    code = ("import sys; sys.modules['onnxruntime_ep_openvino'] = None\n"
+            "from edgecnn.cli import main\n"
+            f"sys.exit(main(['bench', {str(resnet18_file)!r}, '--provider', 'openvino', "
+            "'--runs', '1']))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "openvino is not installed" in done.stderr and openvino.INSTALL in done.stderr, done.stderr
