@@ -58,8 +58,10 @@ class TensorSpec:
 class Engine:
     """An onnxruntime session on one model, with input checks, preprocessing and top-k.
 
-    provider: "auto" (TensorRT -> CUDA -> CPU among installed), "cpu", "cuda", "tensorrt", an
-        onnxruntime provider name, or a list of names / (name, options) pairs.
+    provider: "auto" (TensorRT -> CUDA -> CPU among installed; without a GPU, OpenVINO for an
+        int8 model of plain convolutions: providers.auto_order), "cpu", "cuda", "tensorrt",
+        "openvino[:DEVICE][:bf16|f16]", an onnxruntime provider name, or a list of names /
+        (name, options) pairs.
     threads: onnxruntime intra-op threads (default: onnxruntime's choice, one per core).
     fallback: when an explicitly requested provider is missing, warn and use what is there
         (False: raise BadInput naming the installed providers).

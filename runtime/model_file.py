@@ -1,4 +1,5 @@
-"""An .onnx file on disk, without the onnx package: is it there, which operator domains it imports.
+"""An .onnx file on disk, without the onnx package: is it there, which operator domains it
+imports, what one of its metadata entries says.
 
 An ONNX file is a protobuf ``ModelProto``. Its top-level ``opset_import`` entries (field 8) name
 every operator domain the graph uses, so the Engine can tell whether a model needs the
@@ -17,6 +18,8 @@ from edgecnn.errors import BadInput
 
 _OPSET_IMPORT_FIELD = 8  # ModelProto.opset_import
 _DOMAIN_FIELD = 1  # OperatorSetIdProto.domain
+_METADATA_PROPS_FIELD = 14  # ModelProto.metadata_props
+_KEY_FIELD, _VALUE_FIELD = 1, 2  # StringStringEntryProto
 _FIXED_SIZES = {1: 8, 5: 4}  # wire types 1 (64-bit) and 5 (32-bit)
 
 
@@ -70,6 +73,21 @@ def opset_domains(model: str | os.PathLike | bytes) -> set[str]:
     except (ValueError, OSError):
         return set()
     return domains
+
+
+def metadata_value(model: str | os.PathLike | bytes, key: str) -> str | None:
+    """The value of the model's metadata entry ``key`` (None when absent or unreadable),
+    read like ``opset_domains``: the graph is skipped, not parsed."""
+    try:
+        with io.BytesIO(model) if isinstance(model, bytes) else open(model, "rb") as stream:
+            for entry in _length_delimited(stream, _METADATA_PROPS_FIELD):
+                keys = list(_length_delimited(io.BytesIO(entry), _KEY_FIELD))
+                if keys and keys[0].decode("utf-8", "replace") == key:
+                    values = list(_length_delimited(io.BytesIO(entry), _VALUE_FIELD))
+                    return values[0].decode("utf-8", "replace") if values else ""
+    except (ValueError, OSError):
+        return None
+    return None
 
 
 def check_model_file(path: str | os.PathLike, what: str = "model file") -> Path:

@@ -1,8 +1,9 @@
 """Which onnxruntime execution providers an Engine asks for, with their options. Torch-free.
 
-``resolve_providers("auto")`` picks TensorRT -> CUDA -> CPU among the installed providers
-(OpenVINO only when asked for: ``openvino``, ``openvino:GPU``, ``openvino:bf16``; see
-``edgecnn.runtime.openvino``).
+``resolve_providers("auto")`` picks among the installed providers by ``auto_order``:
+TensorRT -> CUDA -> CPU on a GPU machine; elsewhere OpenVINO for an int8 model without
+deformable convolutions, the CPU provider for the rest (``openvino``, ``openvino:GPU``,
+``openvino:bf16`` ask for OpenVINO by name; see ``edgecnn.runtime.openvino``).
 An explicit provider that is not installed is an error naming the installed ones, or, with
 ``fallback=True``, a warning saying what is used instead. CPU always ends the chain, because
 onnxruntime runs the nodes an accelerator does not support on the next provider in the list.
@@ -25,7 +26,7 @@ TENSORRT = "TensorrtExecutionProvider"
 OPENVINO = openvino.PROVIDER
 SHORT_NAMES = {"cpu": CPU, "cuda": CUDA, "tensorrt": TENSORRT, "trt": TENSORRT,
                "openvino": OPENVINO}
-AUTO_ORDER = (TENSORRT, CUDA, CPU)
+GPU_ORDER = (TENSORRT, CUDA, CPU)
 # What each provider falls back to for the nodes it cannot run (in this order).
 FALLBACK_CHAIN = {TENSORRT: (CUDA, CPU), CUDA: (CPU,), CPU: (), OPENVINO: (CPU,)}
 # How to get a provider that is not installed.
@@ -112,11 +113,32 @@ def _entry(name: str, options: dict) -> ProviderEntry:
     return name, options
 
 
-def _requested(provider: ProviderRequest) -> tuple[list[ProviderEntry], bool]:
+def auto_order(installed: Sequence[str], precision: str | None = None,
+               deformable: bool = False) -> tuple[str, ...]:
+    """What "auto" tries, in order, for a model of ``precision`` (its metadata's; None when
+    unknown) that does or does not use the deformable-conv op. The rule follows
+    benchmarks/providers.py (docs/openvino.md; 2-core Xeon with AMX, 2 threads):
+
+    - a GPU provider installed: TensorRT -> CUDA -> CPU;
+    - OpenVINO installed and an int8 model of plain convolutions: OpenVINO (resnet18 int8 at
+      0.29-0.40 of the CPU provider's latency);
+    - otherwise the CPU provider: OpenVINO's f32 is no faster (1.00-1.06x on resnet18) and the
+      deformable ResNet is slower on OpenVINO at every precision (1.1-1.5x).
+    """
+    if TENSORRT in installed or CUDA in installed:
+        return GPU_ORDER
+    if OPENVINO in installed and precision == "int8" and not deformable:
+        return (OPENVINO, CPU)
+    return (CPU,)
+
+
+def _requested(provider: ProviderRequest, installed: Sequence[str], precision: str | None,
+               deformable: bool) -> tuple[list[ProviderEntry], bool]:
     """(providers with user options, is_auto) from a name, 'auto' or a list."""
     if isinstance(provider, str):
         if provider.lower() == "auto":
-            return [(name, {}) for name in AUTO_ORDER], True
+            order = auto_order(installed, precision, deformable)
+            return [_entry(short_name(name), {}) for name in order], True
         provider = [provider]
     entries = []
     for item in provider:
@@ -133,15 +155,17 @@ def _requested(provider: ProviderRequest) -> tuple[list[ProviderEntry], bool]:
 def resolve_providers(provider: ProviderRequest = "auto", *, fallback: bool = True,
                       device_id: int = 0, fp16: bool = False,
                       trt_cache_dir: str | os.PathLike | None = None, tf32: bool = True,
-                      installed: Sequence[str] | None = None) -> list[ProviderEntry]:
+                      installed: Sequence[str] | None = None, precision: str | None = None,
+                      deformable: bool = False) -> list[ProviderEntry]:
     """The (name, options) list to create a session with, most preferred first.
 
     ``provider`` is "auto", "cpu", "cuda", "tensorrt", an onnxruntime provider name, or a list
     of names / (name, options) pairs; options given in a list win over the generated ones.
     ``tf32=False``: CUDA computes convolutions in full fp32 (see ``provider_options``).
+    ``precision``, ``deformable``: what "auto" knows of the model (see ``auto_order``).
     """
     installed = list(installed_providers() if installed is None else installed)
-    entries, auto = _requested(provider)
+    entries, auto = _requested(provider, installed, precision, deformable)
     missing = [name for name, _ in entries if name not in installed]
     hints = "".join(f"; {INSTALL_HINTS[name]}" for name in missing if name in INSTALL_HINTS)
     if missing and not auto and not fallback:

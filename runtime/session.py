@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
 import warnings
@@ -19,7 +20,8 @@ import onnxruntime as ort
 from edgecnn.errors import BadInput, first_line
 from edgecnn.runtime import deform, openvino
 from edgecnn.runtime import providers as provider_lib
-from edgecnn.runtime.model_file import check_model_file, opset_domains
+from edgecnn.runtime.metadata import METADATA_KEY
+from edgecnn.runtime.model_file import check_model_file, metadata_value, opset_domains
 
 # Fatal messages only: onnxruntime also logs errors it recovers from (a provider library that
 # does not load, a cuDNN plan it skips), and edgecnn reports what matters itself: failures as
@@ -57,7 +59,10 @@ def open_session(model: str | os.PathLike | bytes,
     A file that uses the ai.edgecnn::DeformConv2d op gets its decomposed lowering when this
     onnxruntime has no DeformConv kernel.
     """
-    requested = provider_lib.resolve_providers(provider, fallback=fallback, **provider_options)
+    auto = isinstance(provider, str) and provider.lower() == "auto"
+    requested = provider_lib.resolve_providers(provider, fallback=fallback,
+                                               **(model_traits(model) if auto else {}),
+                                               **provider_options)
     source, swapped = (model, False) if isinstance(model, bytes) else model_source(model)
     options = options or ort.SessionOptions()
     if options.log_severity_level < 0:  # not set by the caller
@@ -80,10 +85,22 @@ def open_session(model: str | os.PathLike | bytes,
         raise BadInput(f"cannot load {where} as an ONNX model: {first_line(error)}") from None
     reasons = [match["reason"][:300] for line in notice.getvalue().splitlines()
                if (match := _EP_ERROR.match(line.strip()))]
-    explicit = not (isinstance(provider, str) and provider.lower() == "auto")
-    check_started(requested[0][0], session.get_providers(), explicit=explicit,
+    check_started(requested[0][0], session.get_providers(), explicit=not auto,
                   fallback=fallback, reasons=reasons)
     return OpenedSession(session, requested, swapped)
+
+
+def model_traits(model: str | os.PathLike | bytes) -> dict:
+    """What the "auto" provider rule reads of a model (see providers.auto_order): its precision
+    from the edgecnn metadata (None without it) and whether it uses the deformable-conv op.
+    Read from the file's top-level fields; nothing is loaded."""
+    metadata = metadata_value(model, METADATA_KEY)
+    try:
+        precision = json.loads(metadata).get("precision") if metadata else None
+    except (ValueError, AttributeError):  # malformed metadata: the Engine reports it later
+        precision = None
+    return {"precision": precision if isinstance(precision, str) else None,
+            "deformable": deform.DOMAIN in opset_domains(model)}
 
 
 def _last_line(error: Exception) -> str:

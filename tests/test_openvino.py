@@ -16,7 +16,7 @@ from edgecnn.errors import BadInput
 from edgecnn.export.parity import compare
 from edgecnn.runtime import Engine, openvino
 from edgecnn.runtime.providers import OPENVINO, resolve_providers
-from edgecnn.runtime.session import open_session
+from edgecnn.runtime.session import model_traits, open_session
 
 pytestmark = pytest.mark.skipif(not openvino.plugin_installed(),
                                 reason=f"the OpenVINO plugin is not installed ({openvino.INSTALL})")
@@ -116,6 +116,7 @@ def test_decomposed_deformable_model_on_openvino(cli, tmp_path):
     result = cli("export", "resnet18_dcn", "-o", path, "--input-size", "32",
                  "--deform-lowering", "decomposed", "--no-check")
     assert result.code == 0, result.stderr
+    assert model_traits(path)["deformable"]  # so "auto" keeps it on the CPU provider
     x = random_input((2, 3, 32, 32), 1)
     expected = build_model("resnet18_dcn", seed=0)(x).detach().numpy()
     assert compare(expected, _outputs(path, "openvino", x.numpy())).rel_l2 <= 1e-5
@@ -128,3 +129,16 @@ def test_without_the_plugin_the_message_says_how_to_install(resnet18_file):
             "'--runs', '1']))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert "openvino is not installed" in done.stderr and openvino.INSTALL in done.stderr, done.stderr
+
+
+def test_auto_runs_plain_int8_files_on_openvino(cli, resnet18_file, tmp_path):
+    from edgecnn.export.quantize import quantize_model
+
+    int8 = tmp_path / "resnet18.int8.onnx"
+    quantize_model(resnet18_file, int8, calibration="random", calibration_size=8, check=False,
+                   target="openvino", on_warning=lambda message: None)
+    assert model_traits(int8) == {"precision": "int8", "deformable": False}
+    assert Engine(int8).providers[0] == OPENVINO
+    assert Engine(resnet18_file).providers == ["CPUExecutionProvider"]
+    result = cli("run", int8, "examples/china.jpg")
+    assert result.code == 0 and "on OpenVINOExecutionProvider" in result.stdout, result.stderr

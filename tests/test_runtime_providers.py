@@ -15,7 +15,7 @@ from edgecnn.errors import BadInput
 from edgecnn.export.parity import compare
 from edgecnn.runtime import Engine
 from edgecnn.runtime.providers import (
-    CPU, CUDA, TENSORRT, ProviderFallbackWarning, resolve_providers,
+    CPU, CUDA, OPENVINO, TENSORRT, ProviderFallbackWarning, resolve_providers,
 )
 from edgecnn.runtime.session import open_session
 
@@ -130,6 +130,22 @@ def test_session_options_carry_the_log_level_and_thread_cap(monkeypatch):
     assert seen == {"level": session_module.LOG_SEVERITY, "threads": 2}
     with pytest.raises(BadInput, match="threads must be between 1 and"):
         open_session(b"model", "cpu", threads=10_000)
+
+
+def test_auto_picks_openvino_for_plain_int8_models_only():
+    """The rule of providers.auto_order (docs/openvino.md has the figures behind it)."""
+    cpu_box = [OPENVINO, CPU]
+    assert names(resolve_providers("auto", installed=cpu_box, precision="int8")) == [OPENVINO, CPU]
+    assert dict(resolve_providers("auto", installed=cpu_box, precision="int8"))[OPENVINO] == {
+        "device": "CPU", "precision": "f32", "cache_dir": None}
+    assert names(resolve_providers("auto", installed=cpu_box, precision="fp32")) == [CPU]
+    assert names(resolve_providers("auto", installed=cpu_box, precision="fp16")) == [CPU]
+    assert names(resolve_providers("auto", installed=cpu_box, precision="int8",
+                                   deformable=True)) == [CPU]
+    assert names(resolve_providers("auto", installed=cpu_box)) == [CPU]  # no metadata
+    assert names(resolve_providers("auto", installed=[CPU], precision="int8")) == [CPU]
+    assert names(resolve_providers("auto", installed=[CUDA, OPENVINO, CPU],
+                                   precision="int8")) == [CUDA, CPU]
 
 
 @pytest.mark.parametrize("request_", ["gpu", ["cpu", "npu"], []])
