@@ -29,9 +29,10 @@ from edgecnn.export.files import atomic_output, check_output_path
 from edgecnn.export.parity import (
     FP16_MAX, OutputReport, Verdict, activation_peak, check_precision, judge,
 )
-from edgecnn.runtime import ModelMetadata, load_session
+from edgecnn.runtime import ModelMetadata, openvino
 from edgecnn.runtime.onnx_file import dims, fixed_batch, get_metadata, graph_inputs, load_model
-from edgecnn.runtime.providers import ProviderRequest
+from edgecnn.runtime.providers import OPENVINO, ProviderRequest
+from edgecnn.runtime.session import open_session
 
 CALIBRATION_SAMPLES = 32  # int8 of a fresh export calibrates on inputs drawn like the checked ones
 
@@ -135,20 +136,26 @@ def check_onnx(module: torch.nn.Module, onnx_path: str | os.PathLike, inputs: Se
 
     inputs: a list of batches; a batch is one array/tensor, or a tuple of them for a
         multi-input model (in the graph's input order).
-    precision: what the file is (default: its metadata's, else fp32); a file of another
-        precision is BadInput. The bound is ``tolerance``, else the file's metadata bound for
-        the precision, else the precision's default (``parity.judge``).
+    precision: what the file is (default: its metadata's, else fp32), or "bf16" for an fp32
+        file that OpenVINO runs with its bf16 hint; a file of another precision is BadInput. The
+        bound is ``tolerance``, else the file's metadata bound for the precision the session
+        computes in (an fp32 file on ``openvino:bf16`` is judged as bf16, on ``openvino:f16``
+        as fp16), else that precision's default (``parity.judge``).
     providers: the onnxruntime providers ("cpu", "cuda", ...); CUDA runs without TF32.
     bisect: name the first module whose output diverges (single-input models).
     """
     step = on_step or (lambda message: None)
     if not inputs:
         raise BadInput("inputs holds no batch to compare on")
-    session = load_session(onnx_path, providers, fallback=False, tf32=False)
+    opened = open_session(onnx_path, providers, fallback=False, tf32=False)
+    session = opened.session
     metadata = ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map,
                                         str(onnx_path))
-    file_precision = metadata.precision if metadata else "fp32"
-    if precision is not None and check_precision(precision) != file_precision:
+    file_precision = computed = metadata.precision if metadata else "fp32"
+    name, options = opened.requested[0]
+    if name == OPENVINO and file_precision == "fp32":
+        computed = openvino.compute_precision(options)
+    if precision is not None and check_precision(precision) not in (file_precision, computed):
         raise BadInput(f"{onnx_path} holds a {file_precision} model, not {precision}")
     batches_in = [_as_arrays(batch) for batch in inputs]
     names = [value.name for value in session.get_inputs()]
@@ -164,10 +171,10 @@ def check_onnx(module: torch.nn.Module, onnx_path: str | os.PathLike, inputs: Se
     outputs = [value.name for value in session.get_outputs()]
     verdict = judge([np.concatenate([ref[k] for ref in references]) for k in range(len(outputs))],
                     [np.concatenate([run[k] for run in candidates]) for k in range(len(outputs))],
-                    file_precision, bounds=metadata.tolerances if metadata else None,
+                    computed, bounds=metadata.tolerances if metadata else None,
                     tolerance=tolerance, names=outputs, min_top1=min_top1)
     report = CheckReport(model=model_name or type(module).__name__, onnx_path=str(onnx_path),
-                         precision=file_precision, provider=list(session.get_providers()),
+                         precision=computed, provider=list(session.get_providers()),
                          batch=len(batches_in[0][0]), samples=len(batches_in),
                          images=image_rows, rows=sum(len(batch[0]) for batch in batches_in),
                          verdict=verdict)
@@ -259,6 +266,20 @@ def _batch_size(fixed: int | None, path: Path, requested: int | None) -> int:
     return fixed or requested or 2
 
 
+def bf16_providers(providers: ProviderRequest) -> ProviderRequest:
+    """bf16 is OpenVINO's bf16 hint on the fp32 file: the default "cpu", "openvino" or
+    "openvino:DEVICE" become that with bf16; anything else is BadInput."""
+    if providers == "cpu":
+        return "openvino:bf16"
+    if isinstance(providers, str) and providers.split(":")[0].lower() == "openvino":
+        options = openvino.parse_options(providers.partition(":")[2])
+        if options.get("precision", "bf16") != "bf16":
+            raise BadInput(f"precision bf16 and provider {providers} ask for two precisions")
+        return providers if "precision" in options else f"{providers}:bf16"
+    raise BadInput(f"precision bf16 runs on OpenVINO (its bf16 hint on the fp32 file), not on "
+                   f"{providers}: ask for the openvino provider, or for none")
+
+
 def check_parity(name: str, onnx_path: str | os.PathLike | None = None, *,
                  precision: str | None = None, batch: int | None = None, samples: int = 3,
                  images: str | os.PathLike | None = None, providers: ProviderRequest = "cpu",
@@ -280,6 +301,8 @@ def check_parity(name: str, onnx_path: str | os.PathLike | None = None, *,
         raise BadInput(f"samples must be >= 1, got {samples!r}")
     if precision is not None:
         check_precision(precision)
+    if precision == "bf16":
+        providers = bf16_providers(providers)
     step(f"building eager {name}")
     with tempfile.TemporaryDirectory(prefix="edgecnn-check-") as work:
         if onnx_path is None:
@@ -289,7 +312,7 @@ def check_parity(name: str, onnx_path: str | os.PathLike | None = None, *,
             path = export_model(name, Path(work) / f"{name}.onnx", input_size=input_size,
                                 num_classes=num_classes, weights=weights, seed=seed,
                                 check=False, module=module).path
-            if precision != "fp32":
+            if precision not in ("fp32", "bf16"):  # bf16 runs the fp32 file
                 step(f"converting to {precision}")
                 path = convert_precision(path, precision, Path(work) / f"{name}.{precision}.onnx",
                                          images)

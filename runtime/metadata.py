@@ -21,7 +21,10 @@ from typing import Any, Mapping, Sequence
 from edgecnn.errors import BadInput
 
 METADATA_KEY = "edgecnn"
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8")  # what a file holds
+# What a file may be judged in: its own precision, or bf16 (the fp32 file run with OpenVINO's
+# bf16 hint, export/parity.py).
+TOLERANCE_KEYS = (*PRECISIONS, "bf16")
 LOWERINGS = ("native", "decomposed")
 LAYOUTS = ("NCHW", "NHWC")
 COLORS = ("RGB", "GRAY")
@@ -118,8 +121,8 @@ class ModelMetadata:
                          "labels", "a list of strings", self.labels)
         if self.tolerances is not None:
             check.expect(isinstance(self.tolerances, dict)
-                         and set(self.tolerances) <= set(PRECISIONS), "tolerances",
-                         f"an object keyed by {', '.join(PRECISIONS)}", self.tolerances)
+                         and set(self.tolerances) <= set(TOLERANCE_KEYS), "tolerances",
+                         f"an object keyed by {', '.join(TOLERANCE_KEYS)}", self.tolerances)
             for precision, bound in self.tolerances.items():
                 check.positive(f"tolerances.{precision}", bound)
         if self.weights is not None:

@@ -36,6 +36,8 @@ DEFAULT_DEVICE = "CPU"
 PRECISIONS = {"f32": "f32", "fp32": "f32", "bf16": "bf16", "f16": "f16", "fp16": "f16"}
 DEFAULT_PRECISION = "f32"
 OPTIONS = ("device", "precision", "cache_dir")  # what edgecnn takes for this provider
+# The parity precision an fp32 file computes in under each hint (export/parity.py's bounds).
+COMPUTE_PRECISION = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
 
 
 def plugin_installed() -> bool:
@@ -94,6 +96,11 @@ def check_options(options: dict) -> dict:
                        f"got {options['precision']!r}")
     return {"device": str(options.get("device", DEFAULT_DEVICE)).upper(),
             "precision": precision, "cache_dir": options.get("cache_dir")}
+
+
+def compute_precision(options: dict) -> str:
+    """"fp32", "bf16" or "fp16": what an fp32 model computes in with these (checked) options."""
+    return COMPUTE_PRECISION[PRECISIONS[options["precision"]]]
 
 
 def _writable_directory(path: str | os.PathLike) -> str:

@@ -95,7 +95,7 @@ MALFORMED = [
     ("model", None, "model"),
     ("tolerances", {"fp16": -1e-3}, "tolerances.fp16"),
     ("tolerances", {"fp16": float("inf")}, "tolerances.fp16"),
-    ("tolerances", {"bf16": 1e-3}, "tolerances"),
+    ("tolerances", {"int4": 1e-3}, "tolerances"),  # bf16 is a key: see TOLERANCE_KEYS
     ("tolerances", [1e-3], "tolerances"),
     ("weights", 5, "weights"),
 ]

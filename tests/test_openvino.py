@@ -142,3 +142,22 @@ def test_auto_runs_plain_int8_files_on_openvino(cli, resnet18_file, tmp_path):
     assert Engine(resnet18_file).providers == ["CPUExecutionProvider"]
     result = cli("run", int8, "examples/china.jpg")
     assert result.code == 0 and "on OpenVINOExecutionProvider" in result.stdout, result.stderr
+
+
+def test_check_judges_bf16_by_the_bf16_bound(cli):
+    """bf16 is OpenVINO's hint on the fp32 file: `check --precision bf16` runs it there and
+    judges it by 8x the fp16 bound; openvino:f16 by the fp16 bound; bf16 elsewhere is refused."""
+    result = cli("check", "resnet18", "--input-size", "64", "--precision", "bf16", "--json")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["precision"], report["tolerance_rel_l2"]) == ("bf16", pytest.approx(4e-2))
+    assert report["provider"][0] == OPENVINO and report["passed"]
+    assert 1e-5 < report["outputs"][0]["rel_l2"] <= 4e-2
+    result = cli("check", "resnet18", "--input-size", "64", "--provider", "openvino:f16", "--json")
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["tolerance_rel_l2"] == pytest.approx(5e-3)
+    result = cli("check", "resnet18", "--input-size", "64", "--precision", "bf16", "--provider", "cuda")
+    assert_one_line_error(result, 2, "--precision bf16 runs on OpenVINO", "not on cuda")
+    result = cli("check", "resnet18", "--input-size", "64", "--precision", "bf16",
+                 "--provider", "openvino:f16")
+    assert_one_line_error(result, 2, "ask for two precisions")
