@@ -114,8 +114,11 @@ def _check_feed_size(spec: TensorSpec, shape: list[int], batch: int | None) -> N
 
 def benchmark(path: str | os.PathLike, provider: ProviderRequest = "auto", *,
               batch: int | None = None, threads: int | None = None, warmup: int = 10,
-              runs: int = 100, fallback: bool = True, **engine_options) -> BenchResult:
-    """Time ``runs`` calls of Engine.run after ``warmup`` untimed ones."""
+              runs: int = 100, fallback: bool = True, on_first_output=None,
+              **engine_options) -> BenchResult:
+    """Time ``runs`` calls of Engine.run after ``warmup`` untimed ones; ``on_first_output``
+    gets the outputs ({name: array}) of one more untimed call before them (bench --matrix
+    compares them)."""
     if batch is not None and batch < 1:
         raise BadInput(f"--batch must be >= 1, got {batch}")
     if runs < 1 or warmup < 0:
@@ -124,6 +127,8 @@ def benchmark(path: str | os.PathLike, provider: ProviderRequest = "auto", *,
     engine = Engine(path, provider, threads, fallback, **engine_options)
     load_seconds = time.perf_counter() - started
     feed = random_inputs(engine, batch)
+    if on_first_output is not None:  # one more untimed call
+        on_first_output(engine.run(feed))
     for _ in range(warmup):
         engine.run(feed)
     times = np.empty(runs)

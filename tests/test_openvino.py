@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,3 +162,33 @@ def test_check_judges_bf16_by_the_bf16_bound(cli):
     result = cli("check", "resnet18", "--input-size", "64", "--precision", "bf16",
                  "--provider", "openvino:f16")
     assert_one_line_error(result, 2, "ask for two precisions")
+
+
+def test_bench_matrix_rows_parity_auto_and_fastest(cli, resnet18_file, tmp_path):
+    from edgecnn.export.quantize import quantize_model
+
+    int8 = tmp_path / "resnet18.int8.onnx"
+    quantize_model(resnet18_file, int8, calibration="random", calibration_size=8, check=False,
+                   on_warning=lambda message: None)
+    result = cli("bench", resnet18_file, int8, "--matrix", "--runs", "3", "--warmup", "1", "--json")
+    assert result.code == 0, result.stderr
+    rows = {(Path(row["file"]).name, row["precision"], row["provider"]): row
+            for row in json.loads(result.stdout)["rows"]}
+    fp32, quantized = resnet18_file.name, int8.name
+    assert {(fp32, "fp32", "cpu"), (fp32, "fp32", "openvino"), (fp32, "bf16", "openvino:bf16"),
+            (quantized, "int8", "cpu"), (quantized, "int8", "openvino")} <= set(rows)
+    assert rows[fp32, "fp32", "cpu"]["rel_l2"] == 0
+    assert rows[fp32, "fp32", "openvino"]["rel_l2"] <= 1e-5
+    assert 1e-5 < rows[fp32, "bf16", "openvino:bf16"]["rel_l2"] <= 4e-2
+    assert rows[quantized, "int8", "openvino"]["providers"][0] == OPENVINO
+    for name, auto in ((fp32, "cpu"), (quantized, "openvino")):
+        own = [key for key in rows if key[0] == name]
+        assert [key[2] for key in own if rows[key]["auto"]] == [auto]
+        assert sum(rows[key]["fastest"] for key in own) == 1
+        assert all(rows[key]["latency_ms"]["p50"] > 0 and rows[key]["startup_s"] > 0 for key in own)
+    result = cli("bench", resnet18_file, int8)
+    assert_one_line_error(result, 2, "bench takes one file (2 given)", "--matrix")
+    result = cli("bench", resnet18_file, "--matrix", "--provider", "cpu")
+    assert_one_line_error(result, 2, "--matrix runs every installed provider")
+    result = cli("bench", resnet18_file, tmp_path / "missing.onnx", "--matrix")
+    assert_one_line_error(result, 2, "not found", "missing.onnx")

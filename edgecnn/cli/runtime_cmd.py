@@ -1,4 +1,5 @@
-"""`edgecnn run MODEL.onnx IMAGE...` and `edgecnn bench MODEL.onnx`. Torch-free.
+"""`edgecnn run MODEL.onnx IMAGE...` and `edgecnn bench MODEL.onnx [MORE.onnx...] [--matrix]`.
+Torch-free.
 
 Both are thin layers over edgecnn.runtime (predict_files, benchmark); the runtime is imported
 inside the commands so `edgecnn --help` and the other commands do not pay for onnxruntime.
@@ -7,14 +8,16 @@ inside the commands so `edgecnn --help` and the other commands do not pay for on
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from edgecnn.cli._app import (
-    BenchBatchOpt, JsonOpt, ProviderOpt, ThreadsOpt, app, out, print_fields, print_json, safe,
-    warnings_as_lines,
+    BenchBatchOpt, JsonOpt, ProviderOpt, ThreadsOpt, app, out, print_fields, print_json,
+    progress, safe, warnings_as_lines,
 )
+from edgecnn.errors import BadInput
 
 
 @app.command("run")
@@ -50,19 +53,58 @@ def run_command(
             say(f"  {result['shape'][0]}x{result['shape'][1]} class map: {classes}")
 
 
+def _print_matrix(files: list[str], batch, threads, warmup: int, runs: int,
+                  json_output: bool) -> None:
+    from rich.table import Table
+
+    from edgecnn.runtime.bench_matrix import bench_matrix
+
+    with progress(enabled=not json_output) as (on_step, _):
+        rows = bench_matrix(files, batch=batch, threads=threads, warmup=warmup, runs=runs,
+                            on_cell=lambda index, total, what: on_step(
+                                f"[{index + 1}/{total}] {what}"))
+    if json_output:
+        print_json({"rows": [row.as_dict() for row in rows]})
+        return
+    table = Table("file", "precision", "provider", "p50 ms", "p90 ms", "items/s", "peak RSS MB",
+                  "start-up s", "rel_l2 vs cpu fp32", "")
+    for row in rows:
+        rss = "n/a" if row.peak_rss_mb is None else f"{row.peak_rss_mb:.0f}"
+        parity = "–" if row.rel_l2 is None else f"{row.rel_l2:.2e}"
+        marks = ", ".join(mark for mark, on in (("auto", row.auto), ("fastest", row.fastest)) if on)
+        table.add_row(safe(Path(row.file).name), row.precision, safe(row.provider),
+                      f"{row.latency_ms['p50']:.3f}", f"{row.latency_ms['p90']:.3f}",
+                      f"{row.throughput:,.1f}", rss, f"{row.startup_s:.2f}", parity, marks)
+    out.print(table)
+
+
 @app.command("bench")
 def bench_command(
-    model: Annotated[str, typer.Argument(help="An .onnx file.")],
+    model: Annotated[list[str], typer.Argument(
+        help="An .onnx file; with --matrix one or more (an fp32 file and its int8/fp16 files).")],
     provider: ProviderOpt = "auto",
     batch: BenchBatchOpt = None,
     threads: ThreadsOpt = None,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed calls first.")] = 10,
     runs: Annotated[int, typer.Option("--runs", help="Timed calls.")] = 100,
+    matrix: Annotated[bool, typer.Option(
+        "--matrix", help="Every installed provider x the files (an fp32 file also in bf16 on "
+                         "OpenVINO), each in its own process: latency, throughput, peak RSS, "
+                         "start-up, rel_l2 against the CPU provider's fp32 output, what auto "
+                         "picks and the fastest.")] = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Latency percentiles, throughput and peak memory of a model on random input."""
     from edgecnn.runtime.bench import benchmark
 
+    if matrix:
+        if provider != "auto":
+            raise BadInput("--matrix runs every installed provider; leave --provider out")
+        _print_matrix(model, batch, threads, warmup, runs, json_output)
+        return
+    if len(model) > 1:
+        raise BadInput(f"bench takes one file ({len(model)} given); compare several with --matrix")
+    model = model[0]
     with warnings_as_lines():
         result = benchmark(model, provider, batch=batch, threads=threads, warmup=warmup, runs=runs)
     if json_output:
