@@ -11,6 +11,7 @@ onnxruntime runs the nodes an accelerator does not support on the next provider 
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from typing import Sequence, Union
@@ -113,22 +114,38 @@ def _entry(name: str, options: dict) -> ProviderEntry:
     return name, options
 
 
+@functools.cache
+def cpu_has_int8_units() -> bool:
+    """Whether this CPU has the int8 dot-product units OpenVINO's int8 speed was measured with
+    (AVX-512 VNNI, AVX-VNNI or AMX; Linux's /proc/cpuinfo flags, False where unreadable)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            flags = next((line.split(":", 1)[1].split() for line in info
+                          if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags))
+
+
 def auto_order(installed: Sequence[str], precision: str | None = None,
-               deformable: bool = False) -> tuple[str, ...]:
+               deformable: bool = False, int8_units: bool | None = None) -> tuple[str, ...]:
     """What "auto" tries, in order, for a model of ``precision`` (its metadata's; None when
     unknown) that does or does not use the deformable-conv op. The rule follows
     benchmarks/providers.py (docs/openvino.md; 2-core Xeon with AMX, 2 threads):
 
     - a GPU provider installed: TensorRT -> CUDA -> CPU;
-    - OpenVINO installed and an int8 model of plain convolutions: OpenVINO (resnet18 int8 at
-      0.29-0.40 of the CPU provider's latency);
-    - otherwise the CPU provider: OpenVINO's f32 is no faster (1.00-1.06x on resnet18) and the
-      deformable ResNet is slower on OpenVINO at every precision (1.1-1.5x).
+    - OpenVINO installed, an int8 model of plain convolutions and a CPU with int8 dot-product
+      units (``int8_units``, default: ``cpu_has_int8_units()``; the figures were measured on
+      one): OpenVINO (resnet18 int8 at 0.29-0.40 of the CPU provider's latency);
+    - otherwise the CPU provider: OpenVINO's f32 is no faster (1.00-1.06x on resnet18), the
+      deformable ResNet is slower on OpenVINO at every precision (1.1-1.5x), and on CPUs without
+      those units OpenVINO's int8 has not been measured.
     """
     if TENSORRT in installed or CUDA in installed:
         return GPU_ORDER
     if OPENVINO in installed and precision == "int8" and not deformable:
-        return (OPENVINO, CPU)
+        if cpu_has_int8_units() if int8_units is None else int8_units:
+            return (OPENVINO, CPU)
     return (CPU,)
 
 

@@ -16,11 +16,17 @@ from conftest import assert_one_line_error
 from edgecnn.errors import BadInput
 from edgecnn.export.parity import compare
 from edgecnn.runtime import Engine, openvino
-from edgecnn.runtime.providers import OPENVINO, resolve_providers
+from edgecnn.runtime.providers import OPENVINO, cpu_has_int8_units, resolve_providers
 from edgecnn.runtime.session import model_traits, open_session
 
 pytestmark = pytest.mark.skipif(not openvino.plugin_installed(),
                                 reason=f"the OpenVINO plugin is not installed ({openvino.INSTALL})")
+
+
+def cpu_does_bf16() -> bool:
+    """A CPU without bf16 units (e.g. an AVX2 EPYC) runs OpenVINO's bf16 hint in f32."""
+    capabilities = openvino.devices()["CPU"].ep_metadata.get("OPTIMIZATION_CAPABILITIES", "")
+    return "BF16" in capabilities.split()
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +50,9 @@ def test_openvino_runs_in_f32_unless_asked(resnet18_file):
     assert engine.providers[0] == OPENVINO
     assert compare(reference, _outputs(resnet18_file, "openvino", x)).rel_l2 <= 1e-5
     bf16 = compare(reference, _outputs(resnet18_file, "openvino:bf16", x)).rel_l2
-    capabilities = openvino.devices()["CPU"].ep_metadata.get("OPTIMIZATION_CAPABILITIES", "")
-    if "BF16" in capabilities.split():  # a CPU without bf16 runs the hint in f32
-        assert 1e-4 < bf16 <= 2e-2, bf16
+    assert bf16 <= 2e-2, bf16
+    if cpu_does_bf16():
+        assert bf16 > 1e-4, bf16  # the hint really applies
 
 
 def test_the_session_gets_the_device_precision_threads_and_cache(tmp_path):
@@ -139,10 +145,12 @@ def test_auto_runs_plain_int8_files_on_openvino(cli, resnet18_file, tmp_path):
     quantize_model(resnet18_file, int8, calibration="random", calibration_size=8, check=False,
                    target="openvino", on_warning=lambda message: None)
     assert model_traits(int8) == {"precision": "int8", "deformable": False}
-    assert Engine(int8).providers[0] == OPENVINO
+    # OpenVINO's int8 was measured fast on CPUs with VNNI/AMX; elsewhere auto stays on the CPU.
+    picked = OPENVINO if cpu_has_int8_units() else "CPUExecutionProvider"
+    assert Engine(int8).providers[0] == picked
     assert Engine(resnet18_file).providers == ["CPUExecutionProvider"]
     result = cli("run", int8, "examples/china.jpg")
-    assert result.code == 0 and "on OpenVINOExecutionProvider" in result.stdout, result.stderr
+    assert result.code == 0 and f"on {picked}" in result.stdout, result.stderr
 
 
 def test_check_judges_bf16_by_the_bf16_bound(cli):
@@ -153,7 +161,9 @@ def test_check_judges_bf16_by_the_bf16_bound(cli):
     report = json.loads(result.stdout)
     assert (report["precision"], report["tolerance_rel_l2"]) == ("bf16", pytest.approx(4e-2))
     assert report["provider"][0] == OPENVINO and report["passed"]
-    assert 1e-5 < report["outputs"][0]["rel_l2"] <= 4e-2
+    assert report["outputs"][0]["rel_l2"] <= 4e-2
+    if cpu_does_bf16():
+        assert report["outputs"][0]["rel_l2"] > 1e-5
     result = cli("check", "resnet18", "--input-size", "64", "--provider", "openvino:f16", "--json")
     assert result.code == 0, result.stderr
     assert json.loads(result.stdout)["tolerance_rel_l2"] == pytest.approx(5e-3)
@@ -179,9 +189,9 @@ def test_bench_matrix_rows_parity_auto_and_fastest(cli, resnet18_file, tmp_path)
             (quantized, "int8", "cpu"), (quantized, "int8", "openvino")} <= set(rows)
     assert rows[fp32, "fp32", "cpu"]["rel_l2"] == 0
     assert rows[fp32, "fp32", "openvino"]["rel_l2"] <= 1e-5
-    assert 1e-5 < rows[fp32, "bf16", "openvino:bf16"]["rel_l2"] <= 4e-2
+    assert rows[fp32, "bf16", "openvino:bf16"]["rel_l2"] <= 4e-2
     assert rows[quantized, "int8", "openvino"]["providers"][0] == OPENVINO
-    for name, auto in ((fp32, "cpu"), (quantized, "openvino")):
+    for name, auto in ((fp32, "cpu"), (quantized, "openvino" if cpu_has_int8_units() else "cpu")):
         own = [key for key in rows if key[0] == name]
         assert [key[2] for key in own if rows[key]["auto"]] == [auto]
         assert sum(rows[key]["fastest"] for key in own) == 1

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper
 
 from edgecnn.errors import BadInput
 from edgecnn.export.parity import compare
-from edgecnn.runtime import Engine
+from edgecnn.runtime import Engine, providers
 from edgecnn.runtime.providers import (
     CPU, CUDA, OPENVINO, TENSORRT, ProviderFallbackWarning, resolve_providers,
 )
@@ -132,8 +132,9 @@ def test_session_options_carry_the_log_level_and_thread_cap(monkeypatch):
         open_session(b"model", "cpu", threads=10_000)
 
 
-def test_auto_picks_openvino_for_plain_int8_models_only():
+def test_auto_picks_openvino_for_plain_int8_models_only(monkeypatch):
     """The rule of providers.auto_order (docs/openvino.md has the figures behind it)."""
+    monkeypatch.setattr(providers, "cpu_has_int8_units", lambda: True)
     cpu_box = [OPENVINO, CPU]
     assert names(resolve_providers("auto", installed=cpu_box, precision="int8")) == [OPENVINO, CPU]
     assert dict(resolve_providers("auto", installed=cpu_box, precision="int8"))[OPENVINO] == {
@@ -146,6 +147,8 @@ def test_auto_picks_openvino_for_plain_int8_models_only():
     assert names(resolve_providers("auto", installed=[CPU], precision="int8")) == [CPU]
     assert names(resolve_providers("auto", installed=[CUDA, OPENVINO, CPU],
                                    precision="int8")) == [CUDA, CPU]
+    monkeypatch.setattr(providers, "cpu_has_int8_units", lambda: False)  # e.g. AVX2 only
+    assert names(resolve_providers("auto", installed=cpu_box, precision="int8")) == [CPU]
 
 
 @pytest.mark.parametrize("request_", ["gpu", ["cpu", "npu"], []])
