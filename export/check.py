@@ -44,7 +44,7 @@ class CheckReport:
     model: str
     onnx_path: str
     precision: str
-    provider: list[str]
+    providers: list[str]  # what the session ran on (the same key as bench's JSON)
     batch: int
     samples: int  # input batches compared
     images: int  # of which rows came from image files
@@ -67,7 +67,7 @@ class CheckReport:
 
     def as_dict(self) -> dict:
         return {"model": self.model, "onnx": self.onnx_path, "precision": self.precision,
-                "provider": self.provider, "batch": self.batch, "samples": self.samples,
+                "providers": self.providers, "batch": self.batch, "samples": self.samples,
                 "images": self.images, "rows": self.rows, "tolerance_rel_l2": self.tolerance,
                 "min_top1": self.verdict.min_top1,
                 "passed": self.passed, "outputs": [o.as_dict() for o in self.outputs],
@@ -75,7 +75,7 @@ class CheckReport:
 
     def to_markdown(self) -> str:
         lines = [f"# Parity check: {self.model} ({self.precision})", "",
-                 f"- ONNX: `{self.onnx_path}`", f"- provider: {', '.join(self.provider)}",
+                 f"- ONNX: `{self.onnx_path}`", f"- providers: {', '.join(self.providers)}",
                  f"- inputs: {self.samples} batches of {self.batch}"
                  + (f" ({self.images} rows from images)" if self.images else ""),
                  f"- criterion: rel_l2 <= {self.tolerance:g}"
@@ -174,7 +174,7 @@ def check_onnx(module: torch.nn.Module, onnx_path: str | os.PathLike, inputs: Se
                     computed, bounds=metadata.tolerances if metadata else None,
                     tolerance=tolerance, names=outputs, min_top1=min_top1)
     report = CheckReport(model=model_name or type(module).__name__, onnx_path=str(onnx_path),
-                         precision=computed, provider=list(session.get_providers()),
+                         precision=computed, providers=list(session.get_providers()),
                          batch=len(batches_in[0][0]), samples=len(batches_in),
                          images=image_rows, rows=sum(len(batch[0]) for batch in batches_in),
                          verdict=verdict)

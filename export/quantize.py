@@ -281,7 +281,8 @@ def quantize_model(model_path: str | os.PathLike, output_path: str | os.PathLike
 
 def export_quantized(name: str, output: str | os.PathLike | None = None, *, quantize: str,
                      calibration=None, calibration_size: int | None = DEFAULT_CALIBRATION_SIZE,
-                     method: str = "minmax", on_step: StepCallback | None = None,
+                     method: str = "minmax", target: str = "cpu",
+                     on_step: StepCallback | None = None,
                      on_progress: ProgressCallback | None = None,
                      on_warning: WarnCallback | None = None, **export_options) -> ExportResult:
     """``edgecnn export NAME --quantize int8|fp16``: export_model to a temporary fp32 file, then
@@ -289,7 +290,7 @@ def export_quantized(name: str, output: str | os.PathLike | None = None, *, quan
     written; the result's ``quantization`` is quantize_model's result."""
     if quantize not in EXPORT_MODES:
         raise BadInput(f"quantize must be one of {', '.join(EXPORT_MODES)}, got {quantize!r}")
-    recipe = get_recipe(quantize, method=method)
+    recipe = get_recipe(quantize, method=method, target=target)
     _check_options(recipe, None, None, calibration_size)
     output = check_output_path(output or f"{name}_{quantize}.onnx")
     if recipe.needs_calibration and calibration is None:

@@ -108,7 +108,7 @@ def test_check_run_and_bench_on_openvino(cli, resnet18_file):
     result = cli("check", "resnet18", "--input-size", "64", "--provider", "openvino", "--json")
     assert result.code == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["passed"] and report["provider"][0] == OPENVINO
+    assert report["passed"] and report["providers"][0] == OPENVINO
     result = cli("run", resnet18_file, "examples/china.jpg", "--provider", "openvino", "--json")
     assert result.code == 0, result.stderr
     result = cli("bench", resnet18_file, "--provider", "openvino", "--runs", "5", "--json")
@@ -160,7 +160,7 @@ def test_check_judges_bf16_by_the_bf16_bound(cli):
     assert result.code == 0, result.stderr
     report = json.loads(result.stdout)
     assert (report["precision"], report["tolerance_rel_l2"]) == ("bf16", pytest.approx(4e-2))
-    assert report["provider"][0] == OPENVINO and report["passed"]
+    assert report["providers"][0] == OPENVINO and report["passed"]
     assert report["outputs"][0]["rel_l2"] <= 4e-2
     if cpu_does_bf16():
         assert report["outputs"][0]["rel_l2"] > 1e-5

@@ -185,4 +185,12 @@ def test_quantize_target_option(cli, resnet18_64, tmp_path):
     done = cli("quantize", resnet18_64, "-o", tmp_path / "x.onnx", "--calibration", "random",
                "--target", "npu")
     assert_one_line_error(done, 2, "--target must be one of cpu, openvino, got 'npu'")
+    done = cli("export", "resnet18", "--input-size", "64", "-o", tmp_path / "e.onnx",
+               "--target", "openvino")
+    assert_one_line_error(done, 2, "--target tunes the file that --quantize writes")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ov.onnx"]
+    done = cli("export", "resnet18", "--input-size", "64", "-o", tmp_path / "e.onnx", "--quantize",
+               "int8", "--calibration", "random", "--calibration-size", "8", "--target",
+               "openvino", "--json")
+    assert done.code == 0, done.stderr
+    assert json.loads(done.stdout)["quantization"]["quantization"]["target"] == "openvino"

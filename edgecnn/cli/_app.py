@@ -140,6 +140,9 @@ WeightsOpt = Annotated[Optional[str], typer.Option(
 ProviderOpt = Annotated[str, typer.Option(
     "--provider", help="Execution provider: {providers}. openvino:DEVICE and openvino:bf16 (or "
                        "f16) pick OpenVINO's device and precision (default CPU, f32).")]
+TargetOpt = Annotated[str, typer.Option(
+    "--target", help="int8: the provider the file is tuned for: {targets} (cpu rewrites the RGB "
+                     "stem for onnxruntime's int8 kernel; OpenVINO runs the plain one faster).")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="onnxruntime intra-op threads.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout, nothing else.")]
 CalibrationOpt = Annotated[Optional[str], typer.Option(

@@ -27,7 +27,7 @@ def _print_report(report) -> None:
     criterion = f"rel_l2 <= {report.tolerance:g}"
     if report.verdict.min_top1 is not None:
         criterion += f", top-1 agreement >= {report.verdict.min_top1:g}"
-    out.print(f"{safe(report.model)} {report.precision} on {', '.join(report.provider)}: "
+    out.print(f"{safe(report.model)} {report.precision} on {', '.join(report.providers)}: "
               f"{report.rows} rows in {report.samples} batches"
               + (f" ({report.images} from images)" if report.images else "")
               + f", criterion {criterion}")

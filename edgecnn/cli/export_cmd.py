@@ -8,8 +8,8 @@ import typer
 
 from edgecnn.cli._app import (
     BatchOpt, CalibrationOpt, CalibrationSizeOpt, InputSizeOpt, JsonOpt, NumClassesOpt, OutputOpt,
-    WeightsOpt, app, human_size, out, parse_input_size, print_json, print_quantize_summary,
-    print_warning, progress, safe,
+    TargetOpt, WeightsOpt, app, human_size, out, parse_input_size, print_json,
+    print_quantize_summary, print_warning, progress, safe,
 )
 from edgecnn.errors import BadInput
 
@@ -81,6 +81,7 @@ def export_command(
         help="Write the {export_modes} model instead (see `edgecnn quantize`).")] = None,
     calibration: CalibrationOpt = None,
     calibration_size: CalibrationSizeOpt = 100,
+    target: TargetOpt = "cpu",
     deform_lowering: Annotated[str, typer.Option(
         "--deform-lowering", metavar="native|decomposed",
         help="Body of the deformable-conv custom op: ONNX DeformConv (opset 19+), or older ops "
@@ -99,12 +100,15 @@ def export_command(
                    num_classes=num_classes, in_channels=in_channels, weights=weights, seed=seed,
                    check=check, labels=labels, deform_lowering=deform_lowering,
                    model_options=parse_model_options(model_option))
+    if target != "cpu" and quantize is None:
+        raise BadInput("--target tunes the file that --quantize writes; add --quantize int8")
     if quantize is not None:
         from edgecnn.export.quantize import export_quantized
 
         with progress(enabled=not json_output) as (on_step, on_progress):
             result = export_quantized(model, output, quantize=quantize, calibration=calibration,
-                                      calibration_size=calibration_size, on_step=on_step,
+                                      calibration_size=calibration_size, target=target,
+                                      on_step=on_step,
                                       on_progress=on_progress, on_warning=print_warning, **options)
     else:
         with progress(enabled=not json_output) as (on_step, _):

@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from edgecnn.cli._app import (
-    CalibrationOpt, CalibrationSizeOpt, InputSizeOpt, JsonOpt, OutputOpt, app, parse_input_size,
+    CalibrationOpt, CalibrationSizeOpt, InputSizeOpt, JsonOpt, OutputOpt, TargetOpt, app,
+    parse_input_size,
     parse_numbers, print_json, print_quantize_summary, print_warning, progress,
 )
 
@@ -52,10 +53,7 @@ def quantize_command(
         help="Fail (writing nothing) when the result differs from fp32 beyond the model's bound "
              "for its precision, the same bound `edgecnn check` applies.")] = True,
     seed: Annotated[int, typer.Option(help="Seed of the calibration subset and random inputs.")] = 0,
-    target: Annotated[str, typer.Option(
-        "--target", help="int8: the provider the file is tuned for: {targets} (cpu rewrites the "
-                         "RGB stem for onnxruntime's int8 kernel; OpenVINO runs the plain one "
-                         "faster).")] = "cpu",
+    target: TargetOpt = "cpu",
     json_output: JsonOpt = False,
 ) -> None:
     """Quantize an fp32 model: int8 static (QDQ), int8 dynamic, or fp16; metadata updated."""
