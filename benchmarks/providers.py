@@ -2,11 +2,12 @@
 
     .venv/bin/python benchmarks/providers.py [--rounds 3] [--calls 50] [--threads 2] [--size 224]
 
-Every configuration (model x provider x precision x batch 1 and 8) runs in its own process: the
+Every configuration (model x provider x precision x batch 1 and 8) runs in its own process (a
+cell of ``edgecnn bench --matrix``: runtime/bench_matrix.run_cell): the
 thread pools of onnxruntime and OpenVINO spin after each call and would take the cores from a
 session timed next to them in one process (interleaving call by call that way gave 0.46-0.62
 for the int8 ratio on the same files). Each process opens the session, warms up, times one
-block of --calls calls and prints its median; the configurations run in a rotating order in
+block of --calls calls and reports their median (p50); the configurations run in a rotating order in
 each of --rounds rounds, and a figure is the median over the rounds. Goals, on a CPU with AMX:
 OpenVINO int8 <= 0.5x the CPU provider's int8, OpenVINO bf16 <= 0.2x the CPU provider's fp32.
 
@@ -20,16 +21,12 @@ inputs): tuned for the CPU provider (the RGB stem rewritten for its int8 kernel)
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 
 MODELS = ("resnet18", "resnet18_dcn")
 # (label, provider, file): the fp32 export, or its int8 model tuned for one provider.
@@ -39,27 +36,6 @@ CONFIGURATIONS = [("cpu fp32", "cpu", "fp32"), ("cpu int8", "cpu", "int8-cpu"),
                   ("openvino int8 (cpu file)", "openvino", "int8-cpu"),
                   ("openvino bf16", "openvino:bf16", "fp32")]
 GOALS = {"openvino int8 / cpu int8": 0.5, "openvino bf16 / cpu fp32": 0.2}
-
-
-def time_block(path: str, provider: str, batch: int, threads: int, calls: int) -> dict:
-    """One process's figures: start-up seconds and per-call milliseconds of one block."""
-    from edgecnn.runtime.session import open_session
-
-    started = time.perf_counter()
-    session = open_session(path, provider, threads=threads, fallback=False).session
-    startup = time.perf_counter() - started
-    name, shape = session.get_inputs()[0].name, session.get_inputs()[0].shape
-    x = np.random.default_rng(0).standard_normal((batch, *shape[1:])).astype(np.float32)
-    for _ in range(10):
-        session.run(None, {name: x})
-    times = []
-    for _ in range(calls):
-        started = time.perf_counter()
-        session.run(None, {name: x})
-        times.append(time.perf_counter() - started)
-    return {"startup_s": startup, "median_ms": 1e3 * statistics.median(times),
-            "p90_ms": 1e3 * float(np.percentile(times, 90)),
-            "providers": session.get_providers()}
 
 
 def cpu_name() -> str:
@@ -89,13 +65,13 @@ def make_files(folder: Path, size: int) -> dict[tuple[str, str], Path]:
     return files
 
 
-def run_worker(path: Path, provider: str, batch: int, threads: int, calls: int) -> dict:
-    command = [sys.executable, __file__, "--worker", str(path), provider, str(batch),
-               str(threads), str(calls)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    if done.returncode:
-        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def run_worker(path: Path, provider: str, batch: int, threads: int, calls: int,
+               work: Path) -> dict:
+    """One configuration in a fresh process: edgecnn bench --matrix's cell (a block of
+    ``calls`` timed calls after 10 untimed ones); its figures as BenchResult's dict."""
+    from edgecnn.runtime.bench_matrix import run_cell
+
+    return run_cell(path, provider, batch, threads, 10, calls, work / "output.npy")
 
 
 def main() -> None:
@@ -105,13 +81,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker:
-        path, provider, batch, threads, calls = args.worker
-        print(json.dumps(time_block(path, provider, int(batch), int(threads), int(calls))))
-        return
-
     with tempfile.TemporaryDirectory() as folder:
         print("exporting and quantizing ...", file=sys.stderr)
         files = make_files(Path(folder), args.size)
@@ -121,12 +91,13 @@ def main() -> None:
         for round_index in range(args.rounds):
             shift = round_index % len(cases)
             for model, batch, (label, provider, kind) in cases[shift:] + cases[:shift]:
-                result = run_worker(files[model, kind], provider, batch, args.threads, args.calls)
+                result = run_worker(files[model, kind], provider, batch, args.threads, args.calls,
+                                    Path(folder))
                 figures.setdefault((model, batch, label), []).append(result)
                 print(f"round {round_index + 1}: {model} batch {batch} {label}: "
-                      f"{result['median_ms']:.2f} ms", file=sys.stderr)
+                      f"{result['latency_ms']['p50']:.2f} ms", file=sys.stderr)
 
-    median = {key: statistics.median(r["median_ms"] for r in results)
+    median = {key: statistics.median(r["latency_ms"]["p50"] for r in results)
               for key, results in figures.items()}
     print(f"CPU: {cpu_name()}, {args.threads} threads, "
           f"{args.size}x{args.size}, median of {args.rounds} rounds of {args.calls} calls, "
@@ -135,8 +106,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for (model, batch, label), results in figures.items():
         print(f"| {model} | {batch} | {label} | {median[model, batch, label]:.2f} "
-              f"| {statistics.median(r['p90_ms'] for r in results):.2f} "
-              f"| {statistics.median(r['startup_s'] for r in results):.2f} |")
+              f"| {statistics.median(r['latency_ms']['p90'] for r in results):.2f} "
+              f"| {statistics.median(r['load_seconds'] for r in results):.2f} |")
     print("\n| model | batch | ratio | measured | goal |")
     print("|---|---|---|---|---|")
     for model in MODELS:

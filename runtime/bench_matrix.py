@@ -55,13 +55,12 @@ def _installed() -> list[str]:
             if provider_lib.SHORT_NAMES[name] in installed]
 
 
-def matrix_cells(paths, installed: list[str]) -> list[tuple[Path, str, str]]:
-    """(file, provider, precision) of every cell, in the order they run."""
-    from edgecnn.runtime.session import model_traits
-
+def matrix_cells(traits: dict[Path, dict], installed: list[str]) -> list[tuple[Path, str, str]]:
+    """(file, provider, precision) of every cell, in the order they run; ``traits``: each
+    file's session.model_traits."""
     cells = []
-    for path in paths:
-        precision = model_traits(path)["precision"] or "fp32"
+    for path, traits_of_file in traits.items():
+        precision = traits_of_file["precision"] or "fp32"
         cells += [(path, provider, precision) for provider in installed]
         if "openvino" in installed and precision == "fp32":
             cells.append((path, "openvino:bf16", "bf16"))
@@ -101,7 +100,8 @@ def bench_matrix(paths, *, batch: int | None = None, threads: int | None = None,
     if not paths:
         raise BadInput("bench --matrix needs at least one .onnx file")
     installed = _installed()
-    cells = matrix_cells(paths, installed)
+    traits = {path: model_traits(path) for path in paths}
+    cells = matrix_cells(traits, installed)
     results, outputs = [], {}
     with tempfile.TemporaryDirectory(prefix="edgecnn-matrix-") as work:
         for index, (path, provider, precision) in enumerate(cells):
@@ -115,8 +115,7 @@ def bench_matrix(paths, *, batch: int | None = None, threads: int | None = None,
     full_names = [provider_lib.SHORT_NAMES[name] for name in installed]
     rows = []
     for index, ((path, provider, precision), result) in enumerate(zip(cells, results)):
-        traits = model_traits(path)
-        auto = provider_lib.auto_order(full_names, traits["precision"], traits["deformable"])[0]
+        auto = provider_lib.auto_order(full_names, **traits[path])[0]
         rows.append(MatrixRow(
             file=str(path), precision=precision, provider=provider,
             providers=result["providers"],
