@@ -209,7 +209,7 @@ class Int8Static(Recipe):
     reduce_range: bool = True
     # The provider the file is tuned for (TARGETS). For "cpu" the RGB stem is rewritten for
     # onnxruntime's fast int8 kernel (export/rgb_stem.py); OpenVINO runs the plain stem faster
-    # (resnet18 at 224: 1.6 ms against 2.7 ms with the rewrite, benchmarks/providers.py).
+    # (resnet18 at 224: 1.9 ms against 3.2 ms with the rewrite, benchmarks/providers.py).
     target: str = "cpu"
 
     @property

@@ -139,7 +139,7 @@ def auto_order(installed: Sequence[str], precision: str | None = None,
     - a GPU provider installed: TensorRT -> CUDA -> CPU;
     - OpenVINO installed, an int8 model of plain convolutions and a CPU with int8 dot-product
       units (``int8_units``, default: ``cpu_has_int8_units()``; the figures were measured on
-      one): OpenVINO (resnet18 int8 at 0.29-0.40 of the CPU provider's latency);
+      one): OpenVINO (resnet18 int8 at 0.31-0.45 of the CPU provider's latency);
     - otherwise the CPU provider: OpenVINO's f32 is no faster (1.00-1.06x on resnet18), the
       deformable ResNet is slower on OpenVINO at every precision (1.1-1.5x), and on CPUs without
       those units OpenVINO's int8 has not been measured.
