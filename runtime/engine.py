@@ -65,20 +65,21 @@ class Engine:
     threads: onnxruntime intra-op threads (default: onnxruntime's choice, one per core).
     fallback: when an explicitly requested provider is missing, warn and use what is there
         (False: raise BadInput naming the installed providers).
-    device_id, fp16, trt_cache_dir: the CUDA / TensorRT GPU, TensorRT fp16 kernels and the
-        directory TensorRT caches its built engines in (building one takes minutes).
+    device_id, fp16: the CUDA / TensorRT GPU and TensorRT fp16 kernels.
+    cache_dir: where TensorRT and OpenVINO keep what they compiled, for the next process
+        (building a TensorRT engine takes minutes).
     tf32: let CUDA round convolution inputs to TF32 (onnxruntime's default; False: full fp32).
     check_finite: report NaN/Inf inputs in ``run`` as BadInput.
     """
 
     def __init__(self, path: str | os.PathLike, provider: provider_lib.ProviderRequest = "auto",
                  threads: int | None = None, fallback: bool = True, *, device_id: int = 0,
-                 fp16: bool = False, trt_cache_dir: str | os.PathLike | None = None,
+                 fp16: bool = False, cache_dir: str | os.PathLike | None = None,
                  tf32: bool = True, check_finite: bool = True, session_options=None):
         self.path = Path(path)
         opened = open_session(self.path, provider, threads=threads, fallback=fallback,
                               options=session_options, device_id=device_id, fp16=fp16,
-                              trt_cache_dir=trt_cache_dir, tf32=tf32)
+                              cache_dir=cache_dir, tf32=tf32)
         self.session, self.deform_lowering_swapped = opened.session, opened.deform_lowering_swapped
         self.providers: list[str] = opened.providers
         props = self.session.get_modelmeta().custom_metadata_map

@@ -94,8 +94,8 @@ def check_options(options: dict) -> dict:
     if precision not in PRECISIONS:
         raise BadInput(f"OpenVINO precision must be one of {', '.join(PRECISIONS)}, "
                        f"got {options['precision']!r}")
-    return {"device": str(options.get("device", DEFAULT_DEVICE)).upper(),
-            "precision": precision, "cache_dir": options.get("cache_dir")}
+    checked = {"device": str(options.get("device", DEFAULT_DEVICE)).upper(), "precision": precision}
+    return checked if options.get("cache_dir") is None else {**checked, "cache_dir": options["cache_dir"]}
 
 
 def compute_precision(options: dict) -> str:

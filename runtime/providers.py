@@ -65,8 +65,10 @@ def full_name(provider: str) -> str:
 
 
 def provider_options(provider: str, *, device_id: int = 0, fp16: bool = False,
-                     trt_cache_dir: str | os.PathLike | None = None, tf32: bool = True) -> dict:
-    """onnxruntime options for ``provider``: the GPU id, TensorRT fp16 and engine cache.
+                     cache_dir: str | os.PathLike | None = None, tf32: bool = True) -> dict:
+    """onnxruntime options for ``provider``: the GPU id, TensorRT fp16, and ``cache_dir``, where
+    the providers that compile keep what they built (TensorRT's engines, which take minutes to
+    build; OpenVINO's compiled models) for the next process.
 
     ``tf32=False`` turns off CUDA's TF32 math (on by default in onnxruntime), which rounds the
     inputs of convolutions and matrix products to a 10-bit mantissa: parity checks measure the
@@ -76,10 +78,12 @@ def provider_options(provider: str, *, device_id: int = 0, fp16: bool = False,
         return {"device_id": device_id} if tf32 else {"device_id": device_id, "use_tf32": 0}
     if provider == TENSORRT:
         options = {"device_id": device_id, "trt_fp16_enable": fp16}
-        if trt_cache_dir is not None:
-            os.makedirs(trt_cache_dir, exist_ok=True)
-            options.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(trt_cache_dir))
+        if cache_dir is not None:
+            os.makedirs(cache_dir, exist_ok=True)
+            options.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(cache_dir))
         return options
+    if provider == OPENVINO and cache_dir is not None:
+        return {"cache_dir": str(cache_dir)}  # checked when the session is made
     return {}
 
 
@@ -174,7 +178,7 @@ def _requested(provider: ProviderRequest, installed: Sequence[str], precision: s
 
 def resolve_providers(provider: ProviderRequest = "auto", *, fallback: bool = True,
                       device_id: int = 0, fp16: bool = False,
-                      trt_cache_dir: str | os.PathLike | None = None, tf32: bool = True,
+                      cache_dir: str | os.PathLike | None = None, tf32: bool = True,
                       installed: Sequence[str] | None = None, precision: str | None = None,
                       deformable: bool = False) -> list[ProviderEntry]:
     """The (name, options) list to create a session with, most preferred first.
@@ -193,7 +197,7 @@ def resolve_providers(provider: ProviderRequest = "auto", *, fallback: bool = Tr
                        f"(installed: {', '.join(installed) or 'none'}{hints}); "
                        "pass fallback=True to use what is installed")
     chosen = {name: {**provider_options(name, device_id=device_id, fp16=fp16,
-                                        trt_cache_dir=trt_cache_dir, tf32=tf32), **options}
+                                        cache_dir=cache_dir, tf32=tf32), **options}
               for name, options in entries if name in installed}
     # Each accelerator hands the nodes it does not support to the next one; CPU ends the chain.
     # A missing provider's chain is what fallback uses instead of it.

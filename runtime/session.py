@@ -53,7 +53,7 @@ def open_session(model: str | os.PathLike | bytes,
     provider: "auto", "cpu", "cuda", "tensorrt", "openvino" (``openvino:GPU``,
         ``openvino:bf16``: see edgecnn.runtime.openvino), an onnxruntime provider name, or a
         list of names / (name, options) pairs (see ``resolve_providers``; its keyword options
-        device_id, fp16, trt_cache_dir and tf32 pass through ``provider_options``).
+        device_id, fp16, cache_dir and tf32 pass through ``provider_options``).
     fallback: a provider asked for by name that is missing or does not start is a warning
         (True) or BadInput naming the reason (False).
     A file that uses the ai.edgecnn::DeformConv2d op gets its decomposed lowering when this

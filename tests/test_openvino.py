@@ -81,10 +81,10 @@ def test_the_session_gets_the_device_precision_threads_and_cache(tmp_path):
 
 def test_provider_names_and_options():
     assert resolve_providers("openvino", installed=[OPENVINO, "CPUExecutionProvider"]) == [
-        (OPENVINO, {"device": "CPU", "precision": "f32", "cache_dir": None}),
+        (OPENVINO, {"device": "CPU", "precision": "f32"}),
         ("CPUExecutionProvider", {})]
     (name, options), _ = resolve_providers("openvino:gpu:F16", installed=[OPENVINO, "CPUExecutionProvider"])
-    assert options == {"device": "GPU", "precision": "f16", "cache_dir": None}
+    assert options == {"device": "GPU", "precision": "f16"}
     with pytest.raises(BadInput, match="names two devices"):
         resolve_providers("openvino:CPU:GPU")
     with pytest.raises(BadInput, match="precision must be one of f32, fp32, bf16"):
@@ -109,7 +109,25 @@ def test_bad_requests_are_one_line(cli, resnet18_file, tmp_path):
     blocked.write_text("not a folder")
     with pytest.raises(BadInput, match=r"cache directory .*file/cache cannot be written"):
         Engine(resnet18_file, [("openvino", {"cache_dir": blocked / "cache"})])
+    result = cli("run", resnet18_file, image, "--provider", "openvino", "--cache-dir",
+                 str(blocked / "cache"))
+    assert_one_line_error(result, 2, "OpenVINO cache directory", "cannot be written")
     assert blocked.read_text() == "not a folder"
+
+
+def test_cache_dir_keeps_the_compiled_model_for_the_next_process(cli, resnet18_file, tmp_path):
+    cache = tmp_path / "ov-cache"
+    for _ in range(2):  # the second run reads what the first one compiled
+        result = cli("bench", resnet18_file, "--provider", "openvino", "--cache-dir", str(cache),
+                     "--runs", "1", "--warmup", "0", "--json")
+        assert result.code == 0, result.stderr
+    compiled = [path for path in cache.rglob("*") if path.is_file()]
+    assert compiled and sum(path.stat().st_size for path in compiled) > 1_000_000
+    # the CPU provider compiles nothing: the option is accepted and nothing is written
+    result = cli("bench", resnet18_file, "--provider", "cpu", "--cache-dir", str(tmp_path / "cpu"),
+                 "--runs", "1", "--warmup", "0", "--json")
+    assert result.code == 0, result.stderr
+    assert not any((tmp_path / "cpu").rglob("*"))
 
 
 def test_check_run_and_bench_on_openvino(cli, resnet18_file):

@@ -29,7 +29,7 @@ def names(entries):
 
 def test_auto_prefers_tensorrt_then_cuda_then_cpu(tmp_path):
     entries = dict(resolve_providers("auto", installed=GPU_BOX, device_id=1, fp16=True,
-                                     trt_cache_dir=tmp_path / "trt"))
+                                     cache_dir=tmp_path / "trt"))
     assert list(entries) == [TENSORRT, CUDA, CPU]  # never Azure
     assert entries[TENSORRT] == {"device_id": 1, "trt_fp16_enable": True,
                                  "trt_engine_cache_enable": True,
@@ -138,7 +138,7 @@ def test_auto_picks_openvino_for_plain_int8_models_only(monkeypatch):
     cpu_box = [OPENVINO, CPU]
     assert names(resolve_providers("auto", installed=cpu_box, precision="int8")) == [OPENVINO, CPU]
     assert dict(resolve_providers("auto", installed=cpu_box, precision="int8"))[OPENVINO] == {
-        "device": "CPU", "precision": "f32", "cache_dir": None}
+        "device": "CPU", "precision": "f32"}
     assert names(resolve_providers("auto", installed=cpu_box, precision="fp32")) == [CPU]
     assert names(resolve_providers("auto", installed=cpu_box, precision="fp16")) == [CPU]
     assert names(resolve_providers("auto", installed=cpu_box, precision="int8",
@@ -198,7 +198,7 @@ def test_tensorrt_matches_cpu(resnet18_64, tmp_path, fp16, bound):
     """TensorRT builds fp32 engines with TF32 allowed (10-bit mantissa: rel_l2 up to ~1e-3);
     with fp16 the bound is the fp16 export bound (edgecnn.export.parity)."""
     require(TENSORRT)
-    engine, parity = gpu_parity(resnet18_64, "tensorrt", fp16=fp16, trt_cache_dir=tmp_path)
+    engine, parity = gpu_parity(resnet18_64, "tensorrt", fp16=fp16, cache_dir=tmp_path)
     assert engine.providers[0] == TENSORRT
     assert parity.rel_l2 <= bound, parity
     assert any(tmp_path.iterdir()), "TensorRT wrote no engine cache"

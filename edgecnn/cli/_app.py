@@ -143,6 +143,9 @@ ProviderOpt = Annotated[str, typer.Option(
 TargetOpt = Annotated[str, typer.Option(
     "--target", help="int8: the provider the file is tuned for: {targets} (cpu rewrites the RGB "
                      "stem for onnxruntime's int8 kernel; OpenVINO runs the plain one faster).")]
+CacheDirOpt = Annotated[Optional[str], typer.Option(
+    "--cache-dir", help="Where TensorRT and OpenVINO keep what they compile, so the next run "
+                        "starts faster (made if missing).")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="onnxruntime intra-op threads.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout, nothing else.")]
 CalibrationOpt = Annotated[Optional[str], typer.Option(

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from edgecnn.cli._app import (
-    BenchBatchOpt, JsonOpt, ProviderOpt, ThreadsOpt, app, out, print_fields, print_json,
+    BenchBatchOpt, CacheDirOpt, JsonOpt, ProviderOpt, ThreadsOpt, app, out, print_fields, print_json,
     progress, safe, warnings_as_lines,
 )
 from edgecnn.errors import BadInput
@@ -27,13 +27,15 @@ def run_command(
     top_k: Annotated[int, typer.Option("--top-k", help="Classes to show per image.")] = 5,
     provider: ProviderOpt = "auto",
     threads: ThreadsOpt = None,
+    cache_dir: CacheDirOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
     """Classify (top-k) or segment images; preprocessing comes from the model's metadata."""
     from edgecnn.runtime.predict import predict_files
 
     with warnings_as_lines():
-        report = predict_files(model, images, top_k=top_k, provider=provider, threads=threads)
+        report = predict_files(model, images, top_k=top_k, provider=provider, threads=threads,
+                               cache_dir=cache_dir)
     if json_output:
         print_json(report)
         return
@@ -87,6 +89,7 @@ def bench_command(
     threads: ThreadsOpt = None,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed calls first.")] = 10,
     runs: Annotated[int, typer.Option("--runs", help="Timed calls.")] = 100,
+    cache_dir: CacheDirOpt = None,
     matrix: Annotated[bool, typer.Option(
         "--matrix", help="Every installed provider x the files (an fp32 file also in bf16 on "
                          "OpenVINO), each in its own process: latency, throughput, peak RSS, "
@@ -106,7 +109,8 @@ def bench_command(
         raise BadInput(f"bench takes one file ({len(model)} given); compare several with --matrix")
     model = model[0]
     with warnings_as_lines():
-        result = benchmark(model, provider, batch=batch, threads=threads, warmup=warmup, runs=runs)
+        result = benchmark(model, provider, batch=batch, threads=threads, warmup=warmup, runs=runs,
+                           cache_dir=cache_dir)
     if json_output:
         print_json(result.as_dict())
         return
