@@ -2,7 +2,7 @@
 
     python examples/embedded_inference.py resnet18.onnx cat.jpg
 
-Needs only the runtime install (numpy, onnxruntime, Pillow: see requirements-runtime.txt);
+Needs only the device install (`pip install "edgecnn[cpu]"`: numpy, onnxruntime, Pillow);
 PyTorch is never imported. The preprocessing (resize, crop, mean/std) comes from the model's
 own metadata, so nothing here depends on which model it is.
 """

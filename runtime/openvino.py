@@ -30,7 +30,9 @@ from edgecnn.errors import BadInput, first_line
 
 PROVIDER = "OpenVINOExecutionProvider"
 PACKAGE = "onnxruntime_ep_openvino"
-INSTALL = "pip install onnxruntime-ep-openvino"
+INSTALL = "pip install 'edgecnn[openvino]'"
+# The plugin-provider API (register_execution_provider_library, add_provider_for_devices).
+PLUGIN_API = ("register_execution_provider_library", "get_ep_devices")
 DEFAULT_DEVICE = "CPU"
 # What a user may write -> OpenVINO's INFERENCE_PRECISION_HINT value.
 PRECISIONS = {"f32": "f32", "fp32": "f32", "bf16": "bf16", "f16": "f16", "fp16": "f16"}
@@ -53,6 +55,9 @@ def register() -> bool:
     is not installed. Afterwards onnxruntime lists the provider as available."""
     if not plugin_installed():
         return False
+    if not all(hasattr(ort, name) for name in PLUGIN_API):
+        raise BadInput(f"the OpenVINO plugin needs an onnxruntime with plugin providers "
+                       f"(installed: {ort.__version__}): {INSTALL}")
     import onnxruntime_ep_openvino as plugin
 
     try:

@@ -51,7 +51,22 @@ def test_build_commands_without_torch_name_the_install(command, tmp_path):
                           cwd=tmp_path, timeout=120)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1, done.stderr
-    assert f"`edgecnn {command[0]}` needs torch" in lines[0] and "pip install edgecnn" in lines[0]
+    assert f"`edgecnn {command[0]}` needs torch" in lines[0]
+    assert "pip install 'edgecnn[export,cpu]'" in lines[0]
+
+
+@pytest.mark.parametrize("command", [["run", "m.onnx", "x.png"], ["bench", "m.onnx"]])
+def test_runtime_commands_without_onnxruntime_name_the_flavours(command, tmp_path):
+    """`pip install edgecnn` alone has no onnxruntime: the commands say which extra brings one."""
+    probe = ("import sys; sys.modules['onnxruntime'] = None\n"
+             "from edgecnn.cli import main\n"
+             f"sys.exit(main({command!r}))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert f"`edgecnn {command[0]}` needs onnxruntime" in lines[0]
+    assert "pip install 'edgecnn[cpu]'" in lines[0] and "edgecnn[gpu]" in lines[0]
 
 
 def test_info_and_check_on_files_that_are_not_models(cli, tmp_path):

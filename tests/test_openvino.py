@@ -232,3 +232,16 @@ def test_a_cpu_session_does_not_load_the_plugin(resnet18_file):
             "print(any(p.startswith('OpenVINO') for p in ort.get_available_providers()))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.stdout.strip() == "False", done.stderr
+
+
+def test_an_onnxruntime_without_plugin_providers_is_one_line(monkeypatch):
+    """A board's old onnxruntime (1.17 has no plugin API) next to the plugin wheel."""
+    monkeypatch.delattr(openvino.ort, "register_execution_provider_library")
+    openvino.register.cache_clear()
+    try:
+        with pytest.raises(BadInput, match=r"needs an onnxruntime with plugin providers "
+                                           r"\(installed: .*\): pip install 'edgecnn\[openvino\]'"):
+            openvino.register()
+    finally:
+        monkeypatch.undo()
+        openvino.register.cache_clear()

@@ -21,8 +21,12 @@ from edgecnn.cli import models_cmd, export_cmd, quantize_cmd, check_cmd  # noqa:
 from edgecnn.cli import info_cmd, runtime_cmd  # noqa: E402,F401
 
 
-# What the build-side commands (list, export, quantize, check) need beyond the runtime install.
+# What the build-side commands (list, export, quantize, check) need beyond the runtime install,
+# and the extras that bring what a module missing from this install is part of.
 BUILD_PACKAGES = ("torch", "onnx", "onnxscript")
+INSTALL_FOR = {**{name: "pip install 'edgecnn[export,cpu]'" for name in BUILD_PACKAGES},
+               "onnxruntime": "pip install 'edgecnn[cpu]' (or edgecnn[gpu] with an NVIDIA GPU, "
+                              "edgecnn[openvino] for Intel's devices)"}
 
 
 def _fail(message: str, code: int) -> int:
@@ -66,10 +70,9 @@ def _run(argv: list[str] | None) -> int:
     except Exception as error:  # a bug: say so in one line, keep the traceback for --debug
         if debug:
             raise
-        if isinstance(error, ModuleNotFoundError) and error.name in BUILD_PACKAGES:
+        if isinstance(error, ModuleNotFoundError) and error.name in INSTALL_FOR:
             return _fail(f"`edgecnn {next(iter(argv), '')}` needs {error.name}, which this "
-                         "install does not have (the runtime-only install runs info, run and "
-                         "bench); install the full package: pip install edgecnn", 2)
+                         f"install does not have: {INSTALL_FOR[error.name]}", 2)
         code = _fail(f"internal error: {type(error).__name__}: {first_line(error)} "
                      "(run again with --debug for the traceback)", 1)
     return code
