@@ -105,3 +105,23 @@ def test_oldest_supported_onnxruntime_runs_models(tmp_path, resnet18_64, zoo_onn
                                                  zoo_onnx("deform_testnet"))
     assert seen["onnxruntime"] == OLDEST_ONNXRUNTIME
     assert seen["swapped"] is True and seen["torch"] is False
+
+
+def test_extras_keep_pytorch_and_the_two_onnxruntime_builds_apart():
+    import re
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text("utf-8"))["project"]
+    name = re.compile(r"[A-Za-z0-9_.-]+")
+
+    def names(requirements):
+        return {name.match(requirement).group() for requirement in requirements}
+
+    extras = project["optional-dependencies"]
+    assert not names(project["dependencies"]) & {"torch", "onnx", "onnxscript", "onnxruntime",
+                                                  "onnxruntime-gpu"}
+    assert names(extras["gpu"]) == {"onnxruntime-gpu"}
+    for extra, requirements in extras.items():  # only the gpu extra brings onnxruntime-gpu
+        assert extra == "gpu" or "onnxruntime-gpu" not in names(requirements)
+    torch_ranges = [req for reqs in extras.values() for req in reqs if name.match(req).group() == "torch"]
+    assert torch_ranges == ["torch>=2.6,<2.14"]  # never a range that pulls a CUDA build
