@@ -3,6 +3,8 @@
 This module must stay free of torch and onnx imports: the runtime uses it on devices.
 """
 
+import re
+
 
 class EdgecnnError(Exception):
     """Base class of the errors edgecnn reports to a user (no traceback, one line)."""
@@ -25,8 +27,13 @@ class CheckFailed(EdgecnnError):
     exit_code = 1
 
 
+_TERMINAL_COLOURS = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def first_line(error: BaseException, limit: int = 300) -> str:
     """The first non-empty line of ``error``'s message (at most ``limit`` characters), or its
-    type's name when the message is empty: what a one-line report quotes of an exception."""
-    text = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    type's name when the message is empty: what a one-line report quotes of an exception.
+    Terminal colour codes (torch.onnx colours its step names) are dropped."""
+    plain = _TERMINAL_COLOURS.sub("", str(error))
+    text = next((line.strip() for line in plain.splitlines() if line.strip()), "")
     return text[:limit] or type(error).__name__

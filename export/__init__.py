@@ -12,6 +12,7 @@ _EXPORTS = {
     "ExportResult": "exporter", "build_model": "exporter", "export_model": "exporter",
     "to_onnx": "exporter", "ParityMetrics": "parity", "compare": "parity",
     "QuantizeResult": "quantize", "quantize_model": "quantize",
+    "check_onnx": "check", "check_parity": "check",
 }
 
 __all__ = sorted(_EXPORTS)

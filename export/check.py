@@ -20,15 +20,15 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from edgecnn import models
 from edgecnn.errors import BadInput
 from edgecnn.export import bisect as bisecting
 from edgecnn.export.calibration import batches, load_image_folder
-from edgecnn.export.exporter import build_model, export_model, random_input
+from edgecnn.export.exporter import build_model, export_model, random_input, run_eager
 from edgecnn.export.files import atomic_output, check_output_path
 from edgecnn.export.parity import (
     FP16_MAX, OutputReport, Verdict, activation_peak, check_precision, judge,
 )
+from edgecnn.export.user_model import is_user_model, resolve_spec
 from edgecnn.runtime import ModelMetadata, openvino
 from edgecnn.runtime.onnx_file import dims, fixed_batch, get_metadata, graph_inputs, load_model
 from edgecnn.runtime.providers import OPENVINO, ProviderRequest
@@ -228,17 +228,18 @@ def convert_precision(fp32_path: Path, precision: str, output: Path,
 
 
 def _check_architecture(name: str, model, source: str, eager_input: Sequence[int],
-                        eager_output: Sequence[int]) -> None:
+                        eager_outputs: Sequence[Sequence[int]]) -> None:
     """BadInput unless ``model`` has the named model's interface (never a bogus pass)."""
     metadata = get_metadata(model, source)
     if metadata is not None and metadata.model != name:
         raise BadInput(f"{source} was exported from {metadata.model!r}, not {name!r}")
-    inputs = graph_inputs(model)
-    if len(inputs) != 1 or len(model.graph.output) != 1:
-        raise BadInput(f"{source} has {len(inputs)} inputs and {len(model.graph.output)} "
-                       f"outputs; {name} has one of each")
+    inputs, outputs = graph_inputs(model), list(model.graph.output)
+    if len(inputs) != 1 or len(outputs) != len(eager_outputs):
+        raise BadInput(f"{source} has {len(inputs)} inputs and {len(outputs)} outputs; {name} "
+                       f"has 1 and {len(eager_outputs)}")
     for kind, value, expected in (("input", inputs[0], eager_input),
-                                  ("output", model.graph.output[0], eager_output)):
+                                  *(("output", output, shape)
+                                    for output, shape in zip(outputs, eager_outputs))):
         shape, wanted = dims(value)[1:], list(expected)[1:]
         if len(shape) != len(wanted) or any(d is not None and d != w for d, w in zip(shape, wanted)):
             raise BadInput(f"{source} {kind} {value.name} has shape [N, {', '.join(map(str, shape))}]"
@@ -285,9 +286,14 @@ def check_parity(name: str, onnx_path: str | os.PathLike | None = None, *,
                  images: str | os.PathLike | None = None, providers: ProviderRequest = "cpu",
                  tolerance: float | None = None, min_top1: float | None = None, seed: int = 0,
                  weights: str | os.PathLike | None = None, num_classes: int | None = None,
-                 input_size: int | Sequence[int] | None = None, bisect: bool = False,
+                 input_size: int | Sequence[int] | None = None, in_channels: int | None = None,
+                 model_options: dict | None = None, bisect: bool = False,
                  on_step: StepCallback | None = None) -> CheckReport:
     """Compare eager ``name`` with its ONNX export (or ``onnx_path``) on random inputs.
+
+    ``name``: a registered model, ``package.module:callable``, ``path/file.py:callable`` or a
+    ``.pt2`` file (edgecnn.export.user_model); ``model_options`` are its builder's keyword
+    arguments. Checking a file, a model that is not registered takes the file's input size.
 
     Without ``onnx_path`` the model is exported fresh and converted to ``precision`` (int8
     calibrates on ``images`` when given). ``batch``: rows per random input (default 2, or the
@@ -296,7 +302,10 @@ def check_parity(name: str, onnx_path: str | os.PathLike | None = None, *,
     ``num_classes`` (once, for both sides): pass the values the file was exported with.
     """
     step = on_step or (lambda message: None)
-    spec = models.get_spec(name)
+    # a model that is not registered learns its input size from the file, once it is read
+    spec = (None if onnx_path is not None and is_user_model(name) else
+            resolve_spec(name, input_size=input_size, in_channels=in_channels))
+    options = model_options or {}
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise BadInput(f"samples must be >= 1, got {samples!r}")
     if precision is not None:
@@ -307,15 +316,17 @@ def check_parity(name: str, onnx_path: str | os.PathLike | None = None, *,
     with tempfile.TemporaryDirectory(prefix="edgecnn-check-") as work:
         if onnx_path is None:
             precision = precision or "fp32"
-            module = build_model(name, num_classes=num_classes, weights=weights, seed=seed)
+            module = build_model(spec, num_classes=num_classes, in_channels=in_channels,
+                                 weights=weights, seed=seed, **options)
             step(f"exporting {name}")
-            path = export_model(name, Path(work) / f"{name}.onnx", input_size=input_size,
-                                num_classes=num_classes, weights=weights, seed=seed,
+            path = export_model(spec, Path(work) / f"{spec.name}.onnx", input_size=input_size,
+                                num_classes=num_classes, in_channels=in_channels,
+                                weights=weights, seed=seed, model_options=options,
                                 check=False, module=module).path
             if precision not in ("fp32", "bf16"):  # bf16 runs the fp32 file
                 step(f"converting to {precision}")
-                path = convert_precision(path, precision, Path(work) / f"{name}.{precision}.onnx",
-                                         images)
+                path = convert_precision(path, precision,
+                                         Path(work) / f"{spec.name}.{precision}.onnx", images)
         else:
             path = Path(onnx_path)
         model = load_model(path)
@@ -324,8 +335,10 @@ def check_parity(name: str, onnx_path: str | os.PathLike | None = None, *,
         batch = _batch_size(fixed, path, batch)
         channels, height, width = _input_chw(model, metadata, str(path))
         if onnx_path is not None:
-            module = build_model(name, num_classes=num_classes, weights=weights, seed=seed,
-                                 in_channels=channels if channels != spec.input_size[0] else None)
+            spec = spec or resolve_spec(name, input_size=(height, width), in_channels=channels)
+            module = build_model(spec, num_classes=num_classes, weights=weights, seed=seed,
+                                 in_channels=channels if channels != spec.input_size[0] else None,
+                                 **options)
         inputs = [random_input((batch, channels, height, width), seed + 1 + k).numpy()
                   for k in range(samples)]
         image_rows, notes = 0, []
@@ -337,13 +350,13 @@ def check_parity(name: str, onnx_path: str | os.PathLike | None = None, *,
                                             warn=notes.append).inputs
             inputs.extend(batches(image_batch, fixed, len(image_batch)))
             image_rows = len(image_batch)
-        with torch.no_grad():
-            eager_output = module(torch.from_numpy(inputs[0])).shape
-        _check_architecture(name, model, str(path), inputs[0].shape, eager_output)
+        eager_outputs = [output.shape for output in
+                         run_eager(module, torch.from_numpy(inputs[0]), spec).values()]
+        _check_architecture(spec.name, model, str(path), inputs[0].shape, eager_outputs)
         del model  # the session reads the file itself
         report = check_onnx(module, path, inputs, precision=precision, providers=providers,
                             tolerance=tolerance, min_top1=min_top1, bisect=bisect,
-                            model_name=name, image_rows=image_rows, on_step=step)
+                            model_name=spec.name, image_rows=image_rows, on_step=step)
     report.onnx_path = str(onnx_path or f"(fresh export, {report.precision})")
     report.notes[:0] = notes
     if not report.passed and onnx_path is not None and not any("NaN" in n for n in report.notes):

@@ -29,6 +29,7 @@ from edgecnn.export.deform import (TRANSLATION_TABLE as DEFORM_TRANSLATION_TABLE
 from edgecnn.export.files import atomic_output, check_output_path
 from edgecnn.export.parity import ParityMetrics, Verdict, default_bounds, judge
 from edgecnn.export.quiet import silenced
+from edgecnn.export.user_model import carries_weights, resolve_spec
 from edgecnn.runtime import InputInfo, ModelMetadata, load_session
 from edgecnn.runtime.deform import (
     DEFAULT_LOWERING, NATIVE_MIN_OPSET, model_lowering, set_deform_lowering,
@@ -123,7 +124,9 @@ def _check_arguments(spec: models.ModelSpec, *, batch, seed, channels, height, w
     if channels * height * width > MAX_ELEMENTS:
         raise BadInput(f"an input of {channels}x{height}x{width} is too large (at most "
                        f"{MAX_ELEMENTS:,} values per image)")
-    own = sorted(set(model_options or ()) & set(OWN_ARGUMENTS))
+    # A model that is not registered takes in_channels, if at all, as one of its own options.
+    owned = OWN_ARGUMENTS if spec.source is None else set(OWN_ARGUMENTS) - {"in_channels"}
+    own = sorted(set(model_options or ()) & set(owned))
     if own:
         raise BadInput(f"model_options cannot set {', '.join(own)}: each is an argument of "
                        "its own")
@@ -170,11 +173,12 @@ def _strip_node_metadata(model: onnx.ModelProto) -> None:
             node.metadata_props.extend(kept)
 
 
-def to_onnx(module: nn.Module, example: torch.Tensor, output_name: str = "logits", *,
-            opset: int = DEFAULT_OPSET, dynamic_batch: bool = True,
+def to_onnx(module: nn.Module, example: torch.Tensor, output_name: str | Sequence[str] = "logits",
+            *, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True,
             custom_translation_table: dict | None = None,
             deform_lowering: str = DEFAULT_LOWERING) -> onnx.ModelProto:
-    """Export ``module`` (eval mode) with the dynamo exporter: input ``input``, one output.
+    """Export ``module`` (eval mode) with the dynamo exporter: input ``input``, outputs named
+    ``output_name`` (a list for a model with several).
 
     The batch axis is named ``batch`` and dynamic unless ``dynamic_batch`` is False. Each
     edgecnn deformable convolution becomes one ai.edgecnn::DeformConv2d node whose function
@@ -190,7 +194,8 @@ def to_onnx(module: nn.Module, example: torch.Tensor, output_name: str = "logits
         with silenced(*EXPORTER_LOGGERS), torch.no_grad():
             program = torch.onnx.export(
                 module.eval(), (example,), None, dynamo=True, opset_version=opset,
-                input_names=["input"], output_names=[output_name],
+                input_names=["input"],
+                output_names=[output_name] if isinstance(output_name, str) else list(output_name),
                 dynamic_shapes=dynamic_shapes, optimize=True, verbose=False,
                 custom_translation_table=table)
     except Exception as error:
@@ -228,20 +233,27 @@ def read_labels(path: str | os.PathLike, num_classes: int) -> list[str]:
     return labels
 
 
-def build_model(name: str, *, num_classes: int | None = None, in_channels: int | None = None,
-                weights: str | os.PathLike | None = None, seed: int = 0,
-                **options) -> nn.Module:
-    """A registered model in eval mode: loaded from ``weights`` or seeded random.
+def build_model(name: str | models.ModelSpec, *, num_classes: int | None = None,
+                in_channels: int | None = None, weights: str | os.PathLike | None = None,
+                seed: int = 0, **options) -> nn.Module:
+    """A model in eval mode (a registered name, or a ModelSpec of edgecnn.export.user_model):
+    loaded from ``weights`` or seeded random; a .pt2 program keeps the weights it carries.
 
     Random models get non-trivial BatchNorm statistics (see randomize_batchnorm_stats) and
     deformable convolutions random offsets (randomize_offset_predictors) so that a parity check
-    exercises both.
+    exercises both. ``in_channels`` goes to a registered builder only: for a model that is not
+    registered it describes the input, and its own options come in ``options``.
     """
-    if in_channels is not None:
+    spec = resolve_spec(name)
+    if in_channels is not None and spec.source is None:
         options["in_channels"] = in_channels
+    if weights is not None and carries_weights(spec):
+        raise BadInput(f"weights: {spec.source} carries its own weights")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = models.create(name, num_classes=num_classes, **options)
+        model = models.create(spec, num_classes=num_classes, **options)
+    if carries_weights(spec):
+        return model.eval()
     if weights is not None:
         models.load_weights(model, weights)
     else:
@@ -255,14 +267,48 @@ def random_input(shape: Sequence[int], seed: int = 0) -> torch.Tensor:
     return torch.randn(tuple(shape), generator=generator)
 
 
-def run_eager(model: nn.Module, example: torch.Tensor, spec: models.ModelSpec) -> np.ndarray:
-    """The eager output; a failure here means the input size does not suit the model."""
+def run_eager(model: nn.Module, example: torch.Tensor,
+              spec: models.ModelSpec) -> dict[str, np.ndarray]:
+    """The eager outputs by name: the task's output name for one tensor; a tuple or list of
+    tensors adds ``<name>_1``, ``<name>_2``...; a dict keeps its keys. A failure here means the
+    input size does not suit the model."""
     try:
         with torch.no_grad():
-            return model(example).numpy()
+            result = model(example)
     except RuntimeError as error:
         raise BadInput(f"input {list(example.shape[1:])} does not work for {spec.name}: "
                        f"{first_line(error, 200)}") from None
+    if isinstance(result, torch.Tensor):
+        named = {spec.output_name: result}
+    elif isinstance(result, dict):
+        named = {str(key): value for key, value in result.items()}
+    elif isinstance(result, (tuple, list)):
+        named = {spec.output_name if index == 0 else f"{spec.output_name}_{index}": value
+                 for index, value in enumerate(result)}
+    else:
+        named = {"": result}
+    if not named or not all(isinstance(value, torch.Tensor) for value in named.values()):
+        kinds = sorted({type(value).__name__ for value in named.values()}) or ["nothing"]
+        raise BadInput(f"{spec.name} returns {', '.join(kinds)}; edgecnn exports models that "
+                       "return a tensor, or a tuple, list or dict of tensors")
+    return {name: value.numpy() for name, value in named.items()}
+
+
+def check_input_info(info: InputInfo) -> None:
+    """The preprocessing given for the metadata, in the API's words (mean, std, crop_fraction)."""
+    try:
+        ModelMetadata(model="model", task="classification", input=info).validate("export")
+    except BadInput as error:  # "export: edgecnn metadata field 'input.mean' must be ..."
+        message = str(error).partition("field 'input.")[2]
+        raise BadInput(message.replace("' must", " must", 1) if message else str(error)) from None
+
+
+def _class_count(spec: models.ModelSpec, num_classes: int | None, first_output) -> int | None:
+    """The classes the labels must match: the argument, the spec's, or the first output's
+    axis 1 (a model that is not registered)."""
+    if num_classes or spec.num_classes:
+        return num_classes or spec.num_classes
+    return int(first_output.shape[1]) if first_output.ndim >= 2 else None
 
 
 def weights_provenance(weights: str | os.PathLike | None, seed: int) -> str:
@@ -276,16 +322,22 @@ def weights_provenance(weights: str | os.PathLike | None, seed: int) -> str:
     return f"{Path(weights).name} sha256:{digest.hexdigest()}"
 
 
-def export_model(name: str, output: str | os.PathLike | None = None, *,
+def export_model(name: str | models.ModelSpec, output: str | os.PathLike | None = None, *,
                  opset: int | None = None, input_size: int | Sequence[int] | None = None,
                  batch: int | None = None, num_classes: int | None = None,
                  in_channels: int | None = None, weights: str | os.PathLike | None = None,
                  seed: int = 0, check: bool = True, labels: str | os.PathLike | None = None,
                  model_options: dict | None = None, deform_lowering: str = DEFAULT_LOWERING,
+                 task: str | None = None, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None, crop_fraction: float | None = None,
                  module: nn.Module | None = None,
                  on_step: StepCallback | None = None) -> ExportResult:
-    """Export a registered model to ONNX; see ``edgecnn export --help`` for the options.
+    """Export a model to ONNX; see ``edgecnn export --help`` for the options.
 
+    ``name``: a registered model, ``package.module:callable``, ``path/file.py:callable`` or a
+    ``.pt2`` file (edgecnn.export.user_model; those need ``input_size`` and ``in_channels``,
+    and take ``task``). ``mean``, ``std``, ``crop_fraction``: the preprocessing written into the
+    metadata (default: the model's; ImageNet's for a model that is not registered).
     ``opset`` None means 18, or 19 when the model has deformable convolutions exported with
     the native lowering (``deform_lowering``, "native" or "decomposed"). ``module``: the model
     already built by ``build_model`` with the same arguments (``edgecnn check`` builds it once
@@ -298,7 +350,8 @@ def export_model(name: str, output: str | os.PathLike | None = None, *,
 
     started = time.perf_counter()
     step = on_step or (lambda message: None)
-    spec = models.get_spec(name)
+    spec = resolve_spec(name, input_size=input_size, in_channels=in_channels, task=task)
+    name = spec.name
     output = check_output_path(output or f"{name}.onnx")
     if opset is not None:
         validate_opset(opset, spec)
@@ -307,33 +360,41 @@ def export_model(name: str, output: str | os.PathLike | None = None, *,
     channels = in_channels or spec.input_size[0]
     _check_arguments(spec, batch=batch, seed=seed, channels=channels, height=height,
                      width=width, model_options=model_options)
-    classes = num_classes or spec.num_classes
-    # no labels file: ImageNet's names for a 1000-class checkpoint (edgecnn.labels), else none
-    label_list = (read_labels(labels, classes) if labels is not None
-                  else default_labels(classes, weights))
+    if spec.fixed_batch is not None:
+        if batch not in (None, spec.fixed_batch):
+            raise BadInput(f"batch must be {spec.fixed_batch}: {spec.source} was exported with "
+                           "a fixed batch size")
+        batch = spec.fixed_batch
+    default_mean, default_std = spec.normalization(channels)
+    info = InputInfo(shape=[channels, height, width], color="RGB" if channels == 3 else "GRAY",
+                     mean=default_mean if mean is None else [float(v) for v in mean],
+                     std=default_std if std is None else [float(v) for v in std],
+                     crop_fraction=spec.crop_fraction if crop_fraction is None else crop_fraction)
+    check_input_info(info)
 
     if module is None:
         step(f"building {name}")
-        module = build_model(name, num_classes=num_classes, in_channels=in_channels,
+        module = build_model(spec, num_classes=num_classes, in_channels=in_channels,
                              weights=weights, seed=seed, **(model_options or {}))
     example = random_input((batch or CHECK_BATCH, channels, height, width), seed)
-    reference = run_eager(module, example, spec)
+    references = run_eager(module, example, spec)
+    classes = _class_count(spec, num_classes, next(iter(references.values())))
+    # no labels file: ImageNet's names for a 1000-class checkpoint (edgecnn.labels), else none
+    label_list = (read_labels(labels, classes) if labels is not None
+                  else default_labels(classes, weights))
     opset = resolve_opset(opset, spec, uses_deform_conv(module) and deform_lowering == "native")
 
     step("exporting with torch.onnx (dynamo)")
-    proto = to_onnx(module, example, spec.output_name, opset=opset, dynamic_batch=batch is None,
+    proto = to_onnx(module, example, list(references), opset=opset, dynamic_batch=batch is None,
                     deform_lowering=deform_lowering)
     proto.graph.name = name
     lowering = model_lowering(proto)  # None when the graph has no deformable convolution
-    mean, std = spec.normalization(channels)
     bounds = default_bounds(spec.tolerances)
-    provenance = weights_provenance(weights, seed)
+    provenance = weights_provenance(spec.source if carries_weights(spec) else weights, seed)
     set_metadata(proto, ModelMetadata(
         model=name, task=spec.task, labels=label_list, precision="fp32", opset=opset,
         edgecnn_version=edgecnn.__version__, deform_lowering=lowering, tolerances=bounds,
-        weights=provenance,
-        input=InputInfo(shape=[channels, height, width], color="RGB" if channels == 3 else "GRAY",
-                        mean=mean, std=std, crop_fraction=spec.crop_fraction)))
+        weights=provenance, input=info))
     with atomic_output(output) as temp_path:
         onnx.save_model(proto, temp_path)
         step("checking the graph (onnx.checker, shape inference)")
@@ -343,8 +404,8 @@ def export_model(name: str, output: str | os.PathLike | None = None, *,
             step("running onnxruntime against eager")
             session = load_session(temp_path)
             candidate = session.run(None, {"input": example.numpy()})
-            verdict = judge([reference], candidate, "fp32", bounds=bounds,
-                            names=[spec.output_name])
+            verdict = judge(list(references.values()), candidate, "fp32", bounds=bounds,
+                            names=list(references))
             if not verdict.passed:
                 raise CheckFailed(f"parity check failed for {name}: {verdict.failures()}; "
                                   "nothing written (skip the check to write it anyway)")

@@ -290,18 +290,19 @@ def export_quantized(name: str, output: str | os.PathLike | None = None, *, quan
     written; the result's ``quantization`` is quantize_model's result."""
     if quantize not in EXPORT_MODES:
         raise BadInput(f"quantize must be one of {', '.join(EXPORT_MODES)}, got {quantize!r}")
+    from edgecnn.export.exporter import export_model
+    from edgecnn.export.user_model import model_name
+
     recipe = get_recipe(quantize, method=method, target=target)
     _check_options(recipe, None, None, calibration_size)
-    output = check_output_path(output or f"{name}_{quantize}.onnx")
+    output = check_output_path(output or f"{model_name(name)}_{quantize}.onnx")
     if recipe.needs_calibration and calibration is None:
         raise BadInput(f"quantize {quantize} needs calibration data: a folder of images, an "
                        ".npy/.npz of inputs, or 'random'")
     if isinstance(calibration, (str, os.PathLike)) and str(calibration) != RANDOM:
         existing_source(calibration)  # fail before the export, not after it
-    from edgecnn.export.exporter import export_model
-
     with tempfile.TemporaryDirectory(prefix="edgecnn-export-") as workdir:
-        exported = export_model(name, Path(workdir) / f"{name}.onnx", on_step=on_step,
+        exported = export_model(name, Path(workdir) / "fp32.onnx", on_step=on_step,
                                 **export_options)
         quantized = quantize_model(exported.path, output, recipe=recipe, calibration=calibration,
                                    calibration_size=calibration_size,

@@ -143,6 +143,10 @@ ProviderOpt = Annotated[str, typer.Option(
 TargetOpt = Annotated[str, typer.Option(
     "--target", help="int8: the provider the file is tuned for: {targets} (cpu rewrites the RGB "
                      "stem for onnxruntime's int8 kernel; OpenVINO runs the plain one faster).")]
+ModelOptionOpt = Annotated[Optional[list[str]], typer.Option(
+    "--option", metavar="KEY=VALUE",
+    help="Keyword argument of the model's builder (or your callable), repeatable, e.g. "
+         "upsample=bilinear (fcn_resnet18), paper_lrn=true (alexnet_original); docs/zoo.md.")]
 CacheDirOpt = Annotated[Optional[str], typer.Option(
     "--cache-dir", help="Where TensorRT and OpenVINO keep what they compile, so the next run "
                         "starts faster (made if missing).")]
@@ -173,6 +177,33 @@ def parse_numbers(text: str | None, flag: str, kind: type = float) -> list | Non
 
 def _no_numbers(flag: str, text: str):
     raise BadInput(f"{flag} needs a value, got {text!r}")
+
+
+def parse_model_options(pairs: list[str] | None) -> dict:
+    """``["upsample=bilinear", "paper_lrn=true"]`` -> ``{"upsample": "bilinear", "paper_lrn": True}``.
+
+    Values become bool (true/false), int or float where they read as one, else stay strings;
+    the exporter and the model's builder check the keys (BadInput naming them).
+    """
+    options = {}
+    for pair in pairs or ():
+        key, separator, text = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not separator or not key.isidentifier():
+            raise BadInput(f"--option takes KEY=VALUE, got {pair!r}")
+        options[key] = _option_value(text.strip())
+    return options
+
+
+def _option_value(text: str):
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def parse_input_size(text: str | None) -> list[int] | None:

@@ -8,8 +8,8 @@ import typer
 from rich.table import Table
 
 from edgecnn.cli._app import (
-    InputSizeOpt, JsonOpt, NumClassesOpt, WeightsOpt, app, err, out,
-    parse_input_size, print_json, progress, safe,
+    InputSizeOpt, JsonOpt, ModelOptionOpt, NumClassesOpt, WeightsOpt, app, err, out,
+    parse_input_size, parse_model_options, print_json, progress, safe,
 )
 from edgecnn.errors import BadInput
 
@@ -47,7 +47,10 @@ def _print_report(report) -> None:
 
 @app.command("check")
 def check_command(
-    model: Annotated[str, typer.Argument(help="Registered model name (see `edgecnn list`).")],
+    model: Annotated[str, typer.Argument(
+        metavar="SPEC",
+        help="The eager side: a registered model (see `edgecnn list`), package.module:callable, "
+             "path/file.py:callable or a .pt2 file, as `edgecnn export` takes it.")],
     onnx_argument: Annotated[Optional[str], typer.Argument(
         metavar="FILE.onnx", help="Check this file instead of a fresh export (or --onnx).",
         show_default=False)] = None,
@@ -79,6 +82,10 @@ def check_command(
     weights: WeightsOpt = None,
     num_classes: NumClassesOpt = None,
     input_size: InputSizeOpt = None,
+    in_channels: Annotated[Optional[int], typer.Option(
+        help="Input channels of a fresh export of a model that is not registered (a file "
+             "gives its own).")] = None,
+    model_option: ModelOptionOpt = None,
     bisect: Annotated[bool, typer.Option(help="Find the first module where outputs diverge.")] = False,
     report: Annotated[Optional[str], typer.Option(help="Also write the report to FILE.md or FILE.json.")] = None,
     json_output: JsonOpt = False,
@@ -96,7 +103,8 @@ def check_command(
         result = check_parity(
             model, onnx_file, precision=precision, batch=batch, samples=samples, images=images,
             providers=provider, tolerance=tolerance, min_top1=min_top1, seed=seed, weights=weights,
-            num_classes=num_classes, input_size=parse_input_size(input_size), bisect=bisect,
+            num_classes=num_classes, input_size=parse_input_size(input_size),
+            in_channels=in_channels, model_options=parse_model_options(model_option), bisect=bisect,
             on_step=on_step)
     if report:
         write_report(result, report)

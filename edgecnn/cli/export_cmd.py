@@ -1,4 +1,5 @@
-"""`edgecnn export NAME`: a registered model to a checked .onnx file."""
+"""`edgecnn export SPEC`: a registered model, your own module or a .pt2 program to a checked
+.onnx file."""
 
 from __future__ import annotations
 
@@ -7,38 +8,12 @@ from typing import Annotated, Optional
 import typer
 
 from edgecnn.cli._app import (
-    BatchOpt, CalibrationOpt, CalibrationSizeOpt, InputSizeOpt, JsonOpt, NumClassesOpt, OutputOpt,
-    TargetOpt, WeightsOpt, app, human_size, out, parse_input_size, print_json,
-    print_quantize_summary, print_warning, progress, safe,
+    BatchOpt, CalibrationOpt, CalibrationSizeOpt, InputSizeOpt, JsonOpt, ModelOptionOpt,
+    NumClassesOpt, OutputOpt, TargetOpt, WeightsOpt, app, human_size, out, parse_input_size,
+    parse_model_options, parse_numbers, print_json, print_quantize_summary, print_warning,
+    progress, safe,
 )
 from edgecnn.errors import BadInput
-
-
-def parse_model_options(pairs: list[str] | None) -> dict:
-    """``["upsample=bilinear", "paper_lrn=true"]`` -> ``{"upsample": "bilinear", "paper_lrn": True}``.
-
-    Values become bool (true/false), int or float where they read as one, else stay strings;
-    the exporter and the model's builder check the keys (BadInput naming them).
-    """
-    options = {}
-    for pair in pairs or ():
-        key, separator, text = pair.partition("=")
-        key = key.strip().replace("-", "_")
-        if not separator or not key.isidentifier():
-            raise BadInput(f"--option takes KEY=VALUE, got {pair!r}")
-        options[key] = _option_value(text.strip())
-    return options
-
-
-def _option_value(text: str):
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
 
 
 def print_export_summary(result) -> None:
@@ -62,7 +37,11 @@ def print_export_summary(result) -> None:
 
 @app.command("export")
 def export_command(
-    model: Annotated[str, typer.Argument(help="Registered model name (see `edgecnn list`).")],
+    model: Annotated[str, typer.Argument(
+        metavar="SPEC",
+        help="A registered model (see `edgecnn list`), package.module:callable, "
+             "path/file.py:callable (a function or class returning an nn.Module; --option "
+             "KEY=VALUE are its keyword arguments) or a .pt2 file from torch.export.save.")],
     output: OutputOpt = None,
     opset: Annotated[Optional[int], typer.Option(
         "--opset", help="ONNX opset, 18 or newer (default: 18, or 19 when native DeformConv "
@@ -70,7 +49,23 @@ def export_command(
     input_size: InputSizeOpt = None,
     batch: BatchOpt = None,
     num_classes: NumClassesOpt = None,
-    in_channels: Annotated[Optional[int], typer.Option(help="Input channels (default: the model's).")] = None,
+    in_channels: Annotated[Optional[int], typer.Option(
+        help="Input channels, 1 (grey) or 3 (RGB); default: the model's. A model that is not "
+             "registered needs it and --input-size (a .pt2 file records both).")] = None,
+    task: Annotated[Optional[str], typer.Option(
+        metavar="classification|segmentation",
+        help="What the output is (default: the model's; classification for your own). It "
+             "names the output: logits or masks.")] = None,
+    mean: Annotated[Optional[str], typer.Option(
+        "--mean", metavar="M [M M]",
+        help="Per-channel mean (0-1 scale) written into the metadata (default: the model's; "
+             "ImageNet's for your own, averaged for one channel).")] = None,
+    std: Annotated[Optional[str], typer.Option(
+        "--std", metavar="S [S S]", help="Per-channel std, as --mean.")] = None,
+    crop_fraction: Annotated[Optional[float], typer.Option(
+        "--crop-fraction", metavar="F",
+        help="Share of the resized image the model sees, in (0, 1] (default: the model's; "
+             "0.875, ImageNet's resize-256-crop-224, for your own).")] = None,
     weights: WeightsOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of the random weights and check input.")] = 0,
     labels: Annotated[Optional[str], typer.Option(help="Text file of class names, one per line.")] = None,
@@ -87,10 +82,7 @@ def export_command(
         help="Body of the deformable-conv custom op: ONNX DeformConv (opset 19+), or older ops "
              "for runtimes without a DeformConv kernel (onnxruntime < 1.25, TensorRT < 10.1).")
     ] = "native",
-    model_option: Annotated[Optional[list[str]], typer.Option(
-        "--option", metavar="KEY=VALUE",
-        help="Architecture option of the model's builder, repeatable, e.g. upsample=bilinear "
-             "(fcn_resnet18), paper_lrn=true (alexnet_original); see docs/zoo.md.")] = None,
+    model_option: ModelOptionOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
     """Export a model to ONNX (dynamo exporter), embed its metadata and check parity."""
@@ -99,7 +91,9 @@ def export_command(
     options = dict(opset=opset, input_size=parse_input_size(input_size), batch=batch,
                    num_classes=num_classes, in_channels=in_channels, weights=weights, seed=seed,
                    check=check, labels=labels, deform_lowering=deform_lowering,
-                   model_options=parse_model_options(model_option))
+                   model_options=parse_model_options(model_option), task=task,
+                   mean=parse_numbers(mean, "--mean"), std=parse_numbers(std, "--std"),
+                   crop_fraction=crop_fraction)
     if target != "cpu" and quantize is None:
         raise BadInput("--target tunes the file that --quantize writes; add --quantize int8")
     if quantize is not None:
@@ -113,7 +107,7 @@ def export_command(
     else:
         with progress(enabled=not json_output) as (on_step, _):
             result = export_model(model, output, on_step=on_step, **options)
-    if weights is None:  # after the export: a failed one prints only its error line
+    if result.weights.startswith("random"):  # after the export: a failed one prints its error only
         print_warning("random weights: predictions are meaningless; give --weights")
     if json_output:
         print_json(result.as_dict())

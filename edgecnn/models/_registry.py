@@ -34,7 +34,7 @@ class ModelSpec:
     builder: Callable = field(repr=False, compare=False)
     task: str
     input_size: tuple[int, int, int]  # (C, H, W) of the default config
-    num_classes: int
+    num_classes: int | None  # None: read from the output (a model that is not registered)
     params: int | None  # parameter count of the default config (None: not fixed by a source)
     family: str
     mean: tuple[float, ...] = IMAGENET_MEAN  # 0-1 scale, RGB (or the single grey channel)
@@ -56,6 +56,10 @@ class ModelSpec:
     # to 19 when they are exported with the native DeformConv lowering.
     min_opset: int = 18
     description: str = ""
+    # What a model that is not registered was named by (``package.module:callable``, a .py
+    # file's ``path:callable`` or a .pt2 file; edgecnn.export.user_model); None when registered.
+    source: str | None = None
+    fixed_batch: int | None = None  # the batch size a .pt2 program was exported with, if fixed
 
     @property
     def output_name(self) -> str:
@@ -109,18 +113,21 @@ def get_spec(name: str) -> ModelSpec:
     except KeyError:
         close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see `edgecnn list`"
+        hint += "; your own model: package.module:callable, path/file.py:callable or a .pt2 file"
         raise BadInput(f"unknown model {name!r}{hint}") from None
 
 
-def create(name: str, num_classes: int | None = None, **kwargs):
-    """Build a registered model in eval mode: ``create("resnet18", num_classes=10)``.
+def create(name: str | ModelSpec, num_classes: int | None = None, **kwargs):
+    """Build a registered model in eval mode: ``create("resnet18", num_classes=10)`` (or the
+    model of a ModelSpec, e.g. one of edgecnn.export.user_model).
 
     ``kwargs`` go to the builder (``in_channels``, architecture options such as ``upsample``).
     An option whose default is a bool, int or float must be one too (an int will do for a
     float); a builder's ValueError (e.g. a dropout outside [0, 1]) is BadInput. A TypeError
     raised inside a builder is a bug in it and propagates as one.
     """
-    spec = get_spec(name)
+    spec = name if isinstance(name, ModelSpec) else get_spec(name)
+    name = spec.name
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     try:

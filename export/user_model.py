@@ -1,0 +1,200 @@
+"""Models that are not in the registry, named the way ``edgecnn export SPEC`` takes them:
+
+- ``package.module:callable`` (e.g. ``torchvision.models:resnet50`` where torchvision is
+  installed), imported as Python imports it;
+- ``path/to/file.py:callable``, loaded from that file;
+- ``path/to/model.pt2``, a program written by ``torch.export.save`` (it carries its weights).
+
+The callable is a function or class that returns an ``nn.Module``; ``model_options`` become its
+keyword arguments. ``resolve_spec`` turns the SPEC into a ``ModelSpec`` like a registered
+model's (input size, task, normalization from the caller, with documented defaults), so the
+exporter and ``check`` run every model through one path.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from torch import nn
+
+from edgecnn import models
+from edgecnn.errors import BadInput, first_line
+from edgecnn.models import ModelSpec
+from edgecnn.models._registry import TASKS
+
+PROGRAM_SUFFIX = ".pt2"
+DEFAULT_TASK = "classification"
+FAMILY = "your own model"
+
+
+def is_user_model(model: str) -> bool:
+    """A SPEC that names a callable or a .pt2 file rather than a registered model."""
+    return ":" in model or model.endswith(PROGRAM_SUFFIX)
+
+
+def model_name(model: str) -> str:
+    """The name a SPEC's model goes by (in the metadata and the default output file): the
+    registered name, the callable's (``file.py:build`` -> ``build``) or the .pt2 file's stem."""
+    if model.endswith(PROGRAM_SUFFIX):
+        return Path(model).stem
+    return model.rpartition(":")[2].rpartition(".")[2] if ":" in model else model
+
+
+def _import_source(source: str):
+    """The module ``source`` names: a .py file (a path) or an importable dotted name."""
+    if source.endswith(".py") or os.sep in source or "/" in source:
+        path = Path(source)
+        if not path.is_file():
+            raise BadInput(f"model file not found: {path}")
+        name = f"edgecnn_user_model_{abs(hash(str(path.resolve())))}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise BadInput(f"{path} is not a Python file that can be imported")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses and pickling look their module up
+        try:
+            spec.loader.exec_module(module)
+        except Exception as error:
+            del sys.modules[name]
+            raise BadInput(f"{path} does not import: {type(error).__name__}: "
+                           f"{first_line(error)}") from None
+        return module
+    try:
+        return importlib.import_module(source)
+    except Exception as error:  # ImportError, or whatever the module raises at import
+        raise BadInput(f"module {source} does not import: {type(error).__name__}: "
+                       f"{first_line(error)}") from None
+
+
+def load_callable(spec: str) -> Callable:
+    """The callable ``source:attribute`` names (``attribute`` may be dotted)."""
+    source, _, attribute = spec.rpartition(":")
+    if not source or not attribute:
+        raise BadInput(f"model {spec!r} must be package.module:callable or path/file.py:callable")
+    target = _import_source(source)
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise BadInput(f"{source} has no {attribute!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise BadInput(f"{spec} is a {type(target).__name__}, not a function or class that "
+                       "returns an nn.Module")
+    return target
+
+
+def _returning_a_module(spec: str, factory: Callable) -> Callable:
+    """``factory`` checked to return an nn.Module; its own exceptions become one line, except
+    a TypeError from a call our options made (that names the options) and KeyboardInterrupt."""
+
+    @functools.wraps(factory)
+    def build(**options) -> nn.Module:
+        try:
+            module = factory(**options)
+        except (BadInput, KeyboardInterrupt):
+            raise
+        except Exception as error:
+            raise BadInput(f"{spec} raised {type(error).__name__}: {first_line(error)}") from None
+        if not isinstance(module, nn.Module):
+            raise BadInput(f"{spec} returned a {type(module).__name__}, not an nn.Module")
+        return module
+
+    return build
+
+
+class ProgramModule(nn.Module):
+    """A .pt2 program as a module. The program's own module refuses ``eval()`` (its train or
+    eval behaviour was fixed when it was exported), so it is held outside the module tree."""
+
+    def __init__(self, program):
+        super().__init__()
+        self.__dict__["program"] = program.module()
+
+    def forward(self, x):
+        return self.__dict__["program"](x)
+
+
+def load_program(path: str | os.PathLike):
+    """The ExportedProgram in a .pt2 file; BadInput for a missing or unreadable one."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"model file not found: {path}")
+    try:
+        return torch.export.load(str(path))
+    except Exception as error:  # a zip error, a missing entry, a version the reader refuses
+        raise BadInput(f"{path} is not a program written by torch.export.save: "
+                       f"{type(error).__name__}: {first_line(error)}") from None
+
+
+def program_input_dims(program, path) -> list[int | None]:
+    """(N, C, H, W) of the program's one image input as it was exported; None for a dynamic
+    axis."""
+    placeholders = {node.name: node for node in program.graph.nodes if node.op == "placeholder"}
+    shapes = [placeholders[name].meta["val"].shape for name in program.graph_signature.user_inputs]
+    if len(shapes) != 1 or len(shapes[0]) != 4:
+        raise BadInput(f"{path} takes {len(shapes)} inputs of ranks "
+                       f"{[len(shape) for shape in shapes]}; edgecnn exports models with one "
+                       "image input (N, C, H, W)")
+    return [dim if isinstance(dim, int) else None for dim in shapes[0]]
+
+
+def _chw(model: str, input_size, in_channels) -> tuple[int, int, int]:
+    if input_size is None or in_channels is None:
+        raise BadInput(f"{model} is not a registered model: give its input size and channels, "
+                       "e.g. input_size=224 in_channels=3")
+    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    if len(size) == 1:
+        size = size * 2
+    if len(size) != 2 or any(isinstance(v, bool) or int(v) != v or v < 1 for v in size):
+        raise BadInput(f"input_size takes one positive int or two (H, W), got {list(size)}")
+    return in_channels, int(size[0]), int(size[1])
+
+
+def resolve_spec(model: str | ModelSpec, *, input_size: int | Sequence[int] | None = None,
+                 in_channels: int | None = None, task: str | None = None) -> ModelSpec:
+    """The ModelSpec of a registered name, a ``module:callable`` or a ``.pt2`` file.
+
+    A model that is not registered needs ``input_size`` and ``in_channels`` (a .pt2 file
+    records them); ``task`` defaults to classification. Its normalization defaults to
+    ImageNet's mean/std (their average for one channel), as for the zoo.
+    """
+    if isinstance(model, ModelSpec):
+        return model
+    if not is_user_model(model):
+        spec = models.get_spec(model)
+        if task is not None and task != spec.task:
+            raise BadInput(f"task: {model} is a {spec.task} model, not {task}")
+        return spec
+    task = task or DEFAULT_TASK
+    if task not in TASKS:
+        raise BadInput(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    if model.endswith(PROGRAM_SUFFIX):
+        program = load_program(model)
+        batch, *recorded = program_input_dims(program, model)
+        fixed_size = recorded[1] is not None and recorded[2] is not None
+        if in_channels not in (None, recorded[0]):
+            raise BadInput(f"in_channels must be {recorded[0]}: {model} was exported so")
+        # a fixed size is the program's; export_model refuses any other input_size
+        channels, height, width = _chw(model, recorded[1:] if fixed_size else input_size,
+                                       recorded[0])
+        return ModelSpec(name=model_name(model), builder=lambda: ProgramModule(program), task=task,
+                         input_size=(channels, height, width), num_classes=None, params=None,
+                         family=FAMILY, source=model, fixed_input_size=fixed_size,
+                         fixed_batch=batch)
+    factory = load_callable(model)
+    channels, height, width = _chw(model, input_size, in_channels)
+    return ModelSpec(name=model_name(model), builder=_returning_a_module(model, factory), task=task,
+                     input_size=(channels, height, width), num_classes=None, params=None,
+                     family=FAMILY, source=model)
+
+
+def carries_weights(spec: ModelSpec) -> bool:
+    """A .pt2 program brings its weights: no random init, no --weights."""
+    return spec.source is not None and spec.source.endswith(PROGRAM_SUFFIX)
