@@ -214,9 +214,9 @@ def convert_precision(fp32_path: Path, precision: str, output: Path,
     another distribution would clip the checked inputs and measure the mismatch, not the export.
     """
     from edgecnn.export.quantize import quantize_model
-    from edgecnn.export.quantize_recipes import recipe_for_precision
+    from edgecnn.export.quantize_recipes import RECIPES
 
-    recipe = recipe_for_precision(precision)
+    recipe = RECIPES[precision]  # the mode named like the precision
     calibration = None
     if recipe.needs_calibration:
         shape = get_metadata(load_model(fp32_path, external_data=False)).input.shape

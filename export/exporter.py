@@ -109,8 +109,7 @@ def resolve_input_size(spec: models.ModelSpec,
     return height, width
 
 
-def _check_arguments(spec: models.ModelSpec, *, batch, seed, channels, height, width,
-                     model_options) -> None:
+def _check_arguments(*, batch, seed, channels, height, width, model_options) -> None:
     """The exporter's own argument checks, in the API's words (the CLI names the flags)."""
     if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
         raise BadInput(f"batch must be >= 1, got {batch!r}")
@@ -305,8 +304,8 @@ def export_model(name: str, output: str | os.PathLike | None = None, *,
     check_deform_lowering(deform_lowering)
     height, width = resolve_input_size(spec, input_size)
     channels = in_channels or spec.input_size[0]
-    _check_arguments(spec, batch=batch, seed=seed, channels=channels, height=height,
-                     width=width, model_options=model_options)
+    _check_arguments(batch=batch, seed=seed, channels=channels, height=height, width=width,
+                     model_options=model_options)
     classes = num_classes or spec.num_classes
     # no labels file: ImageNet's names for a 1000-class checkpoint (edgecnn.labels), else none
     label_list = (read_labels(labels, classes) if labels is not None

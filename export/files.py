@@ -18,13 +18,13 @@ _FILE_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
                stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
 
 
-def refuse_irregular_target(path: Path, suffix: str | None = None) -> None:
+def refuse_irregular_target(path: Path) -> None:
     """BadInput when ``path`` exists and is not a regular file (or a symlink to one).
 
     The final rename would replace a FIFO or a device node (``-o /dev/null``) with a regular
     file. A symlink to a regular file is an ordinary target (the rename replaces the link).
     """
-    suffix = suffix or path.suffix or ".onnx"
+    suffix = path.suffix or ".onnx"  # what the error messages suggest
     try:
         mode = os.stat(path).st_mode  # follows a symlink to what it names
     except (FileNotFoundError, NotADirectoryError):
@@ -41,13 +41,10 @@ def refuse_irregular_target(path: Path, suffix: str | None = None) -> None:
                        f"replace it; give a file name ending in {suffix})")
 
 
-def check_output_path(path: str | os.PathLike, suffix: str | None = None) -> Path:
-    """Validate an output path before any work: a regular file or none, in a writable directory.
-
-    ``suffix`` (default: the path's own, else .onnx) is what the error messages suggest.
-    """
+def check_output_path(path: str | os.PathLike) -> Path:
+    """Validate an output path before any work: a regular file or none, in a writable directory."""
     path = Path(path)
-    refuse_irregular_target(path, suffix)
+    refuse_irregular_target(path)
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise BadInput(f"output directory does not exist: {directory}")

@@ -284,14 +284,3 @@ def get_recipe(mode: str, *, method: str = "minmax", target: str = "cpu") -> Rec
         raise BadInput(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
     recipe = RECIPES[mode]
     return replace(recipe, method=method, target=target) if isinstance(recipe, Int8Static) else recipe
-
-
-def recipe_for_precision(precision: str) -> Recipe:
-    """The recipe ``edgecnn check --precision`` converts with: the mode named like the precision."""
-    return RECIPES[precision]
-
-
-def help_text() -> str:
-    """'int8 (static QDQ, calibrated), int8-dynamic (...) or fp16 (...)' for --mode."""
-    parts = [f"{mode} ({recipe.summary})" for mode, recipe in RECIPES.items()]
-    return ", ".join(parts[:-1]) + " or " + parts[-1]

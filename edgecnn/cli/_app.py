@@ -94,7 +94,8 @@ def _code(module: str, name: str):
 HELP_LISTS = {
     "providers": lambda: _providers_list(),
     "precisions": lambda: _alternatives(_code("edgecnn.export.parity", "PRECISIONS")),
-    "modes": lambda: _code("edgecnn.export.quantize_recipes", "help_text")(),
+    "modes": lambda: _alternatives(f"{mode} ({recipe.summary})" for mode, recipe
+                                   in _code("edgecnn.export.quantize_recipes", "RECIPES").items()),
     "export_modes": lambda: _alternatives(_code("edgecnn.export.quantize_recipes", "EXPORT_MODES")),
     "methods": lambda: _alternatives(_code("edgecnn.export.quantize_recipes", "METHODS")),
     "targets": lambda: _alternatives(_code("edgecnn.export.quantize_recipes", "TARGETS")),
@@ -109,8 +110,7 @@ def _alternatives(names) -> str:
 def _providers_list() -> str:
     from edgecnn.runtime.providers import SHORT_NAMES
 
-    return _alternatives(["auto", *dict.fromkeys(short for short, full in SHORT_NAMES.items()
-                                                 if short != "trt")])
+    return _alternatives(["auto", *(short for short in SHORT_NAMES if short != "trt")])
 
 
 def fill_help(command) -> None:
@@ -162,14 +162,13 @@ def parse_numbers(text: str | None, flag: str, kind: type = float) -> list | Non
     separators = r"[x,\s]+" if kind is int else r"[,\s]+"
     parts = [part for part in re.split(separators, text.strip()) if part]
     try:
-        return [kind(part) for part in parts] or _no_numbers(flag, text)
+        numbers = [kind(part) for part in parts]
     except ValueError:
         what = "integers" if kind is int else "numbers"
         raise BadInput(f"{flag} takes {what} (comma- or space-separated), got {text!r}") from None
-
-
-def _no_numbers(flag: str, text: str):
-    raise BadInput(f"{flag} needs a value, got {text!r}")
+    if not numbers:
+        raise BadInput(f"{flag} needs a value, got {text!r}")
+    return numbers
 
 
 def parse_input_size(text: str | None) -> list[int] | None:
@@ -289,7 +288,6 @@ def human_size(size: int) -> str:
         if size < 1024 or unit == "GB":
             return f"{size:.1f} {unit}" if unit != "B" else f"{size} B"
         size /= 1024
-    return f"{size:.1f} GB"
 
 
 class _StepAware:
