@@ -15,7 +15,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from edgecnn import models
 from edgecnn.errors import BadInput
 from edgecnn.export import bisect as bisecting
 from edgecnn.export.calibration import batches, load_image_folder
-from edgecnn.export.exporter import build_model, export_model, random_input
+from edgecnn.export.exporter import StepCallback, build_model, export_model, random_input
 from edgecnn.export.files import atomic_output, check_output_path
 from edgecnn.export.parity import (
     FP16_MAX, OutputReport, Verdict, activation_peak, check_precision, judge,
@@ -35,8 +35,6 @@ from edgecnn.runtime.providers import OPENVINO, ProviderRequest
 from edgecnn.runtime.session import open_session
 
 CALIBRATION_SAMPLES = 32  # int8 of a fresh export calibrates on inputs drawn like the checked ones
-
-StepCallback = Callable[[str], None]
 
 
 @dataclass

@@ -25,7 +25,7 @@ import onnx
 
 from edgecnn.errors import BadInput, CheckFailed
 from edgecnn.export.calibration import (
-    DEFAULT_CALIBRATION_SIZE, RANDOM, batches, existing_source, load_calibration,
+    DEFAULT_CALIBRATION_SIZE, RANDOM, WarnCallback, batches, existing_source, load_calibration,
     load_validation, random_inputs,
 )
 from edgecnn.export.files import atomic_output, check_output_path, work_directory
@@ -48,7 +48,6 @@ if TYPE_CHECKING:  # the exporter imports torch: only export_quantized needs it,
 CHECK_SAMPLES = 64  # calibration samples the fp32-vs-quantized check runs on
 
 StepCallback = Callable[[str], None]
-WarnCallback = Callable[[str], None]
 
 
 @dataclass

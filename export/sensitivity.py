@@ -25,10 +25,9 @@ import onnx
 
 from edgecnn.errors import CheckFailed
 from edgecnn.export.parity import judge
+from edgecnn.export.quantize_recipes import ProgressCallback
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-
-ProgressCallback = Callable[[str, int, int], None]
 
 
 @dataclass
