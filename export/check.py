@@ -1,12 +1,6 @@
-"""``check_onnx(module, "model.onnx", inputs)``: does an ONNX file compute what a module computes?
-
-``check_onnx`` runs any eager module and the ONNX file on the same input batches, compares every
-output and judges them with ``parity.judge`` (the file's own bound for its precision). With
-``bisect=True`` it also names the first module where eager and ONNX diverge.
-``check_parity("resnet18")`` is what ``edgecnn check`` runs: it rebuilds a registered model
-(once), exports and converts it when no file is given, draws the inputs, and calls
-``check_onnx``. ``assert_parity`` (edgecnn.export.parity) is the same check for users' CI.
-"""
+"""Does an ONNX file compute what a module computes? ``check_onnx(module, "model.onnx", inputs)``
+for any module and file; ``check_parity("resnet18")``, what ``edgecnn check`` runs, for a
+registered model (docs/design.md, "Any module against any file")."""
 
 from __future__ import annotations
 
@@ -205,12 +199,9 @@ def _non_finite_note(module, x: np.ndarray, precision: str) -> str:
 
 def convert_precision(fp32_path: Path, precision: str, output: Path,
                       images: str | os.PathLike | None = None) -> Path:
-    """The fp16 or int8 version of a fresh fp32 export, with edgecnn's own quantizer.
-
-    int8 calibrates on ``images`` when given, else on random inputs drawn like the ones the
-    check compares on (standard normal, seeds apart from the checked ones): a calibration from
-    another distribution would clip the checked inputs and measure the mismatch, not the export.
-    """
+    """The fp16 or int8 version of a fresh fp32 export, with edgecnn's own quantizer. int8
+    calibrates on ``images`` when given, else on random inputs drawn like the checked ones
+    (standard normal, other seeds; docs/design.md, "One conversion path for checks")."""
     from edgecnn.export.quantize import quantize_model
     from edgecnn.export.quantize_recipes import RECIPES
 

@@ -1,11 +1,5 @@
-"""Quantization modes as a table of recipes: ``RECIPES[mode]`` (docs/quantization.md explains
-each choice).
-
-A recipe says what it needs (calibration data or none), how it transforms the fp32 model, the
-precision it writes (whose parity bound verifies it) and what the metadata records of it.
-``quantize_model`` is load -> recipe -> verify -> write. To add a mode: a ``Recipe`` subclass
-here, its entry in ``RECIPES`` and its tests; nothing else lists the modes.
-"""
+"""Quantization modes as a table of recipes: ``RECIPES[mode]``. docs/quantization.md explains
+each choice; docs/contributing.md says how to add a mode (nothing else lists them)."""
 
 from __future__ import annotations
 
@@ -209,7 +203,7 @@ class Int8Static(Recipe):
     reduce_range: bool = True
     # The provider the file is tuned for (TARGETS). For "cpu" the RGB stem is rewritten for
     # onnxruntime's fast int8 kernel (export/rgb_stem.py); OpenVINO runs the plain stem faster
-    # (resnet18 at 224: 1.9 ms against 3.2 ms with the rewrite, benchmarks/providers.py).
+    # (docs/openvino.md).
     target: str = "cpu"
 
     @property
@@ -236,7 +230,7 @@ class Int8Static(Recipe):
         return details
 
 
-Int8Recipe = Int8Static  # the name benchmarks and older callers use
+Int8Recipe = Int8Static  # its older name
 
 
 class Int8Dynamic(Recipe):

@@ -1,9 +1,9 @@
 """int8: the 7×7/2 convolution on RGB input, rewritten for onnxruntime's fast int8 kernel.
 
 onnxruntime's fastest int8 convolution (MLAS "ConvSym") needs input channels % 4 == 0. The
-3-channel stem of ResNet-style networks misses it and runs on the slower im2col + QGEMM path: on
-resnet18 it took 0.84 of its fp32 time where the other convolutions take 0.5
-(docs/quantization.md). This module rewrites that convolution, exactly, before quantization:
+3-channel stem of ResNet-style networks misses it and runs on the slower im2col + QGEMM path
+(docs/quantization.md has the figures). This module rewrites that convolution, exactly, before
+quantization:
 
 - In NHWC, four neighbouring pixels of a row are 12 contiguous values, so a free ``Reshape``
   turns the (N, H, W, 3) image into (N, H, W/4, 12) "quads" of 12 channels.
