@@ -70,9 +70,7 @@ class CheckReport:
                  f"- ONNX: `{self.onnx_path}`", f"- providers: {', '.join(self.providers)}",
                  f"- inputs: {self.samples} batches of {self.batch}"
                  + (f" ({self.images} rows from images)" if self.images else ""),
-                 f"- criterion: rel_l2 <= {self.tolerance:g}"
-                 + (f", top-1 agreement >= {self.verdict.min_top1:g}"
-                    if self.verdict.min_top1 is not None else ""),
+                 f"- criterion: {self.verdict.criterion}",
                  f"- result: **{'PASS' if self.passed else 'FAIL'}**", "",
                  "| output | rel_l2 | max_abs | cosine | SQNR dB | top-1 agreement | pass |",
                  "|---|---|---|---|---|---|---|"]

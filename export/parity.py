@@ -164,6 +164,12 @@ class Verdict:
     def passed(self) -> bool:
         return all(output.passed for output in self.outputs)
 
+    @property
+    def criterion(self) -> str:
+        """'rel_l2 <= 0.005', and ', top-1 agreement >= 0.99' with a top-1 floor."""
+        top1 = f", top-1 agreement >= {self.min_top1:g}" if self.min_top1 is not None else ""
+        return f"rel_l2 <= {self.tolerance:g}{top1}"
+
     def failures(self) -> str:
         """The failing outputs in one line, e.g. "output 'logits': rel_l2 0.0078 > 0.005 ..."."""
         return "; ".join(f"output {output.name!r}: {_why(output.metrics, self)}"
