@@ -75,12 +75,9 @@ def _reader(name: str, chunks: list[np.ndarray], progress: ProgressCallback | No
         def __init__(self):
             self.index = 0
 
-        def report(self) -> None:
+        def get_next(self):
             if progress:
                 progress("calibrating", int(done[self.index]), int(done[-1]))
-
-        def get_next(self):
-            self.report()
             if self.index == len(chunks):
                 return None
             self.index += 1
@@ -220,8 +217,7 @@ class Int8Static(Recipe):
                               + (" (7-bit range)" if self.reduce_range else ""),
                    "activations": "uint8 asymmetric per-tensor",
                    "calibration": job.calibration.source,
-                   "calibration_size": len(job.calibration)}
-        details["target"] = self.target
+                   "calibration_size": len(job.calibration), "target": self.target}
         rewrites = int8_rewrites(job.model, kept, self)
         if rewrites:
             details["graph_rewrites"] = rewrites

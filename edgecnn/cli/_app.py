@@ -64,9 +64,6 @@ def safe(text: object) -> str:
     return escape(printable(text))
 
 
-# Help texts may name lists that the code owns ({modes}, {providers}, ...): they are filled in
-# from the code when help is shown (``fill_help``), so the help can never drift from what the
-# commands accept, and a command that runs does not import the modules that own the lists.
 def _print_version(value: bool) -> None:
     if value:
         from edgecnn import __version__
@@ -91,6 +88,9 @@ def _code(module: str, name: str):
     return getattr(importlib.import_module(module), name)
 
 
+# Help texts may name lists that the code owns ({modes}, {providers}, ...): they are filled in
+# from the code when help is shown (``fill_help``), so the help can never drift from what the
+# commands accept, and a command that runs does not import the modules that own the lists.
 HELP_LISTS = {
     "providers": lambda: _providers_list(),
     "precisions": lambda: _alternatives(_code("edgecnn.export.parity", "PRECISIONS")),
@@ -255,10 +255,9 @@ def print_quantize_summary(result) -> None:
     if details.get("calibration"):
         samples = {"images": "images"}.get(details["calibration"], f"{details['calibration']} samples")
         how += f", {details['method']} calibration on {details['calibration_size']} {samples}"
-    source = f" of {human_size(result.source_size_bytes)}"
     out.print(f"[green]wrote[/green] {safe(result.path)} ({safe(how)}) "
-              f"{human_size(result.size_bytes)} = {result.size_ratio:.2f}x{source}, "
-              f"in {result.seconds:.1f} s")
+              f"{human_size(result.size_bytes)} = {result.size_ratio:.2f}x of "
+              f"{human_size(result.source_size_bytes)}, in {result.seconds:.1f} s")
     verdict = result.verdict
     if verdict is None:
         out.print("[yellow]comparison with fp32 skipped (--no-check)[/yellow]")

@@ -108,8 +108,8 @@ def export_command(
         with progress(enabled=not json_output) as (on_step, on_progress):
             result = export_quantized(model, output, quantize=quantize, calibration=calibration,
                                       calibration_size=calibration_size, target=target,
-                                      on_step=on_step,
-                                      on_progress=on_progress, on_warning=print_warning, **options)
+                                      on_step=on_step, on_progress=on_progress,
+                                      on_warning=print_warning, **options)
     else:
         with progress(enabled=not json_output) as (on_step, _):
             result = export_model(model, output, on_step=on_step, **options)
