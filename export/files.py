@@ -45,7 +45,7 @@ def check_output_path(path: str | os.PathLike) -> Path:
     """Validate an output path before any work: a regular file or none, in a writable directory."""
     path = Path(path)
     refuse_irregular_target(path)
-    directory = path.parent if str(path.parent) else Path(".")
+    directory = path.parent
     if not directory.is_dir():
         raise BadInput(f"output directory does not exist: {directory}")
     # Probe by creating a file: os.access() answers "writable" for root even where the file
@@ -103,9 +103,8 @@ def _remove_stale_temporaries(path: Path) -> None:
     host whose process no longer exists are removed, never the file of a run still going.
     """
     pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)-{_host_tag()}\.[a-z0-9_]+\.tmp")
-    directory = path.parent if str(path.parent) else Path(".")
     with contextlib.suppress(OSError):
-        for sibling in directory.iterdir():
+        for sibling in path.parent.iterdir():
             match = pattern.fullmatch(sibling.name)
             if match and not _process_exists(int(match.group(1))):
                 with contextlib.suppress(OSError):
@@ -124,8 +123,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     path = check_output_path(path)
     _remove_stale_temporaries(path)
     handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-{_host_tag()}.",
-                                         suffix=".tmp",
-                                         dir=path.parent if str(path.parent) else ".")
+                                         suffix=".tmp", dir=path.parent)
     os.close(handle)
     temp_path = Path(temp_name)
     try:
