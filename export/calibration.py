@@ -5,9 +5,8 @@
     load_calibration("random", input_info)             # random pixels: a warning, no accuracy
     load_validation("val/", input_info, labels)        # class sub-folders, or an .npz with labels
 
-Images go through ``edgecnn.runtime.preprocess.preprocess_images`` with the model's metadata
-(resize, center crop, scale, mean/std, layout), so calibration sees exactly the tensors the
-deployed runtime will feed the model. Every problem with the source is a ``BadInput`` naming it.
+Images are preprocessed as the deployed runtime does (docs/quantization.md, "Calibration data").
+Every problem with the source is a ``BadInput`` naming it.
 """
 
 from __future__ import annotations
