@@ -5,9 +5,8 @@
     load_calibration("random", input_info)             # random pixels: a warning, no accuracy
     load_validation("val/", input_info, labels)        # class sub-folders, or an .npz with labels
 
-Images go through ``edgecnn.runtime.preprocess.preprocess_images`` with the model's metadata
-(resize, center crop, scale, mean/std, layout), so calibration sees exactly the tensors the
-deployed runtime will feed the model. Every problem with the source is a ``BadInput`` naming it.
+Images are preprocessed as the deployed runtime does (docs/quantization.md, "Calibration data").
+Every problem with the source is a ``BadInput`` naming it.
 """
 
 from __future__ import annotations
@@ -265,19 +264,20 @@ def load_calibration(source, info: InputInfo,
     _check_size(size)
     if not isinstance(source, (str, os.PathLike)):
         inputs = _check_inputs(_in_memory_inputs(source, info), info, "calibration data")
-        picked = np.sort(_order(len(inputs), size, seed)[:size])
-        return InputSet(inputs[picked], "array", None, len(inputs))
-    if str(source) == RANDOM:
+        location = None
+    elif str(source) == RANDOM:
         warn("calibrating on random inputs: the int8 scales fit noise, not real data, so "
              "accuracy is not guaranteed (give --calibration FOLDER or an .npy/.npz of inputs)")
         count = size or DEFAULT_CALIBRATION_SIZE
         return InputSet(random_inputs(info, count, seed), RANDOM, None, count)
-    path = existing_source(source, "calibration")
-    if path.is_dir():
-        return _image_folder(path, info, size, seed, warn)
-    inputs, _ = _load_arrays(path, info, with_labels=False)
+    else:
+        path = existing_source(source, "calibration")
+        if path.is_dir():
+            return _image_folder(path, info, size, seed, warn)
+        inputs, _ = _load_arrays(path, info, with_labels=False)
+        location = str(path)
     picked = np.sort(_order(len(inputs), size, seed)[:size])
-    return InputSet(inputs[picked], "array", str(path), len(inputs))
+    return InputSet(inputs[picked], "array", location, len(inputs))
 
 
 def _class_folders(folder: Path, label_names: list[str] | None) -> list[tuple[Path, int]]:

@@ -1,12 +1,6 @@
-"""``check_onnx(module, "model.onnx", inputs)``: does an ONNX file compute what a module computes?
-
-``check_onnx`` runs any eager module and the ONNX file on the same input batches, compares every
-output and judges them with ``parity.judge`` (the file's own bound for its precision). With
-``bisect=True`` it also names the first module where eager and ONNX diverge.
-``check_parity("resnet18")`` is what ``edgecnn check`` runs: it rebuilds a registered model
-(once), exports and converts it when no file is given, draws the inputs, and calls
-``check_onnx``. ``assert_parity`` (edgecnn.export.parity) is the same check for users' CI.
-"""
+"""Does an ONNX file compute what a module computes? ``check_onnx(module, "model.onnx", inputs)``
+for any module and file; ``check_parity("resnet18")``, what ``edgecnn check`` runs, for a
+registered model (docs/design.md, "Any module against any file")."""
 
 from __future__ import annotations
 
@@ -15,7 +9,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -23,7 +17,9 @@ import torch
 from edgecnn.errors import BadInput
 from edgecnn.export import bisect as bisecting
 from edgecnn.export.calibration import batches, load_image_folder
-from edgecnn.export.exporter import build_model, export_model, random_input, run_eager
+from edgecnn.export.exporter import (
+    StepCallback, build_model, export_model, random_input, run_eager,
+)
 from edgecnn.export.files import atomic_output, check_output_path
 from edgecnn.export.parity import (
     FP16_MAX, OutputReport, Verdict, activation_peak, check_precision, judge,
@@ -35,8 +31,6 @@ from edgecnn.runtime.providers import OPENVINO, ProviderRequest
 from edgecnn.runtime.session import open_session
 
 CALIBRATION_SAMPLES = 32  # int8 of a fresh export calibrates on inputs drawn like the checked ones
-
-StepCallback = Callable[[str], None]
 
 
 @dataclass
@@ -78,9 +72,7 @@ class CheckReport:
                  f"- ONNX: `{self.onnx_path}`", f"- providers: {', '.join(self.providers)}",
                  f"- inputs: {self.samples} batches of {self.batch}"
                  + (f" ({self.images} rows from images)" if self.images else ""),
-                 f"- criterion: rel_l2 <= {self.tolerance:g}"
-                 + (f", top-1 agreement >= {self.verdict.min_top1:g}"
-                    if self.verdict.min_top1 is not None else ""),
+                 f"- criterion: {self.verdict.criterion}",
                  f"- result: **{'PASS' if self.passed else 'FAIL'}**", "",
                  "| output | rel_l2 | max_abs | cosine | SQNR dB | top-1 agreement | pass |",
                  "|---|---|---|---|---|---|---|"]
@@ -207,16 +199,13 @@ def _non_finite_note(module, x: np.ndarray, precision: str) -> str:
 
 def convert_precision(fp32_path: Path, precision: str, output: Path,
                       images: str | os.PathLike | None = None) -> Path:
-    """The fp16 or int8 version of a fresh fp32 export, with edgecnn's own quantizer.
-
-    int8 calibrates on ``images`` when given, else on random inputs drawn like the ones the
-    check compares on (standard normal, seeds apart from the checked ones): a calibration from
-    another distribution would clip the checked inputs and measure the mismatch, not the export.
-    """
+    """The fp16 or int8 version of a fresh fp32 export, with edgecnn's own quantizer. int8
+    calibrates on ``images`` when given, else on random inputs drawn like the checked ones
+    (standard normal, other seeds; docs/design.md, "One conversion path for checks")."""
     from edgecnn.export.quantize import quantize_model
-    from edgecnn.export.quantize_recipes import recipe_for_precision
+    from edgecnn.export.quantize_recipes import RECIPES
 
-    recipe = recipe_for_precision(precision)
+    recipe = RECIPES[precision]  # the mode named like the precision
     calibration = None
     if recipe.needs_calibration:
         shape = get_metadata(load_model(fp32_path, external_data=False)).input.shape

@@ -165,8 +165,7 @@ def check_deform_lowering(lowering: str) -> str:
 
 
 def _strip_node_metadata(model: onnx.ModelProto) -> None:
-    graphs = [model.graph] + list(model.functions)
-    for graph in graphs:
+    for graph in (model.graph, *model.functions):
         for node in graph.node:
             kept = [prop for prop in node.metadata_props if prop.key not in _DROPPED_NODE_METADATA]
             del node.metadata_props[:]

@@ -18,13 +18,13 @@ _FILE_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
                stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
 
 
-def refuse_irregular_target(path: Path, suffix: str | None = None) -> None:
+def refuse_irregular_target(path: Path) -> None:
     """BadInput when ``path`` exists and is not a regular file (or a symlink to one).
 
     The final rename would replace a FIFO or a device node (``-o /dev/null``) with a regular
     file. A symlink to a regular file is an ordinary target (the rename replaces the link).
     """
-    suffix = suffix or path.suffix or ".onnx"
+    suffix = path.suffix or ".onnx"  # what the error messages suggest
     try:
         mode = os.stat(path).st_mode  # follows a symlink to what it names
     except (FileNotFoundError, NotADirectoryError):
@@ -41,14 +41,11 @@ def refuse_irregular_target(path: Path, suffix: str | None = None) -> None:
                        f"replace it; give a file name ending in {suffix})")
 
 
-def check_output_path(path: str | os.PathLike, suffix: str | None = None) -> Path:
-    """Validate an output path before any work: a regular file or none, in a writable directory.
-
-    ``suffix`` (default: the path's own, else .onnx) is what the error messages suggest.
-    """
+def check_output_path(path: str | os.PathLike) -> Path:
+    """Validate an output path before any work: a regular file or none, in a writable directory."""
     path = Path(path)
-    refuse_irregular_target(path, suffix)
-    directory = path.parent if str(path.parent) else Path(".")
+    refuse_irregular_target(path)
+    directory = path.parent
     if not directory.is_dir():
         raise BadInput(f"output directory does not exist: {directory}")
     # Probe by creating a file: os.access() answers "writable" for root even where the file
@@ -106,9 +103,8 @@ def _remove_stale_temporaries(path: Path) -> None:
     host whose process no longer exists are removed, never the file of a run still going.
     """
     pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)-{_host_tag()}\.[a-z0-9_]+\.tmp")
-    directory = path.parent if str(path.parent) else Path(".")
     with contextlib.suppress(OSError):
-        for sibling in directory.iterdir():
+        for sibling in path.parent.iterdir():
             match = pattern.fullmatch(sibling.name)
             if match and not _process_exists(int(match.group(1))):
                 with contextlib.suppress(OSError):
@@ -127,8 +123,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     path = check_output_path(path)
     _remove_stale_temporaries(path)
     handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-{_host_tag()}.",
-                                         suffix=".tmp",
-                                         dir=path.parent if str(path.parent) else ".")
+                                         suffix=".tmp", dir=path.parent)
     os.close(handle)
     temp_path = Path(temp_name)
     try:

@@ -23,14 +23,12 @@ from edgecnn.errors import BadInput
 # The default rel_l2 bound per precision. int8 is judged by an SQNR floor, expressed as the rel_l2
 # bound it implies (SQNR = -20 log10(rel_l2)): 20 dB passes every correct zoo model and fails a
 # single conv with a wrong weight scale (docs/parity.md has the measured figures). A model's own
-# bounds (ModelSpec.tolerances, with a written reason) are stored in its file's metadata at
-# export, so every command judges a file by the same bounds.
+# bounds reach its file's metadata at export (docs/design.md, "Parity verdicts").
 REL_L2_TOLERANCE = {"fp32": 1e-5, "fp16": 5e-3}
 INT8_SQNR_FLOOR_DB = 20.0
 # bf16 is a compute precision, not a file's: an fp32 file run with OpenVINO's bf16 hint. It keeps
 # 8 significant bits to fp16's 11, a unit roundoff 8x coarser, so its bound is 8x the model's fp16
-# bound (measured on the zoo at CI sizes: 4.1e-4 to 7.3e-3 against 4e-2; mobilenet_v2, whose fp16
-# bound is 2e-2, 7.4e-2 against 0.16; docs/openvino.md).
+# bound (docs/openvino.md has the measured figures).
 BF16_PER_FP16 = 8
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 # The largest finite float16. An fp16 model whose activations pass it gives inf/NaN wherever the
@@ -166,6 +164,12 @@ class Verdict:
     def passed(self) -> bool:
         return all(output.passed for output in self.outputs)
 
+    @property
+    def criterion(self) -> str:
+        """'rel_l2 <= 0.005', and ', top-1 agreement >= 0.99' with a top-1 floor."""
+        top1 = f", top-1 agreement >= {self.min_top1:g}" if self.min_top1 is not None else ""
+        return f"rel_l2 <= {self.tolerance:g}{top1}"
+
     def failures(self) -> str:
         """The failing outputs in one line, e.g. "output 'logits': rel_l2 0.0078 > 0.005 ..."."""
         return "; ".join(f"output {output.name!r}: {_why(output.metrics, self)}"
@@ -186,8 +190,7 @@ def judge(references: Sequence[np.ndarray], candidates: Sequence[np.ndarray], pr
 
     The bound is ``tolerance`` when given, else ``bounds[precision]`` (a model's bounds, e.g.
     its file's metadata ``tolerances``), else the precision's default. ``min_top1`` also fails
-    an output whose top-1 agreement is below it. Every command that compares outputs (export,
-    check, quantize, assert_parity, the accuracy-budget search) calls this.
+    an output whose top-1 agreement is below it.
     """
     check_precision(precision)
     if min_top1 is not None and not 0 <= min_top1 <= 1:

@@ -3,11 +3,9 @@
     quantize_model("resnet18.onnx", "resnet18_int8.onnx", mode="int8", calibration="calib/")
     quantize_model("resnet18.onnx", mode="fp16")
 
-All the numerics are onnxruntime's. ``quantize_model`` is load -> recipe -> verify -> write:
-read the fp32 model (``quantize_input``), apply the mode's recipe (``quantize_recipes.RECIPES``),
-judge the result against the fp32 model with the model's own parity bound for the precision
-(``parity.judge``, the bound ``edgecnn check`` applies too), and write the file atomically with
-its metadata. ``--accuracy-budget`` lives in ``sensitivity``.
+All the numerics are onnxruntime's. ``quantize_model`` is load (``quantize_input``) -> recipe
+(``quantize_recipes``) -> verify (``parity.judge``) -> write (docs/design.md);
+``--accuracy-budget`` lives in ``sensitivity``.
 """
 
 from __future__ import annotations
@@ -25,7 +23,7 @@ import onnx
 
 from edgecnn.errors import BadInput, CheckFailed
 from edgecnn.export.calibration import (
-    DEFAULT_CALIBRATION_SIZE, RANDOM, batches, existing_source, load_calibration,
+    DEFAULT_CALIBRATION_SIZE, RANDOM, WarnCallback, batches, existing_source, load_calibration,
     load_validation, random_inputs,
 )
 from edgecnn.export.files import atomic_output, check_output_path, work_directory
@@ -48,7 +46,6 @@ if TYPE_CHECKING:  # the exporter imports torch: only export_quantized needs it,
 CHECK_SAMPLES = 64  # calibration samples the fp32-vs-quantized check runs on
 
 StepCallback = Callable[[str], None]
-WarnCallback = Callable[[str], None]
 
 
 @dataclass
@@ -190,8 +187,7 @@ def quantize_model(model_path: str | os.PathLike, output_path: str | os.PathLike
     target: the provider a static int8 file is tuned for, "cpu" (onnxruntime's CPU provider:
         the RGB stem rewritten for its int8 kernel) or "openvino" (the plain stem).
     check: the result must match fp32 within the model's bound for its precision (the one
-        ``edgecnn check`` applies: rel_l2 5e-3 for fp16 unless the model says otherwise, an SQNR
-        of 20 dB for int8); CheckFailed otherwise.
+        ``edgecnn check`` applies); CheckFailed otherwise.
     Raises BadInput before anything is written; nothing is left behind on any failure.
     """
     started = time.perf_counter()

@@ -23,11 +23,7 @@ QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", 
 def load_float_model(path: str | os.PathLike) -> onnx.ModelProto:
     """The model at ``path``; BadInput when it is missing, unreadable or already quantized."""
     model = load_model(path)
-    _reject_quantized(model, Path(path))
-    return model
-
-
-def _reject_quantized(model: onnx.ModelProto, path: Path) -> None:
+    path = Path(path)
     metadata = get_metadata(model, str(path))
     if metadata is not None and metadata.precision != "fp32":
         raise BadInput(f"{path} is already {metadata.precision}; quantize the fp32 model instead")
@@ -37,6 +33,7 @@ def _reject_quantized(model: onnx.ModelProto, path: Path) -> None:
                        "quantize the fp32 model instead")
     if any(init.data_type == onnx.TensorProto.FLOAT16 for init in model.graph.initializer):
         raise BadInput(f"{path} already has fp16 weights; quantize the fp32 model instead")
+    return model
 
 
 def graph_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
@@ -74,7 +71,7 @@ def resolve_metadata(model: onnx.ModelProto, path: Path, input_size: Sequence[in
     if metadata is not None:
         metadata.check_graph({v.name: dims(v) for v in graph_inputs(model)},
                              dims(model.graph.output[0]), str(path))
-    if metadata is None:
+    else:
         if shape[1] is None:
             raise BadInput(f"{path}: input {value.name!r} has no fixed channel count")
         missing = [flag for flag, given in (("--mean", mean), ("--std", std)) if given is None]

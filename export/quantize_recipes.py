@@ -1,11 +1,5 @@
-"""Quantization modes as a table of recipes: ``RECIPES[mode]`` (docs/quantization.md explains
-each choice).
-
-A recipe says what it needs (calibration data or none), how it transforms the fp32 model, the
-precision it writes (whose parity bound verifies it) and what the metadata records of it.
-``quantize_model`` is load -> recipe -> verify -> write. To add a mode: a ``Recipe`` subclass
-here, its entry in ``RECIPES`` and its tests; nothing else lists the modes.
-"""
+"""Quantization modes as a table of recipes: ``RECIPES[mode]``. docs/quantization.md explains
+each choice; docs/contributing.md says how to add a mode (nothing else lists them)."""
 
 from __future__ import annotations
 
@@ -81,12 +75,9 @@ def _reader(name: str, chunks: list[np.ndarray], progress: ProgressCallback | No
         def __init__(self):
             self.index = 0
 
-        def report(self) -> None:
+        def get_next(self):
             if progress:
                 progress("calibrating", int(done[self.index]), int(done[-1]))
-
-        def get_next(self):
-            self.report()
             if self.index == len(chunks):
                 return None
             self.index += 1
@@ -209,7 +200,7 @@ class Int8Static(Recipe):
     reduce_range: bool = True
     # The provider the file is tuned for (TARGETS). For "cpu" the RGB stem is rewritten for
     # onnxruntime's fast int8 kernel (export/rgb_stem.py); OpenVINO runs the plain stem faster
-    # (resnet18 at 224: 1.9 ms against 3.2 ms with the rewrite, benchmarks/providers.py).
+    # (docs/openvino.md).
     target: str = "cpu"
 
     @property
@@ -226,8 +217,7 @@ class Int8Static(Recipe):
                               + (" (7-bit range)" if self.reduce_range else ""),
                    "activations": "uint8 asymmetric per-tensor",
                    "calibration": job.calibration.source,
-                   "calibration_size": len(job.calibration)}
-        details["target"] = self.target
+                   "calibration_size": len(job.calibration), "target": self.target}
         rewrites = int8_rewrites(job.model, kept, self)
         if rewrites:
             details["graph_rewrites"] = rewrites
@@ -236,7 +226,7 @@ class Int8Static(Recipe):
         return details
 
 
-Int8Recipe = Int8Static  # the name benchmarks and older callers use
+Int8Recipe = Int8Static  # its older name
 
 
 class Int8Dynamic(Recipe):
@@ -284,14 +274,3 @@ def get_recipe(mode: str, *, method: str = "minmax", target: str = "cpu") -> Rec
         raise BadInput(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
     recipe = RECIPES[mode]
     return replace(recipe, method=method, target=target) if isinstance(recipe, Int8Static) else recipe
-
-
-def recipe_for_precision(precision: str) -> Recipe:
-    """The recipe ``edgecnn check --precision`` converts with: the mode named like the precision."""
-    return RECIPES[precision]
-
-
-def help_text() -> str:
-    """'int8 (static QDQ, calibrated), int8-dynamic (...) or fp16 (...)' for --mode."""
-    parts = [f"{mode} ({recipe.summary})" for mode, recipe in RECIPES.items()]
-    return ", ".join(parts[:-1]) + " or " + parts[-1]

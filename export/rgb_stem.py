@@ -1,25 +1,14 @@
 """int8: the 7×7/2 convolution on RGB input, rewritten for onnxruntime's fast int8 kernel.
 
-onnxruntime's fastest int8 convolution (MLAS "ConvSym") needs input channels % 4 == 0. The
-3-channel stem of ResNet-style networks misses it and runs on the slower im2col + QGEMM path: on
-resnet18 it took 0.84 of its fp32 time where the other convolutions take 0.5
-(docs/quantization.md). This module rewrites that convolution, exactly, before quantization:
-
-- In NHWC, four neighbouring pixels of a row are 12 contiguous values, so a free ``Reshape``
-  turns the (N, H, W, 3) image into (N, H, W/4, 12) "quads" of 12 channels.
-- The 7×7 stride-2 convolution gives two outputs per quad. The even ones read 7 pixels that
-  lie in 2 consecutive quads; so do the odd ones once the image is shifted right by one
-  pixel (``Pad``). Each parity is a (7, 2)-kernel convolution over 12-channel quads,
-  stride (2, 1): two ConvSym convolutions with 8/7 of the original multiply-adds.
-- Concatenating their NHWC outputs on the channel axis puts each even output next to its odd
-  neighbour, so a free ``Reshape`` gives back the (N, H/2, W/2, C) result.
-
-The transposes cancel against the ones onnxruntime inserts around its NHWC int8 kernels. After
-quantization (``finish``) the two branches take the quantization parameters of their
-concatenation (whose range covers both: the same grid as the original stem's output), and the
-shift ``Pad`` and the ``Concat`` run on the uint8 tensors (the Pad pads with the zero point,
-which stands for the real 0); onnxruntime would otherwise run the Pad in float and the Concat
-as a requantizing ``QLinearConcat``.
+onnxruntime's fastest int8 convolution (MLAS "ConvSym") needs input channels % 4 == 0, which the
+3-channel stem of ResNet-style networks misses. ``split_stem`` rewrites that convolution exactly:
+a free NHWC ``Reshape`` makes four neighbouring pixels one 12-channel "quad"; the even outputs,
+and the odd ones after a one-pixel ``Pad`` shift, are each a (7, 2)-kernel, stride (2, 1)
+convolution over quads (ConvSym, 8/7 of the multiply-adds); their NHWC outputs concatenated on
+channels reshape back into the (N, H/2, W/2, C) result. The transposes cancel against the ones
+onnxruntime inserts around its NHWC int8 kernels. After quantization ``finish`` runs the shift
+and the concatenation on the uint8 tensors. docs/quantization.md ("The RGB stem, split in two")
+has the figures.
 """
 
 from __future__ import annotations

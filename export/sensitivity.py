@@ -1,18 +1,8 @@
-"""``--accuracy-budget``: the fewest layers to keep in float so int8 stays within a budget.
-
-The budget is in top-1 percentage points on a labelled validation set. The search:
-
-1. Quantize every layer. If the drop from fp32 is within the budget, nothing is kept in float.
-2. Sensitivity: for each weighted layer (Conv, ConvTranspose, Gemm, MatMul), quantize all the
-   others and measure the accuracy; ties (small validation sets) are broken by the SQNR of the
-   logits against fp32. The layer whose float copy recovers the most is the most sensitive.
-3. Keep layers in float, most sensitive first, until the drop is within the budget.
-4. Prune: try putting each kept layer back to int8 (least sensitive first) and keep it int8 if
-   the budget still holds, so no layer of the final set can be quantized on its own.
-
-Each trial re-runs only onnxruntime's graph rewrite: the activation ranges are calibrated once
-and cached (``int8_static``'s cache), so a trial costs one quantization pass and one
-validation run.
+"""``--accuracy-budget``: the fewest layers to keep in float so int8 stays within a budget of
+top-1 percentage points on a labelled validation set. The search (quantize all; rank the weighted
+layers by how much their float copy recovers; keep the most sensitive in float until the budget
+holds; prune) is docs/quantization.md's "--keep-float and --accuracy-budget". A trial re-runs
+only onnxruntime's graph rewrite: ``int8_static`` caches the activation ranges.
 """
 
 from __future__ import annotations
@@ -25,10 +15,9 @@ import onnx
 
 from edgecnn.errors import CheckFailed
 from edgecnn.export.parity import judge
+from edgecnn.export.quantize_recipes import ProgressCallback
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-
-ProgressCallback = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -75,7 +64,8 @@ class BudgetSearch:
             self.progress(task, done, total)
 
     def rank(self, candidates: Sequence[str]) -> list[str]:
-        """``candidates`` ordered most sensitive first (see the module docstring)."""
+        """``candidates`` ordered most sensitive first: by the accuracy with only that layer in
+        float, ties (small validation sets) broken by the logits' SQNR against fp32."""
         scores = {}
         for index, layer in enumerate(candidates):
             self._report("layer sensitivity", index, len(candidates))

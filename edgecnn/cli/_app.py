@@ -64,9 +64,6 @@ def safe(text: object) -> str:
     return escape(printable(text))
 
 
-# Help texts may name lists that the code owns ({modes}, {providers}, ...): they are filled in
-# from the code when help is shown (``fill_help``), so the help can never drift from what the
-# commands accept, and a command that runs does not import the modules that own the lists.
 def _print_version(value: bool) -> None:
     if value:
         from edgecnn import __version__
@@ -91,10 +88,14 @@ def _code(module: str, name: str):
     return getattr(importlib.import_module(module), name)
 
 
+# Help texts may name lists that the code owns ({modes}, {providers}, ...): they are filled in
+# from the code when help is shown (``fill_help``), so the help can never drift from what the
+# commands accept, and a command that runs does not import the modules that own the lists.
 HELP_LISTS = {
     "providers": lambda: _providers_list(),
     "precisions": lambda: _alternatives(_code("edgecnn.export.parity", "PRECISIONS")),
-    "modes": lambda: _code("edgecnn.export.quantize_recipes", "help_text")(),
+    "modes": lambda: _alternatives(f"{mode} ({recipe.summary})" for mode, recipe
+                                   in _code("edgecnn.export.quantize_recipes", "RECIPES").items()),
     "export_modes": lambda: _alternatives(_code("edgecnn.export.quantize_recipes", "EXPORT_MODES")),
     "methods": lambda: _alternatives(_code("edgecnn.export.quantize_recipes", "METHODS")),
     "targets": lambda: _alternatives(_code("edgecnn.export.quantize_recipes", "TARGETS")),
@@ -109,8 +110,7 @@ def _alternatives(names) -> str:
 def _providers_list() -> str:
     from edgecnn.runtime.providers import SHORT_NAMES
 
-    return _alternatives(["auto", *dict.fromkeys(short for short, full in SHORT_NAMES.items()
-                                                 if short != "trt")])
+    return _alternatives(["auto", *(short for short in SHORT_NAMES if short != "trt")])
 
 
 def fill_help(command) -> None:
@@ -169,14 +169,13 @@ def parse_numbers(text: str | None, flag: str, kind: type = float) -> list | Non
     separators = r"[x,\s]+" if kind is int else r"[,\s]+"
     parts = [part for part in re.split(separators, text.strip()) if part]
     try:
-        return [kind(part) for part in parts] or _no_numbers(flag, text)
+        numbers = [kind(part) for part in parts]
     except ValueError:
         what = "integers" if kind is int else "numbers"
         raise BadInput(f"{flag} takes {what} (comma- or space-separated), got {text!r}") from None
-
-
-def _no_numbers(flag: str, text: str):
-    raise BadInput(f"{flag} needs a value, got {text!r}")
+    if not numbers:
+        raise BadInput(f"{flag} needs a value, got {text!r}")
+    return numbers
 
 
 def parse_model_options(pairs: list[str] | None) -> dict:
@@ -290,10 +289,9 @@ def print_quantize_summary(result) -> None:
     if details.get("calibration"):
         samples = {"images": "images"}.get(details["calibration"], f"{details['calibration']} samples")
         how += f", {details['method']} calibration on {details['calibration_size']} {samples}"
-    source = f" of {human_size(result.source_size_bytes)}"
     out.print(f"[green]wrote[/green] {safe(result.path)} ({safe(how)}) "
-              f"{human_size(result.size_bytes)} = {result.size_ratio:.2f}x{source}, "
-              f"in {result.seconds:.1f} s")
+              f"{human_size(result.size_bytes)} = {result.size_ratio:.2f}x of "
+              f"{human_size(result.source_size_bytes)}, in {result.seconds:.1f} s")
     verdict = result.verdict
     if verdict is None:
         out.print("[yellow]comparison with fp32 skipped (--no-check)[/yellow]")
@@ -323,7 +321,6 @@ def human_size(size: int) -> str:
         if size < 1024 or unit == "GB":
             return f"{size:.1f} {unit}" if unit != "B" else f"{size} B"
         size /= 1024
-    return f"{size:.1f} GB"
 
 
 class _StepAware:

@@ -24,13 +24,10 @@ def _print_report(report) -> None:
                       f"{m.cosine:.8f}", f"{m.sqnr_db:.1f}",
                       "–" if m.top1_agreement is None else f"{m.top1_agreement:.4f}",
                       "[green]pass[/green]" if output.passed else "[red]FAIL[/red]")
-    criterion = f"rel_l2 <= {report.tolerance:g}"
-    if report.verdict.min_top1 is not None:
-        criterion += f", top-1 agreement >= {report.verdict.min_top1:g}"
     out.print(f"{safe(report.model)} {report.precision} on {', '.join(report.providers)}: "
               f"{report.rows} rows in {report.samples} batches"
               + (f" ({report.images} from images)" if report.images else "")
-              + f", criterion {criterion}")
+              + f", criterion {report.verdict.criterion}")
     out.print(table)
     if report.bisect is not None:
         first = report.bisect.first_divergent

@@ -96,17 +96,16 @@ def export_command(
                    crop_fraction=crop_fraction)
     if target != "cpu" and quantize is None:
         raise BadInput("--target tunes the file that --quantize writes; add --quantize int8")
-    if quantize is not None:
-        from edgecnn.export.quantize import export_quantized
+    with progress(enabled=not json_output) as (on_step, on_progress):
+        if quantize is None:
+            result = export_model(model, output, on_step=on_step, **options)
+        else:
+            from edgecnn.export.quantize import export_quantized
 
-        with progress(enabled=not json_output) as (on_step, on_progress):
             result = export_quantized(model, output, quantize=quantize, calibration=calibration,
                                       calibration_size=calibration_size, target=target,
-                                      on_step=on_step,
-                                      on_progress=on_progress, on_warning=print_warning, **options)
-    else:
-        with progress(enabled=not json_output) as (on_step, _):
-            result = export_model(model, output, on_step=on_step, **options)
+                                      on_step=on_step, on_progress=on_progress,
+                                      on_warning=print_warning, **options)
     if result.weights.startswith("random"):  # after the export: a failed one prints its error only
         print_warning("random weights: predictions are meaningless; give --weights")
     if json_output:

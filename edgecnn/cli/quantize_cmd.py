@@ -9,8 +9,7 @@ import typer
 
 from edgecnn.cli._app import (
     CalibrationOpt, CalibrationSizeOpt, InputSizeOpt, JsonOpt, OutputOpt, TargetOpt, app,
-    parse_input_size,
-    parse_numbers, print_json, print_quantize_summary, print_warning, progress,
+    parse_input_size, parse_numbers, print_json, print_quantize_summary, print_warning, progress,
 )
 
 ModeOpt = Annotated[str, typer.Option("--mode", help="{modes}.")]
@@ -66,8 +65,7 @@ def quantize_command(
             validation=validation, keep_io_float=keep_io_float,
             input_size=parse_input_size(input_size), mean=parse_numbers(mean, "--mean"),
             std=parse_numbers(std, "--std"), check=check, seed=seed, target=target,
-            on_step=on_step,
-            on_progress=on_progress, on_warning=print_warning)
+            on_step=on_step, on_progress=on_progress, on_warning=print_warning)
     if json_output:
         print_json(result.as_dict())
     else:
