@@ -13,6 +13,7 @@ import os
 import onnx
 
 from edgecnn.errors import BadInput, EdgecnnError, first_line
+from edgecnn.runtime.external_data import check_external_data
 from edgecnn.runtime.metadata import METADATA_KEY, ModelMetadata
 from edgecnn.runtime.model_file import check_model_file
 
@@ -23,8 +24,12 @@ DEFAULT_DOMAIN_NAMES = ("", "ai.onnx")  # two spellings of the default domain
 
 def load_model(path: str | os.PathLike, *, external_data: bool = True) -> onnx.ModelProto:
     """The ModelProto at ``path`` (its external data too, unless ``external_data`` is False);
-    BadInput, in one line, when the file is missing, empty, not ONNX or truncated."""
+    BadInput, in one line, when the file is missing, empty, not ONNX or truncated, and when
+    its external data is missing, truncated or outside its folder (``check_external_data``,
+    before any of it is read)."""
     path = check_model_file(path)
+    if external_data:
+        check_external_data(path)
     try:
         model = onnx.load(str(path), load_external_data=external_data)
     except Exception as error:  # protobuf DecodeError, truncated files, missing external data
