@@ -82,6 +82,7 @@ def describe_model(path: str | os.PathLike) -> dict:
         details = _describe_with_onnx(path)
     metadata = ModelMetadata.from_props(details.pop("props"), str(path))
     return {"path": str(path),
-            "size_bytes": path.stat().st_size + sum(data.stat().st_size for data in data_files),
-            "external_data": [data.name for data in data_files],
+            "size_bytes": path.stat().st_size + sum(data.stat().st_size
+                                                    for data in set(data_files.values())),
+            "external_data": list(data_files),
             "metadata": None if metadata is None else asdict(metadata), **details}

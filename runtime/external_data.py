@@ -122,29 +122,31 @@ def _packed_varints(stream: BinaryIO, offset: int, length: int) -> list[int]:
     return values
 
 
-def check_external_data(model: str | os.PathLike | bytes) -> list[Path]:
-    """The data files ``model`` reads its external tensors from (none: []), each checked: its
+def check_external_data(model: str | os.PathLike | bytes) -> dict[str, Path]:
+    """The data files ``model`` reads its external tensors from, as {location as written: the
+    file} (none: {}), each checked: its
     location stays inside the model's folder (no absolute path, no ``..`` out of it, no symlink
     pointing outside) and the file holds every tensor's bytes. BadInput in one line otherwise,
     before any data file is opened. Serialized bytes have no folder: external data is refused."""
     tensors = external_tensors(model)
     if not tensors:
-        return []
+        return {}
     if isinstance(model, bytes):
         raise BadInput(f"the model refers to external data ({tensors[0].entries.get('location')!r}"
                        "); open it from its file so the data is found beside it")
     path = check_model_file(model)
     folder = path.parent.resolve()
-    files: dict[Path, int] = {}
+    files: dict[str, Path] = {}
+    needed: dict[Path, int] = {}
     for tensor in tensors:
-        data = _data_file(path, folder, tensor)
-        files[data] = max(files.get(data, 0), _end(path, tensor))
-    for data, needed in files.items():
+        data = files[tensor.entries.get("location", "")] = _data_file(path, folder, tensor)
+        needed[data] = max(needed.get(data, 0), _end(path, tensor))
+    for data, end in needed.items():
         size = data.stat().st_size
-        if size < needed:
+        if size < end:
             raise BadInput(f"{path}: external data file {data.name} is truncated ({size:,} bytes, "
-                           f"its tensors need {needed:,})")
-    return list(files)
+                           f"its tensors need {end:,})")
+    return files
 
 
 def _data_file(path: Path, folder: Path, tensor: ExternalTensor) -> Path:

@@ -64,9 +64,11 @@ def export_dynamo(module: nn.Module, path: Path, example: tuple, dynamic_hw: boo
 def export_legacy(module: nn.Module, path: Path, example: tuple, *, dynamic_hw: bool = False,
                   input_names=None, output_names=None) -> Path:
     """torch.onnx.export(dynamo=False, opset_version=13): weights inside the file; the first
-    input is called ``input.1`` unless ``input_names`` says otherwise."""
+    input is called ``input.1`` unless ``input_names`` says otherwise. ``dynamic_hw``: dynamic
+    batch, height and width (axes 1, 2 of an NHWC module's input)."""
     input_names = input_names or ["input.1"]
-    axes = {input_names[0]: {0: "n", 2: "h", 3: "w"}} if dynamic_hw else None
+    height, width = (1, 2) if getattr(module, "nhwc", False) else (2, 3)
+    axes = {input_names[0]: {0: "n", height: "h", width: "w"}} if dynamic_hw else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(module.eval(), example, str(path), dynamo=False, opset_version=13,

@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from edgecnn.cli._app import app, err, fill_help, in_flags, join_input_size, safe
+from edgecnn.cli._app import app, err, fill_help, in_flags, join_multi_value_flags, safe
 from edgecnn.cli._signals import SignalsAsInterrupts
 from edgecnn.errors import EdgecnnError, first_line
 
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("EDGECNN_DEBUG") == "1"
-    argv = join_input_size([arg for arg in argv if arg != "--debug"]) or ["--help"]
+    argv = join_multi_value_flags([arg for arg in argv if arg != "--debug"]) or ["--help"]
     command = typer.main.get_command(app)
     if "--help" in argv or "-h" in argv:
         fill_help(command)
