@@ -143,15 +143,15 @@ class ModelMetadata:
         info = self.input
         check.expect(info.name in inputs, "input.name",
                      f"one of the graph's inputs ({', '.join(map(repr, inputs))})", info.name)
-        graph = [_fixed(size) for size in inputs[info.name]]
+        graph = [fixed_size(size) for size in inputs[info.name]]
         check.expect(len(graph) == 4, "input.shape", f"[C, H, W] of an image batch, but the "
                      f"graph's input {info.name!r} has rank {len(graph)}", info.shape)
         channels, height, width = info.shape
         expected = [channels, height, width] if info.layout == "NCHW" else [height, width, channels]
         agrees = all(size is None or size == want for size, want in zip(graph[1:], expected))
         check.expect(agrees, "input.shape", f"[C, H, W] matching the graph's {info.layout} "
-                     f"input {_describe_dims(graph)}", info.shape)
-        classes = _fixed(output[1]) if len(output) > 1 else None
+                     f"input {describe_dims(graph)}", info.shape)
+        classes = fixed_size(output[1]) if len(output) > 1 else None
         if self.labels is not None and classes is not None:
             check.expect(len(self.labels) == classes, "labels",
                          f"one per class ({classes}, the graph's output axis 1)", self.labels,
@@ -238,10 +238,11 @@ def _is_finite_number(value: Any) -> bool:
         return False
 
 
-def _fixed(size: Any) -> int | None:
+def fixed_size(size: Any) -> int | None:
     """A graph axis as an int when fixed; None for a named (dynamic) or unknown axis."""
     return size if _is_int(size) and size > 0 else None
 
 
-def _describe_dims(dims: Sequence[int | None]) -> str:
-    return "[" + ", ".join("?" if size is None else str(size) for size in dims) + "]"
+def describe_dims(dims: Sequence) -> str:
+    """[1, 3, ?, ?]: fixed axes as numbers, dynamic (named, None) ones as '?'."""
+    return "[" + ", ".join(str(fixed_size(size) or "?") for size in dims) + "]"

@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from edgecnn.errors import BadInput
-from edgecnn.runtime.metadata import MAX_SIDE, InputInfo, ModelMetadata
+from edgecnn.runtime.metadata import (
+    MAX_SIDE, InputInfo, ModelMetadata, describe_dims, fixed_size,
+)
 
 TASKS = ("classification", "segmentation")
 # setting -> the metadata field it sets (messages about the field name the setting)
@@ -127,20 +129,16 @@ def _input_name(inputs: Mapping[str, Sequence], wanted: str | None,
     return next(iter(inputs))
 
 
-def _fixed(size: Any) -> int | None:
-    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
-
-
 def _layout_of(dims: Sequence) -> str:
     """NHWC when only the last axis looks like channels (1 or 3, fixed), else NCHW."""
-    looks = [_fixed(dims[axis]) in (1, 3) for axis in (1, 3)]
+    looks = [fixed_size(dims[axis]) in (1, 3) for axis in (1, 3)]
     return "NHWC" if looks == [False, True] else "NCHW"
 
 
 def _channels(dims: Sequence, layout: str, given: Mapping[str, Any],
               old: InputInfo | None) -> int:
     axis = 3 if layout == "NHWC" else 1
-    fixed = _fixed(dims[axis])
+    fixed = fixed_size(dims[axis])
     if fixed is not None:
         return fixed
     for setting in ("mean", "std"):
@@ -155,26 +153,22 @@ def _channels(dims: Sequence, layout: str, given: Mapping[str, Any],
 def _height_width(dims: Sequence, layout: str, size: Any, old: InputInfo | None,
                   name: str) -> tuple[int, int]:
     axes = (1, 2) if layout == "NHWC" else (2, 3)
-    graph = [_fixed(dims[axis]) for axis in axes]
+    graph = [fixed_size(dims[axis]) for axis in axes]
     if size is None:
         if None not in graph:
             return graph[0], graph[1]
         if old is not None:
             return old.height_width
         raise BadInput(f"input_size is needed: input {name!r} has a dynamic height or width "
-                       f"({_describe(dims)}); give the size the model expects")
+                       f"({describe_dims(dims)}); give the size the model expects")
     size = [size] if isinstance(size, int) else list(size) if isinstance(size, (list, tuple)) else size
     if not (isinstance(size, list) and len(size) in (1, 2)
-            and all(_fixed(side) is not None and side <= MAX_SIDE for side in size)):
+            and all(fixed_size(side) is not None and side <= MAX_SIDE for side in size)):
         raise BadInput(f"input_size must be one size or [H, W], integers in [1, {MAX_SIDE}], "
                        f"got {size!r}")
     height, width = size[0], size[-1]
     for axis_size, wanted, what in ((graph[0], height, "height"), (graph[1], width, "width")):
         if axis_size is not None and axis_size != wanted:
             raise BadInput(f"input_size must match the fixed {what} {axis_size} of input {name!r} "
-                           f"({layout} {_describe(dims)}), got {height}x{width}")
+                           f"({layout} {describe_dims(dims)}), got {height}x{width}")
     return height, width
-
-
-def _describe(dims: Sequence) -> str:
-    return "[" + ", ".join(str(_fixed(size) or "?") for size in dims) + "]"

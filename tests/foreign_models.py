@@ -75,3 +75,10 @@ def export_legacy(module: nn.Module, path: Path, example: tuple, *, dynamic_hw: 
                           input_names=input_names, output_names=output_names,
                           dynamic_axes=axes)
     return path
+
+
+class ScaleFirst(TwoInputsTwoOutputs):
+    """TwoInputsTwoOutputs with the image as the second input."""
+
+    def forward(self, scale, image):
+        return super().forward(image, scale)

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from conftest import assert_one_line_error
-from foreign_models import CLASSES, TinyClassifier, export_dynamo, export_legacy
+from foreign_models import CLASSES, ScaleFirst, TinyClassifier, export_dynamo, export_legacy
 
 from edgecnn.runtime import Engine
 from edgecnn.runtime.onnx_file import get_metadata, load_model
@@ -197,3 +197,21 @@ def test_without_the_onnx_package_annotate_says_so(dynamo):
     assert done.returncode == 2 and len(lines) == 1, done.stderr
     assert "`edgecnn annotate` needs onnx" in lines[0]
     assert onnx.load(str(dynamo), load_external_data=False).metadata_props == []
+
+
+def test_the_named_input_is_the_image_input(cli, tmp_path):
+    from edgecnn.runtime.onnx_file import fixed_batch, input_dims
+
+    source = export_legacy(ScaleFirst(), tmp_path / "two.onnx",
+                           (torch.ones(2, 1), torch.randn(2, 3, 24, 24)),
+                           input_names=["scale", "image"])
+    target = tmp_path / "annotated.onnx"
+    assert_one_line_error(cli("annotate", source, "-o", target), 2, "--input-name is needed",
+                          "'scale', 'image'")
+    assert_one_line_error(cli("annotate", source, "-o", target, "--input-name", "scale"), 2,
+                          "input 'scale' has rank 2")
+    assert cli("annotate", source, "-o", target, "--input-name", "image").code == 0
+    model = load_model(target)
+    assert input_dims(model) == [2, 3, 24, 24] and fixed_batch(model) == 2
+    assert _metadata(target).input.name == "image"
+    assert cli("bench", target, "--runs", "1", "--warmup", "0").code == 0
