@@ -92,7 +92,9 @@ def _random_array(spec: TensorSpec, engine: Engine, batch: int | None, rng) -> n
                 size = known[axis]
             else:
                 raise BadInput(f"input {spec.name!r} has a dynamic axis {axis} "
-                               f"({spec.describe()}) and no edgecnn metadata to size it")
+                               f"({spec.describe()}) and no edgecnn metadata to size it: give "
+                               "--input-size (and --input-name with several inputs), or "
+                               "`edgecnn annotate` the file")
         shape.append(int(size))
     _check_feed_size(spec, shape, batch)
     # Drawn in the input's own dtype (float16 via float32): a float64 draw first would need

@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
+from edgecnn.runtime.external_data import check_external_data
 from edgecnn.runtime.metadata import ModelMetadata
 from edgecnn.runtime.model_file import check_model_file
 
@@ -69,8 +70,10 @@ def _describe_with_onnxruntime(path: Path) -> dict:
 
 
 def describe_model(path: str | os.PathLike) -> dict:
-    """A JSON-ready description: metadata, inputs/outputs, opsets, custom ops, size."""
+    """A JSON-ready description: metadata, inputs/outputs, opsets, custom ops, size (the
+    .onnx file and its external data files, listed under ``external_data``)."""
     path = check_model_file(path)
+    data_files = check_external_data(path)
     try:
         import onnx  # noqa: F401
     except ImportError:  # minimal device install: onnxruntime only
@@ -78,5 +81,8 @@ def describe_model(path: str | os.PathLike) -> dict:
     else:
         details = _describe_with_onnx(path)
     metadata = ModelMetadata.from_props(details.pop("props"), str(path))
-    return {"path": str(path), "size_bytes": path.stat().st_size,
+    return {"path": str(path),
+            "size_bytes": path.stat().st_size + sum(data.stat().st_size
+                                                    for data in set(data_files.values())),
+            "external_data": list(data_files),
             "metadata": None if metadata is None else asdict(metadata), **details}

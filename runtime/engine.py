@@ -23,6 +23,7 @@ import numpy as np
 from edgecnn.errors import BadInput
 from edgecnn.runtime import providers as provider_lib
 from edgecnn.runtime.metadata import ModelMetadata
+from edgecnn.runtime.preprocess_settings import check_settings, metadata_from_settings
 from edgecnn.runtime.session import open_session
 
 PREDICT_CHUNK = 16  # images per run() call when the batch axis is dynamic
@@ -70,12 +71,17 @@ class Engine:
         (building a TensorRT engine takes minutes).
     tf32: let CUDA round convolution inputs to TF32 (onnxruntime's default; False: full fp32).
     check_finite: report NaN/Inf inputs in ``run`` as BadInput.
+    preprocessing: how images become the input, for a file without edgecnn metadata (or to
+        replace some of its fields): a dict of the settings in
+        ``edgecnn.runtime.preprocess_settings.SETTINGS`` (input_name, input_size, layout, color,
+        scale, mean, std, crop_fraction, task, labels), validated against the graph.
     """
 
     def __init__(self, path: str | os.PathLike, provider: provider_lib.ProviderRequest = "auto",
                  threads: int | None = None, fallback: bool = True, *, device_id: int = 0,
                  fp16: bool = False, cache_dir: str | os.PathLike | None = None,
-                 tf32: bool = True, check_finite: bool = True, session_options=None):
+                 tf32: bool = True, check_finite: bool = True, session_options=None,
+                 preprocessing: Mapping | None = None):
         self.path = Path(path)
         opened = open_session(self.path, provider, threads=threads, fallback=fallback,
                               options=session_options, device_id=device_id, fp16=fp16,
@@ -86,9 +92,13 @@ class Engine:
         self.metadata: ModelMetadata | None = ModelMetadata.from_props(props, str(self.path))
         self.inputs = [TensorSpec.from_node_arg(arg) for arg in self.session.get_inputs()]
         self.outputs = [TensorSpec.from_node_arg(arg) for arg in self.session.get_outputs()]
-        if self.metadata is not None:  # before anything is allocated from the metadata's shape
-            self.metadata.check_graph({spec.name: spec.shape for spec in self.inputs},
-                                      self.outputs[0].shape, str(self.path))
+        graph = {spec.name: spec.shape for spec in self.inputs}
+        if check_settings(preprocessing):  # validated against the graph, like the metadata
+            self.metadata = metadata_from_settings(graph, self.outputs[0].shape, preprocessing,
+                                                   base=self.metadata, model=self.path.stem,
+                                                   source=str(self.path))
+        elif self.metadata is not None:  # before anything is allocated from the metadata's shape
+            self.metadata.check_graph(graph, self.outputs[0].shape, str(self.path))
         self.check_finite = check_finite
         self._output_names = [spec.name for spec in self.outputs]
         self._checks = [_InputCheck(spec) for spec in self.inputs]
@@ -159,6 +169,10 @@ class Engine:
                                        or not isinstance(batch_size, int) or batch_size < 1):
             raise BadInput(f"batch_size must be an integer >= 1, got {batch_size!r}")
         spec = self._input_spec(metadata.input.name)
+        if len(self.inputs) > 1:
+            others = ", ".join(repr(other.name) for other in self.inputs if other is not spec)
+            raise BadInput(f"predict feeds images to {spec.name!r} only, and the model also needs "
+                           f"{others}; call Engine.run with a dict of all its inputs")
         fixed_batch = spec.shape[0] if spec.shape and isinstance(spec.shape[0], int) else None
         chunk = fixed_batch or batch_size or PREDICT_CHUNK
         outputs = []
@@ -181,7 +195,10 @@ class Engine:
     def require_metadata(self) -> ModelMetadata:
         if self.metadata is None:
             raise BadInput(f"{self.path} has no edgecnn metadata, so its preprocessing is "
-                           "unknown; export it with edgecnn, or call Engine.run with an array")
+                           "unknown: give it (Engine(preprocessing={...}); edgecnn run --mean "
+                           "--std --input-size --layout --color --scale --task --crop-fraction "
+                           "--labels --input-name), write it into the file with `edgecnn "
+                           "annotate`, or call Engine.run with an array")
         return self.metadata
 
     def _input_spec(self, name: str) -> TensorSpec:

@@ -27,7 +27,7 @@ PRECISIONS = ("fp32", "fp16", "int8")  # what a file holds
 TOLERANCE_KEYS = (*PRECISIONS, "bf16")
 LOWERINGS = ("native", "decomposed")
 LAYOUTS = ("NCHW", "NHWC")
-COLORS = ("RGB", "GRAY")
+COLORS = ("RGB", "BGR", "GRAY")  # BGR: RGB images with the channels reversed (OpenCV-trained)
 # Far above any CNN input, far below what breaks a machine: one fp32 image of MAX_ELEMENTS is
 # 512 MB, and preprocessing or calibration holds a few of them.
 MAX_SIDE = 16384
@@ -44,7 +44,7 @@ class InputInfo:
     name: str = "input"
     shape: list[int] = field(default_factory=lambda: [3, 224, 224])  # C, H, W
     layout: str = "NCHW"
-    color: str = "RGB"  # "RGB" or "GRAY"
+    color: str = "RGB"  # "RGB", "BGR" or "GRAY"
     scale: float = 255  # pixel values are divided by this before mean/std
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
@@ -103,9 +103,13 @@ class ModelMetadata:
         metadata.validate(source)
         return metadata
 
-    def validate(self, source: str = "model") -> None:
-        """Each field's type and range; BadInput "<source>: edgecnn metadata field ..."."""
-        check = _Fields(source)
+    def validate(self, source: str = "model", parameters: Mapping[str, str] | None = None) -> None:
+        """Each field's type and range; BadInput "<source>: edgecnn metadata field ...".
+
+        ``parameters`` maps field names ("input.mean") to the API parameters they were given as
+        ("mean"): a message about such a field then begins with the parameter's name ("mean
+        must be ..."), as the API's messages do (the CLI shows the flag)."""
+        check = _Fields(source, parameters)
         check.string("model", self.model)
         check.string("task", self.task)
         check.choice("precision", self.precision, PRECISIONS)
@@ -130,23 +134,24 @@ class ModelMetadata:
         _validate_input(self.input, check)
 
     def check_graph(self, inputs: Mapping[str, Sequence], output: Sequence,
-                    source: str = "model") -> None:
+                    source: str = "model", parameters: Mapping[str, str] | None = None) -> None:
         """The metadata agrees with the graph: ``inputs`` maps each graph input's name to its dims
         (batch first; an int for a fixed axis, None or a name for a dynamic one), ``output`` is
-        the first output's dims, whose axis 1 is the class count the labels must match."""
-        check = _Fields(source)
+        the first output's dims, whose axis 1 is the class count the labels must match;
+        ``parameters`` as in ``validate``."""
+        check = _Fields(source, parameters)
         info = self.input
         check.expect(info.name in inputs, "input.name",
                      f"one of the graph's inputs ({', '.join(map(repr, inputs))})", info.name)
-        graph = [_fixed(size) for size in inputs[info.name]]
+        graph = [fixed_size(size) for size in inputs[info.name]]
         check.expect(len(graph) == 4, "input.shape", f"[C, H, W] of an image batch, but the "
                      f"graph's input {info.name!r} has rank {len(graph)}", info.shape)
         channels, height, width = info.shape
         expected = [channels, height, width] if info.layout == "NCHW" else [height, width, channels]
         agrees = all(size is None or size == want for size, want in zip(graph[1:], expected))
         check.expect(agrees, "input.shape", f"[C, H, W] matching the graph's {info.layout} "
-                     f"input {_describe_dims(graph)}", info.shape)
-        classes = _fixed(output[1]) if len(output) > 1 else None
+                     f"input {describe_dims(graph)}", info.shape)
+        classes = fixed_size(output[1]) if len(output) > 1 else None
         if self.labels is not None and classes is not None:
             check.expect(len(self.labels) == classes, "labels",
                          f"one per class ({classes}, the graph's output axis 1)", self.labels,
@@ -170,10 +175,10 @@ def _validate_input(info: InputInfo, check: "_Fields") -> None:
                  f"at most {MAX_ELEMENTS:,} values (C*H*W)", info.shape)
     check.choice("input.layout", info.layout, LAYOUTS)
     check.choice("input.color", info.color, COLORS)
-    # RGB images have 3 channels; GRAY also describes the non-image N-channel inputs of
+    # RGB and BGR images have 3 channels; GRAY also describes the non-image N-channel inputs of
     # `export --in-channels N` (Engine.run takes them; preprocessing refuses them).
-    check.expect(info.color != "RGB" or channels == 3, "input.color",
-                 f"GRAY for a {channels}-channel input (RGB has 3)", info.color)
+    check.expect(info.color == "GRAY" or channels == 3, "input.color",
+                 f"GRAY for a {channels}-channel input (RGB and BGR have 3)", info.color)
     check.positive("input.scale", info.scale)
     for name, values in (("input.mean", info.mean), ("input.std", info.std)):
         check.expect(isinstance(values, list) and len(values) == channels, name,
@@ -188,15 +193,18 @@ def _validate_input(info: InputInfo, check: "_Fields") -> None:
 class _Fields:
     """The checks ``validate`` and ``check_graph`` make, each raising one BadInput line."""
 
-    def __init__(self, source: str):
-        self.source = source
+    def __init__(self, source: str, parameters: Mapping[str, str] | None = None):
+        self.source, self.parameters = source, parameters or {}
 
     def expect(self, condition: bool, name: str, requirement: str, value: Any,
                got: str | None = None) -> None:
-        if not condition:
-            where = f"field {name!r}" if name else "entry"
-            raise BadInput(f"{self.source}: edgecnn metadata {where} must be {requirement}, "
-                           f"got {got or _short.repr(value)}")
+        if condition:
+            return
+        got = got or _short.repr(value)
+        if name in self.parameters:
+            raise BadInput(f"{self.parameters[name]} must be {requirement}, got {got}")
+        where = f"field {name!r}" if name else "entry"
+        raise BadInput(f"{self.source}: edgecnn metadata {where} must be {requirement}, got {got}")
 
     def string(self, name: str, value: Any) -> None:
         self.expect(isinstance(value, str), name, "a string", value)
@@ -230,10 +238,11 @@ def _is_finite_number(value: Any) -> bool:
         return False
 
 
-def _fixed(size: Any) -> int | None:
+def fixed_size(size: Any) -> int | None:
     """A graph axis as an int when fixed; None for a named (dynamic) or unknown axis."""
     return size if _is_int(size) and size > 0 else None
 
 
-def _describe_dims(dims: Sequence[int | None]) -> str:
-    return "[" + ", ".join("?" if size is None else str(size) for size in dims) + "]"
+def describe_dims(dims: Sequence) -> str:
+    """[1, 3, ?, ?]: fixed axes as numbers, dynamic (named, None) ones as '?'."""
+    return "[" + ", ".join(str(fixed_size(size) or "?") for size in dims) + "]"

@@ -23,7 +23,7 @@ _KEY_FIELD, _VALUE_FIELD = 1, 2  # StringStringEntryProto
 _FIXED_SIZES = {1: 8, 5: 4}  # wire types 1 (64-bit) and 5 (32-bit)
 
 
-def _varint(stream: BinaryIO) -> int | None:
+def read_varint(stream: BinaryIO) -> int | None:
     """The next base-128 varint, or None at the end of the stream."""
     result = shift = 0
     while True:
@@ -38,24 +38,38 @@ def _varint(stream: BinaryIO) -> int | None:
             raise ValueError("malformed varint")
 
 
-def _length_delimited(stream: BinaryIO, wanted: int) -> Iterator[bytes]:
-    """The payloads of the length-delimited fields numbered ``wanted``; skips everything else."""
-    while (key := _varint(stream)) is not None:
+def fields(stream: BinaryIO, end: int | None = None) -> Iterator[tuple[int, int, object]]:
+    """(field number, wire type, value) of each field of the message from the stream's position
+    up to ``end`` (default: the end of the stream). The value is a varint's number, or for a
+    length-delimited field its (offset, length): the caller may read or walk the payload (a
+    nested message: ``fields(stream, offset + length)`` after seeking to ``offset``), and the
+    walk then resumes after it. Fixed-size fields are skipped."""
+    while end is None or stream.tell() < end:
+        if (key := read_varint(stream)) is None:
+            return
         field, wire = key >> 3, key & 7
         if wire == 0:
-            _varint(stream)
+            yield field, wire, read_varint(stream)
         elif wire in _FIXED_SIZES:
             stream.seek(_FIXED_SIZES[wire], io.SEEK_CUR)
         elif wire == 2:
-            length = _varint(stream)
+            length = read_varint(stream)
             if length is None:
                 return
-            if field == wanted:
-                yield stream.read(length)
-            else:
-                stream.seek(length, io.SEEK_CUR)
+            offset = stream.tell()
+            yield field, wire, (offset, length)
+            stream.seek(offset + length)
         else:
             raise ValueError(f"unexpected protobuf wire type {wire}")
+
+
+def _length_delimited(stream: BinaryIO, wanted: int) -> Iterator[bytes]:
+    """The payloads of the length-delimited fields numbered ``wanted``; skips everything else."""
+    for field, wire, value in fields(stream):
+        if field == wanted and wire == 2:
+            offset, length = value
+            stream.seek(offset)
+            yield stream.read(length)
 
 
 def opset_domains(model: str | os.PathLike | bytes) -> set[str]:

@@ -13,6 +13,7 @@ import os
 import onnx
 
 from edgecnn.errors import BadInput, EdgecnnError, first_line
+from edgecnn.runtime.external_data import check_external_data
 from edgecnn.runtime.metadata import METADATA_KEY, ModelMetadata
 from edgecnn.runtime.model_file import check_model_file
 
@@ -23,8 +24,12 @@ DEFAULT_DOMAIN_NAMES = ("", "ai.onnx")  # two spellings of the default domain
 
 def load_model(path: str | os.PathLike, *, external_data: bool = True) -> onnx.ModelProto:
     """The ModelProto at ``path`` (its external data too, unless ``external_data`` is False);
-    BadInput, in one line, when the file is missing, empty, not ONNX or truncated."""
+    BadInput, in one line, when the file is missing, empty, not ONNX or truncated, and when
+    its external data is missing, truncated or outside its folder (``check_external_data``,
+    before any of it is read)."""
     path = check_model_file(path)
+    if external_data:
+        check_external_data(path)
     try:
         model = onnx.load(str(path), load_external_data=external_data)
     except Exception as error:  # protobuf DecodeError, truncated files, missing external data
@@ -46,14 +51,26 @@ def dims(value: onnx.ValueInfoProto) -> list[int | None]:
             for dim in value.type.tensor_type.shape.dim]
 
 
-def input_dims(model: onnx.ModelProto) -> list[int | None]:
-    """The first graph input's shape (``dims``); [] for a graph without inputs."""
+def image_input(model: onnx.ModelProto) -> onnx.ValueInfoProto | None:
+    """The graph input the edgecnn metadata names (``input.name``; a file from another exporter
+    calls it ``input.1``, ``pixel_values``...), else the first; None without inputs."""
     inputs = graph_inputs(model)
-    return dims(inputs[0]) if inputs else []
+    try:
+        metadata = get_metadata(model)
+    except BadInput:  # malformed metadata: whoever reads it reports that
+        metadata = None
+    named = [value for value in inputs if metadata and value.name == metadata.input.name]
+    return (named or inputs or [None])[0]
+
+
+def input_dims(model: onnx.ModelProto) -> list[int | None]:
+    """The image input's shape (``dims`` of ``image_input``); [] for a graph without inputs."""
+    value = image_input(model)
+    return dims(value) if value is not None else []
 
 
 def fixed_batch(model: onnx.ModelProto) -> int | None:
-    """The first graph input's fixed batch size; None for a dynamic batch axis."""
+    """The image input's fixed batch size; None for a dynamic batch axis."""
     shape = input_dims(model)
     return shape[0] if shape else None
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -25,11 +25,14 @@ def _class_summary(class_map: np.ndarray, labels: Sequence[str] | None) -> list[
 
 def predict_files(model: str | os.PathLike, images: Sequence[str | os.PathLike], *,
                   top_k: int = 5, provider: ProviderRequest = "auto", threads: int | None = None,
-                  fallback: bool = True, cache_dir: str | os.PathLike | None = None) -> dict:
-    """Run ``model`` on image files: per image the top-k classes, or the segmentation classes."""
+                  fallback: bool = True, cache_dir: str | os.PathLike | None = None,
+                  preprocessing: Mapping | None = None) -> dict:
+    """Run ``model`` on image files: per image the top-k classes, or the segmentation classes.
+    ``preprocessing``: as Engine's (for a file without edgecnn metadata)."""
     if not images:
         raise BadInput("no images given")
-    engine = Engine(model, provider, threads, fallback, cache_dir=cache_dir)
+    engine = Engine(model, provider, threads, fallback, cache_dir=cache_dir,
+                    preprocessing=preprocessing)
     metadata = engine.require_metadata()
     results = engine.predict(list(images), top_k=top_k, labelled=False)
     report = {"model": str(model), "name": metadata.model, "task": metadata.task,

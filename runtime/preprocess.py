@@ -24,8 +24,8 @@ from edgecnn.errors import BadInput, first_line
 from edgecnn.runtime.metadata import InputInfo
 
 DEFAULT_CROP_FRACTION = InputInfo.crop_fraction  # ImageNet eval: Resize(256) + CenterCrop(224)
-PIL_MODES = {"RGB": "RGB", "GRAY": "L"}
-CHANNELS = {"RGB": 3, "GRAY": 1}
+PIL_MODES = {"RGB": "RGB", "BGR": "RGB", "GRAY": "L"}  # BGR: RGB, channels reversed after
+CHANNELS = {"RGB": 3, "BGR": 3, "GRAY": 1}
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
 
@@ -52,9 +52,11 @@ def as_image_list(images) -> list:
 
 
 def load_image(image: ImageLike, color: str = "RGB") -> Image.Image:
-    """A PIL image in ``color`` ("RGB" or "GRAY") from a path, a PIL image or a uint8 array."""
+    """A PIL image in ``color``'s mode from a path, a PIL image or a uint8 array: RGB for "RGB"
+    and "BGR" (``preprocess_images`` reverses the channels of BGR), luma for "GRAY"."""
     if color not in PIL_MODES:
-        raise BadInput(f"unsupported color {color!r} in the model metadata (expected RGB or GRAY)")
+        raise BadInput(f"unsupported color {color!r} in the model metadata (expected RGB, BGR "
+                       "or GRAY)")
     if isinstance(image, Image.Image):
         picture = image
     elif isinstance(image, np.ndarray):
@@ -147,7 +149,7 @@ def preprocess_images(images: ImageLike | Iterable[ImageLike], input_info: Input
     color = input_info.color.upper()
     if CHANNELS.get(color) != input_info.channels:
         raise BadInput(f"metadata input has {input_info.channels} channels but color "
-                       f"{input_info.color!r}; expected RGB (3) or GRAY (1)")
+                       f"{input_info.color!r}; expected RGB or BGR (3) or GRAY (1)")
     layout = input_info.layout.upper()
     if layout not in ("NCHW", "NHWC"):
         raise BadInput(f"unsupported layout {input_info.layout!r} in the model metadata")
@@ -158,6 +160,8 @@ def preprocess_images(images: ImageLike | Iterable[ImageLike], input_info: Input
         raise BadInput("no images given")
     batch = np.stack([np.asarray(picture, dtype=np.float32) for picture in pictures])
     batch = batch.reshape(len(pictures), height, width, input_info.channels)  # grey gets its C
+    if color == "BGR":
+        batch = batch[..., ::-1]
     mean = np.asarray(input_info.mean, dtype=np.float32)
     std = np.asarray(input_info.std, dtype=np.float32)
     batch = (batch / np.float32(input_info.scale) - mean) / std

@@ -20,6 +20,7 @@ import onnxruntime as ort
 from edgecnn.errors import BadInput, first_line
 from edgecnn.runtime import deform, openvino
 from edgecnn.runtime import providers as provider_lib
+from edgecnn.runtime.external_data import check_external_data
 from edgecnn.runtime.metadata import METADATA_KEY
 from edgecnn.runtime.model_file import check_model_file, metadata_value, opset_domains
 
@@ -63,6 +64,8 @@ def open_session(model: str | os.PathLike | bytes,
     requested = provider_lib.resolve_providers(provider, fallback=fallback,
                                                **(model_traits(model) if auto else {}),
                                                **provider_options)
+    if isinstance(model, bytes):
+        check_external_data(model)  # refused: bytes have no folder to find it in
     source, swapped = (model, False) if isinstance(model, bytes) else model_source(model)
     options = options or ort.SessionOptions()
     if options.log_severity_level < 0:  # not set by the caller
@@ -137,9 +140,11 @@ def model_source(path: str | os.PathLike) -> tuple[str | bytes, bool]:
 
     Models that use the ai.edgecnn::DeformConv2d custom op carry a function body built on the
     standard DeformConv; an onnxruntime without a DeformConv kernel gets the decomposed body
-    (older standard ops only) instead. Returns (source, swapped).
+    (older standard ops only) instead. Returns (source, swapped). External data is vetted
+    first (``check_external_data``): onnxruntime reads whatever its locations name.
     """
     path = check_model_file(path)
+    check_external_data(path)
     if deform.DOMAIN not in opset_domains(path) or deform.onnxruntime_has_deformconv():
         return str(path), False
     try:

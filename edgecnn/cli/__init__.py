@@ -11,14 +11,14 @@ import sys
 
 import typer
 
-from edgecnn.cli._app import app, err, fill_help, in_flags, join_input_size, safe
+from edgecnn.cli._app import app, err, fill_help, in_flags, join_multi_value_flags, safe
 from edgecnn.cli._signals import SignalsAsInterrupts
 from edgecnn.errors import EdgecnnError, first_line
 
 # Command modules register themselves on `app` when imported, in this (help) order: the build
-# side (list, export, quantize, check), then what runs on a device (info, run, bench).
+# side (list, export, quantize, check), then what runs on a device (annotate, info, run, bench).
 from edgecnn.cli import models_cmd, export_cmd, quantize_cmd, check_cmd  # noqa: E402,F401,I001
-from edgecnn.cli import info_cmd, runtime_cmd  # noqa: E402,F401
+from edgecnn.cli import annotate_cmd, info_cmd, runtime_cmd  # noqa: E402,F401
 
 
 # What the build-side commands (list, export, quantize, check) need beyond the runtime install,
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("EDGECNN_DEBUG") == "1"
-    argv = join_input_size([arg for arg in argv if arg != "--debug"]) or ["--help"]
+    argv = join_multi_value_flags([arg for arg in argv if arg != "--debug"]) or ["--help"]
     command = typer.main.get_command(app)
     if "--help" in argv or "-h" in argv:
         fill_help(command)

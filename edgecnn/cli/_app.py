@@ -210,20 +210,35 @@ def parse_input_size(text: str | None) -> list[int] | None:
     return parse_numbers(text, "--input-size", int)
 
 
-def join_input_size(argv: list[str]) -> list[str]:
-    """Let `--input-size H W` take two values (click options take a fixed count)."""
+# Options that take several values (`--mean 0.485 0.456 0.406`), and the most each takes (None:
+# any number); click options take a fixed count, so main() joins the values into one token.
+MULTI_VALUE_FLAGS = {"--input-size": 2, "--mean": None, "--std": None}
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+def join_multi_value_flags(argv: list[str]) -> list[str]:
+    """`--mean 0.485 0.456 0.406` -> `--mean 0.485,0.456,0.406` (and `--input-size H W`, `--std`);
+    parse_numbers reads the joined value, as it reads one written with commas."""
     joined, index = [], 0
     while index < len(argv):
         token = argv[index]
         joined.append(token)
-        if token == "--input-size":
-            values = []
-            while index + 1 < len(argv) and argv[index + 1].isdigit() and len(values) < 2:
-                values.append(argv[index + 1])
+        index += 1
+        if token in MULTI_VALUE_FLAGS:
+            most, values = MULTI_VALUE_FLAGS[token], []
+            while (index < len(argv) and _is_number(argv[index])
+                   and (most is None or len(values) < most)):
+                values.append(argv[index])
                 index += 1
             if values:
-                joined.append("x".join(values))
-        index += 1
+                joined.append(",".join(values))
     return joined
 
 
@@ -359,3 +374,42 @@ def progress(enabled: bool = True) -> Iterator[tuple]:
             display.update(bars[task], completed=done, total=total)
 
         yield on_step, on_progress
+
+
+# How images become the input of a file without edgecnn metadata (`run`, `annotate`; the values
+# are validated by edgecnn.runtime.preprocess_settings, whose defaults these texts state).
+MeanOpt = Annotated[Optional[str], typer.Option(
+    "--mean", metavar="M [M M]",
+    help="Per-channel mean subtracted after --scale, in the model's channel order (space- or "
+         "comma-separated). Default: ImageNet's (0.485 0.456 0.406) for 3 channels, else 0.")]
+StdOpt = Annotated[Optional[str], typer.Option(
+    "--std", metavar="S [S S]",
+    help="Per-channel std divided by after the mean. Default: ImageNet's (0.229 0.224 0.225) "
+         "for 3 channels, else 1.")]
+PreprocessInputSizeOpt = Annotated[Optional[str], typer.Option(
+    "--input-size", metavar="H W",
+    help="Input height and width: one int (square) or two. Default: the graph's when fixed "
+         "(needed when they are dynamic).")]
+LayoutOpt = Annotated[Optional[str], typer.Option(
+    "--layout", metavar="NCHW|NHWC",
+    help="Axis order of the input. Default: from the graph (NHWC when only its last axis "
+         "has 1 or 3 elements), else NCHW.")]
+ColorOpt = Annotated[Optional[str], typer.Option(
+    "--color", metavar="RGB|BGR|GRAY",
+    help="Channel order the model expects. Default: RGB for 3 channels, GRAY otherwise.")]
+ScaleOpt = Annotated[Optional[float], typer.Option(
+    "--scale", help="Pixel values (0-255) are divided by this before --mean/--std. Default: 255.")]
+TaskOpt = Annotated[Optional[str], typer.Option(
+    "--task", metavar="classification|segmentation",
+    help="What the first output is. Default: segmentation for a 4-D output, else "
+         "classification.")]
+CropFractionOpt = Annotated[Optional[float], typer.Option(
+    "--crop-fraction",
+    help="Share of the resized image the model sees (center crop). Default: 0.875 "
+         "(ImageNet's resize 256, crop 224); 1 keeps the whole frame.")]
+LabelsOpt = Annotated[Optional[str], typer.Option(
+    "--labels", metavar="FILE",
+    help="Text file of class names, one per line (as many as the output has classes).")]
+InputNameOpt = Annotated[Optional[str], typer.Option(
+    "--input-name", metavar="NAME",
+    help="The image input of a model with several inputs. Default: the only input.")]

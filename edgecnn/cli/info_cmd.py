@@ -14,7 +14,8 @@ def info_command(
     model: Annotated[str, typer.Argument(help="An .onnx file.")],
     json_output: JsonOpt = False,
 ) -> None:
-    """Describe an .onnx file: edgecnn metadata, inputs/outputs, opsets, custom ops, size."""
+    """Describe an .onnx file: edgecnn metadata, inputs/outputs, opsets, custom ops, size
+    (its external data files included)."""
     from edgecnn.runtime.describe import describe_model
 
     info = describe_model(model)
@@ -27,7 +28,9 @@ def info_command(
     def add(key: str, value: str) -> None:
         rows.append((key, value))
 
-    add("file", f"{info['path']} ({human_size(info['size_bytes'])})")
+    data = info["external_data"]
+    add("file", f"{info['path']} ({human_size(info['size_bytes'])}"
+                + (f" with its external data {', '.join(data)})" if data else ")"))
     if meta:
         add("model", f"{meta['model']} ({meta['task']})")
         add("precision", meta["precision"])
@@ -42,7 +45,8 @@ def info_command(
         add("labels", f"{len(meta['labels'])} labels" if meta["labels"] else "none")
         add("weights", meta.get("weights") or "not recorded")
     else:
-        add("metadata", "none (not exported by edgecnn)")
+        add("metadata", "none (not exported by edgecnn): give `edgecnn run` the preprocessing "
+                        "flags, or write them into the file with `edgecnn annotate`")
     for kind in ("inputs", "outputs"):
         for value in info[kind]:
             add(kind[:-1], f"{value['name']} {value['shape']} {value['dtype']}")

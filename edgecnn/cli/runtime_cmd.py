@@ -14,28 +14,56 @@ from typing import Annotated
 import typer
 
 from edgecnn.cli._app import (
-    BenchBatchOpt, CacheDirOpt, JsonOpt, ProviderOpt, ThreadsOpt, app, out, print_fields, print_json,
-    progress, safe, warnings_as_lines,
+    BenchBatchOpt, CacheDirOpt, ColorOpt, CropFractionOpt, InputNameOpt, JsonOpt, LabelsOpt,
+    LayoutOpt, MeanOpt, PreprocessInputSizeOpt, ProviderOpt, ScaleOpt, StdOpt, TaskOpt,
+    ThreadsOpt, app, out, parse_input_size, parse_numbers, print_fields, print_json, progress,
+    safe, warnings_as_lines,
 )
 from edgecnn.errors import BadInput
 
 
+def preprocessing_settings(input_size: str | None = None, mean: str | None = None,
+                           std: str | None = None, **flags) -> dict:
+    """The preprocessing flags (`run`, `bench`, `annotate`) as edgecnn.runtime.preprocess_settings
+    takes them: numbers parsed, the --labels file left to the runtime to read, flags not given
+    left out."""
+    settings = {"input_size": parse_input_size(input_size), "mean": parse_numbers(mean, "--mean"),
+                "std": parse_numbers(std, "--std"), **flags}
+    return {name: value for name, value in settings.items() if value is not None}
+
+
 @app.command("run")
 def run_command(
-    model: Annotated[str, typer.Argument(help="An .onnx file exported by edgecnn.")],
+    model: Annotated[str, typer.Argument(
+        help="An .onnx file: exported by edgecnn (or annotated), or any image model with the "
+             "preprocessing flags.")],
     images: Annotated[list[str], typer.Argument(help="Image files (any format Pillow reads).")],
     top_k: Annotated[int, typer.Option("--top-k", help="Classes to show per image.")] = 5,
     provider: ProviderOpt = "auto",
     threads: ThreadsOpt = None,
     cache_dir: CacheDirOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    input_size: PreprocessInputSizeOpt = None,
+    layout: LayoutOpt = None,
+    color: ColorOpt = None,
+    scale: ScaleOpt = None,
+    labels: LabelsOpt = None,
+    task: TaskOpt = None,
+    crop_fraction: CropFractionOpt = None,
+    input_name: InputNameOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
-    """Classify (top-k) or segment images; preprocessing comes from the model's metadata."""
+    """Classify (top-k) or segment images; preprocessing comes from the model's metadata, or
+    from the flags (which replace the metadata's values; `edgecnn annotate` stores them)."""
     from edgecnn.runtime.predict import predict_files
 
+    settings = preprocessing_settings(
+        input_size=input_size, mean=mean, std=std, layout=layout, color=color, scale=scale,
+        task=task, crop_fraction=crop_fraction, labels=labels, input_name=input_name)
     with warnings_as_lines():
         report = predict_files(model, images, top_k=top_k, provider=provider, threads=threads,
-                               cache_dir=cache_dir)
+                               cache_dir=cache_dir, preprocessing=settings)
     if json_output:
         print_json(report)
         return
@@ -90,6 +118,9 @@ def bench_command(
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed calls first.")] = 10,
     runs: Annotated[int, typer.Option("--runs", help="Timed calls.")] = 100,
     cache_dir: CacheDirOpt = None,
+    input_size: PreprocessInputSizeOpt = None,
+    layout: LayoutOpt = None,
+    input_name: InputNameOpt = None,
     matrix: Annotated[bool, typer.Option(
         "--matrix", help="Every installed provider x the files (an fp32 file also in bf16 on "
                          "OpenVINO), each in its own process: latency, throughput, peak RSS, "
@@ -97,12 +128,18 @@ def bench_command(
                          "picks and the fastest.")] = False,
     json_output: JsonOpt = False,
 ) -> None:
-    """Latency percentiles, throughput and peak memory of a model on random input."""
+    """Latency percentiles, throughput and peak memory of a model on random input (sized by
+    the metadata, or --input-size/--layout/--input-name for dynamic axes of a file without)."""
     from edgecnn.runtime.bench import benchmark
+
+    settings = preprocessing_settings(input_size=input_size, layout=layout, input_name=input_name)
 
     if matrix:
         if provider != "auto":
             raise BadInput("--matrix runs every installed provider; leave --provider out")
+        if settings:
+            raise BadInput("--matrix takes files with edgecnn metadata; `edgecnn annotate` them "
+                           "first")
         _print_matrix(model, batch, threads, warmup, runs, json_output)
         return
     if len(model) > 1:
@@ -110,7 +147,7 @@ def bench_command(
     model = model[0]
     with warnings_as_lines():
         result = benchmark(model, provider, batch=batch, threads=threads, warmup=warmup, runs=runs,
-                           cache_dir=cache_dir)
+                           cache_dir=cache_dir, preprocessing=settings)
     if json_output:
         print_json(result.as_dict())
         return

@@ -1,0 +1,158 @@
+"""External data (torch >= 2.9 writes weights to model.onnx.data): vetted before it is read.
+
+A location that leaves the model's folder (``../x``, an absolute path, a symlink pointing
+outside) is refused in one line before any byte of it is read: the outside "data file" in these
+tests is a FIFO, which blocks whoever opens it, so a command that opened it would hang (the
+subprocess's timeout fails the test). Missing and truncated data files are one line too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from conftest import assert_one_line_error
+from foreign_models import TinyClassifier, export_dynamo
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def dynamo_model(tmp_path_factory) -> Path:
+    """A dynamo export of TinyClassifier (fixed 1x3x32x32) with its weights in model.onnx.data."""
+    folder = tmp_path_factory.mktemp("dynamo")
+    return export_dynamo(TinyClassifier(), folder / "model.onnx", (torch.randn(1, 3, 32, 32),))
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("photo") / "photo.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 50, 3), np.uint8)).save(path)
+    return path
+
+
+def _with_location(source: Path, target: Path, location: str) -> Path:
+    """``source`` saved at ``target`` with every external tensor pointing at ``location``."""
+    model = onnx.load(str(source), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+    target.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(target))
+    return target
+
+
+def _escaping_model(tmp_path: Path, dynamo_model: Path, form: str) -> Path:
+    outside = tmp_path / "outside"
+    outside.mkdir(parents=True)
+    os.mkfifo(outside / "secret.data")  # opening it for reading blocks until a writer comes
+    folder = tmp_path / "models"
+    folder.mkdir()
+    if form == "parent":
+        location = "../outside/secret.data"
+    elif form == "absolute":
+        location = str(outside / "secret.data")
+    else:
+        (folder / "link.data").symlink_to(outside / "secret.data")
+        location = "link.data"
+    return _with_location(dynamo_model, folder / "model.onnx", location)
+
+
+_PROBE = """
+import json, sys
+from edgecnn.cli import main
+from edgecnn.errors import BadInput
+from edgecnn.runtime import Engine
+from edgecnn.runtime.onnx_file import load_model
+model, image = sys.argv[1], sys.argv[2]
+refused = {}
+for name, call in (("engine", lambda: Engine(model)), ("load_model", lambda: load_model(model))):
+    try:
+        call()
+        refused[name] = None
+    except BadInput as error:
+        refused[name] = str(error)
+codes = {command: main(args) for command, args in (
+    ("info", ["info", model]), ("run", ["run", model, image, "--mean", "0.5", "0.5", "0.5"]),
+    ("bench", ["bench", model, "--runs", "1", "--warmup", "0"]))}
+print(json.dumps({"refused": refused, "codes": codes}))
+"""
+
+
+@pytest.mark.parametrize("form", ["parent", "absolute", "symlink"])
+def test_a_location_outside_the_folder_is_refused_before_it_is_read(tmp_path, dynamo_model,
+                                                                     photo, form):
+    model = _escaping_model(tmp_path, dynamo_model, form)
+    done = subprocess.run([sys.executable, "-c", _PROBE, str(model), str(photo)],
+                          capture_output=True, text=True, timeout=120)  # a hang: something read it
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["codes"] == {"info": 2, "run": 2, "bench": 2}, done.stderr
+    for message in report["refused"].values():
+        assert message is not None and "outside" in message or "out of the model's folder" in message
+    errors = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(errors) == 3 and all(line.startswith("error: ") for line in errors), done.stderr
+    assert all("must be beside the model" in line for line in errors), done.stderr
+
+
+def test_each_escaping_form_names_what_is_wrong(tmp_path, dynamo_model):
+    from edgecnn.errors import BadInput
+    from edgecnn.runtime.external_data import check_external_data
+
+    for form, words in (("parent", "goes up out of the model's folder"),
+                        ("absolute", "an absolute path"), ("symlink", "a link to")):
+        model = _escaping_model(tmp_path / form, dynamo_model, form)
+        with pytest.raises(BadInput, match=words):
+            check_external_data(model)
+
+
+def test_a_symlink_inside_the_folder_is_fine(tmp_path, dynamo_model):
+    from edgecnn.runtime import Engine
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    shutil.copy(dynamo_model.parent / "model.onnx.data", folder / "weights.bin")
+    (folder / "link.data").symlink_to("weights.bin")
+    model = _with_location(dynamo_model, folder / "model.onnx", "link.data")
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32), dtype=np.float32)
+    with torch.no_grad():
+        expected = TinyClassifier()(torch.from_numpy(x)).numpy()
+    outputs = Engine(model, "cpu").run(x)
+    np.testing.assert_allclose(next(iter(outputs.values())), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+@pytest.mark.parametrize("command", ["info", "run", "bench"])
+def test_missing_or_truncated_data_is_one_line(cli, tmp_path, dynamo_model, photo, damage,
+                                               command):
+    folder = tmp_path / "models"
+    shutil.copytree(dynamo_model.parent, folder)
+    data = folder / "model.onnx.data"
+    if damage == "missing":
+        data.unlink()
+    else:
+        data.write_bytes(data.read_bytes()[:100])
+    args = {"info": [], "run": [photo, "--mean", "0.5", "0.5", "0.5"],
+            "bench": ["--runs", "1", "--warmup", "0"]}[command]
+    result = cli(command, folder / "model.onnx", *args)
+    assert_one_line_error(result, 2, "model.onnx.data" if damage == "truncated" else "missing",
+                          damage)
+
+
+def test_serialized_bytes_with_external_data_are_refused(dynamo_model):
+    from edgecnn.errors import BadInput
+    from edgecnn.runtime.session import open_session
+
+    with pytest.raises(BadInput, match="refers to external data"):
+        open_session(dynamo_model.read_bytes())

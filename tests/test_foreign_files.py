@@ -1,0 +1,206 @@
+"""Files edgecnn did not write: `info`, `run`, `bench` and the Engine on plain torch.onnx.export
+output (dynamo with external data, legacy opset 13 with `input.1`), NHWC, dynamic H/W, several
+inputs and outputs, and no edgecnn metadata (preprocessing from flags / ``preprocessing=``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import assert_one_line_error
+from foreign_models import CLASSES, TinyClassifier, TwoInputsTwoOutputs, export_dynamo, export_legacy
+
+from edgecnn.errors import BadInput
+from edgecnn.runtime import Engine, InputInfo
+from edgecnn.runtime.postprocess import softmax
+from edgecnn.runtime.preprocess import preprocess_images
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+MEAN, STD = [0.5, 0.4, 0.3], [0.25, 0.2, 0.3]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("foreign")
+    x = torch.randn(1, 3, 32, 32)
+    return {
+        "dynamo": export_dynamo(TinyClassifier(), folder / "dynamo.onnx", (x,)),
+        "dynamo_dynamic_hw": export_dynamo(TinyClassifier(), folder / "dynamic.onnx",
+                                           (torch.randn(2, 3, 32, 32),), dynamic_hw=True),
+        "legacy": export_legacy(TinyClassifier(), folder / "legacy.onnx", (x,)),
+        "legacy_nhwc": export_legacy(TinyClassifier(nhwc=True), folder / "nhwc.onnx",
+                                     (torch.randn(1, 32, 32, 3),)),
+        "legacy_dynamic_nhwc": export_legacy(TinyClassifier(nhwc=True), folder / "nhwc_hw.onnx",
+                                             (torch.randn(1, 32, 32, 3),), dynamic_hw=True,
+                                             input_names=["pixels"]),
+        "two_inputs": export_legacy(TwoInputsTwoOutputs(), folder / "two.onnx",
+                                    (x, torch.ones(1, 1)), input_names=["image", "scale"],
+                                    output_names=["logits", "features"]),
+    }
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("photo") / "photo.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 50, 3), np.uint8)).save(path)
+    return path
+
+
+def _torch(module, *arrays):
+    with torch.no_grad():
+        result = module.eval()(*map(torch.from_numpy, arrays))
+    return [t.numpy() for t in result] if isinstance(result, tuple) else [result.numpy()]
+
+
+@pytest.mark.parametrize("name, shape, nhwc", [
+    ("dynamo", (1, 3, 32, 32), False), ("dynamo_dynamic_hw", (3, 3, 24, 40), False),
+    ("legacy", (1, 3, 32, 32), False), ("legacy_nhwc", (1, 32, 32, 3), True),
+    ("legacy_dynamic_nhwc", (2, 20, 28, 3), True)])
+def test_engine_runs_foreign_files_like_torch(files, name, shape, nhwc):
+    x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    engine = Engine(files[name], "cpu")
+    assert engine.metadata is None
+    outputs = engine.run(x)
+    np.testing.assert_allclose(next(iter(outputs.values())), _torch(TinyClassifier(nhwc=nhwc), x)[0],
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_legacy_input_name_is_used(files):
+    engine = Engine(files["legacy"], "cpu", preprocessing={"mean": MEAN})
+    assert [spec.name for spec in engine.inputs] == ["input.1"]
+    assert engine.metadata.input.name == "input.1"
+    assert len(engine.predict(np.zeros((30, 30, 3), np.uint8), top_k=2)) == 2
+
+
+def _expected_top(photo: Path, module, info: InputInfo) -> list[int]:
+    batch = preprocess_images([photo], info)
+    probabilities = softmax(_torch(module, batch)[0])[0]
+    return [int(index) for index in np.argsort(-probabilities, kind="stable")]
+
+
+@pytest.mark.parametrize("form", [["--mean", *map(str, MEAN), "--std", *map(str, STD)],
+                                  ["--mean", ",".join(map(str, MEAN)), "--std=" + ",".join(map(str, STD))]])
+def test_run_takes_the_preprocessing_flags(cli, files, photo, form):
+    result = cli("run", files["dynamo"], photo, "--json", "--provider", "cpu",
+                 "--top-k", CLASSES, *form)
+    assert result.code == 0, result.stderr
+    ranks = [entry["index"] for entry in json.loads(result.stdout)["results"][0]["top_k"]]
+    info = InputInfo(name="input", shape=[3, 32, 32], mean=MEAN, std=STD)
+    assert ranks == _expected_top(photo, TinyClassifier(), info)
+
+
+def test_run_nhwc_and_bgr_files(cli, files, photo):
+    result = cli("run", files["legacy_nhwc"], photo, "--json", "--color", "BGR", "--top-k", CLASSES,
+                 "--crop-fraction", "1")
+    assert result.code == 0, result.stderr
+    ranks = [entry["index"] for entry in json.loads(result.stdout)["results"][0]["top_k"]]
+    rgb = InputInfo(name="input.1", shape=[3, 32, 32], layout="NHWC", crop_fraction=1.0)
+    batch = preprocess_images([photo], rgb)
+    mean, std = np.float32(rgb.mean), np.float32(rgb.std)
+    bgr = ((batch * std + mean)[..., ::-1] - mean) / std  # the BGR pixels, normalized alike
+    expected = np.argsort(-_torch(TinyClassifier(nhwc=True), np.ascontiguousarray(bgr))[0][0],
+                          kind="stable")
+    assert ranks == [int(index) for index in expected]
+
+
+def test_run_without_metadata_or_flags_names_them(cli, files, photo):
+    assert_one_line_error(cli("run", files["dynamo"], photo), 2, "no edgecnn metadata",
+                          "--mean --std --input-size", "--input-name", "edgecnn annotate")
+
+
+def test_dynamic_height_width_needs_an_input_size(cli, files, photo):
+    assert_one_line_error(cli("run", files["dynamo_dynamic_hw"], photo, "--mean", "0.5", "0.5",
+                              "0.5"), 2, "--input-size is needed", "dynamic height or width")
+    result = cli("run", files["dynamo_dynamic_hw"], photo, "--input-size", "48", "40", "--json",
+                 "--top-k", CLASSES)
+    assert result.code == 0, result.stderr
+    ranks = [entry["index"] for entry in json.loads(result.stdout)["results"][0]["top_k"]]
+    assert ranks == _expected_top(photo, TinyClassifier(), InputInfo(shape=[3, 48, 40]))
+    nhwc = cli("run", files["legacy_dynamic_nhwc"], photo, "--input-size", "36", "--layout",
+               "nhwc", "--json")
+    assert nhwc.code == 0, nhwc.stderr
+
+
+def test_an_input_size_against_the_fixed_graph_is_one_line(cli, files, photo):
+    assert_one_line_error(cli("run", files["dynamo"], photo, "--input-size", "64"), 2,
+                          "--input-size must match the fixed height 32")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--mean", "0.5", "0.5"], "--mean must be a list of one number per channel (3)"),
+    (["--std", "0.2", "0", "0.2"], "--std must be > 0"),
+    (["--mean", "nan", "0", "0"], "--mean must be a finite number"),
+    (["--color", "GRAY"], "--color must be RGB or BGR for a 3-channel input, got 'GRAY'"),
+    (["--crop-fraction", "1.5"], "--crop-fraction must be in (0, 1]"),
+    (["--task", "detection"], "--task must be one of classification, segmentation"),
+    (["--input-name", "image"], "--input-name must be one of the graph's inputs ('input')"),
+    (["--scale", "0"], "--scale must be > 0"),
+])
+def test_bad_preprocessing_flags_are_one_line(cli, files, photo, args, fragment):
+    assert_one_line_error(cli("run", files["dynamo"], photo, *args), 2, fragment)
+
+
+def test_several_inputs_and_outputs(cli, files, photo):
+    two = files["two_inputs"]
+    assert_one_line_error(cli("run", two, photo), 2, "no edgecnn metadata", "--input-name")
+    assert_one_line_error(cli("run", two, photo, "--crop-fraction", "1"), 2,
+                          "--input-name is needed", "2 inputs ('image', 'scale')")
+    assert_one_line_error(cli("run", two, photo, "--input-name", "image"), 2,
+                          "predict feeds images to 'image' only", "'scale'", "Engine.run")
+    image = np.random.default_rng(0).standard_normal((1, 3, 32, 32), dtype=np.float32)
+    scale = np.full((1, 1), 2.0, np.float32)
+    outputs = Engine(two, "cpu").run({"image": image, "scale": scale})
+    for got, want in zip(outputs.values(), _torch(TwoInputsTwoOutputs(), image, scale)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    info = json.loads(cli("info", two, "--json").stdout)
+    assert [value["name"] for value in info["inputs"]] == ["image", "scale"]
+    assert [value["name"] for value in info["outputs"]] == ["logits", "features"]
+    bench = cli("bench", two, "--runs", "2", "--warmup", "0", "--json")
+    assert bench.code == 0, bench.stderr
+
+
+def test_info_counts_the_external_data(cli, files):
+    model = files["dynamo"]
+    data = model.parent / "dynamo.onnx.data"
+    info = json.loads(cli("info", model, "--json").stdout)
+    assert info["size_bytes"] == model.stat().st_size + data.stat().st_size
+    assert info["external_data"] == ["dynamo.onnx.data"] and info["metadata"] is None
+    text = cli("info", model).stdout
+    assert "with its external data dynamo.onnx.data" in text and "edgecnn annotate" in text
+
+
+@pytest.mark.parametrize("name", ["dynamo", "legacy", "legacy_nhwc"])
+def test_bench_on_fixed_foreign_files(cli, files, name):
+    result = cli("bench", files[name], "--runs", "2", "--warmup", "0", "--json")
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["batch"] == 1
+
+
+def test_bench_sizes_dynamic_axes_from_the_flags(cli, files):
+    model = files["dynamo_dynamic_hw"]
+    assert_one_line_error(cli("bench", model, "--runs", "1"), 2, "dynamic axis 2",
+                          "--input-size", "edgecnn annotate")
+    result = cli("bench", model, "--runs", "2", "--warmup", "0", "--input-size", "40", "24",
+                 "--batch", "3", "--json")
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["batch"] == 3
+    nhwc = cli("bench", files["legacy_dynamic_nhwc"], "--runs", "1", "--warmup", "0",
+               "--input-size", "20", "--layout", "NHWC")
+    assert nhwc.code == 0, nhwc.stderr
+
+
+def test_engine_preprocessing_messages_name_the_setting(files):
+    with pytest.raises(BadInput, match=r"^mean must be a list of one number per channel"):
+        Engine(files["dynamo"], "cpu", preprocessing={"mean": [0.5]})
+    with pytest.raises(BadInput, match=r"^preprocessing has no setting 'means'"):
+        Engine(files["dynamo"], "cpu", preprocessing={"means": [0.5]})
+    with pytest.raises(BadInput, match=r"^input_size is needed"):
+        Engine(files["dynamo_dynamic_hw"], "cpu", preprocessing={"color": "RGB"})
+    engine = Engine(files["legacy_nhwc"], "cpu", preprocessing={"std": (0.5, 0.5, 0.5)})
+    assert engine.metadata.input.layout == "NHWC" and engine.metadata.input.shape == [3, 32, 32]
+    assert engine.metadata.task == "classification" and engine.metadata.input.color == "RGB"
