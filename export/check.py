@@ -20,7 +20,7 @@ from edgecnn.export.calibration import batches, load_image_folder
 from edgecnn.export.exporter import (
     StepCallback, build_model, export_model, random_input, run_eager,
 )
-from edgecnn.export.files import atomic_output, check_output_path
+from edgecnn.runtime.files import atomic_output, check_output_path
 from edgecnn.export.parity import (
     FP16_MAX, OutputReport, Verdict, activation_peak, check_precision, judge,
 )

@@ -26,7 +26,7 @@ from edgecnn.ops import randomize_offset_predictors, uses_deform_conv
 from edgecnn.errors import BadInput, CheckFailed, EdgecnnError, first_line
 from edgecnn.export.deform import (TRANSLATION_TABLE as DEFORM_TRANSLATION_TABLE,
                                    fold_batchnorm_into_deform)
-from edgecnn.export.files import atomic_output, check_output_path
+from edgecnn.runtime.files import check_output_path
 from edgecnn.export.parity import ParityMetrics, Verdict, default_bounds, judge
 from edgecnn.export.quiet import silenced
 from edgecnn.export.user_model import carries_weights, resolve_spec
@@ -35,7 +35,7 @@ from edgecnn.runtime.deform import (
     DEFAULT_LOWERING, NATIVE_MIN_OPSET, model_lowering, set_deform_lowering,
 )
 from edgecnn.runtime.metadata import LOWERINGS, MAX_ELEMENTS, MAX_SIDE
-from edgecnn.runtime.onnx_file import check_model, set_metadata, set_minimal_ir_version
+from edgecnn.runtime.onnx_file import set_metadata, set_minimal_ir_version, writing_model
 
 if TYPE_CHECKING:
     from edgecnn.export.quantize import QuantizeResult
@@ -329,7 +329,7 @@ def export_model(name: str | models.ModelSpec, output: str | os.PathLike | None 
                  model_options: dict | None = None, deform_lowering: str = DEFAULT_LOWERING,
                  task: str | None = None, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None, crop_fraction: float | None = None,
-                 module: nn.Module | None = None,
+                 external_data: bool = False, module: nn.Module | None = None,
                  on_step: StepCallback | None = None) -> ExportResult:
     """Export a model to ONNX; see ``edgecnn export --help`` for the options.
 
@@ -337,7 +337,9 @@ def export_model(name: str | models.ModelSpec, output: str | os.PathLike | None 
     ``.pt2`` file (edgecnn.export.user_model; those need ``input_size`` and ``in_channels``,
     and take ``task``). ``mean``, ``std``, ``crop_fraction``: the preprocessing written into the
     metadata (default: the model's; ImageNet's for a model that is not registered).
-    ``opset`` None means 18, or 19 when the model has deformable convolutions exported with
+    ``external_data``: the weights go to ``<output>.data`` beside the file (always for a model
+    over protobuf's 2 GB). ``opset`` None means 18, or 19 when the model has deformable
+    convolutions exported with
     the native lowering (``deform_lowering``, "native" or "decomposed"). ``module``: the model
     already built by ``build_model`` with the same arguments (``edgecnn check`` builds it once
     for both sides); by default it is built here.
@@ -394,10 +396,8 @@ def export_model(name: str | models.ModelSpec, output: str | os.PathLike | None 
         model=name, task=spec.task, labels=label_list, precision="fp32", opset=opset,
         edgecnn_version=edgecnn.__version__, deform_lowering=lowering, tolerances=bounds,
         weights=provenance, input=info))
-    with atomic_output(output) as temp_path:
-        onnx.save_model(proto, temp_path)
-        step("checking the graph (onnx.checker, shape inference)")
-        check_model(temp_path)
+    step("writing and checking the graph (onnx.checker, shape inference)")
+    with writing_model(proto, output, external_data) as (temp_path, size):
         verdict = None
         if check:
             step("running onnxruntime against eager")
@@ -408,7 +408,6 @@ def export_model(name: str | models.ModelSpec, output: str | os.PathLike | None 
             if not verdict.passed:
                 raise CheckFailed(f"parity check failed for {name}: {verdict.failures()}; "
                                   "nothing written (skip the check to write it anyway)")
-        size = temp_path.stat().st_size
     return ExportResult(path=output, model=name, opset=opset, size_bytes=size,
                         input_shape=[batch or "batch", channels, height, width],
                         seconds=time.perf_counter() - started, verdict=verdict,

@@ -16,7 +16,7 @@ import time
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -26,7 +26,8 @@ from edgecnn.export.calibration import (
     DEFAULT_CALIBRATION_SIZE, RANDOM, WarnCallback, batches, existing_source, load_calibration,
     load_validation, random_inputs,
 )
-from edgecnn.export.files import atomic_output, check_output_path, work_directory
+from edgecnn.runtime.external_data import model_size
+from edgecnn.runtime.files import check_output_path, work_directory
 from edgecnn.export.parity import ParityMetrics, Verdict, judge
 from edgecnn.export.quantize_input import (
     graph_input, load_float_model, name_unnamed_nodes, resolve_keep_float, resolve_metadata,
@@ -36,7 +37,7 @@ from edgecnn.export.quantize_recipes import (
 )
 from edgecnn.runtime import ModelMetadata, load_session
 from edgecnn.runtime.onnx_file import (
-    check_model, fixed_batch, opset_version, set_metadata, set_minimal_ir_version,
+    fixed_batch, opset_version, set_metadata, set_minimal_ir_version, writing_model,
 )
 from edgecnn.runtime.postprocess import top1_accuracy
 
@@ -123,18 +124,31 @@ def _accuracy(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray,
             "drop_points": round(100 * (fp32 - quantized), 4), "budget_points": budget}
 
 
-def _finish(quantized: onnx.ModelProto, source: onnx.ModelProto, metadata: ModelMetadata) -> None:
-    """Metadata in, names checked, oldest IR: the file must stand in for the fp32 one."""
+def _finish(quantized: onnx.ModelProto, source: onnx.ModelProto,
+            metadata: ModelMetadata | None) -> None:
+    """Metadata in (None: a file without it stays so), names checked, oldest IR: the file must
+    stand in for the fp32 one."""
     def names(graph_model: onnx.ModelProto) -> list[str]:
         return [graph_input(graph_model).name] + [v.name for v in graph_model.graph.output]
 
     if names(quantized) != names(source):
         raise CheckFailed(f"quantization renamed the inputs/outputs {names(source)} -> "
                           f"{names(quantized)}; nothing written")
-    set_metadata(quantized, replace(metadata, opset=opset_version(quantized)))
+    if metadata is not None:
+        set_metadata(quantized, replace(metadata, opset=opset_version(quantized)))
     # onnxruntime's quantizer signs the file as its own; the metadata says what was done.
     quantized.producer_name, quantized.producer_version = source.producer_name, source.producer_version
     set_minimal_ir_version(quantized)
+
+
+def _needs_no_preprocessing(path: Path, calibration, validation) -> None:
+    """BadInput when images are to be read for a file that does not say how to preprocess them."""
+    images = [flag for flag, source in (("calibration", calibration), ("validation", validation))
+              if isinstance(source, (str, os.PathLike)) and Path(source).is_dir()]
+    if images:
+        raise BadInput(f"{path} has no edgecnn metadata, so the {' and '.join(images)} images "
+                       "cannot be preprocessed: give mean=... std=... (and input_size=... "
+                       "layout=... color=... as needed), or `edgecnn annotate` the file first")
 
 
 def _load_data(recipe: Recipe, metadata: ModelMetadata, calibration, calibration_size,
@@ -166,7 +180,8 @@ def quantize_model(model_path: str | os.PathLike, output_path: str | os.PathLike
                    accuracy_budget: float | None = None,
                    validation: str | os.PathLike | None = None, keep_io_float: bool = True,
                    input_size: Sequence[int] | None = None, mean: Sequence[float] | None = None,
-                   std: Sequence[float] | None = None, check: bool = True, seed: int = 0,
+                   std: Sequence[float] | None = None, preprocessing: Mapping | None = None,
+                   external_data: bool = False, check: bool = True, seed: int = 0,
                    target: str = "cpu", recipe: Recipe | None = None,
                    on_step: StepCallback | None = None,
                    on_progress: ProgressCallback | None = None,
@@ -183,7 +198,13 @@ def quantize_model(model_path: str | os.PathLike, output_path: str | os.PathLike
         impossible).
     keep_io_float: fp16 only: the graph input and output stay float32 (int8 QDQ models always
         take and return float32).
-    input_size, mean, std: override the metadata; required for a model without it.
+    input_size, mean, std, preprocessing (the other settings of
+        edgecnn.runtime.preprocess_settings: layout, color, scale, crop_fraction, task, labels,
+        input_name): override the metadata. A file without metadata needs them only where
+        images are read (an image folder to calibrate or validate on); otherwise its output
+        gets no edgecnn metadata either.
+    external_data: the tensors go to ``<output>.data`` beside the file (always for a model
+        over protobuf's 2 GB).
     target: the provider a static int8 file is tuned for, "cpu" (onnxruntime's CPU provider:
         the RGB stem rewritten for its int8 kernel) or "openvino" (the plain stem).
     check: the result must match fp32 within the model's bound for its precision (the one
@@ -208,7 +229,11 @@ def quantize_model(model_path: str | os.PathLike, output_path: str | os.PathLike
     step("reading the model")
     model = load_float_model(source_path)
     name_unnamed_nodes(model)
-    metadata = resolve_metadata(model, source_path, input_size, mean, std)
+    settings = {"input_size": input_size, "mean": mean, "std": std, **(preprocessing or {})}
+    metadata, described = resolve_metadata(model, source_path, settings)
+    if not described:
+        _needs_no_preprocessing(source_path, calibration if recipe.needs_calibration else None,
+                                validation)
     excluded = resolve_keep_float(model, keep_float)
     calibration_set, validation_set = _load_data(recipe, metadata, calibration,
                                                  calibration_size, validation, seed, step, warn)
@@ -262,14 +287,13 @@ def quantize_model(model_path: str | os.PathLike, output_path: str | os.PathLike
         raise CheckFailed(f"{recipe.mode} differs from fp32 beyond the {recipe.precision} bound: "
                           f"{verdict.failures()}; nothing written (keep sensitive layers in "
                           "float, or skip the check to write it anyway)")
-    _finish(quantized, model, replace(metadata, precision=recipe.precision, quantization=details))
-    with atomic_output(output) as temp_path:
-        onnx.save_model(quantized, temp_path)
-        check_model(temp_path)
-        size = temp_path.stat().st_size
+    _finish(quantized, model, replace(metadata, precision=recipe.precision, quantization=details)
+            if described else None)
+    with writing_model(quantized, output, external_data) as (_, size):
+        pass
     return QuantizeResult(path=output, source=source_path, mode=recipe.mode,
                           precision=recipe.precision, size_bytes=size,
-                          source_size_bytes=source_path.stat().st_size,
+                          source_size_bytes=model_size(source_path),
                           seconds=time.perf_counter() - started, quantization=details,
                           verdict=verdict if check else None, accuracy=accuracy,
                           kept_float=kept, warnings=messages)
@@ -297,10 +321,12 @@ def export_quantized(name: str, output: str | os.PathLike | None = None, *, quan
                        ".npy/.npz of inputs, or 'random'")
     if isinstance(calibration, (str, os.PathLike)) and str(calibration) != RANDOM:
         existing_source(calibration)  # fail before the export, not after it
+    external_data = export_options.pop("external_data", False)  # the quantized file's
     with tempfile.TemporaryDirectory(prefix="edgecnn-export-") as workdir:
         exported = export_model(name, Path(workdir) / "fp32.onnx", on_step=on_step,
                                 **export_options)
         quantized = quantize_model(exported.path, output, recipe=recipe, calibration=calibration,
+                                   external_data=external_data,
                                    calibration_size=calibration_size,
                                    seed=export_options.get("seed", 0),
                                    check=export_options.get("check", True), on_step=on_step,

@@ -1,18 +1,19 @@
 """The fp32 model ``quantize_model`` starts from: read, refused when already quantized, its
-edgecnn metadata (or --input-size/--mean/--std for a model without it), --keep-float names."""
+edgecnn metadata (or the preprocessing settings for a model without it), --keep-float names."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import onnx
 
 from edgecnn.errors import BadInput
 from edgecnn.runtime.onnx_file import dims, get_metadata, graph_inputs, load_model, opset_version
-from edgecnn.runtime import InputInfo, ModelMetadata
+from edgecnn.runtime import ModelMetadata
+from edgecnn.runtime.preprocess_settings import check_settings, metadata_from_settings
 
 # Operators that mean a graph is already quantized (or fp16): quantizing twice is refused.
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv",
@@ -44,65 +45,26 @@ def graph_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
     return inputs[0]
 
 
-def _per_channel(values: Sequence[float] | None, channels: int, flag: str) -> list[float] | None:
-    if values is None:
-        return None
-    values = [float(v) for v in values]
-    if len(values) == 1:
-        return values * channels
-    if len(values) != channels:
-        raise BadInput(f"{flag} takes 1 or {channels} values (one per channel), got {len(values)}")
-    return values
-
-
-def resolve_metadata(model: onnx.ModelProto, path: Path, input_size: Sequence[int] | None = None,
-                     mean: Sequence[float] | None = None,
-                     std: Sequence[float] | None = None) -> ModelMetadata:
-    """The model's edgecnn metadata, with --input-size/--mean/--std applied on top.
-
-    A model edgecnn did not export has none: then --mean and --std are required, and
-    --input-size too unless the graph input has fixed H and W.
-    """
+def resolve_metadata(model: onnx.ModelProto, path: Path,
+                     settings: Mapping | None = None) -> tuple[ModelMetadata, bool]:
+    """The model's edgecnn metadata with the preprocessing ``settings`` (input_size, mean, std,
+    layout, ...: edgecnn.runtime.preprocess_settings) applied on top, and whether it describes
+    the model: False for a file edgecnn did not write, given no settings, whose metadata is
+    only the defaults (enough to size random inputs, not to preprocess images)."""
     value = graph_input(model)
-    shape = dims(value)
-    if len(shape) != 4:
-        raise BadInput(f"{path}: input {value.name!r} has rank {len(shape)}; expected an NCHW image batch")
+    inputs = {v.name: dims(v) for v in graph_inputs(model)}
+    output = dims(model.graph.output[0])
     metadata = get_metadata(model, str(path))
-    if metadata is not None:
-        metadata.check_graph({v.name: dims(v) for v in graph_inputs(model)},
-                             dims(model.graph.output[0]), str(path))
-    else:
-        if shape[1] is None:
-            raise BadInput(f"{path}: input {value.name!r} has no fixed channel count")
-        missing = [flag for flag, given in (("--mean", mean), ("--std", std)) if given is None]
-        if input_size is None and None in shape[2:]:
-            missing.insert(0, "--input-size")
-        if missing:
-            raise BadInput(f"{path} has no edgecnn metadata: give {' '.join(missing)} so "
-                           "calibration can preprocess images and the output can describe "
-                           "its input")
-        channels = shape[1]
-        output_rank = len(dims(model.graph.output[0]))
-        metadata = ModelMetadata(
-            model=model.graph.name or path.stem,
-            task="classification" if output_rank == 2 else "segmentation",
-            opset=opset_version(model),
-            input=InputInfo(name=value.name, shape=[channels, *shape[2:]],
-                            color="RGB" if channels == 3 else "GRAY"))
-    info = metadata.input
-    channels = info.channels
-    if input_size is not None:
-        height, width = (int(v) for v in input_size)
-        fixed = tuple(shape[2:])
-        if None not in fixed and fixed != (height, width):
-            raise BadInput(f"--input-size {height} {width} does not match the graph's fixed "
-                           f"input {fixed[0]}x{fixed[1]}")
-        info = replace(info, shape=[channels, height, width])
-    info = replace(info, mean=_per_channel(mean, channels, "--mean") or info.mean,
-                   std=_per_channel(std, channels, "--std") or info.std)
-    if any(s <= 0 for s in info.std):
-        raise BadInput(f"--std values must be > 0, got {info.std}")
-    return replace(metadata, input=info)
+    given = check_settings(settings)
+    if metadata is not None and not given:
+        metadata.check_graph(inputs, output, str(path))
+        return metadata, True
+    resolved = metadata_from_settings(inputs, output, given, base=metadata,
+                                      model=model.graph.name or path.stem, source=str(path))
+    if resolved.input.name != value.name:
+        raise BadInput(f"{path}: the metadata's input {resolved.input.name!r} is not the graph's "
+                       f"input {value.name!r}")
+    return replace(resolved, opset=opset_version(model)), metadata is not None or bool(given)
 
 
 def resolve_keep_float(model: onnx.ModelProto, keep_float: Sequence[str]) -> list[str]:

@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
-from edgecnn.runtime.external_data import check_external_data
+from edgecnn.runtime.external_data import check_external_data, model_size
 from edgecnn.runtime.metadata import ModelMetadata
 from edgecnn.runtime.model_file import check_model_file
 
@@ -82,7 +82,6 @@ def describe_model(path: str | os.PathLike) -> dict:
         details = _describe_with_onnx(path)
     metadata = ModelMetadata.from_props(details.pop("props"), str(path))
     return {"path": str(path),
-            "size_bytes": path.stat().st_size + sum(data.stat().st_size
-                                                    for data in set(data_files.values())),
+            "size_bytes": model_size(path),
             "external_data": list(data_files),
             "metadata": None if metadata is None else asdict(metadata), **details}

@@ -149,6 +149,12 @@ def check_external_data(model: str | os.PathLike | bytes) -> dict[str, Path]:
     return files
 
 
+def model_size(path: str | os.PathLike) -> int:
+    """Bytes of the model at ``path`` and of the external data files it reads (checked)."""
+    data_files = set(check_external_data(path).values())
+    return Path(path).stat().st_size + sum(data.stat().st_size for data in data_files)
+
+
 def _data_file(path: Path, folder: Path, tensor: ExternalTensor) -> Path:
     location = tensor.entries.get("location", "")
     where = f"{path}: tensor {tensor.name!r} has its data at {location!r}"

@@ -8,12 +8,16 @@ runtime's session code does not import this module, so a device with onnxruntime
 
 from __future__ import annotations
 
+import contextlib
 import os
+from pathlib import Path
+from typing import Iterator
 
 import onnx
 
 from edgecnn.errors import BadInput, EdgecnnError, first_line
 from edgecnn.runtime.external_data import check_external_data
+from edgecnn.runtime.files import atomic_model_output
 from edgecnn.runtime.metadata import METADATA_KEY, ModelMetadata
 from edgecnn.runtime.model_file import check_model_file
 
@@ -128,3 +132,34 @@ def check_model(model: onnx.ModelProto | str | os.PathLike) -> None:
         onnx.checker.check_model(source, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
         raise EdgecnnError(f"the graph is not valid ONNX: {first_line(error)}") from error
+
+
+# protobuf cannot serialize a message of 2 GB or more: such models keep their tensors outside.
+PROTOBUF_LIMIT = 2**31 - 1
+
+
+def needs_external_data(model: onnx.ModelProto) -> bool:
+    """Whether ``model``'s tensors are too large to live inside one protobuf file."""
+    tensors = sum(len(init.raw_data) or init.ByteSize() for init in model.graph.initializer)
+    return tensors > PROTOBUF_LIMIT - 64 * 2**20  # the graph itself needs room too
+
+
+@contextlib.contextmanager
+def writing_model(model: onnx.ModelProto, path: str | os.PathLike,
+                  external_data: bool = False) -> Iterator[tuple[Path, int]]:
+    """Save ``model`` for ``path`` and check it (``check_model``); yield (the written file, its
+    size with the data) for more checks before it is moved into place, both files together
+    (``atomic_model_output``). The tensors go to ``<name>.data`` beside it with
+    ``external_data``, or when the model is too large for one file."""
+    with atomic_model_output(path) as work:
+        temporary = work / Path(path).name
+        if external_data or needs_external_data(model):
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model)  # saving with external data empties the tensors it moves
+            onnx.save_model(copy, str(temporary), save_as_external_data=True,
+                            all_tensors_to_one_file=True, location=f"{temporary.name}.data",
+                            size_threshold=1024)
+        else:
+            onnx.save_model(model, str(temporary))
+        check_model(temporary)
+        yield temporary, sum(file.stat().st_size for file in work.iterdir())

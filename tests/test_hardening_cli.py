@@ -85,7 +85,7 @@ def test_check_reads_external_data_and_names_what_is_missing(cli, zoo_onnx, tmp_
     assert cli("check", "lenet", path).code == 0
     (tmp_path / "lenet.onnx.data").unlink()
     result = cli("check", "lenet", path)
-    assert_one_line_error(result, 2, "is not a readable ONNX model", "lenet.onnx.data")
+    assert_one_line_error(result, 2, "has its data at 'lenet.onnx.data', which is missing")
 
 
 def test_bench_json_has_one_provider_list(cli, zoo_onnx):

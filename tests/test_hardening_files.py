@@ -15,7 +15,7 @@ import pytest
 
 from conftest import CONSOLE_SCRIPT, assert_one_line_error, run_console_script
 from edgecnn.errors import BadInput
-from edgecnn.export.files import atomic_output
+from edgecnn.runtime.files import atomic_output
 
 NULL_DEVICE = os.makedev(1, 3)  # the numbers of /dev/null; the node is made in tmp_path only
 

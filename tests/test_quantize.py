@@ -262,7 +262,7 @@ def test_model_without_metadata_takes_flags(cli, tmp_path):
     bare = tiny_model(tmp_path / "bare.onnx", metadata=False, size=(16, 16), classes=8)
     output = tmp_path / "bare_int8.onnx"
     done = cli("quantize", bare.path, "-o", output, "--calibration", "random",
-               "--calibration-size", "4", "--mean", "0.5", "--std", "0.25,0.25,0.25")
+               "--calibration-size", "4", "--mean", "0.5", "0.5", "0.5", "--std", "0.25,0.25,0.25")
     assert done.code == 0, done.stderr
     meta = metadata_of(output)
     assert meta.precision == "int8" and meta.input.shape == [3, 16, 16]
@@ -304,10 +304,10 @@ def test_bad_input_is_one_line_exit_2(cli, bad_inputs, resnet18_64, tmp_path, ar
 def test_no_metadata_and_already_quantized_are_refused(cli, bad_inputs, resnet_int8, resnet_fp16, tmp_path):
     output = tmp_path / "out.onnx"
     bare = bad_inputs / "bare.onnx"
-    assert_one_line_error(cli("quantize", bare, "-o", output, "--mode", "fp16"), 2,
-                          "has no edgecnn metadata: give --mean --std")
+    # fp16 reads no image: a file without metadata needs no preprocessing flags, and a mean of
+    # the wrong count is still an error
     assert_one_line_error(cli("quantize", bare, "-o", output, "--mode", "fp16", "--mean", "0.5"), 2,
-                          "give --std")
+                          "--mean must be a list of one number per channel (3)")
     result, _ = resnet_int8
     assert_one_line_error(cli("quantize", result.path, "-o", output, "--mode", "fp16"), 2,
                           "is already int8; quantize the fp32 model instead")
@@ -318,7 +318,7 @@ def test_no_metadata_and_already_quantized_are_refused(cli, bad_inputs, resnet_i
     del stripped.metadata_props[:]
     onnx.save(stripped, str(tmp_path / "stripped.onnx"))
     assert_one_line_error(cli("quantize", tmp_path / "stripped.onnx", "-o", output, "--mode", "fp16",
-                              "--mean", "0.5", "--std", "0.2"), 2,
+                              "--mean", "0.5", "0.5", "0.5", "--std", "0.2", "0.2", "0.2"), 2,
                           "is already quantized (it has DequantizeLinear, QuantizeLinear nodes)")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["stripped.onnx"]
 

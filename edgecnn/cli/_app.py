@@ -143,6 +143,9 @@ ProviderOpt = Annotated[str, typer.Option(
 TargetOpt = Annotated[str, typer.Option(
     "--target", help="int8: the provider the file is tuned for: {targets} (cpu rewrites the RGB "
                      "stem for onnxruntime's int8 kernel; OpenVINO runs the plain one faster).")]
+ExternalDataOpt = Annotated[bool, typer.Option(
+    "--external-data", help="Write the weights to OUTPUT.data beside the .onnx file (always "
+                            "for a model over protobuf's 2 GB); both files or neither.")]
 ModelOptionOpt = Annotated[Optional[list[str]], typer.Option(
     "--option", metavar="KEY=VALUE",
     help="Keyword argument of the model's builder (or your callable), repeatable, e.g. "
@@ -374,6 +377,16 @@ def progress(enabled: bool = True) -> Iterator[tuple]:
             display.update(bars[task], completed=done, total=total)
 
         yield on_step, on_progress
+
+
+def preprocessing_settings(input_size: str | None = None, mean: str | None = None,
+                           std: str | None = None, **flags) -> dict:
+    """The preprocessing flags (`run`, `bench`, `annotate`) as edgecnn.runtime.preprocess_settings
+    takes them: numbers parsed, the --labels file left to the runtime to read, flags not given
+    left out."""
+    settings = {"input_size": parse_input_size(input_size), "mean": parse_numbers(mean, "--mean"),
+                "std": parse_numbers(std, "--std"), **flags}
+    return {name: value for name, value in settings.items() if value is not None}
 
 
 # How images become the input of a file without edgecnn metadata (`run`, `annotate`; the values

@@ -1,6 +1,6 @@
 """`edgecnn annotate IN.onnx -o OUT.onnx` (or `--in-place`): edgecnn metadata for a file edgecnn
 did not write. A thin layer over edgecnn.runtime.annotate (it needs the onnx package, never
-torch). The preprocessing flags are `run`'s (``runtime_cmd.preprocessing_settings``)."""
+torch). The preprocessing flags are `run`'s (``_app.preprocessing_settings``)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import typer
 
 from edgecnn.cli._app import (
     ColorOpt, CropFractionOpt, InputNameOpt, JsonOpt, LabelsOpt, LayoutOpt, MeanOpt, OutputOpt,
-    PreprocessInputSizeOpt, ScaleOpt, StdOpt, TaskOpt, app, out, print_json, safe,
+    PreprocessInputSizeOpt, ScaleOpt, StdOpt, TaskOpt, app, out, preprocessing_settings,
+    print_json, safe,
 )
-from edgecnn.cli.runtime_cmd import preprocessing_settings
 
 
 @app.command("annotate")

@@ -8,10 +8,10 @@ from typing import Annotated, Optional
 import typer
 
 from edgecnn.cli._app import (
-    BatchOpt, CalibrationOpt, CalibrationSizeOpt, InputSizeOpt, JsonOpt, ModelOptionOpt,
-    NumClassesOpt, OutputOpt, TargetOpt, WeightsOpt, app, human_size, out, parse_input_size,
-    parse_model_options, parse_numbers, print_json, print_quantize_summary, print_warning,
-    progress, safe,
+    BatchOpt, CalibrationOpt, CalibrationSizeOpt, ExternalDataOpt, InputSizeOpt, JsonOpt,
+    ModelOptionOpt, NumClassesOpt, OutputOpt, TargetOpt, WeightsOpt, app, human_size, out,
+    parse_input_size, parse_model_options, parse_numbers, print_json, print_quantize_summary,
+    print_warning, progress, safe,
 )
 from edgecnn.errors import BadInput
 
@@ -83,6 +83,7 @@ def export_command(
              "for runtimes without a DeformConv kernel (onnxruntime < 1.25, TensorRT < 10.1).")
     ] = "native",
     model_option: ModelOptionOpt = None,
+    external_data: ExternalDataOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Export a model to ONNX (dynamo exporter), embed its metadata and check parity."""
@@ -93,7 +94,7 @@ def export_command(
                    check=check, labels=labels, deform_lowering=deform_lowering,
                    model_options=parse_model_options(model_option), task=task,
                    mean=parse_numbers(mean, "--mean"), std=parse_numbers(std, "--std"),
-                   crop_fraction=crop_fraction)
+                   crop_fraction=crop_fraction, external_data=external_data)
     if target != "cpu" and quantize is None:
         raise BadInput("--target tunes the file that --quantize writes; add --quantize int8")
     with progress(enabled=not json_output) as (on_step, on_progress):

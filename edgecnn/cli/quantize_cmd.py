@@ -8,8 +8,10 @@ from typing import Annotated, Optional
 import typer
 
 from edgecnn.cli._app import (
-    CalibrationOpt, CalibrationSizeOpt, InputSizeOpt, JsonOpt, OutputOpt, TargetOpt, app,
-    parse_input_size, parse_numbers, print_json, print_quantize_summary, print_warning, progress,
+    CalibrationOpt, CalibrationSizeOpt, ColorOpt, CropFractionOpt, ExternalDataOpt, InputNameOpt,
+    JsonOpt, LabelsOpt, LayoutOpt, MeanOpt, OutputOpt, PreprocessInputSizeOpt, ScaleOpt, StdOpt,
+    TargetOpt, TaskOpt, app, preprocessing_settings, print_json, print_quantize_summary,
+    print_warning, progress,
 )
 
 ModeOpt = Annotated[str, typer.Option("--mode", help="{modes}.")]
@@ -23,8 +25,11 @@ def split_names(values: list[str] | None) -> list[str]:
 
 @app.command("quantize")
 def quantize_command(
-    model: Annotated[str, typer.Argument(help="An fp32 .onnx file (exported by edgecnn, or "
-                                              "any single-input image model with --input-size/--mean/--std).")],
+    model: Annotated[str, typer.Argument(
+        help="An fp32 .onnx file: exported by edgecnn, or any single-input image model. A file "
+             "without edgecnn metadata needs the preprocessing flags only to read images "
+             "(--calibration or --validation of a folder); fp16, int8-dynamic and int8 from an "
+             ".npy/.npz need none.")],
     output: OutputOpt = None,
     mode: ModeOpt = "int8",
     calibration: CalibrationOpt = None,
@@ -42,29 +47,38 @@ def quantize_command(
         help="Labelled set: an .npz with 'inputs' and 'labels', or one image folder per class.")] = None,
     keep_io_float: Annotated[bool, typer.Option(
         "--keep-io-float/--fp16-io", help="fp16: keep the input and output float32.")] = True,
-    input_size: InputSizeOpt = None,
-    mean: Annotated[Optional[str], typer.Option(
-        "--mean", metavar="M[,M,M]", help="Per-channel mean (0-1 scale); overrides the metadata.")] = None,
-    std: Annotated[Optional[str], typer.Option(
-        "--std", metavar="S[,S,S]", help="Per-channel std (0-1 scale); overrides the metadata.")] = None,
+    input_size: PreprocessInputSizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    layout: LayoutOpt = None,
+    color: ColorOpt = None,
+    scale: ScaleOpt = None,
+    labels: LabelsOpt = None,
+    task: TaskOpt = None,
+    crop_fraction: CropFractionOpt = None,
+    input_name: InputNameOpt = None,
     check: Annotated[bool, typer.Option(
         "--check/--no-check",
         help="Fail (writing nothing) when the result differs from fp32 beyond the model's bound "
              "for its precision, the same bound `edgecnn check` applies.")] = True,
     seed: Annotated[int, typer.Option(help="Seed of the calibration subset and random inputs.")] = 0,
     target: TargetOpt = "cpu",
+    external_data: ExternalDataOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Quantize an fp32 model: int8 static (QDQ), int8 dynamic, or fp16; metadata updated."""
     from edgecnn.export.quantize import quantize_model
 
+    settings = preprocessing_settings(
+        input_size=input_size, mean=mean, std=std, layout=layout, color=color, scale=scale,
+        task=task, crop_fraction=crop_fraction, labels=labels, input_name=input_name)
     with progress(enabled=not json_output) as (on_step, on_progress):
         result = quantize_model(
             model, output, mode=mode, calibration=calibration, calibration_size=calibration_size,
             method=method, keep_float=split_names(keep_float), accuracy_budget=accuracy_budget,
             validation=validation, keep_io_float=keep_io_float,
-            input_size=parse_input_size(input_size), mean=parse_numbers(mean, "--mean"),
-            std=parse_numbers(std, "--std"), check=check, seed=seed, target=target,
+            preprocessing=settings, external_data=external_data, check=check, seed=seed,
+            target=target,
             on_step=on_step, on_progress=on_progress, on_warning=print_warning)
     if json_output:
         print_json(result.as_dict())

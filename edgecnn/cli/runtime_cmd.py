@@ -17,19 +17,9 @@ from edgecnn.cli._app import (
     BenchBatchOpt, CacheDirOpt, ColorOpt, CropFractionOpt, InputNameOpt, JsonOpt, LabelsOpt,
     LayoutOpt, MeanOpt, PreprocessInputSizeOpt, ProviderOpt, ScaleOpt, StdOpt, TaskOpt,
     ThreadsOpt, app, out, parse_input_size, parse_numbers, print_fields, print_json, progress,
-    safe, warnings_as_lines,
+    preprocessing_settings, safe, warnings_as_lines,
 )
 from edgecnn.errors import BadInput
-
-
-def preprocessing_settings(input_size: str | None = None, mean: str | None = None,
-                           std: str | None = None, **flags) -> dict:
-    """The preprocessing flags (`run`, `bench`, `annotate`) as edgecnn.runtime.preprocess_settings
-    takes them: numbers parsed, the --labels file left to the runtime to read, flags not given
-    left out."""
-    settings = {"input_size": parse_input_size(input_size), "mean": parse_numbers(mean, "--mean"),
-                "std": parse_numbers(std, "--std"), **flags}
-    return {name: value for name, value in settings.items() if value is not None}
 
 
 @app.command("run")

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import os
 import re
+import shutil
 import socket
 import stat
 import tempfile
@@ -108,7 +109,10 @@ def _remove_stale_temporaries(path: Path) -> None:
             match = pattern.fullmatch(sibling.name)
             if match and not _process_exists(int(match.group(1))):
                 with contextlib.suppress(OSError):
-                    sibling.unlink()
+                    if sibling.is_dir() and not sibling.is_symlink():  # atomic_model_output's
+                        shutil.rmtree(sibling)
+                    else:
+                        sibling.unlink()
 
 
 @contextlib.contextmanager
@@ -135,3 +139,39 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(temp_path, path)
     finally:
         temp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_model_output(path: str | os.PathLike) -> Iterator[Path]:
+    """``atomic_output`` for a model written with files beside it (its external data): yield a
+    temporary folder next to ``path``, to write the model into as ``path.name`` and its data
+    files by their own names. On success each file is moved into ``path``'s folder, the model
+    last; on any failure the files moved so far that were not there before are removed, so
+    the model and its data are written together or not at all.
+    """
+    path = check_output_path(path)
+    _remove_stale_temporaries(path)
+    work = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}-{_host_tag()}.",
+                                 suffix=".tmp", dir=path.parent))
+    placed: list[Path] = []
+    try:
+        yield work
+        written = sorted(work.iterdir(), key=lambda file: file.name == path.name)  # model last
+        for file in written:
+            refuse_irregular_target(path.parent / file.name)
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.chmod(file, 0o666 & ~_current_umask())
+        for file in written:
+            target = path.parent / file.name
+            existed = target.exists()
+            os.replace(file, target)
+            if not existed:
+                placed.append(target)
+    except BaseException:
+        for target in placed:
+            with contextlib.suppress(OSError):
+                target.unlink()
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

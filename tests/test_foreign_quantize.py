@@ -1,0 +1,111 @@
+"""quantize and check on ONNX files edgecnn did not write (plain torch.onnx.export, both
+exporters, weights in a .onnx.data file or inside), and models written with external data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, assert_one_line_error
+from foreign_models import TinyClassifier, export_dynamo, export_legacy
+from PIL import Image
+
+from edgecnn.runtime import Engine
+from edgecnn.runtime import onnx_file
+from edgecnn.runtime.external_data import model_size
+from edgecnn.runtime.onnx_file import get_metadata, load_model
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+SPEC = f"{REPO / 'tests' / 'foreign_models.py'}:TinyClassifier"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("foreign")
+    x = torch.randn(1, 3, 32, 32)
+    images = folder / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(3):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), np.uint8)).save(images / f"{index}.png")
+    np.save(folder / "inputs.npy", rng.standard_normal((6, 3, 32, 32)).astype(np.float32))
+    return {"dynamo": export_dynamo(TinyClassifier(), folder / "dynamo.onnx", (x,)),
+            "legacy": export_legacy(TinyClassifier(), folder / "legacy.onnx", (x,)),
+            "images": images, "inputs": folder / "inputs.npy"}
+
+
+@pytest.mark.parametrize("kind", ["dynamo", "legacy"])
+@pytest.mark.parametrize("mode, calibration", [("fp16", None), ("int8-dynamic", None),
+                                               ("int8", "inputs")])
+def test_quantize_needs_no_preprocessing_where_no_image_is_read(cli, files, tmp_path, kind,
+                                                                mode, calibration):
+    output = tmp_path / "out.onnx"
+    extra = ["--calibration", files[calibration]] if calibration else []
+    result = cli("quantize", files[kind], "-o", output, "--mode", mode, "--json", *extra)
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    # the source's size counts its .onnx.data file (the dynamo exporter's weights)
+    assert report["source_size_bytes"] == model_size(files[kind])
+    if kind == "dynamo":
+        assert report["source_size_bytes"] > files[kind].stat().st_size
+    assert get_metadata(load_model(output)) is None  # nothing is invented about its input
+    x = np.random.default_rng(2).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    got = next(iter(Engine(output).run(x).values()))
+    want = next(iter(Engine(files[kind]).run(x).values()))
+    np.testing.assert_allclose(got, want, atol=0.05 * np.abs(want).max() + 1e-3)
+
+
+def test_images_need_the_preprocessing(cli, files, tmp_path):
+    output = tmp_path / "out.onnx"
+    assert_one_line_error(cli("quantize", files["dynamo"], "-o", output, "--calibration",
+                              files["images"]), 2, "has no edgecnn metadata",
+                          "--mean ... --std ...", "edgecnn annotate")
+    assert list(tmp_path.iterdir()) == []
+    result = cli("quantize", files["dynamo"], "-o", output, "--calibration", files["images"],
+                 "--mean", "0.5", "0.4", "0.3", "--std", "0.2,0.2,0.2", "--json")
+    assert result.code == 0, result.stderr
+    metadata = get_metadata(load_model(output))
+    assert metadata.precision == "int8" and metadata.input.mean == [0.5, 0.4, 0.3]
+    assert metadata.input.shape == [3, 32, 32] and metadata.input.name == "input"
+
+
+@pytest.mark.parametrize("kind", ["dynamo", "legacy"])
+def test_check_a_foreign_file_against_its_module(cli, files, kind):
+    result = cli("check", SPEC, files[kind], "--json")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["passed"] and report["outputs"][0]["rel_l2"] <= 1e-5
+
+
+def test_export_and_quantize_write_external_data_together(cli, tmp_path):
+    fp32 = tmp_path / "r18.onnx"
+    result = cli("export", "resnet18", "--input-size", "64", "-o", fp32, "--external-data",
+                 "--json")
+    assert result.code == 0, result.stderr
+    data = tmp_path / "r18.onnx.data"
+    assert data.stat().st_size > 40e6 > fp32.stat().st_size  # the weights live beside it
+    assert json.loads(result.stdout)["size_bytes"] == model_size(fp32)
+    int8 = tmp_path / "r18_int8.onnx"
+    result = cli("quantize", fp32, "-o", int8, "--calibration", "random",
+                 "--calibration-size", "4", "--external-data", "--json")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert (tmp_path / "r18_int8.onnx.data").is_file()
+    assert report["size_bytes"] == model_size(int8) and report["size_ratio"] < 0.3
+    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    assert Engine(int8).run(x)["logits"].shape == (2, 1000)
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "r18.onnx", "r18.onnx.data", "r18_int8.onnx", "r18_int8.onnx.data"]
+
+
+def test_a_failed_write_leaves_neither_file(cli, tmp_path, monkeypatch):
+    def broken_check(path):
+        raise onnx_file.EdgecnnError("the graph is not valid ONNX: planted")
+
+    monkeypatch.setattr(onnx_file, "check_model", broken_check)
+    result = cli("export", "lenet", "-o", tmp_path / "lenet.onnx", "--external-data")
+    assert result.code == 1 and "planted" in result.stderr
+    assert list(tmp_path.iterdir()) == []  # no .onnx, no .data, no temporary folder
