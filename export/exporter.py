@@ -36,6 +36,7 @@ from edgecnn.runtime.deform import (
 )
 from edgecnn.runtime.metadata import LOWERINGS, MAX_ELEMENTS, MAX_SIDE
 from edgecnn.runtime.onnx_file import set_metadata, set_minimal_ir_version, writing_model
+from edgecnn.runtime.preprocess_settings import SETTING_OF_FIELD, read_labels_file
 
 if TYPE_CHECKING:
     from edgecnn.export.quantize import QuantizeResult
@@ -223,10 +224,7 @@ def to_onnx(module: nn.Module, example: torch.Tensor, output_name: str | Sequenc
 
 
 def read_labels(path: str | os.PathLike, num_classes: int) -> list[str]:
-    path = Path(path)
-    if not path.is_file():
-        raise BadInput(f"labels file not found: {path}")
-    labels = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    labels = read_labels_file(path)
     if len(labels) != num_classes:
         raise BadInput(f"labels file {path} has {len(labels)} labels, the model has {num_classes} classes")
     return labels
@@ -295,11 +293,8 @@ def run_eager(model: nn.Module, example: torch.Tensor,
 
 def check_input_info(info: InputInfo) -> None:
     """The preprocessing given for the metadata, in the API's words (mean, std, crop_fraction)."""
-    try:
-        ModelMetadata(model="model", task="classification", input=info).validate("export")
-    except BadInput as error:  # "export: edgecnn metadata field 'input.mean' must be ..."
-        message = str(error).partition("field 'input.")[2]
-        raise BadInput(message.replace("' must", " must", 1) if message else str(error)) from None
+    ModelMetadata(model="model", task="classification", input=info).validate(
+        "export", SETTING_OF_FIELD)
 
 
 def _class_count(spec: models.ModelSpec, num_classes: int | None, first_output) -> int | None:

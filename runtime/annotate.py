@@ -12,18 +12,15 @@ folder shares the data file(s), an output elsewhere gets a copy of them, written
 
 from __future__ import annotations
 
-import contextlib
 import filecmp
 import os
 import shutil
-import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from edgecnn.errors import BadInput
 from edgecnn.runtime.external_data import check_external_data
+from edgecnn.runtime.files import atomic_model_output, check_output_path
 from edgecnn.runtime.metadata import ModelMetadata
 from edgecnn.runtime.preprocess_settings import metadata_from_settings
 
@@ -48,7 +45,7 @@ def annotate(path: str | os.PathLike, output: str | os.PathLike | None = None, *
     if not in_place and output is None:
         raise BadInput("output is needed (the file to write), or in_place to rewrite the file")
     source = onnx_file.check_model_file(path)
-    target = source if in_place else _check_target(Path(output))
+    target = source if in_place else check_output_path(output)
     locations = check_external_data(source)
     model = onnx_file.load_model(source, external_data=False)
     try:
@@ -67,24 +64,16 @@ def annotate(path: str | os.PathLike, output: str | os.PathLike | None = None, *
             metadata.precision = "fp16"
     onnx_file.set_metadata(model, metadata)
     payload = model.SerializeToString()
-    writes: list[tuple[Path, Callable[[Path], None]]] = []
+    copies = {}
     if not in_place and target.parent.resolve() != source.parent.resolve():
-        writes = [(target.parent / location, _copier(data)) for location, data in locations.items()
-                  if not _same_file(target.parent / location, data, target)]
-    writes.append((target, lambda temporary: temporary.write_bytes(payload)))
-    _write_together(writes, mode_of=source)
+        copies = {location: data for location, data in locations.items()
+                  if not _same_file(target.parent / location, data, target)}
+    with atomic_model_output(target) as work:
+        for location, data in copies.items():
+            (work / location).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(data, work / location)
+        (work / target.name).write_bytes(payload)
     return AnnotateResult(target, metadata, list(locations))
-
-
-def _check_target(target: Path) -> Path:
-    if target.is_dir():
-        raise BadInput(f"output is a directory: {target} (give a file name ending in .onnx)")
-    if target.exists() and not target.is_file():
-        raise BadInput(f"output is not a regular file: {target}")
-    folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
-        raise BadInput(f"output folder does not exist: {folder}")
-    return target
 
 
 def _same_file(destination: Path, data: Path, target: Path) -> bool:
@@ -97,41 +86,3 @@ def _same_file(destination: Path, data: Path, target: Path) -> bool:
     raise BadInput(f"output folder {target.parent} already has a different "
                    f"{destination.name}, which writing {target.name} would replace; write it "
                    "to another folder or remove that file")
-
-
-def _copier(data: Path) -> Callable[[Path], None]:
-    return lambda temporary: shutil.copyfile(data, temporary)
-
-
-def _write_together(writes: list[tuple[Path, Callable[[Path], None]]], mode_of: Path) -> None:
-    """Write each (target, fill) to a temporary file beside its target, then rename them all into
-    place (the last one last): on any failure the temporaries, and the targets already renamed
-    that did not exist before, are removed, so the set is written whole or not at all."""
-    temporaries: list[tuple[Path, Path]] = []
-    placed: list[Path] = []
-    mode = stat.S_IMODE(mode_of.stat().st_mode)
-    try:
-        for target, fill in writes:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
-                                            dir=target.parent)
-            os.close(handle)
-            temporaries.append((target, Path(name)))
-            fill(Path(name))
-            with open(name, "rb") as written:
-                os.fsync(written.fileno())
-            os.chmod(name, mode)
-        for target, temporary in temporaries:
-            existed = target.exists()
-            os.replace(temporary, target)
-            if not existed:
-                placed.append(target)
-    except BaseException:
-        for target in placed:
-            with contextlib.suppress(OSError):
-                target.unlink()
-        raise
-    finally:
-        for _, temporary in temporaries:
-            with contextlib.suppress(OSError):
-                temporary.unlink()

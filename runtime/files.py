@@ -145,9 +145,9 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
 def atomic_model_output(path: str | os.PathLike) -> Iterator[Path]:
     """``atomic_output`` for a model written with files beside it (its external data): yield a
     temporary folder next to ``path``, to write the model into as ``path.name`` and its data
-    files by their own names. On success each file is moved into ``path``'s folder, the model
-    last; on any failure the files moved so far that were not there before are removed, so
-    the model and its data are written together or not at all.
+    files by their locations (subfolders too). On success each file is moved into ``path``'s
+    folder, the model last; on any failure the files moved so far that were not there before
+    are removed, so the model and its data are written together or not at all.
     """
     path = check_output_path(path)
     _remove_stale_temporaries(path)
@@ -156,14 +156,17 @@ def atomic_model_output(path: str | os.PathLike) -> Iterator[Path]:
     placed: list[Path] = []
     try:
         yield work
-        written = sorted(work.iterdir(), key=lambda file: file.name == path.name)  # model last
+        model = work / path.name
+        written = sorted((file for file in work.rglob("*") if file.is_file()),
+                         key=lambda file: file == model)  # the model last
         for file in written:
-            refuse_irregular_target(path.parent / file.name)
+            refuse_irregular_target(path.parent / file.relative_to(work))
             with open(file, "rb") as handle:
                 os.fsync(handle.fileno())
             os.chmod(file, 0o666 & ~_current_umask())
         for file in written:
-            target = path.parent / file.name
+            target = path.parent / file.relative_to(work)
+            target.parent.mkdir(parents=True, exist_ok=True)
             existed = target.exists()
             os.replace(file, target)
             if not existed:
