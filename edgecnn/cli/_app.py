@@ -7,7 +7,9 @@ Command modules must not import torch at module level: ``edgecnn run``, ``bench`
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
+import inspect
 import json
 import re
 import sys
@@ -394,11 +396,12 @@ def preprocessing_settings(input_size: str | None = None, mean: str | None = Non
 MeanOpt = Annotated[Optional[str], typer.Option(
     "--mean", metavar="M [M M]",
     help="Per-channel mean subtracted after --scale, in the model's channel order (space- or "
-         "comma-separated). Default: ImageNet's (0.485 0.456 0.406) for 3 channels, else 0.")]
+         "comma-separated). Default: the file's metadata; without it ImageNet's (0.485 0.456 "
+         "0.406) for 3 channels, else 0.")]
 StdOpt = Annotated[Optional[str], typer.Option(
     "--std", metavar="S [S S]",
-    help="Per-channel std divided by after the mean. Default: ImageNet's (0.229 0.224 0.225) "
-         "for 3 channels, else 1.")]
+    help="Per-channel std divided by after the mean. Default: the file's metadata; without it "
+         "ImageNet's (0.229 0.224 0.225) for 3 channels, else 1.")]
 PreprocessInputSizeOpt = Annotated[Optional[str], typer.Option(
     "--input-size", metavar="H W",
     help="Input height and width: one int (square) or two. Default: the graph's when fixed "
@@ -426,3 +429,29 @@ LabelsOpt = Annotated[Optional[str], typer.Option(
 InputNameOpt = Annotated[Optional[str], typer.Option(
     "--input-name", metavar="NAME",
     help="The image input of a model with several inputs. Default: the only input.")]
+
+
+# The preprocessing flags in the order --help lists them (`run`, `quantize`, `annotate`).
+PREPROCESSING_FLAGS = {"mean": MeanOpt, "std": StdOpt, "input_size": PreprocessInputSizeOpt,
+                       "layout": LayoutOpt, "color": ColorOpt, "scale": ScaleOpt,
+                       "labels": LabelsOpt, "task": TaskOpt, "crop_fraction": CropFractionOpt,
+                       "input_name": InputNameOpt}
+
+
+def with_preprocessing_flags(command):
+    """Give a command the preprocessing flags of a file without edgecnn metadata: they arrive
+    as its ``preprocessing`` argument, the dict ``preprocessing_settings`` makes of the flags
+    given. One declaration for every command that takes them."""
+    signature = inspect.signature(command, eval_str=True)  # the module's Annotated options
+    kept = [parameter for name, parameter in signature.parameters.items()
+            if name != "preprocessing"]
+    flags = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                               annotation=option) for name, option in PREPROCESSING_FLAGS.items()]
+
+    @functools.wraps(command)
+    def with_flags(**arguments):
+        given = {name: arguments.pop(name) for name in PREPROCESSING_FLAGS}
+        return command(**arguments, preprocessing=preprocessing_settings(**given))
+
+    with_flags.__signature__ = signature.replace(parameters=kept + flags)
+    return with_flags

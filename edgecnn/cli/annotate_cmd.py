@@ -9,29 +9,19 @@ from typing import Annotated
 import typer
 
 from edgecnn.cli._app import (
-    ColorOpt, CropFractionOpt, InputNameOpt, JsonOpt, LabelsOpt, LayoutOpt, MeanOpt, OutputOpt,
-    PreprocessInputSizeOpt, ScaleOpt, StdOpt, TaskOpt, app, out, preprocessing_settings,
-    print_json, safe,
+    JsonOpt, OutputOpt, app, out, print_json, safe, with_preprocessing_flags,
 )
 
 
 @app.command("annotate")
+@with_preprocessing_flags
 def annotate_command(
     model: Annotated[str, typer.Argument(help="An .onnx file (its .onnx.data beside it, if any).")],
     output: OutputOpt = None,
     in_place: Annotated[bool, typer.Option(
         "--in-place", help="Rewrite MODEL itself instead of writing --output.")] = False,
-    mean: MeanOpt = None,
-    std: StdOpt = None,
-    input_size: PreprocessInputSizeOpt = None,
-    layout: LayoutOpt = None,
-    color: ColorOpt = None,
-    scale: ScaleOpt = None,
-    labels: LabelsOpt = None,
-    task: TaskOpt = None,
-    crop_fraction: CropFractionOpt = None,
-    input_name: InputNameOpt = None,
     json_output: JsonOpt = False,
+    preprocessing: dict | None = None,
 ) -> None:
     """Write edgecnn metadata (preprocessing, task, labels) into an .onnx file from plain
     torch.onnx.export or elsewhere, so run, bench, quantize and check need no flags for it.
@@ -42,9 +32,7 @@ def annotate_command(
 
     from edgecnn.runtime.annotate import annotate
 
-    result = annotate(model, output, in_place=in_place, **preprocessing_settings(
-        input_size=input_size, mean=mean, std=std, layout=layout, color=color, scale=scale,
-        task=task, crop_fraction=crop_fraction, labels=labels, input_name=input_name))
+    result = annotate(model, output, in_place=in_place, **preprocessing)
     if json_output:
         print_json({"path": str(result.path), "external_data": result.data_files,
                     "metadata": asdict(result.metadata)})

@@ -8,10 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from edgecnn.cli._app import (
-    CalibrationOpt, CalibrationSizeOpt, ColorOpt, CropFractionOpt, ExternalDataOpt, InputNameOpt,
-    JsonOpt, LabelsOpt, LayoutOpt, MeanOpt, OutputOpt, PreprocessInputSizeOpt, ScaleOpt, StdOpt,
-    TargetOpt, TaskOpt, app, preprocessing_settings, print_json, print_quantize_summary,
-    print_warning, progress,
+    CalibrationOpt, CalibrationSizeOpt, ExternalDataOpt, JsonOpt, OutputOpt, TargetOpt, app,
+    print_json, print_quantize_summary, print_warning, progress, with_preprocessing_flags,
 )
 
 ModeOpt = Annotated[str, typer.Option("--mode", help="{modes}.")]
@@ -24,6 +22,7 @@ def split_names(values: list[str] | None) -> list[str]:
 
 
 @app.command("quantize")
+@with_preprocessing_flags
 def quantize_command(
     model: Annotated[str, typer.Argument(
         help="An fp32 .onnx file: exported by edgecnn, or any single-input image model. A file "
@@ -47,16 +46,6 @@ def quantize_command(
         help="Labelled set: an .npz with 'inputs' and 'labels', or one image folder per class.")] = None,
     keep_io_float: Annotated[bool, typer.Option(
         "--keep-io-float/--fp16-io", help="fp16: keep the input and output float32.")] = True,
-    input_size: PreprocessInputSizeOpt = None,
-    mean: MeanOpt = None,
-    std: StdOpt = None,
-    layout: LayoutOpt = None,
-    color: ColorOpt = None,
-    scale: ScaleOpt = None,
-    labels: LabelsOpt = None,
-    task: TaskOpt = None,
-    crop_fraction: CropFractionOpt = None,
-    input_name: InputNameOpt = None,
     check: Annotated[bool, typer.Option(
         "--check/--no-check",
         help="Fail (writing nothing) when the result differs from fp32 beyond the model's bound "
@@ -65,19 +54,17 @@ def quantize_command(
     target: TargetOpt = "cpu",
     external_data: ExternalDataOpt = False,
     json_output: JsonOpt = False,
+    preprocessing: dict | None = None,
 ) -> None:
     """Quantize an fp32 model: int8 static (QDQ), int8 dynamic, or fp16; metadata updated."""
     from edgecnn.export.quantize import quantize_model
 
-    settings = preprocessing_settings(
-        input_size=input_size, mean=mean, std=std, layout=layout, color=color, scale=scale,
-        task=task, crop_fraction=crop_fraction, labels=labels, input_name=input_name)
     with progress(enabled=not json_output) as (on_step, on_progress):
         result = quantize_model(
             model, output, mode=mode, calibration=calibration, calibration_size=calibration_size,
             method=method, keep_float=split_names(keep_float), accuracy_budget=accuracy_budget,
             validation=validation, keep_io_float=keep_io_float,
-            preprocessing=settings, external_data=external_data, check=check, seed=seed,
+            preprocessing=preprocessing, external_data=external_data, check=check, seed=seed,
             target=target,
             on_step=on_step, on_progress=on_progress, on_warning=print_warning)
     if json_output:

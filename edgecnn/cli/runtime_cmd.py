@@ -14,15 +14,15 @@ from typing import Annotated
 import typer
 
 from edgecnn.cli._app import (
-    BenchBatchOpt, CacheDirOpt, ColorOpt, CropFractionOpt, InputNameOpt, JsonOpt, LabelsOpt,
-    LayoutOpt, MeanOpt, PreprocessInputSizeOpt, ProviderOpt, ScaleOpt, StdOpt, TaskOpt,
-    ThreadsOpt, app, out, parse_input_size, parse_numbers, print_fields, print_json, progress,
-    preprocessing_settings, safe, warnings_as_lines,
+    BenchBatchOpt, CacheDirOpt, InputNameOpt, JsonOpt, LayoutOpt, PreprocessInputSizeOpt,
+    ProviderOpt, ThreadsOpt, app, out, preprocessing_settings, print_fields, print_json,
+    progress, safe, warnings_as_lines, with_preprocessing_flags,
 )
 from edgecnn.errors import BadInput
 
 
 @app.command("run")
+@with_preprocessing_flags
 def run_command(
     model: Annotated[str, typer.Argument(
         help="An .onnx file: exported by edgecnn (or annotated), or any image model with the "
@@ -32,28 +32,16 @@ def run_command(
     provider: ProviderOpt = "auto",
     threads: ThreadsOpt = None,
     cache_dir: CacheDirOpt = None,
-    mean: MeanOpt = None,
-    std: StdOpt = None,
-    input_size: PreprocessInputSizeOpt = None,
-    layout: LayoutOpt = None,
-    color: ColorOpt = None,
-    scale: ScaleOpt = None,
-    labels: LabelsOpt = None,
-    task: TaskOpt = None,
-    crop_fraction: CropFractionOpt = None,
-    input_name: InputNameOpt = None,
     json_output: JsonOpt = False,
+    preprocessing: dict | None = None,
 ) -> None:
     """Classify (top-k) or segment images; preprocessing comes from the model's metadata, or
     from the flags (which replace the metadata's values; `edgecnn annotate` stores them)."""
     from edgecnn.runtime.predict import predict_files
 
-    settings = preprocessing_settings(
-        input_size=input_size, mean=mean, std=std, layout=layout, color=color, scale=scale,
-        task=task, crop_fraction=crop_fraction, labels=labels, input_name=input_name)
     with warnings_as_lines():
         report = predict_files(model, images, top_k=top_k, provider=provider, threads=threads,
-                               cache_dir=cache_dir, preprocessing=settings)
+                               cache_dir=cache_dir, preprocessing=preprocessing)
     if json_output:
         print_json(report)
         return
