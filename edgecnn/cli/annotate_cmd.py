@@ -1,6 +1,6 @@
 """`edgecnn annotate IN.onnx -o OUT.onnx` (or `--in-place`): edgecnn metadata for a file edgecnn
 did not write. A thin layer over edgecnn.runtime.annotate (it needs the onnx package, never
-torch). The preprocessing flags are `run`'s (``_app.preprocessing_settings``)."""
+torch). The preprocessing flags are `run`'s (``_preprocessing_flags``)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ from typing import Annotated
 
 import typer
 
-from edgecnn.cli._app import (
-    JsonOpt, OutputOpt, app, out, print_json, safe, with_preprocessing_flags,
-)
+from edgecnn.cli._app import JsonOpt, OutputOpt, app, out, print_json, safe
+from edgecnn.cli._preprocessing_flags import with_preprocessing_flags
 
 
 @app.command("annotate")

@@ -9,8 +9,9 @@ import typer
 
 from edgecnn.cli._app import (
     CalibrationOpt, CalibrationSizeOpt, ExternalDataOpt, JsonOpt, OutputOpt, TargetOpt, app,
-    print_json, print_quantize_summary, print_warning, progress, with_preprocessing_flags,
+    print_json, print_quantize_summary, print_warning, progress,
 )
+from edgecnn.cli._preprocessing_flags import with_preprocessing_flags
 
 ModeOpt = Annotated[str, typer.Option("--mode", help="{modes}.")]
 MethodOpt = Annotated[str, typer.Option("--method", help="Calibration method: {methods}.")]

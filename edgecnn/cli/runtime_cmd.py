@@ -14,9 +14,12 @@ from typing import Annotated
 import typer
 
 from edgecnn.cli._app import (
-    BenchBatchOpt, CacheDirOpt, InputNameOpt, JsonOpt, LayoutOpt, PreprocessInputSizeOpt,
-    ProviderOpt, ThreadsOpt, app, out, preprocessing_settings, print_fields, print_json,
-    progress, safe, warnings_as_lines, with_preprocessing_flags,
+    BenchBatchOpt, CacheDirOpt, JsonOpt, ProviderOpt, ThreadsOpt, app, out, print_fields,
+    print_json, progress, safe, warnings_as_lines,
+)
+from edgecnn.cli._preprocessing_flags import (
+    InputNameOpt, LayoutOpt, PreprocessInputSizeOpt, preprocessing_settings,
+    with_preprocessing_flags,
 )
 from edgecnn.errors import BadInput
 
