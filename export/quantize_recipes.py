@@ -64,7 +64,7 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return copy
 
 
-def _reader(name: str, chunks: list[np.ndarray], progress: ProgressCallback | None):
+def calibration_reader(name: str, chunks: list[np.ndarray], progress: ProgressCallback | None):
     from onnxruntime.quantization import CalibrationDataReader
 
     done = np.cumsum([0] + [len(chunk) for chunk in chunks])  # samples run before each chunk
@@ -122,7 +122,7 @@ def int8_static(model: onnx.ModelProto, calibration: InputSet, recipe: Int8Stati
         model, cache = split_stem(model, stem), cache.with_name(f"{cache.stem}-split{cache.suffix}")
     reader = None
     if not cache.is_file():
-        reader = _reader(name, calibration_batches(calibration.inputs, fixed_batch(model)),
+        reader = calibration_reader(name, calibration_batches(calibration.inputs, fixed_batch(model)),
                          progress)
     extra = {"CalibPercentile": PERCENTILE}
     output = cache.with_name(f"int8-{len(exclude)}.onnx")

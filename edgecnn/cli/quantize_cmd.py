@@ -10,8 +10,8 @@ import typer
 from edgecnn.cli._app import (
     CalibrationOpt, CalibrationSizeOpt, ColorOpt, CropFractionOpt, ExternalDataOpt, InputNameOpt,
     JsonOpt, LabelsOpt, LayoutOpt, MeanOpt, OutputOpt, PreprocessInputSizeOpt, ScaleOpt, StdOpt,
-    TargetOpt, TaskOpt, app, preprocessing_settings, print_json, print_quantize_summary,
-    print_warning, progress,
+    TargetOpt, TaskOpt, app, out, preprocessing_settings, print_json, print_keep_float_suggestions,
+    print_quantize_summary, print_warning, progress, safe,
 )
 
 ModeOpt = Annotated[str, typer.Option("--mode", help="{modes}.")]
@@ -64,6 +64,11 @@ def quantize_command(
     seed: Annotated[int, typer.Option(help="Seed of the calibration subset and random inputs.")] = 0,
     target: TargetOpt = "cpu",
     external_data: ExternalDataOpt = False,
+    report: Annotated[Optional[str], typer.Option(
+        "--report", metavar="FILE",
+        help="int8: also write the per-layer report (SQNR of every quantized activation and "
+             "weight against fp32, worst first; the HTML one plots it) to FILE.html, .md or "
+             ".json, and print --keep-float suggestions from it.")] = None,
     json_output: JsonOpt = False,
 ) -> None:
     """Quantize an fp32 model: int8 static (QDQ), int8 dynamic, or fp16; metadata updated."""
@@ -78,9 +83,12 @@ def quantize_command(
             method=method, keep_float=split_names(keep_float), accuracy_budget=accuracy_budget,
             validation=validation, keep_io_float=keep_io_float,
             preprocessing=settings, external_data=external_data, check=check, seed=seed,
-            target=target,
+            target=target, report=report,
             on_step=on_step, on_progress=on_progress, on_warning=print_warning)
     if json_output:
         print_json(result.as_dict())
     else:
         print_quantize_summary(result)
+        if result.report is not None:
+            out.print(f"per-layer report: {safe(result.report_path)}")
+            print_keep_float_suggestions(result.report.keep_float_suggestions())
