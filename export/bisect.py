@@ -27,6 +27,7 @@ from torch import nn
 from edgecnn.export.name_scopes import node_scopes, quantized_views
 from edgecnn.export.parity import ParityMetrics, compare
 from edgecnn.runtime import load_session
+from edgecnn.runtime.onnx_file import with_outputs
 
 @dataclass
 class ModuleCall:
@@ -96,20 +97,6 @@ def module_calls(model: onnx.ModelProto, module_names: set[str]) -> list[ModuleC
     return sorted(calls, key=lambda c: (c.position, -c.module.count(".")))
 
 
-def _with_outputs(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
-    """A copy of ``model`` that also outputs ``tensors`` (types from shape inference)."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    types = {value.name: value for value in inferred.graph.value_info}
-    augmented = onnx.ModelProto()
-    augmented.CopyFrom(model)
-    existing = {output.name for output in augmented.graph.output}
-    for name in tensors:
-        if name not in existing and name in types:
-            augmented.graph.output.append(types[name])
-            existing.add(name)
-    return augmented
-
-
 def _eager_outputs(module: nn.Module, x: torch.Tensor, names: set[str]) -> dict[str, list]:
     captured: dict[str, list] = defaultdict(list)
     handles = []
@@ -135,7 +122,7 @@ def bisect(module: nn.Module, model: onnx.ModelProto, inputs: np.ndarray, tolera
     """Compare every module call's output eager vs ONNX; name the first over ``tolerance``."""
     module_names = {name for name, _ in module.named_modules() if name}
     calls = module_calls(model, module_names)
-    session = load_session(_with_outputs(model, [c.tensor for c in calls]).SerializeToString(),
+    session = load_session(with_outputs(model, [c.tensor for c in calls]).SerializeToString(),
                            providers=providers)
     exposed = [output.name for output in session.get_outputs()]
     feed = {session.get_inputs()[0].name: inputs}

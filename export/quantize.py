@@ -191,7 +191,8 @@ def quantize_model(model_path: str | os.PathLike, output_path: str | os.PathLike
                    std: Sequence[float] | None = None, preprocessing: Mapping | None = None,
                    external_data: bool = False, check: bool = True, seed: int = 0,
                    target: str = "cpu", recipe: Recipe | None = None,
-                   report: str | os.PathLike | None = None,
+                   report: str | os.PathLike | None = None, per_tensor: bool = False,
+                   equalize: bool = False,
                    on_step: StepCallback | None = None,
                    on_progress: ProgressCallback | None = None,
                    on_warning: WarnCallback | None = None) -> QuantizeResult:
@@ -221,6 +222,10 @@ def quantize_model(model_path: str | os.PathLike, output_path: str | os.PathLike
     report: static int8 only: write the per-layer report (export/int8_report.py) of the result
         against the fp32 model to this FILE.html, .md or .json, on the check inputs; it is
         written even when the check then fails (it says why).
+    per_tensor: static int8 only: one scale per weight tensor (NPUs and DSPs that need it)
+        instead of one per output channel.
+    equalize: static int8 only: cross-layer equalization of consecutive conv pairs (exact in
+        float) before quantizing, bias correction on the calibration data after it.
     Raises BadInput before anything is written; nothing is left behind on any failure.
     """
     started = time.perf_counter()
@@ -231,7 +236,8 @@ def quantize_model(model_path: str | os.PathLike, output_path: str | os.PathLike
         messages.append(message)
         (on_warning or (lambda text: warnings.warn(text, stacklevel=3)))(message)
 
-    recipe = recipe or get_recipe(mode, method=method, target=target)
+    recipe = recipe or get_recipe(mode, method=method, target=target, per_tensor=per_tensor,
+                                  equalize=equalize)
     _check_options(recipe, accuracy_budget, validation, calibration_size)
     if report is not None:
         if not isinstance(recipe, Int8Static):
@@ -268,7 +274,8 @@ def quantize_model(model_path: str | os.PathLike, output_path: str | os.PathLike
 
     # onnxruntime's own temporary folders go inside workdir: one clean-up removes them all.
     with work_directory("edgecnn-quantize-") as workdir:
-        job = QuantizeJob(model, workdir, calibration_set, keep_io_float, on_progress)
+        job = QuantizeJob(recipe.float_model(model), workdir, calibration_set, keep_io_float,
+                          on_progress)
         kept, trials = list(excluded), None
         if accuracy_budget is not None:
             from edgecnn.export.sensitivity import BudgetSearch, candidate_layers
@@ -290,7 +297,7 @@ def quantize_model(model_path: str | os.PathLike, output_path: str | os.PathLike
     layers = None
     if report is not None:
         step("comparing int8 with fp32 layer by layer")
-        layers = int8_report(model, quantized, check_inputs, name=source_path.name)
+        layers = int8_report(job.model, quantized, check_inputs, name=source_path.name)
         write_int8_report(layers, report)
 
     verdict = accuracy = None

@@ -69,6 +69,13 @@ def quantize_command(
         help="int8: also write the per-layer report (SQNR of every quantized activation and "
              "weight against fp32, worst first; the HTML one plots it) to FILE.html, .md or "
              ".json, and print --keep-float suggestions from it.")] = None,
+    per_tensor: Annotated[bool, typer.Option(
+        "--per-tensor", help="int8: one scale per weight tensor instead of per output channel "
+                             "(NPUs and DSPs that need per-tensor scales).")] = False,
+    equalize: Annotated[bool, typer.Option(
+        "--equalize", help="int8: cross-layer equalization of consecutive conv pairs (conv -> "
+                           "[Relu] -> conv, depthwise included; exact in float) before "
+                           "quantizing, and bias correction on the calibration data.")] = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Quantize an fp32 model: int8 static (QDQ), int8 dynamic, or fp16; metadata updated."""
@@ -83,7 +90,7 @@ def quantize_command(
             method=method, keep_float=split_names(keep_float), accuracy_budget=accuracy_budget,
             validation=validation, keep_io_float=keep_io_float,
             preprocessing=settings, external_data=external_data, check=check, seed=seed,
-            target=target, report=report,
+            target=target, report=report, per_tensor=per_tensor, equalize=equalize,
             on_step=on_step, on_progress=on_progress, on_warning=print_warning)
     if json_output:
         print_json(result.as_dict())
