@@ -75,8 +75,24 @@ def _json_number(value: float | None) -> float | None:
     return None if value is None or math.isinf(value) or math.isnan(value) else round(value, 3)
 
 
+class RatedRow:
+    """A row of the report: rated by the lower of its SQNR and its worst channel's."""
+
+    sqnr_db: float
+    worst_channel_sqnr_db: float
+
+    @property
+    def score(self) -> float:
+        return min(self.sqnr_db, self.worst_channel_sqnr_db)
+
+    def as_dict(self) -> dict:
+        values = asdict(self)
+        return {key: _json_number(value) if key.endswith("_db") else value
+                for key, value in values.items()}
+
+
 @dataclass
-class ActivationRow:
+class ActivationRow(RatedRow):
     tensor: str
     module: str  # the producing module's name scope, else the producing node's name
     node: str  # the node producing the tensor ("" for a graph input)
@@ -88,19 +104,9 @@ class ActivationRow:
     accumulated_sqnr_db: float | None  # fp32 run against int8 run at this tensor (None: no match)
     consumers: list[str] = field(default_factory=list)  # the nodes reading its dequantized value
 
-    @property
-    def score(self) -> float:
-        return min(self.sqnr_db, self.worst_channel_sqnr_db)
-
-    def as_dict(self) -> dict:
-        values = asdict(self)
-        for key in ("sqnr_db", "worst_channel_sqnr_db", "accumulated_sqnr_db"):
-            values[key] = _json_number(values[key])
-        return values
-
 
 @dataclass
-class WeightRow:
+class WeightRow(RatedRow):
     name: str
     module: str
     node: str  # the node that reads the dequantized weight
@@ -110,16 +116,6 @@ class WeightRow:
     minimum: float
     maximum: float
     per_channel: bool
-
-    @property
-    def score(self) -> float:
-        return min(self.sqnr_db, self.worst_channel_sqnr_db)
-
-    def as_dict(self) -> dict:
-        values = asdict(self)
-        for key in ("sqnr_db", "worst_channel_sqnr_db"):
-            values[key] = _json_number(values[key])
-        return values
 
 
 @dataclass
