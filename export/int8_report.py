@@ -17,6 +17,7 @@ range. Rows are named by the module that produced them (the exporter's name scop
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -321,7 +322,11 @@ def int8_report(float_model: str | os.PathLike | onnx.ModelProto,
         with silenced(""):
             float_tensors = _activations(paths[0], work / "fp32-all.onnx", chunks, input_name)
             qdq_tensors = _activations(paths[1], work / "int8-all.onnx", chunks, input_name)
-            weights = create_weight_matching(str(paths[0]), str(paths[1]))
+            logging.disable(logging.ERROR)  # it logs each weight the fp32 file lacks (a rewrite's)
+            try:
+                weights = create_weight_matching(str(paths[0]), str(paths[1]))
+            finally:
+                logging.disable(logging.NOTSET)
         shapes = _value_shapes(qdq)
         _restore_shapes(float_tensors, shapes, rows)
         _restore_shapes(qdq_tensors, shapes, rows)
