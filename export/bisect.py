@@ -11,26 +11,23 @@ the BatchNorm's path) simply have no ONNX counterpart and are skipped.
 
 In a quantized (QDQ) graph the next layer never sees a module's float output, only what its
 QuantizeLinear -> DequantizeLinear pair made of it, so that DequantizeLinear output is compared
-(``_quantized_views``). The quantizer's own nodes carry no scope record and split no run.
+(``quantized_views``). The quantizer's own nodes carry no scope record and split no run.
 """
 
 from __future__ import annotations
 
-import ast
 from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 import torch
-from onnx import numpy_helper
 from torch import nn
 
+from edgecnn.export.name_scopes import node_scopes, quantized_views
 from edgecnn.export.parity import ParityMetrics, compare
 from edgecnn.runtime import load_session
-
-SCOPES_KEY = "pkg.torch.onnx.name_scopes"
-
+from edgecnn.runtime.onnx_file import with_outputs
 
 @dataclass
 class ModuleCall:
@@ -38,7 +35,7 @@ class ModuleCall:
     call: int  # 0 for the first call of the module, 1 for the second...
     tensor: str  # the ONNX tensor holding this call's output
     position: int  # index of the node producing it (graph order)
-    # The tensor is a DequantizeLinear output whose Q clips negatives to 0 (see _quantized_views):
+    # The tensor is a DequantizeLinear output whose Q clips negatives to 0 (see quantized_views):
     # compare it with the eager output through the same ReLU.
     clipped_at_zero: bool = False
 
@@ -70,43 +67,8 @@ class BisectResult:
 
 def _node_modules(node: onnx.NodeProto, module_names: set[str]) -> list[str] | None:
     """The modules ``node`` ran in, or None for a node without a scope record."""
-    for prop in node.metadata_props:
-        if prop.key == SCOPES_KEY:
-            scopes = ast.literal_eval(prop.value)
-            return [scope for scope in scopes[:-1] if scope and scope in module_names]
-    return None
-
-
-def _quantized_views(model: onnx.ModelProto) -> dict[str, tuple[str, bool]]:
-    """float tensor -> (the DequantizeLinear output of its QuantizeLinear, whether Q clips at 0).
-
-    A QuantizeLinear whose zero point is its type's lowest code represents no negative value.
-    That is how onnxruntime folds a Relu into the Q after it: the Relu node disappears and the
-    Conv or Add before it takes its output name, so the DQ output is the module's output through
-    that ReLU. For a residual block it is the block's output (the Add holds the pre-ReLU sum);
-    for a Conv+BN it is what the next layer sees of the BN output. Clipping the eager output at
-    0 the same way compares what the next layer sees on both sides; a clip at the top of the
-    calibrated range is not undone and stays a divergence.
-    """
-    constants = {init.name: init for init in model.graph.initializer}
-    dequantized = {}  # Q output -> DQ output, the first DQ reading it (any other is identical)
-    for node in model.graph.node:
-        if node.op_type == "DequantizeLinear":
-            dequantized.setdefault(node.input[0], node.output[0])
-    views = {}
-    for node in model.graph.node:
-        if node.op_type != "QuantizeLinear" or node.output[0] not in dequantized:
-            continue
-        if len(node.input) < 3 or not node.input[2]:
-            clips = True  # no zero point: uint8 with zero point 0
-        elif node.input[2] in constants:
-            zero_point = numpy_helper.to_array(constants[node.input[2]])
-            clips = (np.issubdtype(zero_point.dtype, np.integer)
-                     and bool(np.all(zero_point == np.iinfo(zero_point.dtype).min)))
-        else:
-            clips = False  # a computed zero point: no folded ReLU that we can tell
-        views.setdefault(node.input[0], (dequantized[node.output[0]], clips))
-    return views
+    scopes = node_scopes(node)
+    return None if scopes is None else [s for s in scopes if s and s in module_names]
 
 
 def module_calls(model: onnx.ModelProto, module_names: set[str]) -> list[ModuleCall]:
@@ -128,25 +90,11 @@ def module_calls(model: onnx.ModelProto, module_names: set[str]) -> list[ModuleC
             open_runs[module].position = position
         previous = current
     calls.extend(open_runs.values())
-    views = _quantized_views(model)
+    views = quantized_views(model)
     for call in calls:
         if call.tensor in views:
             call.tensor, call.clipped_at_zero = views[call.tensor]
     return sorted(calls, key=lambda c: (c.position, -c.module.count(".")))
-
-
-def _with_outputs(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
-    """A copy of ``model`` that also outputs ``tensors`` (types from shape inference)."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    types = {value.name: value for value in inferred.graph.value_info}
-    augmented = onnx.ModelProto()
-    augmented.CopyFrom(model)
-    existing = {output.name for output in augmented.graph.output}
-    for name in tensors:
-        if name not in existing and name in types:
-            augmented.graph.output.append(types[name])
-            existing.add(name)
-    return augmented
 
 
 def _eager_outputs(module: nn.Module, x: torch.Tensor, names: set[str]) -> dict[str, list]:
@@ -174,7 +122,7 @@ def bisect(module: nn.Module, model: onnx.ModelProto, inputs: np.ndarray, tolera
     """Compare every module call's output eager vs ONNX; name the first over ``tolerance``."""
     module_names = {name for name, _ in module.named_modules() if name}
     calls = module_calls(model, module_names)
-    session = load_session(_with_outputs(model, [c.tensor for c in calls]).SerializeToString(),
+    session = load_session(with_outputs(model, [c.tensor for c in calls]).SerializeToString(),
                            providers=providers)
     exposed = [output.name for output in session.get_outputs()]
     feed = {session.get_inputs()[0].name: inputs}

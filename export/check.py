@@ -17,6 +17,7 @@ import torch
 from edgecnn.errors import BadInput
 from edgecnn.export import bisect as bisecting
 from edgecnn.export.calibration import batches, load_image_folder
+from edgecnn.export.int8_report import Int8Report, int8_report, markdown_tables
 from edgecnn.export.exporter import (
     StepCallback, build_model, export_model, random_input, run_eager,
 )
@@ -46,6 +47,7 @@ class CheckReport:
     verdict: Verdict
     bisect: bisecting.BisectResult | None = None
     notes: list[str] = field(default_factory=list)
+    per_layer: Int8Report | None = None  # where the int8 error comes from (check --per-layer)
 
     @property
     def outputs(self) -> list[OutputReport]:
@@ -65,7 +67,8 @@ class CheckReport:
                 "images": self.images, "rows": self.rows, "tolerance_rel_l2": self.tolerance,
                 "min_top1": self.verdict.min_top1,
                 "passed": self.passed, "outputs": [o.as_dict() for o in self.outputs],
-                "bisect": self.bisect.as_dict() if self.bisect else None, "notes": self.notes}
+                "bisect": self.bisect.as_dict() if self.bisect else None, "notes": self.notes,
+                "per_layer": self.per_layer.as_dict() if self.per_layer else None}
 
     def to_markdown(self) -> str:
         lines = [f"# Parity check: {self.model} ({self.precision})", "",
@@ -88,6 +91,8 @@ class CheckReport:
                 f"`{first.tensor}`), rel_l2 {first.metrics.rel_l2:.3e}" if first
                 else "no module output over the tolerance")]
         lines += [f"- note: {note}" for note in self.notes]
+        if self.per_layer is not None:
+            lines += ["", "## int8 per layer", "", *markdown_tables(self.per_layer)]
         return "\n".join(lines) + "\n"
 
 
@@ -216,6 +221,12 @@ def convert_precision(fp32_path: Path, precision: str, output: Path,
     return output
 
 
+def _is_int8(model, metadata: ModelMetadata | None) -> bool:
+    if metadata is not None:
+        return metadata.precision == "int8"
+    return any(node.op_type == "QuantizeLinear" for node in model.graph.node)
+
+
 def _check_architecture(name: str, model, source: str, eager_input: Sequence[int],
                         eager_outputs: Sequence[Sequence[int]]) -> None:
     """BadInput unless ``model`` has the named model's interface (never a bogus pass)."""
@@ -277,7 +288,7 @@ def check_parity(name: str, onnx_path: str | os.PathLike | None = None, *,
                  weights: str | os.PathLike | None = None, num_classes: int | None = None,
                  input_size: int | Sequence[int] | None = None, in_channels: int | None = None,
                  model_options: dict | None = None, bisect: bool = False,
-                 on_step: StepCallback | None = None) -> CheckReport:
+                 per_layer: bool = False, on_step: StepCallback | None = None) -> CheckReport:
     """Compare eager ``name`` with its ONNX export (or ``onnx_path``) on random inputs.
 
     ``name``: a registered model, ``package.module:callable``, ``path/file.py:callable`` or a
@@ -289,6 +300,8 @@ def check_parity(name: str, onnx_path: str | os.PathLike | None = None, *,
     file's fixed batch size). ``images``: a folder of jpg/png added to the inputs, preprocessed
     from the file's metadata. The eager model is rebuilt from ``seed``/``weights``/
     ``num_classes`` (once, for both sides): pass the values the file was exported with.
+    ``per_layer``: an int8 file's per-layer report (export/int8_report.py) against a fresh fp32
+    export of the same model, on the same inputs.
     """
     step = on_step or (lambda message: None)
     # a model that is not registered learns its input size from the file, once it is read
@@ -301,6 +314,10 @@ def check_parity(name: str, onnx_path: str | os.PathLike | None = None, *,
         check_precision(precision)
     if precision == "bf16":
         providers = bf16_providers(providers)
+    if per_layer and precision not in (None, "int8"):
+        raise BadInput(f"per_layer reports on int8 files, not {precision}")
+    if per_layer and onnx_path is None and precision is None:
+        raise BadInput("per_layer reports on int8 files: give an int8 file or precision int8")
     step(f"building eager {name}")
     with tempfile.TemporaryDirectory(prefix="edgecnn-check-") as work:
         if onnx_path is None:
@@ -323,6 +340,9 @@ def check_parity(name: str, onnx_path: str | os.PathLike | None = None, *,
         fixed = fixed_batch(model)
         batch = _batch_size(fixed, path, batch)
         channels, height, width = _input_chw(model, metadata, str(path))
+        if per_layer and not _is_int8(model, metadata):
+            raise BadInput(f"per_layer reports on int8 files; {path} is "
+                           f"{metadata.precision if metadata else 'fp32'}")
         if onnx_path is not None:
             spec = spec or resolve_spec(name, input_size=(height, width), in_channels=channels)
             module = build_model(spec, num_classes=num_classes, weights=weights, seed=seed,
@@ -346,6 +366,14 @@ def check_parity(name: str, onnx_path: str | os.PathLike | None = None, *,
         report = check_onnx(module, path, inputs, precision=precision, providers=providers,
                             tolerance=tolerance, min_top1=min_top1, bisect=bisect,
                             model_name=spec.name, image_rows=image_rows, on_step=step)
+        if per_layer:
+            step("comparing int8 with fp32 layer by layer")
+            fp32 = export_model(spec, Path(work) / "fp32.onnx", input_size=(height, width),
+                                num_classes=num_classes, weights=weights, seed=seed,
+                                in_channels=channels if channels != spec.input_size[0] else None,
+                                model_options=options, check=False, module=module).path
+            report.per_layer = int8_report(fp32, path, np.concatenate([b for b in inputs]),
+                                           name=spec.name)
     report.onnx_path = str(onnx_path or f"(fresh export, {report.precision})")
     report.notes[:0] = notes
     if not report.passed and onnx_path is not None and not any("NaN" in n for n in report.notes):

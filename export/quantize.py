@@ -26,6 +26,9 @@ from edgecnn.export.calibration import (
     DEFAULT_CALIBRATION_SIZE, RANDOM, WarnCallback, batches, existing_source, load_calibration,
     load_validation, random_inputs,
 )
+from edgecnn.export.int8_report import (
+    Int8Report, check_int8_report_path, int8_report, write_int8_report,
+)
 from edgecnn.runtime.external_data import model_size
 from edgecnn.runtime.files import check_output_path, work_directory
 from edgecnn.export.parity import ParityMetrics, Verdict, judge
@@ -33,7 +36,7 @@ from edgecnn.export.quantize_input import (
     graph_input, load_float_model, name_unnamed_nodes, resolve_keep_float, resolve_metadata,
 )
 from edgecnn.export.quantize_recipes import (
-    EXPORT_MODES, ProgressCallback, QuantizeJob, Recipe, get_recipe,
+    EXPORT_MODES, Int8Static, ProgressCallback, QuantizeJob, Recipe, get_recipe,
 )
 from edgecnn.runtime import ModelMetadata, load_session
 from edgecnn.runtime.onnx_file import (
@@ -63,6 +66,8 @@ class QuantizeResult:
     accuracy: dict | None = None  # fp32 / quantized top-1 on the validation set
     kept_float: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    report: Int8Report | None = None  # the per-layer report (``report=``)
+    report_path: Path | None = None
 
     @property
     def size_ratio(self) -> float:
@@ -83,7 +88,10 @@ class QuantizeResult:
                 "parity": self.parity.as_dict() if self.parity else None,
                 "outputs": [o.as_dict() for o in self.verdict.outputs] if self.verdict else None,
                 "accuracy": self.accuracy, "kept_float": self.kept_float,
-                "warnings": self.warnings}
+                "warnings": self.warnings,
+                "report": None if self.report_path is None else str(self.report_path),
+                "keep_float_suggestions":
+                    self.report.keep_float_suggestions() if self.report else None}
 
 
 def run_model(model: onnx.ModelProto, inputs: np.ndarray) -> list[np.ndarray]:
@@ -183,6 +191,8 @@ def quantize_model(model_path: str | os.PathLike, output_path: str | os.PathLike
                    std: Sequence[float] | None = None, preprocessing: Mapping | None = None,
                    external_data: bool = False, check: bool = True, seed: int = 0,
                    target: str = "cpu", recipe: Recipe | None = None,
+                   report: str | os.PathLike | None = None, per_tensor: bool = False,
+                   equalize: bool = False,
                    on_step: StepCallback | None = None,
                    on_progress: ProgressCallback | None = None,
                    on_warning: WarnCallback | None = None) -> QuantizeResult:
@@ -209,6 +219,13 @@ def quantize_model(model_path: str | os.PathLike, output_path: str | os.PathLike
         the RGB stem rewritten for its int8 kernel) or "openvino" (the plain stem).
     check: the result must match fp32 within the model's bound for its precision (the one
         ``edgecnn check`` applies); CheckFailed otherwise.
+    report: static int8 only: write the per-layer report (export/int8_report.py) of the result
+        against the fp32 model to this FILE.html, .md or .json, on the check inputs; it is
+        written even when the check then fails (it says why).
+    per_tensor: static int8 only: one scale per weight tensor (NPUs and DSPs that need it)
+        instead of one per output channel.
+    equalize: static int8 only: cross-layer equalization of consecutive conv pairs (exact in
+        float) before quantizing, bias correction on the calibration data after it.
     Raises BadInput before anything is written; nothing is left behind on any failure.
     """
     started = time.perf_counter()
@@ -219,8 +236,13 @@ def quantize_model(model_path: str | os.PathLike, output_path: str | os.PathLike
         messages.append(message)
         (on_warning or (lambda text: warnings.warn(text, stacklevel=3)))(message)
 
-    recipe = recipe or get_recipe(mode, method=method, target=target)
+    recipe = recipe or get_recipe(mode, method=method, target=target, per_tensor=per_tensor,
+                                  equalize=equalize)
     _check_options(recipe, accuracy_budget, validation, calibration_size)
+    if report is not None:
+        if not isinstance(recipe, Int8Static):
+            raise BadInput(f"report describes static int8 (QDQ) files, not mode {recipe.mode}")
+        report = check_int8_report_path(report)
     source_path = Path(model_path)
     output = check_output_path(output_path or default_output(source_path, recipe.mode))
     if output.resolve() == source_path.resolve():
@@ -252,7 +274,8 @@ def quantize_model(model_path: str | os.PathLike, output_path: str | os.PathLike
 
     # onnxruntime's own temporary folders go inside workdir: one clean-up removes them all.
     with work_directory("edgecnn-quantize-") as workdir:
-        job = QuantizeJob(model, workdir, calibration_set, keep_io_float, on_progress)
+        job = QuantizeJob(recipe.float_model(model), workdir, calibration_set, keep_io_float,
+                          on_progress)
         kept, trials = list(excluded), None
         if accuracy_budget is not None:
             from edgecnn.export.sensitivity import BudgetSearch, candidate_layers
@@ -271,6 +294,11 @@ def quantize_model(model_path: str | os.PathLike, output_path: str | os.PathLike
     if trials is not None:
         details["search_trials"] = trials
     details["kept_float"] = kept
+    layers = None
+    if report is not None:
+        step("comparing int8 with fp32 layer by layer")
+        layers = int8_report(job.model, quantized, check_inputs, name=source_path.name)
+        write_int8_report(layers, report)
 
     verdict = accuracy = None
     if reference is not None:
@@ -285,8 +313,11 @@ def quantize_model(model_path: str | os.PathLike, output_path: str | os.PathLike
                               f"the validation set > budget {accuracy_budget:g}; nothing written")
     if check and not verdict.passed:
         raise CheckFailed(f"{recipe.mode} differs from fp32 beyond the {recipe.precision} bound: "
-                          f"{verdict.failures()}; nothing written (keep sensitive layers in "
-                          "float, or skip the check to write it anyway)")
+                          f"{verdict.failures()}; "
+                          + (f"no model written (the per-layer report: {report}; keep its "
+                             "suggested layers in float)" if report is not None else
+                             "nothing written (keep sensitive layers in float, or skip the "
+                             "check to write it anyway)"))
     _finish(quantized, model, replace(metadata, precision=recipe.precision, quantization=details)
             if described else None)
     with writing_model(quantized, output, external_data) as (_, size):
@@ -296,7 +327,7 @@ def quantize_model(model_path: str | os.PathLike, output_path: str | os.PathLike
                           source_size_bytes=model_size(source_path),
                           seconds=time.perf_counter() - started, quantization=details,
                           verdict=verdict if check else None, accuracy=accuracy,
-                          kept_float=kept, warnings=messages)
+                          kept_float=kept, warnings=messages, report=layers, report_path=report)
 
 
 def export_quantized(name: str, output: str | os.PathLike | None = None, *, quantize: str,

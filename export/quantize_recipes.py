@@ -55,6 +55,10 @@ class Recipe:
         """The dtype the quantized model's input takes."""
         return np.float32
 
+    def float_model(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        """The fp32 model the recipe quantizes: ``model`` or an exact rewrite of it."""
+        return model
+
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     """onnxruntime's quantizers save the ModelProto they get with external data in a temporary
@@ -64,7 +68,7 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return copy
 
 
-def _reader(name: str, chunks: list[np.ndarray], progress: ProgressCallback | None):
+def calibration_reader(name: str, chunks: list[np.ndarray], progress: ProgressCallback | None):
     from onnxruntime.quantization import CalibrationDataReader
 
     done = np.cumsum([0] + [len(chunk) for chunk in chunks])  # samples run before each chunk
@@ -122,7 +126,7 @@ def int8_static(model: onnx.ModelProto, calibration: InputSet, recipe: Int8Stati
         model, cache = split_stem(model, stem), cache.with_name(f"{cache.stem}-split{cache.suffix}")
     reader = None
     if not cache.is_file():
-        reader = _reader(name, calibration_batches(calibration.inputs, fixed_batch(model)),
+        reader = calibration_reader(name, calibration_batches(calibration.inputs, fixed_batch(model)),
                          progress)
     extra = {"CalibPercentile": PERCENTILE}
     output = cache.with_name(f"int8-{len(exclude)}.onnx")
@@ -202,14 +206,30 @@ class Int8Static(Recipe):
     # onnxruntime's fast int8 kernel (export/rgb_stem.py); OpenVINO runs the plain stem faster
     # (docs/openvino.md).
     target: str = "cpu"
+    # Cross-layer equalization of consecutive conv pairs (exact in float) before quantizing,
+    # and bias correction on the calibration data after it (export/equalize.py).
+    equalize: bool = False
 
     @property
     def split_rgb_stem(self) -> bool:
         return self.target == "cpu"
 
+    def float_model(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        if not self.equalize:
+            return model
+        from edgecnn.export.equalize import equalize_pairs
+
+        return equalize_pairs(model)
+
     def quantize(self, job: QuantizeJob, exclude: Sequence[str]) -> onnx.ModelProto:
-        return int8_static(job.model, job.calibration, self, exclude,
-                           job.workdir / "calibration.json", job.progress)
+        cache = job.workdir / "calibration.json"
+        quantized = int8_static(job.model, job.calibration, self, exclude, cache, job.progress)
+        if not self.equalize:
+            return quantized
+        from edgecnn.export.equalize import correct_biases
+
+        corrected = correct_biases(job.model, quantized, job.calibration.inputs)
+        return int8_static(corrected, job.calibration, self, exclude, cache, job.progress)
 
     def describe(self, job: QuantizeJob, kept: Sequence[str]) -> dict:
         details = {"mode": "static", "format": "QDQ", "method": self.method,
@@ -218,6 +238,8 @@ class Int8Static(Recipe):
                    "activations": "uint8 asymmetric per-tensor",
                    "calibration": job.calibration.source,
                    "calibration_size": len(job.calibration), "target": self.target}
+        if self.equalize:
+            details["equalized"] = "cross-layer equalization of conv pairs, bias correction"
         rewrites = int8_rewrites(job.model, kept, self)
         if rewrites:
             details["graph_rewrites"] = rewrites
@@ -263,9 +285,11 @@ MODES = tuple(RECIPES)
 EXPORT_MODES = tuple(mode for mode, recipe in RECIPES.items() if recipe.exportable)
 
 
-def get_recipe(mode: str, *, method: str = "minmax", target: str = "cpu") -> Recipe:
+def get_recipe(mode: str, *, method: str = "minmax", target: str = "cpu",
+               per_tensor: bool = False, equalize: bool = False) -> Recipe:
     """The recipe of ``mode`` (calibrated ones with ``method``, static int8 tuned for the
-    ``target`` provider); BadInput when unknown."""
+    ``target`` provider, with one weight scale per tensor instead of per channel, with
+    cross-layer equalization); BadInput when unknown or not static int8's."""
     if mode not in RECIPES:
         raise BadInput(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if method not in METHODS:
@@ -273,4 +297,10 @@ def get_recipe(mode: str, *, method: str = "minmax", target: str = "cpu") -> Rec
     if target not in TARGETS:
         raise BadInput(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
     recipe = RECIPES[mode]
-    return replace(recipe, method=method, target=target) if isinstance(recipe, Int8Static) else recipe
+    for name, value in (("per_tensor", per_tensor), ("equalize", equalize)):
+        if value and not isinstance(recipe, Int8Static):
+            raise BadInput(f"{name} applies to mode int8 (static), not {mode}")
+    if not isinstance(recipe, Int8Static):
+        return recipe
+    return replace(recipe, method=method, target=target, per_channel=not per_tensor,
+                   equalize=equalize)

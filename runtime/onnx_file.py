@@ -163,3 +163,17 @@ def writing_model(model: onnx.ModelProto, path: str | os.PathLike,
             onnx.save_model(model, str(temporary))
         check_model(temporary)
         yield temporary, sum(file.stat().st_size for file in work.iterdir())
+
+
+def with_outputs(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` that also outputs ``tensors`` (types from shape inference)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {value.name: value for value in inferred.graph.value_info}
+    augmented = onnx.ModelProto()
+    augmented.CopyFrom(model)
+    existing = {output.name for output in augmented.graph.output}
+    for name in tensors:
+        if name not in existing and name in types:
+            augmented.graph.output.append(types[name])
+            existing.add(name)
+    return augmented

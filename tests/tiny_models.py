@@ -81,3 +81,63 @@ def normalize(images: np.ndarray, info: InputInfo) -> np.ndarray:
     mean = np.asarray(info.mean, dtype=np.float64)
     std = np.asarray(info.std, dtype=np.float64)
     return ((images.astype(np.float64) / info.scale - mean) / std).transpose(0, 3, 1, 2)
+
+
+PLANTED_NODE = "conv2"  # the layer `planted_cnn` makes bad for int8
+PLANTED_CHANNEL = 3
+
+
+def planted_cnn(path: Path, *, outlier: float = 100.0, depthwise: bool = False,
+                seed: int = 0) -> Path:
+    """conv1 -> Relu -> conv2 -> Relu -> conv3 -> Relu -> global pool -> Gemm (3x16x16 -> 4
+    classes), fp32 with edgecnn metadata, whose conv2 output channel PLANTED_CHANNEL is
+    ``outlier`` times larger (its filter and bias scaled up) and which conv3 reads scaled back
+    down: the same function as without the plant, in float, but the Relu output between them
+    has one channel with a 100x range, so int8 leaves the other channels a few levels.
+    ``depthwise``: conv3 is a depthwise conv (one filter per channel)."""
+    rng = np.random.default_rng(seed)
+    channels = 8
+
+    def conv_weight(out_channels: int, in_channels: int) -> np.ndarray:
+        return (rng.standard_normal((out_channels, in_channels, 3, 3))
+                / np.sqrt(9 * in_channels)).astype(np.float32)
+
+    w1, w2 = conv_weight(channels, 3), conv_weight(channels, channels)
+    w3 = conv_weight(channels, 1 if depthwise else channels)
+    b1, b2, b3 = (rng.standard_normal(channels).astype(np.float32) * 0.1 for _ in range(3))
+    w2[PLANTED_CHANNEL] *= outlier
+    b2[PLANTED_CHANNEL] *= outlier
+    if depthwise:
+        w3[PLANTED_CHANNEL] /= outlier
+    else:
+        w3[:, PLANTED_CHANNEL] /= outlier
+    fc = rng.standard_normal((4, channels)).astype(np.float32)
+    inits = [numpy_helper.from_array(array, name) for array, name in (
+        (w1, "conv1.weight"), (b1, "conv1.bias"), (w2, "conv2.weight"), (b2, "conv2.bias"),
+        (w3, "conv3.weight"), (b3, "conv3.bias"), (fc, "fc.weight"),
+        (np.zeros(4, np.float32), "fc.bias"))]
+    pads = {"pads": [1, 1, 1, 1]}
+    nodes = [
+        helper.make_node("Conv", ["input", "conv1.weight", "conv1.bias"], ["c1"], "conv1", **pads),
+        helper.make_node("Relu", ["c1"], ["r1"], "relu1"),
+        helper.make_node("Conv", ["r1", "conv2.weight", "conv2.bias"], ["c2"], "conv2", **pads),
+        helper.make_node("Relu", ["c2"], ["r2"], "relu2"),
+        helper.make_node("Conv", ["r2", "conv3.weight", "conv3.bias"], ["c3"], "conv3",
+                         group=channels if depthwise else 1, **pads),
+        helper.make_node("Relu", ["c3"], ["r3"], "relu3"),
+        helper.make_node("GlobalAveragePool", ["r3"], ["pooled"], "pool"),
+        helper.make_node("Flatten", ["pooled"], ["flat"], "flatten"),
+        helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], "fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "planted_cnn",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    info = InputInfo(shape=[3, 16, 16], color="RGB", mean=[0.5] * 3, std=[0.25] * 3)
+    meta = ModelMetadata(model="planted_cnn", task="classification", input=info)
+    model.metadata_props.add(key=METADATA_KEY, value=meta.to_json())
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path

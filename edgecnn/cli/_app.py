@@ -20,6 +20,7 @@ from rich.progress import (
     BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
 )
 from rich.text import Text
+from rich.table import Table
 from rich.markup import escape  # noqa: F401  (for the command modules)
 
 from edgecnn.errors import BadInput
@@ -332,6 +333,37 @@ def print_quantize_summary(result) -> None:
                   + (f", budget {budget:g})" if budget is not None else ")"))
     if result.kept_float:
         out.print(f"kept in float: {safe(', '.join(result.kept_float))}")
+
+
+def print_keep_float_suggestions(suggestions: list[dict]) -> None:
+    """The per-layer report's ``--keep-float`` suggestions, one line each."""
+    for suggestion in suggestions:
+        out.print(f"suggestion: --keep-float {safe(','.join(suggestion['nodes']))}  "
+                  f"({safe(suggestion['module'])}: {safe(suggestion['reason'])})")
+
+
+def print_int8_report(report, limit: int = 10) -> None:
+    """The worst rows of an int8 per-layer report (export/int8_report.py) and its suggestions."""
+    from edgecnn.export.int8_report import format_db
+
+    table = Table("module", "tensor", "op", "own SQNR dB", "worst channel dB", "accumulated dB",
+                  title=f"int8 activations, worst {min(limit, len(report.activations))} of "
+                        f"{len(report.activations)}")
+    for row in report.activations[:limit]:
+        table.add_row(safe(row.module), safe(row.tensor), safe(row.op_type), format_db(row.sqnr_db),
+                      f"{format_db(row.worst_channel_sqnr_db)} (ch {row.worst_channel})",
+                      format_db(row.accumulated_sqnr_db))
+    out.print(table)
+    weights = Table("module", "weight", "SQNR dB", "worst channel dB", "range", "scales",
+                    title=f"int8 weights, worst {min(limit, len(report.weights))} of "
+                          f"{len(report.weights)}")
+    for row in report.weights[:limit]:
+        weights.add_row(safe(row.module), safe(row.name), format_db(row.sqnr_db),
+                        f"{format_db(row.worst_channel_sqnr_db)} (ch {row.worst_channel})",
+                        f"[{row.minimum:.3g}, {row.maximum:.3g}]",
+                        "per channel" if row.per_channel else "per tensor")
+    out.print(weights)
+    print_keep_float_suggestions(report.keep_float_suggestions())
 
 
 def human_size(size: int) -> str:

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from edgecnn.cli._app import (
     InputSizeOpt, JsonOpt, ModelOptionOpt, NumClassesOpt, WeightsOpt, app, err, out,
-    parse_input_size, parse_model_options, print_json, progress, safe,
+    parse_input_size, parse_model_options, print_int8_report, print_json, progress, safe,
 )
 from edgecnn.errors import BadInput
 
@@ -38,6 +38,8 @@ def _print_report(report) -> None:
             out.print(f"bisect: first divergence at [bold]{safe(first.module)}[/bold]"
                       f" (call {first.call}, ONNX tensor {safe(first.tensor)}): "
                       f"rel_l2 {first.metrics.rel_l2:.3e}, max_abs {first.metrics.max_abs:.3e}")
+    if report.per_layer is not None:
+        print_int8_report(report.per_layer)
     for note in report.notes:
         err.print(f"note: {safe(note)}")
 
@@ -84,6 +86,9 @@ def check_command(
              "gives its own).")] = None,
     model_option: ModelOptionOpt = None,
     bisect: Annotated[bool, typer.Option(help="Find the first module where outputs diverge.")] = False,
+    per_layer: Annotated[bool, typer.Option(
+        "--per-layer", help="int8 files: where the error comes from, per quantized activation "
+                            "and weight (SQNR against a fresh fp32 export), worst first.")] = False,
     report: Annotated[Optional[str], typer.Option(help="Also write the report to FILE.md or FILE.json.")] = None,
     json_output: JsonOpt = False,
 ) -> None:
@@ -102,7 +107,7 @@ def check_command(
             providers=provider, tolerance=tolerance, min_top1=min_top1, seed=seed, weights=weights,
             num_classes=num_classes, input_size=parse_input_size(input_size),
             in_channels=in_channels, model_options=parse_model_options(model_option), bisect=bisect,
-            on_step=on_step)
+            per_layer=per_layer, on_step=on_step)
     if report:
         write_report(result, report)
     if json_output:

@@ -9,7 +9,8 @@ import typer
 
 from edgecnn.cli._app import (
     CalibrationOpt, CalibrationSizeOpt, ExternalDataOpt, JsonOpt, OutputOpt, TargetOpt, app,
-    print_json, print_quantize_summary, print_warning, progress,
+    out, print_json, print_keep_float_suggestions, print_quantize_summary, print_warning,
+    progress, safe,
 )
 from edgecnn.cli._preprocessing_flags import with_preprocessing_flags
 
@@ -54,6 +55,18 @@ def quantize_command(
     seed: Annotated[int, typer.Option(help="Seed of the calibration subset and random inputs.")] = 0,
     target: TargetOpt = "cpu",
     external_data: ExternalDataOpt = False,
+    report: Annotated[Optional[str], typer.Option(
+        "--report", metavar="FILE",
+        help="int8: also write the per-layer report (SQNR of every quantized activation and "
+             "weight against fp32, worst first; the HTML one plots it) to FILE.html, .md or "
+             ".json, and print --keep-float suggestions from it.")] = None,
+    per_tensor: Annotated[bool, typer.Option(
+        "--per-tensor", help="int8: one scale per weight tensor instead of per output channel "
+                             "(NPUs and DSPs that need per-tensor scales).")] = False,
+    equalize: Annotated[bool, typer.Option(
+        "--equalize", help="int8: cross-layer equalization of consecutive conv pairs (conv -> "
+                           "[Relu] -> conv, depthwise included; exact in float) before "
+                           "quantizing, and bias correction on the calibration data.")] = False,
     json_output: JsonOpt = False,
     preprocessing: dict | None = None,
 ) -> None:
@@ -66,9 +79,12 @@ def quantize_command(
             method=method, keep_float=split_names(keep_float), accuracy_budget=accuracy_budget,
             validation=validation, keep_io_float=keep_io_float,
             preprocessing=preprocessing, external_data=external_data, check=check, seed=seed,
-            target=target,
+            target=target, report=report, per_tensor=per_tensor, equalize=equalize,
             on_step=on_step, on_progress=on_progress, on_warning=print_warning)
     if json_output:
         print_json(result.as_dict())
     else:
         print_quantize_summary(result)
+        if result.report is not None:
+            out.print(f"per-layer report: {safe(result.report_path)}")
+            print_keep_float_suggestions(result.report.keep_float_suggestions())
