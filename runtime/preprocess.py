@@ -51,7 +51,8 @@ def as_image_list(images) -> list:
     return list(images)
 
 
-def load_image(image: ImageLike, color: str = "RGB") -> Image.Image:
+def load_image(image: ImageLike, color: str = "RGB", *,
+               max_pixels: int | None = None) -> Image.Image:
     """A PIL image in ``color``'s mode from a path, a PIL image or a uint8 array: RGB for "RGB"
     and "BGR" (``preprocess_images`` reverses the channels of BGR), luma for "GRAY"."""
     if color not in PIL_MODES:
@@ -62,7 +63,7 @@ def load_image(image: ImageLike, color: str = "RGB") -> Image.Image:
     elif isinstance(image, np.ndarray):
         picture = _from_array(image)
     elif isinstance(image, (str, os.PathLike)):
-        picture = _open(image)
+        picture = _open(image, max_pixels)
     else:
         raise BadInput(f"expected an image path, a PIL image or a uint8 array, got "
                        f"{type(image).__name__}")
@@ -93,7 +94,7 @@ def _to_8_bit(picture: Image.Image) -> Image.Image:
     return picture
 
 
-def _open(path: str | os.PathLike) -> Image.Image:
+def _open(path: str | os.PathLike, max_pixels: int | None = None) -> Image.Image:
     try:
         # Image.open raises on a pixel count past Pillow's limit before decoding anything.
         with Image.open(path) as picture:
@@ -139,7 +140,8 @@ def resize_and_crop(picture: Image.Image, height: int, width: int,
 
 
 def preprocess_images(images: ImageLike | Iterable[ImageLike], input_info: InputInfo, *,
-                      crop_fraction: float | None = None) -> np.ndarray:
+                      crop_fraction: float | None = None,
+                      max_pixels: int | None = None) -> np.ndarray:
     """A float32 batch (N, C, H, W) (or (N, H, W, C) for an NHWC model) ready for the model.
 
     ``crop_fraction`` overrides the metadata's ``input_info.crop_fraction``.
@@ -154,7 +156,7 @@ def preprocess_images(images: ImageLike | Iterable[ImageLike], input_info: Input
     if layout not in ("NCHW", "NHWC"):
         raise BadInput(f"unsupported layout {input_info.layout!r} in the model metadata")
     height, width = input_info.height_width
-    pictures = [resize_and_crop(load_image(image, color), height, width, crop_fraction)
+    pictures = [resize_and_crop(load_image(image, color, max_pixels=max_pixels), height, width, crop_fraction)
                 for image in as_image_list(images)]
     if not pictures:
         raise BadInput("no images given")
