@@ -80,7 +80,7 @@ def run_files(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], *,
     """
     if top_k < 1:
         raise BadInput(f"top_k must be >= 1, got {top_k}")
-    check_stream_options(batch, workers)
+    check_stream_options(batch, workers, max_pixels)
     if resume and output is None:
         raise BadInput("resume needs output (the file to continue)")
     paths = expand_inputs(inputs)

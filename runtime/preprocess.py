@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from typing import Iterable, Union
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from edgecnn.errors import BadInput, first_line
 from edgecnn.runtime.metadata import InputInfo
@@ -26,6 +27,10 @@ from edgecnn.runtime.metadata import InputInfo
 DEFAULT_CROP_FRACTION = InputInfo.crop_fraction  # ImageNet eval: Resize(256) + CenterCrop(224)
 PIL_MODES = {"RGB": "RGB", "BGR": "RGB", "GRAY": "L"}  # BGR: RGB, channels reversed after
 CHANNELS = {"RGB": 3, "BGR": 3, "GRAY": 1}
+DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # 89,478,485 (Pillow's; about 9459 x 9459)
+# _open refuses images over max_pixels itself, so Pillow's warning between its limit and twice
+# it (then Image.open raises) would only add a second line to that error.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
 
@@ -95,10 +100,21 @@ def _to_8_bit(picture: Image.Image) -> Image.Image:
 
 
 def _open(path: str | os.PathLike, max_pixels: int | None = None) -> Image.Image:
+    """Decode an image file as a viewer shows it (docs/runtime.md, "Image decoding"): the
+    first frame of an animation, turned by its EXIF orientation; refused from its header alone
+    when it has more than ``max_pixels`` (default Pillow's limit, DEFAULT_MAX_PIXELS)."""
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise BadInput(f"max_pixels must be an integer >= 1, got {limit!r}")
     try:
-        # Image.open raises on a pixel count past Pillow's limit before decoding anything.
+        # Image.open reads the header only (and raises past twice Pillow's own limit).
         with Image.open(path) as picture:
-            picture.load()  # decode now, so a truncated file fails here with its name
+            pixels = picture.width * picture.height
+            if pixels > limit:
+                raise BadInput(f"cannot read image {path}: {picture.width}x{picture.height} is "
+                               f"{pixels} pixels, over max_pixels={limit}")
+            picture.load()  # decode now (frame 0), so a truncated file fails here with its name
+            ImageOps.exif_transpose(picture, in_place=True)
             return picture
     except FileNotFoundError:
         raise BadInput(f"image not found: {path}") from None
@@ -156,8 +172,8 @@ def preprocess_images(images: ImageLike | Iterable[ImageLike], input_info: Input
     if layout not in ("NCHW", "NHWC"):
         raise BadInput(f"unsupported layout {input_info.layout!r} in the model metadata")
     height, width = input_info.height_width
-    pictures = [resize_and_crop(load_image(image, color, max_pixels=max_pixels), height, width, crop_fraction)
-                for image in as_image_list(images)]
+    pictures = [resize_and_crop(load_image(image, color, max_pixels=max_pixels), height, width,
+                                crop_fraction) for image in as_image_list(images)]
     if not pictures:
         raise BadInput("no images given")
     batch = np.stack([np.asarray(picture, dtype=np.float32) for picture in pictures])

@@ -115,8 +115,9 @@ def _preprocess_one(path: Path, info, crop_fraction, max_pixels) -> np.ndarray |
         return f"cannot read image {path}: {type(error).__name__}: {first_line(error)}"
 
 
-def check_stream_options(batch: int | None, workers: int | None) -> None:
-    for name, value in (("batch", batch), ("workers", workers)):
+def check_stream_options(batch: int | None, workers: int | None,
+                         max_pixels: int | None = None) -> None:
+    for name, value in (("batch", batch), ("workers", workers), ("max_pixels", max_pixels)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                   or value < 1):
             raise BadInput(f"{name} must be an integer >= 1, got {value!r}")
@@ -134,7 +135,7 @@ def stream_scores(engine, paths: Iterable[Path], *, batch: int | None = None,
     (``strict``: BadInput instead). Closing the iterator (or an exception in the caller,
     KeyboardInterrupt included) cancels the images queued and waits for those being decoded.
     """
-    check_stream_options(batch, workers)
+    check_stream_options(batch, workers, max_pixels)
     metadata = engine.require_metadata()
     engine.image_input()
     size = engine.fixed_batch or batch or DEFAULT_BATCH
