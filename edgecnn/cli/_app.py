@@ -158,7 +158,7 @@ ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="onnxruntim
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout, nothing else.")]
 CalibrationOpt = Annotated[Optional[str], typer.Option(
     "--calibration", metavar="PATH|random",
-    help="int8 calibration data: a folder of jpg/png images (preprocessed from the model's "
+    help="int8 calibration data: a folder of images (any of run's formats; preprocessed from the model's "
          "metadata), a .npy/.npz of ready inputs (N, C, H, W), or 'random' (no accuracy "
          "guarantee).")]
 MaxPixelsOpt = Annotated[Optional[int], typer.Option(
