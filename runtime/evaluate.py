@@ -24,7 +24,7 @@ from edgecnn.runtime.datasets import existing_source, labelled_files, load_array
 from edgecnn.runtime.engine import Engine
 from edgecnn.runtime.postprocess import usable_labels
 from edgecnn.runtime.providers import ProviderRequest
-from edgecnn.runtime.stream import DEFAULT_BATCH, stream_scores
+from edgecnn.runtime.stream import DEFAULT_BATCH, stream_scores, streaming_session_options
 
 TOP_K = 5
 
@@ -98,7 +98,8 @@ def evaluate(models: Sequence[str | os.PathLike], data: str | os.PathLike, *,
     if not models:
         raise BadInput("models needs at least one .onnx file")
     path = existing_source(data, "data")
-    engines = [Engine(model, provider, threads, fallback) for model in models]
+    engines = [Engine(model, provider, threads, fallback,
+                      session_options=streaming_session_options()) for model in models]
     classes = _classes(engines[0])
     for engine in engines[1:]:
         if _classes(engine) != classes:

@@ -161,6 +161,11 @@ CalibrationOpt = Annotated[Optional[str], typer.Option(
     help="int8 calibration data: a folder of images (any of run's formats; preprocessed from the model's "
          "metadata), a .npy/.npz of ready inputs (N, C, H, W), or 'random' (no accuracy "
          "guarantee).")]
+StreamBatchOpt = Annotated[Optional[int], typer.Option(
+    "--batch", help="Images per session call (default 16, or the model's fixed batch).")]
+WorkersOpt = Annotated[Optional[int], typer.Option(
+    "--workers", help="Threads decoding and preprocessing images while the model runs "
+                      "(default: the cores but one, 1 to 8).")]
 MaxPixelsOpt = Annotated[Optional[int], typer.Option(
     "--max-pixels", metavar="N",
     help="Refuse images of more pixels than this before decoding them (default: Pillow's "

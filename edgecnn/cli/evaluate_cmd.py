@@ -9,8 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from edgecnn.cli._app import (
-    JsonOpt, MaxPixelsOpt, ProviderOpt, ThreadsOpt, app, out, print_json, print_warning,
-    progress, safe, warnings_as_lines,
+    JsonOpt, MaxPixelsOpt, ProviderOpt, StreamBatchOpt, ThreadsOpt, WorkersOpt, app, out,
+    print_json, print_warning, progress, safe, warnings_as_lines,
 )
 from edgecnn.errors import BadInput
 
@@ -57,11 +57,8 @@ def evaluate_command(
         help="Classification models (e.g. one network in fp32, int8, fp16), then the labelled "
              "set: a folder with one sub-folder of images per class (named after the model's "
              "labels, else its classes in sorted order) or an .npz with 'inputs' and 'labels'.")],
-    batch: Annotated[Optional[int], typer.Option(
-        "--batch", help="Samples per session call (default 16, or the model's fixed batch).")] = None,
-    workers: Annotated[Optional[int], typer.Option(
-        "--workers", help="Threads decoding images while the model runs (default: the cores "
-                          "but one, 1 to 8).")] = None,
+    batch: StreamBatchOpt = None,
+    workers: WorkersOpt = None,
     plot: Annotated[Optional[str], typer.Option(
         "--plot", metavar="FILE.png",
         help="Draw the first model's confusion matrix into FILE (needs matplotlib).")] = None,

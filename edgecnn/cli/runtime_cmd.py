@@ -16,8 +16,8 @@ import typer
 from edgecnn.cli._app import (
     BenchBatchOpt, CacheDirOpt, ColorOpt, CropFractionOpt, InputNameOpt, JsonOpt, LabelsOpt,
     LayoutOpt, MaxPixelsOpt, MeanOpt, PreprocessInputSizeOpt, ProviderOpt, ScaleOpt, StdOpt,
-    TaskOpt, ThreadsOpt, app, out, print_fields, print_json, print_warning, progress,
-    preprocessing_settings, safe, warnings_as_lines,
+    StreamBatchOpt, TaskOpt, ThreadsOpt, WorkersOpt, app, out, print_fields, print_json,
+    print_warning, progress, preprocessing_settings, safe, warnings_as_lines,
 )
 from edgecnn.errors import BadInput
 
@@ -69,11 +69,8 @@ def run_command(
         "--masks", metavar="DIR",
         help="Segmentation: write each class map as a PNG of class indices under DIR, "
              "mirroring the image paths (photo.jpg -> DIR/photo.jpg.png).")] = None,
-    batch: Annotated[Optional[int], typer.Option(
-        "--batch", help="Images per session call (default 16, or the model's fixed batch).")] = None,
-    workers: Annotated[Optional[int], typer.Option(
-        "--workers", help="Threads decoding and preprocessing while the model runs (default: "
-                          "the cores but one, 1 to 8).")] = None,
+    batch: StreamBatchOpt = None,
+    workers: WorkersOpt = None,
     max_pixels: MaxPixelsOpt = None,
     provider: ProviderOpt = "auto",
     threads: ThreadsOpt = None,
