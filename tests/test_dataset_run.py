@@ -201,3 +201,30 @@ def test_segmentation_masks(cli, tmp_path, shots):
     np.testing.assert_array_equal(np.asarray(Image.open(mask_file)), Engine(model.path).predict(image))
     assert_one_line_error(cli("run", tmp_path / "seg.onnx", image, "--masks", masks, "--top-k", "0"),
                           2, "--top-k")
+
+
+def test_progress_bar_only_on_a_terminal_and_never_with_json(cli, tiny, shots, tmp_path,
+                                                             monkeypatch):
+    import contextlib
+
+    from edgecnn.cli import _app, runtime_cmd
+
+    calls = []
+
+    @contextlib.contextmanager
+    def recording(enabled=True):
+        with _app.progress(enabled) as (on_step, on_progress):  # the real one decides
+            calls.append(("bar", on_progress is not None))
+            yield on_step, on_progress and (lambda *args: calls.append(args) or on_progress(*args))
+
+    monkeypatch.setattr(runtime_cmd, "progress", recording)
+    monkeypatch.setattr(_app.err, "_force_terminal", True)
+    assert cli("run", tiny.path, shots, "-o", tmp_path / "p.jsonl").code == 0
+    assert calls[0] == ("bar", True) and calls[-1] == ("images", 20, 20)
+    for args, terminal in ((["-o", tmp_path / "p.jsonl", "--json"], True),
+                           (["-o", tmp_path / "p.jsonl"], False)):
+        calls.clear()
+        monkeypatch.setattr(_app.err, "_force_terminal", terminal)
+        result = cli("run", tiny.path, shots, *args)
+        assert result.code == 0 and calls == [("bar", False)]
+        assert "\x1b" not in result.stderr
