@@ -23,7 +23,7 @@ from edgecnn.errors import BadInput
 
 
 InputsArg = Annotated[list[str], typer.Argument(
-    metavar="INPUT...",
+    metavar="INPUT",
     help="Images: files (any format Pillow reads), folders (their image files, sub-folders "
          "included), globs ('shots/**/*.jpg') or @list.txt (one path a line).")]
 
