@@ -1,6 +1,6 @@
 """Where quantization gets its example inputs: an image folder, a ready array, or random pixels.
 
-    load_calibration("calib/", input_info, size=100)   # jpg/png, preprocessed like the runtime
+    load_calibration("calib/", input_info, size=100)   # image files, preprocessed like the runtime
     load_calibration("calib.npz", input_info)          # (N, C, H, W) float inputs, as given
     load_calibration("random", input_info)             # random pixels: a warning, no accuracy
     load_validation("val/", input_info, labels)        # class sub-folders, or an .npz with labels
@@ -12,24 +12,23 @@ Every problem with the source is a ``BadInput`` naming it.
 from __future__ import annotations
 
 import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
 
-from edgecnn.errors import BadInput, first_line
+from edgecnn.errors import BadInput
+from edgecnn.runtime.datasets import (
+    check_inputs, existing_source, labelled_files, load_arrays,
+)
 from edgecnn.runtime.metadata import InputInfo
 from edgecnn.runtime.preprocess import preprocess_images
+from edgecnn.runtime.stream import IMAGE_SUFFIXES, image_files
 
 RANDOM = "random"
 DEFAULT_CALIBRATION_SIZE = 100
 CALIBRATION_BATCH = 16  # samples per calibration run when the batch axis is dynamic
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-ARRAY_SUFFIXES = (".npy", ".npz")
-INPUT_KEYS = ("inputs", "input", "x")  # .npz keys tried for the inputs (after the input name)
-LABEL_KEYS = ("labels", "label", "y")
 
 WarnCallback = Callable[[str], None]
 
@@ -90,12 +89,6 @@ def _check_size(size: int | None) -> None:
         raise BadInput(f"--calibration-size must be >= 1, got {size}")
 
 
-def image_files(folder: Path) -> list[Path]:
-    """The jpg/png files under ``folder`` (sub-folders included), sorted."""
-    return sorted(path for path in folder.rglob("*")
-                  if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
-
-
 def _read_images(files: list[Path], info: InputInfo, order: Iterable[int] | None = None,
                  size: int | None = None) -> tuple[dict[int, np.ndarray], list[str]]:
     """Preprocess ``files`` (in ``order``, default as listed) until ``size`` are read (all when
@@ -130,81 +123,11 @@ def _image_folder(folder: Path, info: InputInfo, size: int | None, seed: int,
 
 def load_image_folder(folder: str | os.PathLike, info: InputInfo, *, what: str = "image",
                       warn: WarnCallback | None = None) -> InputSet:
-    """Every readable jpg/png under ``folder``, preprocessed from ``info`` (e.g. `check --images`)."""
+    """Every readable image file under ``folder``, preprocessed from ``info`` (e.g. `check --images`)."""
     path = Path(folder)
     if not path.is_dir():
         raise BadInput(f"{what} folder not found: {path}")
     return _image_folder(path, info, None, 0, warn or (lambda message: None), what)
-
-
-def input_shape(info: InputInfo) -> list[int]:
-    """One sample's shape in the model's layout: [C, H, W] (NCHW) or [H, W, C] (NHWC)."""
-    channels, height, width = (int(v) for v in info.shape)
-    return [height, width, channels] if info.layout.upper() == "NHWC" else [channels, height, width]
-
-
-def _check_inputs(array: np.ndarray, info: InputInfo, where: str) -> np.ndarray:
-    expected = input_shape(info)
-    if array.ndim != 4 or list(array.shape[1:]) != expected:
-        raise BadInput(f"{where}: array shape {list(array.shape)} is not the model's input "
-                       f"[N, {', '.join(map(str, expected))}]")
-    if not np.issubdtype(array.dtype, np.floating):
-        raise BadInput(f"{where}: expected preprocessed float inputs, got {array.dtype} "
-                       "(give raw images as a folder instead)")
-    if len(array) == 0:
-        raise BadInput(f"{where}: the array holds no samples")
-    if not np.all(np.isfinite(array)):
-        raise BadInput(f"{where}: the array contains NaN or Inf")
-    return np.ascontiguousarray(array, dtype=np.float32)
-
-
-# What reading a corrupt, truncated or pickled (object) array raises.
-ARRAY_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)
-
-
-def _cannot_read(path, error: Exception) -> BadInput:
-    return BadInput(f"cannot read {path}: {first_line(error, 200)}")
-
-
-def _npz_entry(arrays, keys: tuple[str, ...], where: str, what: str):
-    for key in keys:
-        if key in arrays.files:
-            return _npz_member(arrays, key, where)
-    if what == "inputs" and len(arrays.files) == 1:
-        return _npz_member(arrays, arrays.files[0], where)
-    raise BadInput(f"{where}: no {what} array (looked for keys {', '.join(keys)}; "
-                   f"the file has {', '.join(arrays.files) or 'none'})")
-
-
-def _npz_member(arrays, key: str, where: str) -> np.ndarray:
-    """One array of an .npz; np.load reads the members lazily, so their errors come here."""
-    try:
-        return arrays[key]
-    except ARRAY_READ_ERRORS as error:
-        raise _cannot_read(f"{where} (array {key!r})", error) from None
-
-
-def _load_arrays(path: Path, info: InputInfo, with_labels: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Inputs (and labels) from a .npy (inputs only) or .npz file; shapes checked."""
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except ARRAY_READ_ERRORS as error:
-        raise _cannot_read(path, error) from None
-    if isinstance(loaded, np.ndarray):
-        if with_labels:
-            raise BadInput(f"{path}: a validation set needs labels; give an .npz with "
-                           "'inputs' and 'labels' arrays")
-        return _check_inputs(loaded, info, str(path)), None
-    with loaded:
-        inputs = _check_inputs(_npz_entry(loaded, (info.name, *INPUT_KEYS), str(path), "inputs"),
-                               info, str(path))
-        labels = _npz_entry(loaded, LABEL_KEYS, str(path), "labels") if with_labels else None
-    if labels is not None:
-        labels = np.asarray(labels)
-        if labels.shape != (len(inputs),) or not np.issubdtype(labels.dtype, np.integer):
-            raise BadInput(f"{path}: labels must be {len(inputs)} integers, got "
-                           f"{labels.dtype} {list(labels.shape)}")
-    return inputs, labels
 
 
 def random_inputs(info: InputInfo, count: int, seed: int = 0) -> np.ndarray:
@@ -213,18 +136,6 @@ def random_inputs(info: InputInfo, count: int, seed: int = 0) -> np.ndarray:
     pixels = np.random.default_rng(seed).integers(
         0, 256, size=(count, height, width, info.channels), dtype=np.uint8)
     return preprocess_images(pixels, info, crop_fraction=1.0)
-
-
-def existing_source(path: str | os.PathLike, what: str = "calibration") -> Path:
-    """``path`` as a Path when it is a folder or an .npy/.npz file; BadInput otherwise."""
-    path = Path(path)
-    if not path.exists():
-        kind = "file" if path.suffix.lower() in ARRAY_SUFFIXES else "folder"
-        raise BadInput(f"{what} {kind} not found: {path}")
-    if path.is_file() and path.suffix.lower() not in ARRAY_SUFFIXES:
-        also = " or 'random'" if what == "calibration" else ""
-        raise BadInput(f"{what} must be a folder of images or a .npy/.npz file{also}, got {path}")
-    return path
 
 
 def _in_memory_inputs(data, info: InputInfo) -> np.ndarray:
@@ -263,7 +174,7 @@ def load_calibration(source, info: InputInfo,
     warn = warn or (lambda message: None)
     _check_size(size)
     if not isinstance(source, (str, os.PathLike)):
-        inputs = _check_inputs(_in_memory_inputs(source, info), info, "calibration data")
+        inputs = check_inputs(_in_memory_inputs(source, info), info, "calibration data")
         location = None
     elif str(source) == RANDOM:
         warn("calibrating on random inputs: the int8 scales fit noise, not real data, so "
@@ -274,25 +185,10 @@ def load_calibration(source, info: InputInfo,
         path = existing_source(source, "calibration")
         if path.is_dir():
             return _image_folder(path, info, size, seed, warn)
-        inputs, _ = _load_arrays(path, info, with_labels=False)
+        inputs, _ = load_arrays(path, info, with_labels=False)
         location = str(path)
     picked = np.sort(_order(len(inputs), size, seed)[:size])
     return InputSet(inputs[picked], "array", location, len(inputs))
-
-
-def _class_folders(folder: Path, label_names: list[str] | None) -> list[tuple[Path, int]]:
-    """(sub-folder, class index) pairs: by the model's labels when it has them, else sorted."""
-    folders = sorted(path for path in folder.iterdir() if path.is_dir())
-    if not folders:
-        raise BadInput(f"validation folder {folder} needs one sub-folder of images per class")
-    if label_names:
-        index = {name: i for i, name in enumerate(label_names)}
-        unknown = [path.name for path in folders if path.name not in index]
-        if unknown:
-            raise BadInput(f"validation folder {folder}: sub-folder(s) {', '.join(unknown[:3])} "
-                           "are not labels of the model")
-        return [(path, index[path.name]) for path in folders]
-    return [(path, i) for i, path in enumerate(folders)]
 
 
 def load_validation(source: str | os.PathLike, info: InputInfo,
@@ -306,18 +202,14 @@ def load_validation(source: str | os.PathLike, info: InputInfo,
     warn = warn or (lambda message: None)
     path = existing_source(source, "validation")
     if path.is_file():
-        inputs, labels = _load_arrays(path, info, with_labels=True)
+        inputs, labels = load_arrays(path, info, with_labels=True)
         return InputSet(inputs, "array", str(path), len(inputs), labels=labels)
-    tensors, labels, skipped = [], [], 0
-    for folder, label in _class_folders(path, label_names):
-        files = image_files(folder)
-        read, unreadable = _read_images(files, info)
-        tensors += [read[index] for index in sorted(read)]
-        labels += [label] * len(read)
-        skipped += len(unreadable)
-    if not tensors:
+    files, labels = labelled_files(path, label_names)
+    read, unreadable = _read_images(files, info)
+    if not read:
         raise BadInput(f"validation folder {path} has no readable {'/'.join(IMAGE_SUFFIXES)} images")
-    if skipped:
-        warn(f"skipped {skipped} unreadable image file(s) in {path}")
-    return InputSet(np.stack(tensors), "images", str(path), len(tensors),
-                    labels=np.asarray(labels, dtype=np.int64), skipped=skipped)
+    if unreadable:
+        warn(f"skipped {len(unreadable)} unreadable image file(s) in {path}")
+    return InputSet(np.stack([read[index] for index in sorted(read)]), "images", str(path),
+                    len(read), labels=np.asarray([labels[index] for index in sorted(read)],
+                                                 dtype=np.int64), skipped=len(unreadable))

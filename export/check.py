@@ -297,7 +297,7 @@ def check_parity(name: str, onnx_path: str | os.PathLike | None = None, *,
 
     Without ``onnx_path`` the model is exported fresh and converted to ``precision`` (int8
     calibrates on ``images`` when given). ``batch``: rows per random input (default 2, or the
-    file's fixed batch size). ``images``: a folder of jpg/png added to the inputs, preprocessed
+    file's fixed batch size). ``images``: a folder of images added to the inputs, preprocessed
     from the file's metadata. The eager model is rebuilt from ``seed``/``weights``/
     ``num_classes`` (once, for both sides): pass the values the file was exported with.
     ``per_layer``: an int8 file's per-layer report (export/int8_report.py) against a fresh fp32

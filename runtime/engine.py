@@ -168,29 +168,49 @@ class Engine:
         if batch_size is not None and (isinstance(batch_size, bool)
                                        or not isinstance(batch_size, int) or batch_size < 1):
             raise BadInput(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        spec = self._input_spec(metadata.input.name)
-        if len(self.inputs) > 1:
-            others = ", ".join(repr(other.name) for other in self.inputs if other is not spec)
-            raise BadInput(f"predict feeds images to {spec.name!r} only, and the model also needs "
-                           f"{others}; call Engine.run with a dict of all its inputs")
-        fixed_batch = spec.shape[0] if spec.shape and isinstance(spec.shape[0], int) else None
-        chunk = fixed_batch or batch_size or PREDICT_CHUNK
-        outputs = []
-        for start in range(0, len(items), chunk):
-            batch = preprocess.preprocess_images(items[start:start + chunk], metadata.input,
-                                                 crop_fraction=crop_fraction)
-            count = len(batch)
-            if fixed_batch and count < fixed_batch:  # pad the last chunk of a fixed-batch model
-                batch = np.concatenate([batch, np.zeros((fixed_batch - count, *batch.shape[1:]),
-                                                        batch.dtype)])
-            batch = batch.astype(spec.dtype, copy=False)
-            outputs.append(self.run({spec.name: batch})[self._output_names[0]][:count])
-        scores = np.concatenate(outputs)
+        self.image_input()
+        chunk = self.fixed_batch or batch_size or PREDICT_CHUNK
+        scores = np.concatenate([
+            self.scores(preprocess.preprocess_images(items[start:start + chunk], metadata.input,
+                                                     crop_fraction=crop_fraction))
+            for start in range(0, len(items), chunk)])
         if metadata.task == "classification":
             results = postprocess.top_k(scores, top_k, metadata.labels if labelled else None)
         else:
             results = postprocess.class_maps(scores)
         return results[0] if single else results
+
+    def image_input(self) -> TensorSpec:
+        """The input images go to (the metadata's); BadInput when the model needs others too."""
+        spec = self._input_spec(self.require_metadata().input.name)
+        if len(self.inputs) > 1:
+            others = ", ".join(repr(other.name) for other in self.inputs if other is not spec)
+            raise BadInput(f"predict feeds images to {spec.name!r} only, and the model also needs "
+                           f"{others}; call Engine.run with a dict of all its inputs")
+        return spec
+
+    @property
+    def fixed_batch(self) -> int | None:
+        """The image input's batch size when the graph fixes it, else None."""
+        shape = self._input_spec(self.require_metadata().input.name).shape
+        return shape[0] if shape and isinstance(shape[0], int) and shape[0] > 0 else None
+
+    def scores(self, batch: np.ndarray) -> np.ndarray:
+        """The first output for a preprocessed float32 batch of any length (a fixed batch axis
+        takes it in chunks of that size, the last zero-padded and its padding rows dropped)."""
+        spec, fixed = self.image_input(), self.fixed_batch
+        if not fixed:
+            return self.run({spec.name: batch.astype(spec.dtype, copy=False)})[self._output_names[0]]
+        outputs = []
+        for start in range(0, len(batch), fixed):
+            chunk = batch[start:start + fixed]
+            count = len(chunk)
+            if count < fixed:
+                chunk = np.concatenate([chunk, np.zeros((fixed - count, *chunk.shape[1:]),
+                                                        chunk.dtype)])
+            chunk = chunk.astype(spec.dtype, copy=False)
+            outputs.append(self.run({spec.name: chunk})[self._output_names[0]][:count])
+        return np.concatenate(outputs)
 
     def require_metadata(self) -> ModelMetadata:
         if self.metadata is None:

@@ -1,16 +1,40 @@
-"""``predict_files(model, images)``: what ``edgecnn run`` prints, as a JSON-ready dict."""
+"""What ``edgecnn run`` does: images -> one record each, streamed to a file or collected.
+
+    run_files("resnet18.onnx", ["photos/"], output="preds.jsonl")   # a summary dict
+    predict_files("resnet18.onnx", ["cat.jpg"])                      # every record, in memory
+
+Records (docs/runtime.md, "Dataset runs"): ``{"image": path, "top_k": [{"index", "label"?,
+"probability"}, ...]}`` for classification, ``{"image", "shape", "classes": [{"index",
+"label"?, "pixels", "fraction"}, ...]}`` for segmentation, ``{"image", "error"}`` for a file
+that could not be read. The output file (``records.py``) is written one complete line a
+record, so an interrupted run leaves whole records and ``resume`` carries on after them.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Mapping, Sequence
+import time
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from edgecnn.errors import BadInput
+from edgecnn.errors import BadInput, EdgecnnError
 from edgecnn.runtime.engine import Engine
-from edgecnn.runtime.postprocess import usable_labels
+from edgecnn.runtime.postprocess import top_k as top_k_of, usable_labels
 from edgecnn.runtime.providers import ProviderRequest
+from edgecnn.runtime.records import RecordWriter, check_record_path, mask_path, write_mask
+from edgecnn.runtime.stream import (
+    Outcome, check_stream_options, expand_inputs, stream_scores, streaming_session_options,
+)
+
+SOME_FAILED_EXIT_CODE = 3  # `edgecnn run`: some images could not be read, the others ran
+
+
+class Interrupted(EdgecnnError):
+    """Ctrl-C (or SIGTERM) during a run: says how far it got. The CLI exits with 130."""
+
+    exit_code = 130
 
 
 def _class_summary(class_map: np.ndarray, labels: Sequence[str] | None) -> list[dict]:
@@ -23,29 +47,118 @@ def _class_summary(class_map: np.ndarray, labels: Sequence[str] | None) -> list[
             for i in order]
 
 
+def _record(outcome: Outcome, task: str, top_k: int, labels) -> dict:
+    if outcome.error is not None:
+        return {"image": str(outcome.path), "error": outcome.error}
+    if task == "classification":  # always the index; the label where there is one
+        best = top_k_of(outcome.scores[None], top_k)[0]
+        return {"image": str(outcome.path),
+                "top_k": [{"index": index, **({"label": labels[index]} if labels else {}),
+                           "probability": round(probability, 6)} for index, probability in best]}
+    class_map = outcome.scores.argmax(axis=0)
+    return {"image": str(outcome.path), "shape": list(class_map.shape),
+            "classes": _class_summary(class_map, labels)}
+
+
+def run_files(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], *,
+              output: str | os.PathLike | None = None, resume: bool = False,
+              strict: bool = False, masks: str | os.PathLike | None = None, top_k: int = 5,
+              batch: int | None = None, workers: int | None = None,
+              provider: ProviderRequest = "auto", threads: int | None = None,
+              fallback: bool = True, cache_dir: str | os.PathLike | None = None,
+              preprocessing: Mapping | None = None, max_pixels: int | None = None,
+              on_start: Callable[[dict], None] | None = None,
+              on_record: Callable[[dict], None] | None = None,
+              on_progress: Callable[[int, int], None] | None = None) -> dict:
+    """Stream the images ``inputs`` name (files, folders, globs, ``@list.txt``: see
+    ``expand_inputs``) through ``model``; each record goes to ``output`` (.jsonl or .csv,
+    one complete line each) and to ``on_record``. Returns a summary: the model, ``images``,
+    ``done`` (records this run), ``failed`` (of them, unreadable files, each in ``failures``),
+    ``resumed`` (skipped: already in ``output`` with ``resume``), ``seconds`` and
+    ``images_per_second`` (from the first image decoded to the last record, model loading
+    not included).
+
+    ``on_start(summary)`` runs once the model is loaded, before the first image.
+    ``masks``: a folder for segmentation class maps as PNGs (mirroring the image paths).
+    ``strict``: an unreadable image is BadInput instead of a record. Ctrl-C raises Interrupted,
+    whose message says how many records the output holds. Nothing is written before the
+    inputs, the output path and the model have been checked.
+    """
+    if top_k < 1:
+        raise BadInput(f"top_k must be >= 1, got {top_k}")
+    check_stream_options(batch, workers, max_pixels)
+    if resume and output is None:
+        raise BadInput("resume needs output (the file to continue)")
+    paths = expand_inputs(inputs)
+    if output is not None:
+        check_record_path(output)
+    engine = Engine(model, provider, threads, fallback, cache_dir=cache_dir,
+                    preprocessing=preprocessing, session_options=streaming_session_options())
+    metadata = engine.require_metadata()
+    if metadata.task not in ("classification", "segmentation"):
+        raise BadInput(f"run does not know task {metadata.task!r}")
+    if masks is not None and metadata.task != "segmentation":
+        raise BadInput(f"masks are class maps of a segmentation model; {model} is "
+                       f"{metadata.task}")
+    labels = usable_labels(metadata.labels, engine.outputs[0].shape[1]
+                           if len(engine.outputs[0].shape) > 1 else None)
+    summary = {"model": str(model), "name": metadata.model, "task": metadata.task,
+               "precision": metadata.precision, "weights": metadata.weights,
+               "providers": engine.providers, "images": len(paths), "done": 0, "failed": 0,
+               "resumed": 0, "output": None if output is None else str(output), "failures": []}
+    if on_start is not None:
+        on_start(summary)
+    writer = RecordWriter(output, metadata.task, top_k, resume) if output is not None else None
+    try:
+        if writer is not None:
+            todo = [path for path in paths if str(path) not in writer.done]
+            summary["resumed"] = len(paths) - len(todo)
+        else:
+            todo = paths
+        started = time.perf_counter()
+        outcomes = stream_scores(engine, todo, batch=batch, workers=workers,
+                                 max_pixels=max_pixels, strict=strict)
+        with contextlib.closing(outcomes):  # its threads joined on any exit
+            for outcome in outcomes:
+                record = _record(outcome, metadata.task, top_k, labels)
+                if masks is not None and outcome.scores is not None:
+                    write_mask(mask_path(masks, outcome.path), outcome.scores.argmax(axis=0))
+                if writer is not None:
+                    writer.write(record)
+                summary["done"] += 1
+                if outcome.error is not None:
+                    summary["failed"] += 1
+                    summary["failures"].append({"image": record["image"], "error": outcome.error})
+                if on_record is not None:
+                    on_record(record)
+                if on_progress is not None:
+                    on_progress(summary["resumed"] + summary["done"], len(paths))
+        seconds = time.perf_counter() - started
+        summary["seconds"] = round(seconds, 3)
+        summary["images_per_second"] = round(summary["done"] / seconds, 2) if seconds else None
+    except KeyboardInterrupt:
+        held = summary["resumed"] + summary["done"]
+        where = (f"; {output} holds {held} complete record(s), --resume continues it"
+                 if output is not None else "")
+        raise Interrupted(f"interrupted after {summary['done']} of {len(todo)} image(s)"
+                          f"{where}") from None
+    finally:
+        if writer is not None:
+            writer.close()
+    return summary
+
+
 def predict_files(model: str | os.PathLike, images: Sequence[str | os.PathLike], *,
                   top_k: int = 5, provider: ProviderRequest = "auto", threads: int | None = None,
                   fallback: bool = True, cache_dir: str | os.PathLike | None = None,
-                  preprocessing: Mapping | None = None) -> dict:
-    """Run ``model`` on image files: per image the top-k classes, or the segmentation classes.
-    ``preprocessing``: as Engine's (for a file without edgecnn metadata)."""
-    if not images:
-        raise BadInput("no images given")
-    engine = Engine(model, provider, threads, fallback, cache_dir=cache_dir,
-                    preprocessing=preprocessing)
-    metadata = engine.require_metadata()
-    results = engine.predict(list(images), top_k=top_k, labelled=False)
-    report = {"model": str(model), "name": metadata.model, "task": metadata.task,
-              "precision": metadata.precision, "weights": metadata.weights,
-              "providers": engine.providers, "results": []}
-    classes = engine.outputs[0].shape[1] if len(engine.outputs[0].shape) > 1 else None
-    labels = usable_labels(metadata.labels, classes)
-    for image, result in zip(images, results):
-        if metadata.task == "classification":  # always the index; the label where there is one
-            entry = {"top_k": [{"index": index, **({"label": labels[index]} if labels else {}),
-                                "probability": round(probability, 6)}
-                               for index, probability in result]}
-        else:
-            entry = {"shape": list(result.shape), "classes": _class_summary(result, labels)}
-        report["results"].append({"image": str(image), **entry})
-    return report
+                  preprocessing: Mapping | None = None, **options) -> dict:
+    """``run_files`` with every record collected: the summary plus ``results`` (a list).
+    For a few images; a dataset belongs in ``run_files(output=...)``."""
+    results: list[dict] = []
+    summary = run_files(model, images, top_k=top_k, provider=provider, threads=threads,
+                        fallback=fallback, cache_dir=cache_dir, preprocessing=preprocessing,
+                        on_record=results.append, **options)
+    return {**summary, "results": results}
+
+
+__all__ = ["Interrupted", "SOME_FAILED_EXIT_CODE", "predict_files", "run_files"]

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from typing import Iterable, Union
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from edgecnn.errors import BadInput, first_line
 from edgecnn.runtime.metadata import InputInfo
@@ -26,6 +27,10 @@ from edgecnn.runtime.metadata import InputInfo
 DEFAULT_CROP_FRACTION = InputInfo.crop_fraction  # ImageNet eval: Resize(256) + CenterCrop(224)
 PIL_MODES = {"RGB": "RGB", "BGR": "RGB", "GRAY": "L"}  # BGR: RGB, channels reversed after
 CHANNELS = {"RGB": 3, "BGR": 3, "GRAY": 1}
+DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # 89,478,485 (Pillow's; about 9459 x 9459)
+# _open refuses images over max_pixels itself, so Pillow's warning between its limit and twice
+# it (then Image.open raises) would only add a second line to that error.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
 
@@ -51,7 +56,8 @@ def as_image_list(images) -> list:
     return list(images)
 
 
-def load_image(image: ImageLike, color: str = "RGB") -> Image.Image:
+def load_image(image: ImageLike, color: str = "RGB", *,
+               max_pixels: int | None = None) -> Image.Image:
     """A PIL image in ``color``'s mode from a path, a PIL image or a uint8 array: RGB for "RGB"
     and "BGR" (``preprocess_images`` reverses the channels of BGR), luma for "GRAY"."""
     if color not in PIL_MODES:
@@ -62,7 +68,7 @@ def load_image(image: ImageLike, color: str = "RGB") -> Image.Image:
     elif isinstance(image, np.ndarray):
         picture = _from_array(image)
     elif isinstance(image, (str, os.PathLike)):
-        picture = _open(image)
+        picture = _open(image, max_pixels)
     else:
         raise BadInput(f"expected an image path, a PIL image or a uint8 array, got "
                        f"{type(image).__name__}")
@@ -93,11 +99,22 @@ def _to_8_bit(picture: Image.Image) -> Image.Image:
     return picture
 
 
-def _open(path: str | os.PathLike) -> Image.Image:
+def _open(path: str | os.PathLike, max_pixels: int | None = None) -> Image.Image:
+    """Decode an image file as a viewer shows it (docs/runtime.md, "Image decoding"): the
+    first frame of an animation, turned by its EXIF orientation; refused from its header alone
+    when it has more than ``max_pixels`` (default Pillow's limit, DEFAULT_MAX_PIXELS)."""
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise BadInput(f"max_pixels must be an integer >= 1, got {limit!r}")
     try:
-        # Image.open raises on a pixel count past Pillow's limit before decoding anything.
+        # Image.open reads the header only (and raises past twice Pillow's own limit).
         with Image.open(path) as picture:
-            picture.load()  # decode now, so a truncated file fails here with its name
+            pixels = picture.width * picture.height
+            if pixels > limit:
+                raise BadInput(f"cannot read image {path}: {picture.width}x{picture.height} is "
+                               f"{pixels} pixels, over max_pixels={limit}")
+            picture.load()  # decode now (frame 0), so a truncated file fails here with its name
+            ImageOps.exif_transpose(picture, in_place=True)
             return picture
     except FileNotFoundError:
         raise BadInput(f"image not found: {path}") from None
@@ -139,7 +156,8 @@ def resize_and_crop(picture: Image.Image, height: int, width: int,
 
 
 def preprocess_images(images: ImageLike | Iterable[ImageLike], input_info: InputInfo, *,
-                      crop_fraction: float | None = None) -> np.ndarray:
+                      crop_fraction: float | None = None,
+                      max_pixels: int | None = None) -> np.ndarray:
     """A float32 batch (N, C, H, W) (or (N, H, W, C) for an NHWC model) ready for the model.
 
     ``crop_fraction`` overrides the metadata's ``input_info.crop_fraction``.
@@ -154,8 +172,8 @@ def preprocess_images(images: ImageLike | Iterable[ImageLike], input_info: Input
     if layout not in ("NCHW", "NHWC"):
         raise BadInput(f"unsupported layout {input_info.layout!r} in the model metadata")
     height, width = input_info.height_width
-    pictures = [resize_and_crop(load_image(image, color), height, width, crop_fraction)
-                for image in as_image_list(images)]
+    pictures = [resize_and_crop(load_image(image, color, max_pixels=max_pixels), height, width,
+                                crop_fraction) for image in as_image_list(images)]
     if not pictures:
         raise BadInput("no images given")
     batch = np.stack([np.asarray(picture, dtype=np.float32) for picture in pictures])

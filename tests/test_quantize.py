@@ -286,7 +286,7 @@ def bad_inputs(tmp_path_factory):
 
 @pytest.mark.parametrize("args, fragments", [
     (["--calibration", "{root}/missing"], ["calibration folder not found", "missing"]),
-    (["--calibration", "{root}/empty"], ["has no .jpg/.jpeg/.png images"]),
+    (["--calibration", "{root}/empty"], ["has no .jpg/.jpeg/.png/"]),
     (["--calibration", "{root}/unreadable"], ["none of the 2 image files could be read"]),
     (["--calibration", "{root}/wrong.npy"], ["array shape [4, 3, 32, 32] is not the model's input [N, 3, 64, 64]"]),
     (["--calibration", "random", "--keep-float", "NoSuchOp"], ["neither a node name nor an op type"]),

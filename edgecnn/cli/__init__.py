@@ -16,9 +16,10 @@ from edgecnn.cli._signals import SignalsAsInterrupts
 from edgecnn.errors import EdgecnnError, first_line
 
 # Command modules register themselves on `app` when imported, in this (help) order: the build
-# side (list, export, quantize, check), then what runs on a device (annotate, info, run, bench).
+# side (list, export, quantize, check), then what runs on a device (annotate, info, run, bench,
+# evaluate).
 from edgecnn.cli import models_cmd, export_cmd, quantize_cmd, check_cmd  # noqa: E402,F401,I001
-from edgecnn.cli import annotate_cmd, info_cmd, runtime_cmd  # noqa: E402,F401
+from edgecnn.cli import annotate_cmd, info_cmd, runtime_cmd, evaluate_cmd  # noqa: E402,F401,I001
 
 
 # What the build-side commands (list, export, quantize, check) need beyond the runtime install,

@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.progress import (
     BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
+    TimeRemainingColumn,
 )
 from rich.text import Text
 from rich.table import Table
@@ -158,9 +159,18 @@ ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="onnxruntim
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout, nothing else.")]
 CalibrationOpt = Annotated[Optional[str], typer.Option(
     "--calibration", metavar="PATH|random",
-    help="int8 calibration data: a folder of jpg/png images (preprocessed from the model's "
+    help="int8 calibration data: a folder of images (any of run's formats; preprocessed from the model's "
          "metadata), a .npy/.npz of ready inputs (N, C, H, W), or 'random' (no accuracy "
          "guarantee).")]
+StreamBatchOpt = Annotated[Optional[int], typer.Option(
+    "--batch", help="Images per session call (default 16, or the model's fixed batch).")]
+WorkersOpt = Annotated[Optional[int], typer.Option(
+    "--workers", help="Threads decoding and preprocessing images while the model runs "
+                      "(default: the cores but one, 1 to 8).")]
+MaxPixelsOpt = Annotated[Optional[int], typer.Option(
+    "--max-pixels", metavar="N",
+    help="Refuse images of more pixels than this before decoding them (default: Pillow's "
+         "limit, 89,478,485: about 9459 x 9459).")]
 CalibrationSizeOpt = Annotated[int, typer.Option(
     "--calibration-size", metavar="N", help="Calibration samples to use (a seeded subset).")]
 
@@ -388,14 +398,30 @@ class _Count(_StepAware, MofNCompleteColumn):
     pass
 
 
+class _Remaining(_StepAware, TimeRemainingColumn):
+    pass
+
+
+class _Rate(_StepAware, TextColumn):
+    """Items done per second (images/s in `run`)."""
+
+    def __init__(self) -> None:
+        super().__init__("")
+
+    def render(self, task):
+        if task.total is None:
+            return Text("")
+        return Text("" if task.speed is None else f"{task.speed:,.1f}/s")
+
+
 @contextlib.contextmanager
 def progress(enabled: bool = True) -> Iterator[tuple]:
     """(on_step, on_progress) callbacks drawing the current step and progress bars on stderr."""
     if not (enabled and err.is_terminal):  # progress bars in a log file are noise
         yield (lambda message: None), None
         return
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), _Bar(), _Count(),
-               TimeElapsedColumn())
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), _Bar(), _Count(), _Rate(),
+               TimeElapsedColumn(), _Remaining())
     with Progress(*columns, console=err, transient=True) as display:
         step_task = display.add_task("starting", total=None)
         bars: dict[str, int] = {}

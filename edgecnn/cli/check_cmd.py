@@ -63,7 +63,7 @@ def check_command(
     ] = None,
     samples: Annotated[int, typer.Option(help="Number of random batches.")] = 3,
     images: Annotated[Optional[str], typer.Option(
-        help="Folder of jpg/png images added to the inputs (int8: also the calibration set).")] = None,
+        help="Folder of images (jpg, png, ...) added to the inputs (int8: also the calibration set).")] = None,
     provider: Annotated[str, typer.Option(
         help="Execution provider: {providers} (openvino:DEVICE, default CPU; in f32). "
              "Default cpu, unlike run and bench (auto): a "

@@ -1,7 +1,7 @@
-"""`edgecnn run MODEL.onnx IMAGE...` and `edgecnn bench MODEL.onnx [MORE.onnx...] [--matrix]`.
+"""`edgecnn run MODEL.onnx INPUT...` and `edgecnn bench MODEL.onnx [MORE.onnx...] [--matrix]`.
 Torch-free.
 
-Both are thin layers over edgecnn.runtime (predict_files, benchmark); the runtime is imported
+Both are thin layers over edgecnn.runtime (run_files, benchmark); the runtime is imported
 inside the commands so `edgecnn --help` and the other commands do not pay for onnxruntime.
 """
 
@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
 from edgecnn.cli._app import (
-    BenchBatchOpt, CacheDirOpt, JsonOpt, ProviderOpt, ThreadsOpt, app, out, print_fields,
-    print_json, progress, safe, warnings_as_lines,
+    BenchBatchOpt, CacheDirOpt, JsonOpt, MaxPixelsOpt, ProviderOpt, StreamBatchOpt, ThreadsOpt,
+    WorkersOpt, app, out, print_fields, print_json, print_warning, progress, safe,
+    warnings_as_lines,
 )
 from edgecnn.cli._preprocessing_flags import (
     InputNameOpt, LayoutOpt, PreprocessInputSizeOpt, preprocessing_settings,
@@ -24,44 +25,98 @@ from edgecnn.cli._preprocessing_flags import (
 from edgecnn.errors import BadInput
 
 
+InputsArg = Annotated[list[str], typer.Argument(
+    metavar="INPUT",
+    help="Images: files (any format Pillow reads), folders (their image files, sub-folders "
+         "included), globs ('shots/**/*.jpg') or @list.txt (one path a line).")]
+
+
+def _print_record(record: dict, top_k: int) -> None:
+    say = functools.partial(out.print, soft_wrap=True)  # long paths stay on one line
+    say(f"[bold]{safe(record['image'])}[/bold]")
+    if "error" in record:
+        say(f"  [red]skipped:[/red] {safe(record['error'])}")
+    elif "top_k" in record:
+        for rank, entry in enumerate(record["top_k"], 1):
+            say(f"  {rank}. {safe(entry.get('label', entry['index']))}  "
+                f"{entry['probability']:.4f}")
+    else:
+        classes = ", ".join(f"{safe(entry.get('label', entry['index']))} {entry['fraction']:.1%}"
+                            for entry in record["classes"][:top_k])
+        say(f"  {record['shape'][0]}x{record['shape'][1]} class map: {classes}")
+
+
+def _print_header(summary: dict) -> None:
+    weights = f", weights {safe(summary['weights'])}" if summary.get("weights") else ""
+    out.print(f"{safe(summary['name'])} ({safe(summary['task'])}, {summary['precision']}"
+              f"{weights}) on {', '.join(summary['providers'])}", soft_wrap=True)
+
+
 @app.command("run")
 @with_preprocessing_flags
 def run_command(
     model: Annotated[str, typer.Argument(
         help="An .onnx file: exported by edgecnn (or annotated), or any image model with the "
              "preprocessing flags.")],
-    images: Annotated[list[str], typer.Argument(help="Image files (any format Pillow reads).")],
+    images: InputsArg,
     top_k: Annotated[int, typer.Option("--top-k", help="Classes to show per image.")] = 5,
+    output: Annotated[Optional[str], typer.Option(
+        "--output", "-o", metavar="FILE.jsonl|FILE.csv",
+        help="Write one record per image as it is done (image, top-k or class shares, or the "
+             "error of an unreadable file), one complete line each; stdout gets a summary.")] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Skip the images --output already holds and append the others.")] = False,
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="Stop at the first unreadable image (exit 2) instead of recording it "
+                         "and going on (exit 3 when some failed).")] = False,
+    masks: Annotated[Optional[str], typer.Option(
+        "--masks", metavar="DIR",
+        help="Segmentation: write each class map as a PNG of class indices under DIR, "
+             "mirroring the image paths (photo.jpg -> DIR/photo.jpg.png).")] = None,
+    batch: StreamBatchOpt = None,
+    workers: WorkersOpt = None,
+    max_pixels: MaxPixelsOpt = None,
     provider: ProviderOpt = "auto",
     threads: ThreadsOpt = None,
     cache_dir: CacheDirOpt = None,
     json_output: JsonOpt = False,
     preprocessing: dict | None = None,
-) -> None:
-    """Classify (top-k) or segment images; preprocessing comes from the model's metadata, or
-    from the flags (which replace the metadata's values; `edgecnn annotate` stores them)."""
-    from edgecnn.runtime.predict import predict_files
+) -> int:
+    """Classify (top-k) or segment images, streamed: threads decode the next images while the
+    model runs. Preprocessing comes from the model's metadata, or from the flags (which
+    replace the metadata's values; `edgecnn annotate` stores them). Exit 3: some images could
+    not be read (each is reported; the others ran)."""
+    from edgecnn.runtime.predict import SOME_FAILED_EXIT_CODE, run_files
 
-    with warnings_as_lines():
-        report = predict_files(model, images, top_k=top_k, provider=provider, threads=threads,
-                               cache_dir=cache_dir, preprocessing=preprocessing)
+    collected: list[dict] = []
     if json_output:
-        print_json(report)
-        return
-    say = functools.partial(out.print, soft_wrap=True)  # long paths stay on one line
-    weights = f", weights {safe(report['weights'])}" if report.get("weights") else ""
-    say(f"{safe(report['name'])} ({safe(report['task'])}, "
-        f"{report['precision']}{weights}) on {', '.join(report['providers'])}")
-    for result in report["results"]:
-        say(f"[bold]{safe(result['image'])}[/bold]")
-        if "top_k" in result:
-            for rank, entry in enumerate(result["top_k"], 1):
-                say(f"  {rank}. {safe(entry.get('label', entry['index']))}  "
-                    f"{entry['probability']:.4f}")
-        else:
-            classes = ", ".join(f"{safe(entry.get('label', entry['index']))} {entry['fraction']:.1%}"
-                                for entry in result["classes"][:top_k])
-            say(f"  {result['shape'][0]}x{result['shape'][1]} class map: {classes}")
+        on_record = collected.append if output is None else None
+    else:
+        on_record = (lambda record: _print_record(record, top_k)) if output is None else None
+    bar = not json_output and (output is not None or not out.is_terminal)
+    with warnings_as_lines(), progress(enabled=bar) as (_, on_progress):
+        summary = run_files(
+            model, images, output=output, resume=resume, strict=strict, masks=masks,
+            top_k=top_k, batch=batch, workers=workers, provider=provider, threads=threads,
+            cache_dir=cache_dir, preprocessing=preprocessing, max_pixels=max_pixels,
+            on_start=None if json_output else _print_header, on_record=on_record,
+            on_progress=on_progress and (lambda done, total: on_progress("images", done, total)))
+    failed = summary["failed"]
+    if failed and failed == summary["done"] and not summary["resumed"]:
+        first = summary["failures"][0]["error"]
+        raise BadInput(first if failed == 1 else
+                       f"none of the {failed} images could be read (the first: {first})")
+    if json_output:
+        print_json(summary if output is not None else {**summary, "results": collected})
+    else:
+        for failure in summary["failures"] if output is not None else ():
+            print_warning(failure["error"])
+        if output is not None:
+            out.print(f"wrote {summary['done']} record(s) to {safe(output)}"
+                      + (f" after the {summary['resumed']} already there" if resume else "")
+                      + (f"; {failed} image(s) could not be read" if failed else ""),
+                      soft_wrap=True)
+    return SOME_FAILED_EXIT_CODE if failed else 0
 
 
 def _print_matrix(files: list[str], batch, threads, warmup: int, runs: int,

@@ -1,0 +1,142 @@
+"""Data sets as files: image folders with one sub-folder per class (ImageFolder) and
+.npy/.npz arrays of ready inputs (and labels). Used by `edgecnn evaluate` (runtime/evaluate.py)
+and the quantizer's calibration and `--validation` (edgecnn.export.calibration), so a folder
+maps to classes, and an array is checked, the same way everywhere. Torch-free.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from edgecnn.errors import BadInput, first_line
+from edgecnn.runtime.metadata import InputInfo
+from edgecnn.runtime.stream import image_files
+
+ARRAY_SUFFIXES = (".npy", ".npz")
+INPUT_KEYS = ("inputs", "input", "x")  # .npz keys tried for the inputs (after the input name)
+LABEL_KEYS = ("labels", "label", "y")
+
+
+def existing_source(path: str | os.PathLike, what: str = "calibration") -> Path:
+    """``path`` as a Path when it is a folder or an .npy/.npz file; BadInput otherwise."""
+    path = Path(path)
+    if not path.exists():
+        kind = "file" if path.suffix.lower() in ARRAY_SUFFIXES else "folder"
+        raise BadInput(f"{what} {kind} not found: {path}")
+    if path.is_file() and path.suffix.lower() not in ARRAY_SUFFIXES:
+        also = " or 'random'" if what == "calibration" else ""
+        raise BadInput(f"{what} must be a folder of images or a .npy/.npz file{also}, got {path}")
+    return path
+
+
+def class_folders(folder: Path, label_names: Sequence[str] | None,
+                  classes: int | None = None) -> list[tuple[Path, int]]:
+    """(sub-folder, class index) pairs of an ImageFolder layout. Sub-folders are named after
+    the model's labels when it has them (a validation set may lack some classes), else there
+    is one per class, taken in sorted order as indices 0, 1, ... (``classes``: the model's
+    count, checked). BadInput naming both sides when they do not match."""
+    folders = sorted(path for path in folder.iterdir() if path.is_dir())
+    if not folders:
+        raise BadInput(f"{folder} needs one sub-folder of images per class")
+    if label_names:
+        index = {name: i for i, name in enumerate(label_names)}
+        unknown = [path.name for path in folders if path.name not in index]
+        if unknown:
+            shown = ", ".join(list(label_names)[:5]) + (", ..." if len(label_names) > 5 else "")
+            raise BadInput(f"{folder}: sub-folder(s) {', '.join(unknown[:3])} are not labels "
+                           f"of the model ({len(label_names)} labels: {shown})")
+        return [(path, index[path.name]) for path in folders]
+    if classes is not None and len(folders) != classes:
+        raise BadInput(f"{folder} has {len(folders)} class sub-folders and the model "
+                       f"{classes} classes (without labels in its metadata, sub-folders are "
+                       "its classes in sorted order)")
+    return [(path, i) for i, path in enumerate(folders)]
+
+
+def labelled_files(folder: Path, label_names: Sequence[str] | None,
+                   classes: int | None = None) -> tuple[list[Path], list[int]]:
+    """Every image file of an ImageFolder layout, and its class index."""
+    files, labels = [], []
+    for sub, label in class_folders(folder, label_names, classes):
+        found = image_files(sub)
+        files += found
+        labels += [label] * len(found)
+    if not files:
+        raise BadInput(f"{folder} has no image files in its class sub-folders")
+    return files, labels
+
+
+def input_shape(info: InputInfo) -> list[int]:
+    """One sample's shape in the model's layout: [C, H, W] (NCHW) or [H, W, C] (NHWC)."""
+    channels, height, width = (int(v) for v in info.shape)
+    return [height, width, channels] if info.layout.upper() == "NHWC" else [channels, height, width]
+
+
+def check_inputs(array: np.ndarray, info: InputInfo, where: str) -> np.ndarray:
+    expected = input_shape(info)
+    if array.ndim != 4 or list(array.shape[1:]) != expected:
+        raise BadInput(f"{where}: array shape {list(array.shape)} is not the model's input "
+                       f"[N, {', '.join(map(str, expected))}]")
+    if not np.issubdtype(array.dtype, np.floating):
+        raise BadInput(f"{where}: expected preprocessed float inputs, got {array.dtype} "
+                       "(give raw images as a folder instead)")
+    if len(array) == 0:
+        raise BadInput(f"{where}: the array holds no samples")
+    if not np.all(np.isfinite(array)):
+        raise BadInput(f"{where}: the array contains NaN or Inf")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+# What reading a corrupt, truncated or pickled (object) array raises.
+ARRAY_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)
+
+
+def _cannot_read(path, error: Exception) -> BadInput:
+    return BadInput(f"cannot read {path}: {first_line(error, 200)}")
+
+
+def _npz_entry(arrays, keys: tuple[str, ...], where: str, what: str):
+    for key in keys:
+        if key in arrays.files:
+            return _npz_member(arrays, key, where)
+    if what == "inputs" and len(arrays.files) == 1:
+        return _npz_member(arrays, arrays.files[0], where)
+    raise BadInput(f"{where}: no {what} array (looked for keys {', '.join(keys)}; "
+                   f"the file has {', '.join(arrays.files) or 'none'})")
+
+
+def _npz_member(arrays, key: str, where: str) -> np.ndarray:
+    """One array of an .npz; np.load reads the members lazily, so their errors come here."""
+    try:
+        return arrays[key]
+    except ARRAY_READ_ERRORS as error:
+        raise _cannot_read(f"{where} (array {key!r})", error) from None
+
+
+def load_arrays(path: Path, info: InputInfo, with_labels: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Inputs (and labels) from a .npy (inputs only) or .npz file; shapes checked."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except ARRAY_READ_ERRORS as error:
+        raise _cannot_read(path, error) from None
+    if isinstance(loaded, np.ndarray):
+        if with_labels:
+            raise BadInput(f"{path}: a validation set needs labels; give an .npz with "
+                           "'inputs' and 'labels' arrays")
+        return check_inputs(loaded, info, str(path)), None
+    with loaded:
+        inputs = check_inputs(_npz_entry(loaded, (info.name, *INPUT_KEYS), str(path), "inputs"),
+                               info, str(path))
+        labels = _npz_entry(loaded, LABEL_KEYS, str(path), "labels") if with_labels else None
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape != (len(inputs),) or not np.issubdtype(labels.dtype, np.integer):
+            raise BadInput(f"{path}: labels must be {len(inputs)} integers, got "
+                           f"{labels.dtype} {list(labels.shape)}")
+    return inputs, labels
+
+

@@ -1,0 +1,191 @@
+"""``evaluate(models, data)``: top-1, top-5, per-class accuracy and a confusion matrix of one or
+more classification models on a labelled set, and each model's top-1 agreement with the first.
+
+    report = evaluate(["resnet18.onnx", "resnet18_int8.onnx"], "val/")   # ImageFolder or .npz
+
+The set is an ImageFolder layout (``datasets.class_folders``: sub-folders named after the
+model's labels, else one per class in sorted order) streamed through ``stream.stream_scores``
+(flat memory: only each image's top-1 is kept, for the agreement), or an .npz of ready
+``inputs`` and ``labels``. Unreadable images are skipped and counted, for every model alike.
+Torch-free.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from edgecnn.errors import BadInput
+from edgecnn.runtime.datasets import existing_source, labelled_files, load_arrays
+from edgecnn.runtime.engine import Engine
+from edgecnn.runtime.postprocess import usable_labels
+from edgecnn.runtime.providers import ProviderRequest
+from edgecnn.runtime.stream import DEFAULT_BATCH, stream_scores, streaming_session_options
+
+TOP_K = 5
+
+
+@dataclass
+class Tally:
+    """Running counts of one model on a labelled set."""
+
+    classes: int
+    confusion: np.ndarray = field(init=False)  # [true class, predicted class]
+    top5: int = 0
+    predictions: list = field(default_factory=list)  # top-1 per sample, -1 where unreadable
+
+    def __post_init__(self) -> None:
+        self.confusion = np.zeros((self.classes, self.classes), np.int64)
+
+    def add(self, scores: np.ndarray, labels: np.ndarray) -> None:
+        """(N, classes) scores of N samples with their labels."""
+        best = np.argsort(-scores, axis=1, kind="stable")[:, :min(TOP_K, self.classes)]
+        np.add.at(self.confusion, (labels, best[:, 0]), 1)
+        self.top5 += int((best == labels[:, None]).any(axis=1).sum())
+        self.predictions += best[:, 0].tolist()
+
+    def report(self, reference: "Tally | None", class_names: Sequence[str]) -> dict:
+        samples = int(self.confusion.sum())
+        per_class = self.confusion.sum(axis=1)
+        ours = np.asarray(self.predictions)
+        agreement = None
+        if reference is not None:
+            theirs = np.asarray(reference.predictions)
+            both = (ours >= 0) & (theirs >= 0)
+            agreement = round(float((ours[both] == theirs[both]).mean()), 6) if both.any() else None
+        return {"samples": samples,
+                "top1": round(float(np.trace(self.confusion)) / max(samples, 1), 6),
+                "top5": round(self.top5 / max(samples, 1), 6),
+                "top1_agreement": agreement,
+                "per_class": [{"class": class_names[i], "samples": int(per_class[i]),
+                               "top1": (round(float(self.confusion[i, i] / per_class[i]), 6)
+                                        if per_class[i] else None)}
+                              for i in range(self.classes)],
+                "confusion": self.confusion.tolist()}
+
+
+def _classes(engine: Engine) -> int:
+    metadata = engine.require_metadata()
+    shape = engine.outputs[0].shape
+    if metadata.task != "classification" or len(shape) != 2 or not isinstance(shape[1], int):
+        raise BadInput(f"evaluate measures classification models; {engine.path} is "
+                       f"{metadata.task} with output {engine.outputs[0].describe()}")
+    return shape[1]
+
+
+def _array_scores(engine: Engine, inputs: np.ndarray,
+                  batch: int | None) -> Iterator[tuple[np.ndarray, slice]]:
+    size = engine.fixed_batch or batch or DEFAULT_BATCH
+    for start in range(0, len(inputs), size):
+        yield engine.scores(inputs[start:start + size]), slice(start, start + size)
+
+
+def evaluate(models: Sequence[str | os.PathLike], data: str | os.PathLike, *,
+             batch: int | None = None, workers: int | None = None,
+             provider: ProviderRequest = "auto", threads: int | None = None,
+             fallback: bool = True, max_pixels: int | None = None,
+             on_progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """Accuracy of each model on ``data`` (an ImageFolder folder or an .npz with ``inputs`` and
+    ``labels``). The first model sets the classes (its labels name the sub-folders); the others
+    must have as many classes. Returns {"data", "source", "classes", "samples",
+    "unreadable": [{"image", "error"}], "models": [{"model", "name", "precision", "providers",
+    "samples", "top1", "top5", "top1_agreement" (with the first model; None for it),
+    "per_class": [{"class", "samples", "top1"}], "confusion": [[true x predicted]]}]}."""
+    if not models:
+        raise BadInput("models needs at least one .onnx file")
+    path = existing_source(data, "data")
+    engines = [Engine(model, provider, threads, fallback,
+                      session_options=streaming_session_options()) for model in models]
+    classes = _classes(engines[0])
+    for engine in engines[1:]:
+        if _classes(engine) != classes:
+            raise BadInput(f"{engine.path} has {_classes(engine)} classes and {engines[0].path} "
+                           f"{classes}: compare models of one network")
+    names = usable_labels(engines[0].metadata.labels, classes)
+    class_names = list(names) if names else [str(index) for index in range(classes)]
+    report = {"data": str(path), "source": "images" if path.is_dir() else "array",
+              "classes": class_names, "samples": 0, "unreadable": [], "models": []}
+    tallies = []
+    if path.is_dir():
+        files, labels = labelled_files(path, names, classes)
+        labels = np.asarray(labels, np.int64)
+        for number, engine in enumerate(engines):
+            tally, done = Tally(classes), 0
+            for index, outcome in enumerate(stream_scores(engine, files, batch=batch,
+                                                          workers=workers,
+                                                          max_pixels=max_pixels)):
+                if outcome.error is not None:
+                    tally.predictions.append(-1)
+                    if number == 0:
+                        report["unreadable"].append({"image": str(outcome.path),
+                                                     "error": outcome.error})
+                else:
+                    tally.add(outcome.scores[None], labels[index:index + 1])
+                done += 1
+                if on_progress is not None:
+                    on_progress(Path(engine.path).name, done, len(files))
+            tallies.append(tally)
+        report["samples"] = len(files)
+    else:
+        for engine in engines:
+            inputs, labels = load_arrays(path, engine.require_metadata().input, with_labels=True)
+            if labels.min() < 0 or labels.max() >= classes:
+                raise BadInput(f"{path}: labels must be class indices 0..{classes - 1}, got "
+                               f"{labels.min()}..{labels.max()}")
+            tally = Tally(classes)
+            for scores, rows in _array_scores(engine, inputs, batch):
+                tally.add(scores, labels[rows])
+            tallies.append(tally)
+        report["samples"] = len(labels)
+    if all(tally.confusion.sum() == 0 for tally in tallies):
+        first = report["unreadable"][0]["error"] if report["unreadable"] else "no samples"
+        raise BadInput(f"none of the {report['samples']} images of {path} could be read "
+                       f"(the first: {first})")
+    for engine, tally in zip(engines, tallies):
+        metadata = engine.require_metadata()
+        report["models"].append({"model": str(engine.path), "name": metadata.model,
+                                 "precision": metadata.precision, "providers": engine.providers,
+                                 **tally.report(tallies[0] if tally is not tallies[0] else None,
+                                                class_names)})
+    return report
+
+
+def plot_confusion(confusion: np.ndarray, class_names: Sequence[str], path: str | os.PathLike,
+                   title: str) -> None:
+    """The confusion matrix as an image (needs matplotlib; BadInput without it)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib import pyplot
+    except ImportError:
+        raise BadInput("plot needs matplotlib, which this install does not have "
+                       "(pip install matplotlib)") from None
+    from edgecnn.runtime.files import atomic_output
+
+    size = min(4 + 0.3 * len(class_names), 30)
+    figure, axes = pyplot.subplots(figsize=(size, size))
+    axes.imshow(confusion, cmap="Blues")
+    if len(class_names) <= 40:
+        ticks = range(len(class_names))
+        axes.set_xticks(ticks, class_names, rotation=90)
+        axes.set_yticks(ticks, class_names)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(title)
+    figure.tight_layout()
+    with atomic_output(path) as temporary:
+        figure.savefig(temporary, format=Path(path).suffix.lstrip(".") or "png")
+    pyplot.close(figure)
+
+
+def plot_available() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True

@@ -1,0 +1,122 @@
+"""The files `edgecnn run --output` writes: one complete line per image, .jsonl or .csv.
+
+Lines are written whole (one ``write`` of the finished line, flushed), so Ctrl-C leaves only
+complete records; a line cut short by a killed process (SIGKILL, power loss) is dropped when
+the file is resumed. ``RecordWriter(path, task, top_k, resume=True)`` reads the images already
+recorded (``done``) and appends after them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from edgecnn.errors import BadInput
+from edgecnn.runtime.files import atomic_output, check_output_path
+
+FORMATS = (".jsonl", ".csv")
+
+
+def check_record_path(path: str | os.PathLike) -> Path:
+    """A writable .jsonl or .csv path (BadInput otherwise); nothing is created."""
+    path = Path(path)
+    if path.suffix.lower() not in FORMATS:
+        raise BadInput(f"output must end in .jsonl or .csv, got {path}")
+    return check_output_path(path)
+
+
+def _csv_header(task: str, top_k: int) -> list[str]:
+    if task == "classification":
+        return ["image", "error", *(f"{what}{rank}" for rank in range(1, top_k + 1)
+                                    for what in ("top", "p"))]
+    return ["image", "error", "classes"]
+
+
+def _csv_row(record: dict, task: str, top_k: int) -> list:
+    row = [record["image"], record.get("error", "")]
+    if "top_k" in record:
+        for entry in record["top_k"]:
+            row += [entry.get("label", entry["index"]), entry["probability"]]
+        row += [""] * (2 * top_k - len(record["top_k"]) * 2)
+    elif "classes" in record:
+        row.append(";".join(f"{entry.get('label', entry['index'])}={entry['fraction']}"
+                            for entry in record["classes"]))
+    else:
+        row += [""] * (len(_csv_header(task, top_k)) - 2)
+    return row
+
+
+def _recorded(path: Path, csv_format: bool) -> tuple[set[str], int]:
+    """The images an existing output holds, and the length of its complete lines."""
+    data = path.read_bytes()
+    complete = data[:data.rfind(b"\n") + 1]
+    text = complete.decode("utf-8", errors="replace")
+    if csv_format:
+        rows = list(csv.reader(io.StringIO(text)))
+        images = {row[0] for row in rows[1:] if row}
+    else:
+        images = set()
+        for number, line in enumerate(text.splitlines(), 1):
+            try:
+                images.add(json.loads(line)["image"])
+            except (ValueError, KeyError, TypeError):
+                raise BadInput(f"cannot resume {path}: line {number} is not a record of "
+                               "`edgecnn run`") from None
+    return images, len(complete)
+
+
+class RecordWriter:
+    """Appends records to ``path`` (.jsonl or .csv), one flushed line each."""
+
+    def __init__(self, path: str | os.PathLike, task: str, top_k: int, resume: bool = False):
+        self.path = check_record_path(path)
+        self.task, self.top_k = task, top_k
+        self.csv = self.path.suffix.lower() == ".csv"
+        self.done: set[str] = set()
+        if resume and self.path.is_file() and self.path.stat().st_size:
+            self.done, length = _recorded(self.path, self.csv)
+            self.handle = open(self.path, "r+", encoding="utf-8", newline="")
+            self.handle.truncate(length)  # a line a killed run cut short
+            self.handle.seek(length)
+            if self.csv and not length:
+                self._write_line(_csv_header(task, top_k))
+        else:
+            self.handle = open(self.path, "w", encoding="utf-8", newline="")
+            if self.csv:
+                self._write_line(_csv_header(task, top_k))
+
+    def _write_line(self, row: list) -> None:
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerow(row)
+        self.handle.write(buffer.getvalue())
+        self.handle.flush()
+
+    def write(self, record: dict) -> None:
+        if self.csv:
+            self._write_line(_csv_row(record, self.task, self.top_k))
+        else:
+            self.handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self.handle.flush()
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def mask_path(folder: str | os.PathLike, image: Path) -> Path:
+    """Where an image's class map goes: its path mirrored under ``folder``, + ".png"."""
+    parts = [part for part in image.parts[1 if image.is_absolute() else 0:] if part != ".."]
+    return Path(folder, *parts[:-1], parts[-1] + ".png")
+
+
+def write_mask(path: Path, class_map: np.ndarray) -> None:
+    """A class map as a PNG of class indices: 8-bit for under 256 classes, else 16-bit."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dtype = np.uint8 if class_map.max(initial=0) < 256 else np.uint16
+    with atomic_output(path) as temporary:
+        Image.fromarray(class_map.astype(dtype)).save(temporary, format="PNG")

@@ -1,0 +1,230 @@
+"""`edgecnn run` at dataset scale: inputs, streaming, --output, bad images, --resume, Ctrl-C."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from conftest import assert_one_line_error
+from PIL import Image
+from tiny_models import tiny_model
+
+from edgecnn.runtime import Engine
+from edgecnn.runtime.predict import Interrupted, run_files
+from edgecnn.runtime.stream import expand_inputs, stream_scores
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return tiny_model(tmp_path_factory.mktemp("tiny") / "tiny.onnx", labels=["ant", "bee", "cat", "dog"])
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory):
+    """20 photos in two sub-folders (jpg and png), and a text file that is not an image."""
+    folder = tmp_path_factory.mktemp("shots")
+    rng = np.random.default_rng(3)
+    for index in range(20):
+        sub = folder / ("a" if index < 10 else "b")
+        sub.mkdir(exist_ok=True)
+        size = (int(rng.integers(20, 60)), int(rng.integers(20, 60)), 3)
+        Image.fromarray(rng.integers(0, 256, size, dtype=np.uint8)).save(
+            sub / f"shot{index:02d}.{'jpg' if index % 2 else 'png'}")
+    (folder / "README.txt").write_text("not an image\n")
+    return folder
+
+
+def read_jsonl(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_inputs_are_files_folders_globs_and_lists(shots, tmp_path):
+    every = expand_inputs([shots])
+    assert len(every) == 20 and every == sorted(every)  # recursive, images only, sorted
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{every[3]}\n\n{every[1]}\n")
+    picked = expand_inputs([every[0], f"{shots}/b/*.jpg", f"@{listing}", every[0]])
+    assert picked == [every[0], *sorted(p for p in every[10:] if p.suffix == ".jpg"),
+                      every[3], every[1]]  # in order, each once
+
+
+def text_folder(folder):
+    folder.mkdir()
+    (folder / "notes.txt").write_text("x")
+    return folder
+
+
+@pytest.mark.parametrize("make, fragment", [
+    (lambda tmp: (tmp / "empty").mkdir() or tmp / "empty", "is empty"),
+    (lambda tmp: text_folder(tmp / "t"), "has no image files"),
+    (lambda tmp: f"@{tmp / 'missing.txt'}", "list file not found"),
+    (lambda tmp: f"{tmp}/*.jpg", "no files match"),
+])
+def test_bad_inputs_are_one_line_and_write_nothing(cli, tiny, tmp_path, make, fragment):
+    output = tmp_path / "preds.jsonl"
+    assert_one_line_error(cli("run", tiny.path, make(tmp_path), "-o", output), 2, fragment)
+    assert not output.exists()
+
+
+@pytest.mark.parametrize("output, fragment", [
+    ("missing/preds.jsonl", "output directory does not exist"),
+    ("preds.txt", "--output must end in .jsonl or .csv"),
+])
+def test_unwritable_output(cli, tiny, shots, tmp_path, output, fragment):
+    assert_one_line_error(cli("run", tiny.path, shots, "-o", tmp_path / output), 2, fragment)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_jsonl_and_csv_records_match_the_engine(cli, tiny, shots, tmp_path):
+    files = expand_inputs([shots])
+    expected = Engine(tiny.path, "cpu").predict(files, top_k=2)
+    result = cli("run", tiny.path, shots, "-o", tmp_path / "p.jsonl", "--top-k", "2",
+                 "--batch", "3", "--workers", "2", "--json")
+    assert result.code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["images"], summary["done"], summary["failed"]) == (20, 20, 0)
+    records = read_jsonl(tmp_path / "p.jsonl")
+    assert [record["image"] for record in records] == [str(path) for path in files]
+    for record, prediction in zip(records, expected):
+        assert [entry["label"] for entry in record["top_k"]] == [label for label, _ in prediction]
+        np.testing.assert_allclose([e["probability"] for e in record["top_k"]],
+                                   [p for _, p in prediction], atol=1e-6)
+    assert cli("run", tiny.path, shots, "-o", tmp_path / "p.csv", "--top-k", "2").code == 0
+    with open(tmp_path / "p.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["image", "error", "top1", "p1", "top2", "p2"]
+    assert [(row["image"], row["top1"]) for row in rows] == [
+        (record["image"], record["top_k"][0]["label"]) for record in records]
+
+
+def test_workers_batches_and_a_fixed_batch_give_the_same_scores(tiny, shots, tmp_path):
+    files = expand_inputs([shots])
+    engine = Engine(tiny.path, "cpu")
+    reference = np.stack([outcome.scores for outcome in stream_scores(engine, files, workers=1,
+                                                                      batch=1)])
+    for batch, workers in ((16, 4), (7, 2)):
+        scores = np.stack([o.scores for o in stream_scores(engine, files, batch=batch,
+                                                           workers=workers)])
+        np.testing.assert_allclose(scores, reference, rtol=1e-6, atol=1e-6)
+    fixed = tiny_model(tmp_path / "fixed.onnx", batch=4, labels=["ant", "bee", "cat", "dog"])
+    scores = np.stack([o.scores for o in stream_scores(Engine(fixed.path, "cpu"), files, batch=3)])
+    np.testing.assert_allclose(scores, reference, rtol=1e-6, atol=1e-6)  # padded last chunk
+
+
+def test_memory_is_bounded_by_the_lookahead(tiny, shots):
+    files = expand_inputs([shots]) * 10
+    taken = []
+
+    def paths():
+        for path in files:
+            taken.append(path)
+            yield path
+
+    engine = Engine(tiny.path, "cpu")
+    for done, _ in enumerate(stream_scores(engine, paths(), batch=4, workers=2), 1):
+        assert len(taken) - done <= (2 * 4 + 2) + 4  # the lookahead and the batch being filled
+    assert done == len(files)
+
+
+def test_bad_images_are_recorded_and_skipped(cli, tiny, shots, tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for name in ("a.jpg", "c.png"):
+        (folder / name).write_bytes((shots / "a" / "shot01.jpg").read_bytes())
+    (folder / "b.jpg").write_text("not a jpeg")
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{folder / 'a.jpg'}\n{folder / 'gone.jpg'}\n")
+    output = tmp_path / "p.jsonl"
+    result = cli("run", tiny.path, folder, f"@{listing}", "-o", output)
+    assert result.code == 3, result.stderr  # some failed: exit 3
+    records = read_jsonl(output)
+    assert [("error" in record) for record in records] == [False, True, False, True]
+    assert "cannot read image" in records[1]["error"] and "image not found" in records[3]["error"]
+    assert "b.jpg" in result.stderr and "gone.jpg" in result.stderr
+    assert "wrote 4 record(s)" in result.stdout and "2 image(s) could not be read" in result.stdout
+    assert_one_line_error(cli("run", tiny.path, folder, "--strict", "-o", output), 2, "b.jpg")
+    assert_one_line_error(cli("run", tiny.path, folder / "b.jpg"), 2, "cannot read image")
+
+
+def test_resume_skips_what_the_output_holds_and_drops_a_cut_line(cli, tiny, shots, tmp_path):
+    output = tmp_path / "p.jsonl"
+    assert cli("run", tiny.path, shots, "-o", output).code == 0
+    full = output.read_text().splitlines(keepends=True)
+    output.write_text("".join(full[:5]) + full[5][:20])  # a killed run: 5 lines and a cut one
+    result = cli("run", tiny.path, shots, "-o", output, "--resume", "--json")
+    assert result.code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["resumed"], summary["done"]) == (5, 15)
+    assert output.read_text() == "".join(full)
+    assert_one_line_error(cli("run", tiny.path, shots, "--resume"), 2, "--resume needs")
+
+
+def test_ctrl_c_leaves_complete_lines_and_says_how_far(cli, tiny, shots, tmp_path, monkeypatch):
+    output = tmp_path / "p.jsonl"
+    seen = []
+
+    def interrupt(record):
+        seen.append(record)
+        if len(seen) == 7:
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted, match="interrupted after 7 of 20 image"):
+        run_files(tiny.path, [shots], output=output, on_record=interrupt, batch=4)
+    assert len(read_jsonl(output)) == 7 and output.read_text().endswith("\n")
+    import edgecnn.runtime.predict as predict
+
+    real = predict._record
+    calls = []
+
+    def record(*args):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(predict, "_record", record)
+    result = cli("run", tiny.path, shots, "-o", output, "--resume")
+    assert_one_line_error(result, 130, "interrupted after 3 of 13", "holds 10 complete",
+                          "--resume")
+
+
+def test_segmentation_masks(cli, tmp_path, shots):
+    model = tiny_model(tmp_path / "seg.onnx", task="segmentation", classes=3)
+    masks = tmp_path / "masks"
+    image = shots / "a" / "shot00.png"
+    result = cli("run", model.path, image, "--masks", masks, "--json")
+    assert result.code == 0, result.stderr
+    (mask_file,) = list(masks.rglob("*.png"))
+    assert mask_file.name == "shot00.png.png"
+    np.testing.assert_array_equal(np.asarray(Image.open(mask_file)), Engine(model.path).predict(image))
+    assert_one_line_error(cli("run", tmp_path / "seg.onnx", image, "--masks", masks, "--top-k", "0"),
+                          2, "--top-k")
+
+
+def test_progress_bar_only_on_a_terminal_and_never_with_json(cli, tiny, shots, tmp_path,
+                                                             monkeypatch):
+    import contextlib
+
+    from edgecnn.cli import _app, runtime_cmd
+
+    calls = []
+
+    @contextlib.contextmanager
+    def recording(enabled=True):
+        with _app.progress(enabled) as (on_step, on_progress):  # the real one decides
+            calls.append(("bar", on_progress is not None))
+            yield on_step, on_progress and (lambda *args: calls.append(args) or on_progress(*args))
+
+    monkeypatch.setattr(runtime_cmd, "progress", recording)
+    monkeypatch.setattr(_app.err, "_force_terminal", True)
+    assert cli("run", tiny.path, shots, "-o", tmp_path / "p.jsonl").code == 0
+    assert calls[0] == ("bar", True) and calls[-1] == ("images", 20, 20)
+    for args, terminal in ((["-o", tmp_path / "p.jsonl", "--json"], True),
+                           (["-o", tmp_path / "p.jsonl"], False)):
+        calls.clear()
+        monkeypatch.setattr(_app.err, "_force_terminal", terminal)
+        result = cli("run", tiny.path, shots, *args)
+        assert result.code == 0 and calls == [("bar", False)]
+        assert "\x1b" not in result.stderr
