@@ -15,8 +15,8 @@ import typer
 
 from edgecnn.cli._app import (
     BenchBatchOpt, CacheDirOpt, ColorOpt, CropFractionOpt, InputNameOpt, JsonOpt, LabelsOpt,
-    LayoutOpt, MaxPixelsOpt, MeanOpt, PreprocessInputSizeOpt, ProviderOpt, ScaleOpt, StdOpt,
-    StreamBatchOpt, TaskOpt, ThreadsOpt, WorkersOpt, app, out, print_fields, print_json,
+    LayoutOpt, MaxPixelsOpt, MeanOpt, PreprocessInputSizeOpt, ProviderOpt, RayOpt, ScaleOpt,
+    StdOpt, StreamBatchOpt, TaskOpt, ThreadsOpt, WorkersOpt, app, out, print_fields, print_json,
     print_warning, progress, preprocessing_settings, safe, warnings_as_lines,
 )
 from edgecnn.errors import BadInput
@@ -72,6 +72,7 @@ def run_command(
     batch: StreamBatchOpt = None,
     workers: WorkersOpt = None,
     max_pixels: MaxPixelsOpt = None,
+    ray: RayOpt = None,
     provider: ProviderOpt = "auto",
     threads: ThreadsOpt = None,
     cache_dir: CacheDirOpt = None,
@@ -106,7 +107,7 @@ def run_command(
         summary = run_files(
             model, images, output=output, resume=resume, strict=strict, masks=masks,
             top_k=top_k, batch=batch, workers=workers, provider=provider, threads=threads,
-            cache_dir=cache_dir, preprocessing=settings, max_pixels=max_pixels,
+            cache_dir=cache_dir, preprocessing=settings, max_pixels=max_pixels, ray=ray,
             on_start=None if json_output else _print_header, on_record=on_record,
             on_progress=on_progress and (lambda done, total: on_progress("images", done, total)))
     failed = summary["failed"]
