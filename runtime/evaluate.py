@@ -12,6 +12,7 @@ Torch-free.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,20 +85,54 @@ def _array_scores(engine: Engine, inputs: np.ndarray,
         yield engine.scores(inputs[start:start + size]), slice(start, start + size)
 
 
+def _tally(engine: Engine, number: int, files, labels: np.ndarray, report: dict, options: dict,
+           ray: str | None, engine_options: dict, on_progress) -> Tally:
+    """One model's Tally over the image ``files`` (scored here, or on Ray); the first model's
+    unreadable images go into ``report``."""
+    if ray is None:
+        outcomes = stream_scores(engine, files, **options)
+    else:
+        from edgecnn.runtime.ray import ray_outcomes
+
+        outcomes = ray_outcomes(ray, engine.path, files, engine_options=engine_options,
+                                actors=None, **options)
+    tally, done = Tally(_classes(engine)), 0
+    with contextlib.closing(outcomes):
+        for index, outcome in enumerate(outcomes):
+            if outcome.error is not None:
+                tally.predictions.append(-1)
+                if number == 0:
+                    report["unreadable"].append({"image": str(outcome.path),
+                                                 "error": outcome.error})
+            else:
+                tally.add(outcome.scores[None], labels[index:index + 1])
+            done += 1
+            if on_progress is not None:
+                on_progress(Path(engine.path).name, done, len(files))
+    return tally
+
+
 def evaluate(models: Sequence[str | os.PathLike], data: str | os.PathLike, *,
              batch: int | None = None, workers: int | None = None,
              provider: ProviderRequest = "auto", threads: int | None = None,
-             fallback: bool = True, max_pixels: int | None = None,
+             fallback: bool = True, max_pixels: int | None = None, ray: str | None = None,
              on_progress: Callable[[str, int, int], None] | None = None) -> dict:
     """Accuracy of each model on ``data`` (an ImageFolder folder or an .npz with ``inputs`` and
     ``labels``). The first model sets the classes (its labels name the sub-folders); the others
     must have as many classes. Returns {"data", "source", "classes", "samples",
     "unreadable": [{"image", "error"}], "models": [{"model", "name", "precision", "providers",
     "samples", "top1", "top5", "top1_agreement" (with the first model; None for it),
-    "per_class": [{"class", "samples", "top1"}], "confusion": [[true x predicted]]}]}."""
+    "per_class": [{"class", "samples", "top1"}], "confusion": [[true x predicted]]}]}.
+    ``ray``: score an image folder on Ray Data (an address, or ``"local"``; runtime/ray.py)."""
     if not models:
         raise BadInput("models needs at least one .onnx file")
     path = existing_source(data, "data")
+    if ray is not None:
+        from edgecnn.runtime.ray import connected, import_ray
+
+        import_ray()
+        if not path.is_dir():
+            raise BadInput(f"ray scores image folders; {path} is an array, which runs here")
     engines = [Engine(model, provider, threads, fallback,
                       session_options=streaming_session_options()) for model in models]
     classes = _classes(engines[0])
@@ -109,28 +144,18 @@ def evaluate(models: Sequence[str | os.PathLike], data: str | os.PathLike, *,
     class_names = list(names) if names else [str(index) for index in range(classes)]
     report = {"data": str(path), "source": "images" if path.is_dir() else "array",
               "classes": class_names, "samples": 0, "unreadable": [], "models": []}
-    tallies = []
     if path.is_dir():
         files, labels = labelled_files(path, names, classes)
         labels = np.asarray(labels, np.int64)
-        for number, engine in enumerate(engines):
-            tally, done = Tally(classes), 0
-            for index, outcome in enumerate(stream_scores(engine, files, batch=batch,
-                                                          workers=workers,
-                                                          max_pixels=max_pixels)):
-                if outcome.error is not None:
-                    tally.predictions.append(-1)
-                    if number == 0:
-                        report["unreadable"].append({"image": str(outcome.path),
-                                                     "error": outcome.error})
-                else:
-                    tally.add(outcome.scores[None], labels[index:index + 1])
-                done += 1
-                if on_progress is not None:
-                    on_progress(Path(engine.path).name, done, len(files))
-            tallies.append(tally)
+        options = {"batch": batch, "workers": workers, "max_pixels": max_pixels}
+        session = connected(ray) if ray is not None else contextlib.nullcontext()
+        with session:
+            tallies = [_tally(engine, number, files, labels, report, options, ray,
+                              {"provider": provider, "threads": threads, "fallback": fallback},
+                              on_progress) for number, engine in enumerate(engines)]
         report["samples"] = len(files)
     else:
+        tallies = []
         for engine in engines:
             inputs, labels = load_arrays(path, engine.require_metadata().input, with_labels=True)
             if labels.min() < 0 or labels.max() >= classes:

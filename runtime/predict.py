@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -60,6 +60,18 @@ def _record(outcome: Outcome, task: str, top_k: int, labels) -> dict:
             "classes": _class_summary(class_map, labels)}
 
 
+def _local_records(engine: Engine, paths, task: str, top_k: int, labels, masks,
+                   **stream) -> Iterator[dict]:
+    """The records of ``paths`` streamed through ``engine`` here; class maps to ``masks``."""
+    outcomes = stream_scores(engine, paths, **stream)
+    with contextlib.closing(outcomes):  # its threads joined on any exit
+        for outcome in outcomes:
+            record = _record(outcome, task, top_k, labels)
+            if masks is not None and outcome.scores is not None:
+                write_mask(mask_path(masks, outcome.path), outcome.scores.argmax(axis=0))
+            yield record
+
+
 def run_files(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], *,
               output: str | os.PathLike | None = None, resume: bool = False,
               strict: bool = False, masks: str | os.PathLike | None = None, top_k: int = 5,
@@ -67,6 +79,7 @@ def run_files(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], *,
               provider: ProviderRequest = "auto", threads: int | None = None,
               fallback: bool = True, cache_dir: str | os.PathLike | None = None,
               preprocessing: Mapping | None = None, max_pixels: int | None = None,
+              ray: str | None = None,
               on_start: Callable[[dict], None] | None = None,
               on_record: Callable[[dict], None] | None = None,
               on_progress: Callable[[int, int], None] | None = None) -> dict:
@@ -80,7 +93,9 @@ def run_files(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], *,
 
     ``on_start(summary)`` runs once the model is loaded, before the first image.
     ``masks``: a folder for segmentation class maps as PNGs (mirroring the image paths).
-    ``strict``: an unreadable image is BadInput instead of a record. Ctrl-C raises Interrupted,
+    ``strict``: an unreadable image is BadInput instead of a record. ``ray``: score the images
+    on Ray Data (an address, or ``"local"``; ``runtime/ray.py``), writing the same records.
+    Ctrl-C raises Interrupted,
     whose message says how many records the output holds. Nothing is written before the
     inputs, the output path and the model have been checked.
     """
@@ -90,6 +105,12 @@ def run_files(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], *,
     if resume and output is None:
         raise BadInput("resume needs output (the file to continue)")
     paths = expand_inputs(inputs)
+    if ray is not None:
+        from edgecnn.runtime.ray import import_ray, ray_records
+
+        import_ray()
+        if masks is not None:
+            raise BadInput("masks are written by a local run; leave ray out to write them")
     if output is not None:
         check_record_path(output)
     engine = Engine(model, provider, threads, fallback, cache_dir=cache_dir,
@@ -105,7 +126,8 @@ def run_files(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], *,
     summary = {"model": str(model), "name": metadata.model, "task": metadata.task,
                "precision": metadata.precision, "weights": metadata.weights,
                "providers": engine.providers, "images": len(paths), "done": 0, "failed": 0,
-               "resumed": 0, "output": None if output is None else str(output), "failures": []}
+               "resumed": 0, "output": None if output is None else str(output), "failures": [],
+               **({"ray": ray} if ray is not None else {})}
     if on_start is not None:
         on_start(summary)
     writer = RecordWriter(output, metadata.task, top_k, resume) if output is not None else None
@@ -116,19 +138,25 @@ def run_files(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], *,
         else:
             todo = paths
         started = time.perf_counter()
-        outcomes = stream_scores(engine, todo, batch=batch, workers=workers,
-                                 max_pixels=max_pixels, strict=strict)
-        with contextlib.closing(outcomes):  # its threads joined on any exit
-            for outcome in outcomes:
-                record = _record(outcome, metadata.task, top_k, labels)
-                if masks is not None and outcome.scores is not None:
-                    write_mask(mask_path(masks, outcome.path), outcome.scores.argmax(axis=0))
+        options = {"batch": batch, "workers": workers, "max_pixels": max_pixels}
+        if ray is None:
+            records = _local_records(engine, todo, metadata.task, top_k, labels, masks,
+                                     strict=strict, **options)
+        else:
+            records = ray_records(ray, model, todo, strict=strict, task=metadata.task,
+                                  top_k=top_k, labels=labels, actors=None, engine_options={
+                                      "provider": provider, "threads": threads,
+                                      "fallback": fallback, "cache_dir": cache_dir,
+                                      "preprocessing": preprocessing}, **options)
+        with contextlib.closing(records):  # threads joined, Ray left, on any exit
+            for record in records:
                 if writer is not None:
                     writer.write(record)
                 summary["done"] += 1
-                if outcome.error is not None:
+                if "error" in record:
                     summary["failed"] += 1
-                    summary["failures"].append({"image": record["image"], "error": outcome.error})
+                    summary["failures"].append({"image": record["image"],
+                                                "error": record["error"]})
                 if on_record is not None:
                     on_record(record)
                 if on_progress is not None:

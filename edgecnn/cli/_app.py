@@ -167,6 +167,11 @@ StreamBatchOpt = Annotated[Optional[int], typer.Option(
 WorkersOpt = Annotated[Optional[int], typer.Option(
     "--workers", help="Threads decoding and preprocessing images while the model runs "
                       "(default: the cores but one, 1 to 8).")]
+RayOpt = Annotated[Optional[str], typer.Option(
+    "--ray", metavar="ADDRESS",
+    help="Score the images on Ray Data (pip install 'edgecnn[ray]'): 'local' (an instance on "
+         "this machine), 'auto' (the cluster `ray start` joined) or ray://HOST:10001. The model "
+         "path must be readable by every worker.")]
 MaxPixelsOpt = Annotated[Optional[int], typer.Option(
     "--max-pixels", metavar="N",
     help="Refuse images of more pixels than this before decoding them (default: Pillow's "

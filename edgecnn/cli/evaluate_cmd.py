@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from edgecnn.cli._app import (
-    JsonOpt, MaxPixelsOpt, ProviderOpt, StreamBatchOpt, ThreadsOpt, WorkersOpt, app, out,
+    JsonOpt, MaxPixelsOpt, ProviderOpt, RayOpt, StreamBatchOpt, ThreadsOpt, WorkersOpt, app, out,
     print_json, print_warning, progress, safe, warnings_as_lines,
 )
 from edgecnn.errors import BadInput
@@ -63,6 +63,7 @@ def evaluate_command(
         "--plot", metavar="FILE.png",
         help="Draw the first model's confusion matrix into FILE (needs matplotlib).")] = None,
     max_pixels: MaxPixelsOpt = None,
+    ray: RayOpt = None,
     provider: ProviderOpt = "auto",
     threads: ThreadsOpt = None,
     json_output: JsonOpt = False,
@@ -82,7 +83,8 @@ def evaluate_command(
         check_output_path(plot)
     with warnings_as_lines(), progress(enabled=not json_output) as (_, on_progress):
         report = evaluate(paths[:-1], paths[-1], batch=batch, workers=workers, provider=provider,
-                          threads=threads, max_pixels=max_pixels, on_progress=on_progress)
+                          threads=threads, max_pixels=max_pixels, ray=ray,
+                          on_progress=on_progress)
     if plot is not None:
         first = report["models"][0]
         plot_confusion(first["confusion"], report["classes"], plot,

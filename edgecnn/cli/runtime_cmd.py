@@ -14,8 +14,8 @@ from typing import Annotated, Optional
 import typer
 
 from edgecnn.cli._app import (
-    BenchBatchOpt, CacheDirOpt, JsonOpt, MaxPixelsOpt, ProviderOpt, StreamBatchOpt, ThreadsOpt,
-    WorkersOpt, app, out, print_fields, print_json, print_warning, progress, safe,
+    BenchBatchOpt, CacheDirOpt, JsonOpt, MaxPixelsOpt, ProviderOpt, RayOpt, StreamBatchOpt,
+    ThreadsOpt, WorkersOpt, app, out, print_fields, print_json, print_warning, progress, safe,
     warnings_as_lines,
 )
 from edgecnn.cli._preprocessing_flags import (
@@ -76,6 +76,7 @@ def run_command(
     batch: StreamBatchOpt = None,
     workers: WorkersOpt = None,
     max_pixels: MaxPixelsOpt = None,
+    ray: RayOpt = None,
     provider: ProviderOpt = "auto",
     threads: ThreadsOpt = None,
     cache_dir: CacheDirOpt = None,
@@ -98,7 +99,7 @@ def run_command(
         summary = run_files(
             model, images, output=output, resume=resume, strict=strict, masks=masks,
             top_k=top_k, batch=batch, workers=workers, provider=provider, threads=threads,
-            cache_dir=cache_dir, preprocessing=preprocessing, max_pixels=max_pixels,
+            cache_dir=cache_dir, preprocessing=preprocessing, max_pixels=max_pixels, ray=ray,
             on_start=None if json_output else _print_header, on_record=on_record,
             on_progress=on_progress and (lambda done, total: on_progress("images", done, total)))
     failed = summary["failed"]
