@@ -21,6 +21,7 @@ import numpy as np
 
 from edgecnn.errors import BadInput, EdgecnnError
 from edgecnn.runtime.engine import Engine
+from edgecnn.runtime.model_file import check_model_file
 from edgecnn.runtime.postprocess import top_k as top_k_of, usable_labels
 from edgecnn.runtime.providers import ProviderRequest
 from edgecnn.runtime.records import RecordWriter, check_record_path, mask_path, write_mask
@@ -104,6 +105,7 @@ def run_files(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], *,
     check_stream_options(batch, workers, max_pixels)
     if resume and output is None:
         raise BadInput("resume needs output (the file to continue)")
+    check_model_file(model)  # the first argument's error first, before the images are listed
     paths = expand_inputs(inputs)
     if ray is not None:
         from edgecnn.runtime.ray import import_ray, ray_records
