@@ -9,6 +9,13 @@ channel's largest |weight|, both ranges become sqrt(r_A,c r_B,c): a channel whos
 the others' (which per-tensor weight scales and the activation's one scale cannot serve) is
 brought in line. B may be a depthwise conv (one filter per channel).
 
+ReLU6 (the exporter's ``Clip(x, 0, 6)``, mobilenet_v2) between A and B does not commute with the
+scaling: Clip(x, 0, 6) / s = Min(Relu(x / s), 6 / s). Such a Clip is rewritten into that Relu
+and a Min with one bound per channel (a [1, C, 1, 1] constant), so the equalized model computes
+the same function (the Relu is a Clip to the largest bound, which keeps int8's range there
+tight). onnxruntime has no int8 Min: it stays a float op between a DequantizeLinear and a
+QuantizeLinear, and the Clip folds into the conv's output Q (docs/quantization.md).
+
 Bias correction (empirical): after quantizing, the per-channel mean of (int8 - fp32) at each
 conv's output on the calibration data is subtracted from that conv's float bias, and the model
 is quantized again (the recipe does this, with the calibrated ranges cached).
@@ -17,10 +24,11 @@ is quantized again (the recipe does this, with the calibrated ranges cached).
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import NamedTuple
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from edgecnn.export.calibration import batches
 from edgecnn.runtime import load_session
@@ -35,9 +43,36 @@ def _attribute(node: onnx.NodeProto, name: str, default: int) -> int:
     return next((a.i for a in node.attribute if a.name == name), default)
 
 
-def conv_pairs(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, onnx.NodeProto]]:
-    """(A, B): convs with constant weights where A's output, through at most a Relu, is read by
-    B alone; B is a plain conv (group 1) or a depthwise one."""
+class ConvPair(NamedTuple):
+    first: onnx.NodeProto
+    second: onnx.NodeProto
+    clip: onnx.NodeProto | None = None  # a ReLU6 between them, rewritten by equalize_pairs
+
+
+def _clip_bounds(node: onnx.NodeProto, constants: dict) -> tuple[float, float | None] | None:
+    """(low, high) of a Clip whose bounds are constant scalars (inputs, or attributes before
+    opset 11; high None: none), else None."""
+    bounds: list[float | None] = [None, None]
+    for index, name in enumerate(node.input[1:3]):
+        if name:
+            if name not in constants or numpy_helper.to_array(constants[name]).size != 1:
+                return None
+            bounds[index] = float(numpy_helper.to_array(constants[name]).reshape(()))
+    for attribute in node.attribute:
+        if attribute.name in ("min", "max"):
+            bounds[attribute.name == "max"] = attribute.f
+    return (bounds[0], bounds[1]) if bounds[0] is not None else None
+
+
+def _is_relu6(node: onnx.NodeProto, constants: dict) -> bool:
+    """A Clip from 0 to a positive bound (or none): Relu, then a Min equalization can scale."""
+    bounds = _clip_bounds(node, constants) if node.op_type == "Clip" else None
+    return bounds is not None and bounds[0] == 0 and (bounds[1] is None or bounds[1] > 0)
+
+
+def conv_pairs(model: onnx.ModelProto) -> list[ConvPair]:
+    """Convs A, B with constant weights where A's output, through at most a Relu or a ReLU6
+    (Clip from 0), is read by B alone; B is a plain conv (group 1) or a depthwise one."""
     constants = {init.name: init for init in model.graph.initializer}
     readers = defaultdict(list)
     for node in model.graph.node:
@@ -57,15 +92,17 @@ def conv_pairs(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, onnx.NodePr
     for first in model.graph.node:
         if first.op_type != "Conv" or not own_weights(first):
             continue
-        second = only_reader(first.output[0])
-        if second is not None and second.op_type in SCALE_EQUIVARIANT:
+        second, clip = only_reader(first.output[0]), None
+        if second is not None and _is_relu6(second, constants):
+            clip = second
+        if second is not None and (second.op_type in SCALE_EQUIVARIANT or clip is not None):
             second = only_reader(second.output[0])
         if second is None or second.op_type != "Conv" or not own_weights(second):
             continue
         weight = constants[second.input[1]].dims
         group = _attribute(second, "group", 1)
         if group == 1 or (weight[1] == 1 and group == weight[0]):  # plain or depthwise
-            pairs.append((first, second))
+            pairs.append(ConvPair(first, second, clip))
     return pairs
 
 
@@ -79,8 +116,9 @@ def equalize_pairs(model: onnx.ModelProto) -> onnx.ModelProto:
     initializers = {init.name: init for init in equalized.graph.initializer}
     arrays = {name: numpy_helper.to_array(init).astype(np.float64)
               for name, init in initializers.items()}
+    total_scales = {}  # first conv's name -> what its output channels were divided by, in all
     for _ in range(ITERATIONS):
-        for first, second in pairs:
+        for first, second, _clip in pairs:
             weight_a, weight_b = arrays[first.input[1]], arrays[second.input[1]]
             depthwise = _attribute(second, "group", 1) > 1
             range_a = np.abs(weight_a).reshape(len(weight_a), -1).max(axis=1)
@@ -89,17 +127,60 @@ def equalize_pairs(model: onnx.ModelProto) -> onnx.ModelProto:
             scale = np.ones_like(range_a)
             usable = (range_a > 0) & (range_b > 0)
             scale[usable] = np.sqrt(range_a[usable] / range_b[usable])
+            total_scales[first.name] = total_scales.get(first.name, 1.0) * scale
             arrays[first.input[1]] = weight_a / scale.reshape(-1, *[1] * (weight_a.ndim - 1))
             if len(first.input) > 2 and first.input[2]:
                 arrays[first.input[2]] = arrays[first.input[2]] / scale
             shape = [-1, 1, 1, 1] if depthwise else [1, -1, 1, 1]
             arrays[second.input[1]] = weight_b * scale.reshape(shape[:weight_b.ndim])
-    changed = {name for first, second in pairs
+    changed = {name for first, second, _clip in pairs
                for name in (*first.input[1:], second.input[1]) if name}
     for name in changed:
         dtype = numpy_helper.to_array(initializers[name]).dtype
         initializers[name].CopyFrom(numpy_helper.from_array(arrays[name].astype(dtype), name))
+    clips = [pair for pair in pairs if pair.clip is not None]
+    bounds = {name for pair in clips for name in pair.clip.input[1:]}
+    for first, _second, clip in clips:
+        _split_relu6(equalized, clip, total_scales[first.name],
+                     _clip_bounds(clip, initializers)[1])
+    _drop_unread(equalized, bounds)
     return equalized
+
+
+def _drop_unread(model: onnx.ModelProto, names: set[str]) -> None:
+    """Remove the initializers among ``names`` that no node reads any more (onnxruntime warns
+    about each one)."""
+    read = {name for node in model.graph.node for name in node.input}
+    kept = [init for init in model.graph.initializer if init.name in read or init.name not in names]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+
+
+def _split_relu6(model: onnx.ModelProto, clip: onnx.NodeProto, scale: np.ndarray,
+                 high: float | None) -> None:
+    """Rewrite ``clip`` (from 0 to ``high``, reading channels divided by ``scale``) in place
+    into Clip(0, max_c bound_c) -> Min(bound) with bound = high / scale, one value per channel
+    ([1, C, 1, 1]). The first Clip is a Relu for the Min after it; its upper bound changes no
+    value but keeps the range int8 calibrates there (where the Clip folds into the conv's
+    output Q) as tight as the Min's. Without ``high``, the Clip is a Relu and stays as it is."""
+    if high is None:
+        return
+    bound = (high / scale).astype(np.float32).reshape(1, -1, 1, 1)
+    bound_name, outer_name = f"{clip.name}.max_per_channel", f"{clip.name}.max"
+    model.graph.initializer.extend([numpy_helper.from_array(bound, bound_name),
+                                    numpy_helper.from_array(bound.max(), outer_name)])
+    output = clip.output[0]
+    minimum = helper.make_node("Min", [f"{output}/clipped", bound_name], [output],
+                               f"{clip.name}/min")
+    minimum.metadata_props.extend(clip.metadata_props)  # the module scope, for the report
+    clip.output[0] = minimum.input[0]
+    if len(clip.input) > 2:
+        clip.input[2] = outer_name
+    else:  # opset < 11: the bounds are attributes
+        next(a for a in clip.attribute if a.name == "max").f = float(bound.max())
+    nodes = model.graph.node
+    index = next(k for k, node in enumerate(nodes) if node is clip)
+    nodes.insert(index + 1, minimum)
 
 
 def _run(model: onnx.ModelProto, tensors: list[str], inputs: np.ndarray) -> list[np.ndarray]:

@@ -129,14 +129,59 @@ def planted_cnn(path: Path, *, outlier: float = 100.0, depthwise: bool = False,
         helper.make_node("Flatten", ["pooled"], ["flat"], "flatten"),
         helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], "fc", transB=1),
     ]
+    return _save_classifier(path, "planted_cnn", nodes, inits)
+
+
+def relu6_cnn(path: Path, *, outlier: float = 100.0, seed: int = 0) -> Path:
+    """conv1 -> ReLU6 -> depthwise conv2 -> ReLU6 -> 1x1 conv3 -> global pool -> Gemm (3x16x16
+    -> 4 classes), mobilenet_v2's inverted-residual pattern with ReLU6 as the exporter writes it
+    (``Clip`` reading one shared pair of 0 and 6 initializers). Planted like ``planted_cnn``:
+    conv1's output channel PLANTED_CHANNEL and conv2's channel PLANTED_CHANNEL + 2 are
+    ``outlier`` times larger and read back ``outlier`` times smaller. The weights are small
+    (gain 0.02) so that the planted channels mostly stay under 6."""
+    rng = np.random.default_rng(seed)
+    channels, gain, big = 8, 0.02, PLANTED_CHANNEL + 2
+    w1 = (rng.standard_normal((channels, 3, 3, 3)) * gain / np.sqrt(27)).astype(np.float32)
+    w2 = (rng.standard_normal((channels, 1, 3, 3)) / 3).astype(np.float32)
+    w3 = (rng.standard_normal((channels, channels, 1, 1)) / np.sqrt(channels)).astype(np.float32)
+    b1, b2, b3 = (rng.standard_normal(channels).astype(np.float32) * gain for _ in range(3))
+    w1[PLANTED_CHANNEL] *= outlier
+    b1[PLANTED_CHANNEL] *= outlier
+    w2[PLANTED_CHANNEL] /= outlier
+    w2[big] *= outlier
+    b2[big] *= outlier
+    w3[:, big] /= outlier
+    fc = rng.standard_normal((4, channels)).astype(np.float32)
+    inits = [numpy_helper.from_array(array, name) for array, name in (
+        (w1, "conv1.weight"), (b1, "conv1.bias"), (w2, "conv2.weight"), (b2, "conv2.bias"),
+        (w3, "conv3.weight"), (b3, "conv3.bias"), (fc, "fc.weight"),
+        (np.zeros(4, np.float32), "fc.bias"), (np.array(0, np.float32), "min_val"),
+        (np.array(6, np.float32), "max_val"))]
+    pads = {"pads": [1, 1, 1, 1]}
+    nodes = [
+        helper.make_node("Conv", ["input", "conv1.weight", "conv1.bias"], ["c1"], "conv1", **pads),
+        helper.make_node("Clip", ["c1", "min_val", "max_val"], ["r1"], "relu6_1"),
+        helper.make_node("Conv", ["r1", "conv2.weight", "conv2.bias"], ["c2"], "conv2",
+                         group=channels, **pads),
+        helper.make_node("Clip", ["c2", "min_val", "max_val"], ["r2"], "relu6_2"),
+        helper.make_node("Conv", ["r2", "conv3.weight", "conv3.bias"], ["c3"], "conv3"),
+        helper.make_node("GlobalAveragePool", ["c3"], ["pooled"], "pool"),
+        helper.make_node("Flatten", ["pooled"], ["flat"], "flatten"),
+        helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], "fc", transB=1),
+    ]
+    return _save_classifier(path, "relu6_cnn", nodes, inits)
+
+
+def _save_classifier(path: Path, name: str, nodes: list, inits: list) -> Path:
+    """Save a 3x16x16 -> 4 classes graph, fp32 with edgecnn metadata."""
     graph = helper.make_graph(
-        nodes, "planted_cnn",
+        nodes, name,
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 16, 16])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
     info = InputInfo(shape=[3, 16, 16], color="RGB", mean=[0.5] * 3, std=[0.25] * 3)
-    meta = ModelMetadata(model="planted_cnn", task="classification", input=info)
+    meta = ModelMetadata(model=name, task="classification", input=info)
     model.metadata_props.add(key=METADATA_KEY, value=meta.to_json())
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
