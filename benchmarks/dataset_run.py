@@ -10,10 +10,14 @@ stage, and does memory stay flat in the number of images?
 2. Exports resnet18 at 224 (fp32) and quantizes it with edgecnn's int8 recipe, calibrated on
    100 of the photos.
 3. For each precision, with the same ``--workers`` and ``--batch``:
-   - the bare session on ready batches (preprocessed photos): images/s;
-   - decode + preprocess alone on a pool of the same workers: images/s;
+   - the bare session on ready batches (preprocessed photos): images/s over one block of
+     calls (10 s), nothing else running in this process meanwhile;
+   - decode + preprocess alone on a pool of the same workers, after the session is freed
+     (so its spinning thread pool takes no core from the decoders): images/s;
    - ``edgecnn run MODEL FOLDER --output preds.jsonl --json`` in a fresh process: images/s
      (its summary's, from the first image to the last record) and peak RSS.
+   The stages run one after another, never interleaved call by call. The report names the
+   CPU (``providers.cpu_name``, lscpu's model name).
    Goal: run >= 0.85 x min(bare, decode).
 4. Peak RSS of the int8 run at ``--count`` and at ``--big`` images (hard links to the same
    files, so the paths differ): it must not grow with the count.
@@ -42,6 +46,7 @@ from edgecnn.runtime.preprocess import preprocess_images
 from edgecnn.runtime.stream import default_workers
 
 sys.path.insert(0, str(Path(__file__).parent))
+from providers import cpu_name  # noqa: E402
 from runtime_overhead import _EDGECNN_CLI, _READ_PEAK  # noqa: E402
 
 GOAL = 0.85
@@ -164,7 +169,7 @@ def main() -> int:
                                             args.batch, args.threads)
     print(f"{args.count} JPEGs ~500x375, resnet18 at 224, batch {args.batch}, workers "
           f"{args.workers}, threads {args.threads or 'default'}, onnxruntime {ort.__version__}, "
-          f"{os.cpu_count()} CPUs")
+          f"CPU {cpu_name()}, {os.cpu_count()} cores")
     for name, bare, decode, run, peak in rows:
         goal = GOAL * min(bare, decode)
         print(f"{name}: bare session {bare:.1f} img/s, decode+preprocess {decode:.1f} img/s, "
