@@ -329,6 +329,7 @@ def check_parity(name: str, onnx_path: str | os.PathLike | None = None, *,
                                 num_classes=num_classes, in_channels=in_channels,
                                 weights=weights, seed=seed, model_options=options,
                                 check=False, module=module).path
+            fp32_path = path  # per_layer's reference: the export made here, not a second one
             if precision not in ("fp32", "bf16"):  # bf16 runs the fp32 file
                 step(f"converting to {precision}")
                 path = convert_precision(path, precision,
@@ -368,12 +369,12 @@ def check_parity(name: str, onnx_path: str | os.PathLike | None = None, *,
                             model_name=spec.name, image_rows=image_rows, on_step=step)
         if per_layer:
             step("comparing int8 with fp32 layer by layer")
-            fp32 = export_model(spec, Path(work) / "fp32.onnx", input_size=(height, width),
-                                num_classes=num_classes, weights=weights, seed=seed,
-                                in_channels=channels if channels != spec.input_size[0] else None,
-                                model_options=options, check=False, module=module).path
-            report.per_layer = int8_report(fp32, path, np.concatenate([b for b in inputs]),
-                                           name=spec.name)
+            fp32 = fp32_path if onnx_path is None else export_model(
+                spec, Path(work) / "fp32.onnx", input_size=(height, width),
+                num_classes=num_classes, weights=weights, seed=seed,
+                in_channels=channels if channels != spec.input_size[0] else None,
+                model_options=options, check=False, module=module).path
+            report.per_layer = int8_report(fp32, path, np.concatenate(inputs), name=spec.name)
     report.onnx_path = str(onnx_path or f"(fresh export, {report.precision})")
     report.notes[:0] = notes
     if not report.passed and onnx_path is not None and not any("NaN" in n for n in report.notes):

@@ -29,7 +29,7 @@ import onnx
 from edgecnn.errors import BadInput
 from edgecnn.export.name_scopes import producing_module, quantized_views
 from edgecnn.export.calibration import batches
-from edgecnn.export.parity import INT8_SQNR_FLOOR_DB
+from edgecnn.export.parity import INT8_SQNR_FLOOR_DB, sqnr_db
 from edgecnn.export.quiet import silenced
 from edgecnn.runtime.files import atomic_output, check_output_path, work_directory
 from edgecnn.runtime.onnx_file import dims, fixed_batch, graph_inputs, load_model
@@ -41,17 +41,6 @@ QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 # A channel below this share of the median channel's norm is not rated: a near-silent channel
 # rounds to zero at any scale; the outlier failure is the typical channel losing its levels.
 QUIET_CHANNEL = 0.1
-
-
-def sqnr_db(reference, candidate) -> float:
-    """20 log10(|reference| / |reference - candidate|), inf for an exact match (qdq_loss_debug's
-    formula, without its epsilon floor)."""
-    reference = np.asarray(reference, dtype=np.float64)
-    error = float(np.linalg.norm(reference - np.asarray(candidate, dtype=np.float64)))
-    signal = float(np.linalg.norm(reference))
-    if error == 0:
-        return math.inf
-    return 20 * math.log10(signal / error) if signal > 0 else -math.inf
 
 
 def worst_channel(reference: np.ndarray, candidate: np.ndarray, axis: int) -> tuple[float, int | None]:

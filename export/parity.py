@@ -77,6 +77,20 @@ class ParityMetrics:
                 for key, value in values.items()}
 
 
+def sqnr_from_norms(signal: float, error: float) -> float:
+    """20 log10(signal / error) in dB: inf for an exact match, -inf for a zero signal."""
+    if error == 0:
+        return math.inf
+    return 20.0 * math.log10(signal / error) if signal > 0 else -math.inf
+
+
+def sqnr_db(reference, candidate) -> float:
+    """The SQNR of ``candidate`` against ``reference`` (compare's, on its own)."""
+    reference = np.asarray(reference, dtype=np.float64)
+    error = float(np.linalg.norm(reference - np.asarray(candidate, dtype=np.float64)))
+    return sqnr_from_norms(float(np.linalg.norm(reference)), error)
+
+
 def compare(reference: np.ndarray, candidate: np.ndarray) -> ParityMetrics:
     """Metrics of ``candidate`` (ONNX output) against ``reference`` (eager output)."""
     reference = np.asarray(reference, dtype=np.float64)
@@ -90,12 +104,7 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> ParityMetrics:
         rel_l2 = error_norm / reference_norm
     else:
         rel_l2 = 0.0 if error_norm == 0 else math.inf
-    if error_norm == 0:
-        sqnr_db = math.inf
-    elif reference_norm == 0:
-        sqnr_db = -math.inf
-    else:
-        sqnr_db = 20.0 * math.log10(reference_norm / error_norm)
+    sqnr = sqnr_from_norms(reference_norm, error_norm)
     denominator = reference_norm * candidate_norm
     if denominator > 0:
         cosine = float(np.dot(reference.ravel(), candidate.ravel()) / denominator)
@@ -112,7 +121,7 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> ParityMetrics:
         max_abs = float(error.flat[flat])
         worst = tuple(int(i) for i in np.unravel_index(flat, error.shape))
     return ParityMetrics(rel_l2=rel_l2, max_abs=max_abs, cosine=cosine,
-                         top1_agreement=top1, sqnr_db=sqnr_db, worst_index=worst)
+                         top1_agreement=top1, sqnr_db=sqnr, worst_index=worst)
 
 
 def activation_peak(module, inputs) -> tuple[float, str]:

@@ -248,7 +248,6 @@ class Int8Static(Recipe):
         return details
 
 
-Int8Recipe = Int8Static  # its older name
 
 
 class Int8Dynamic(Recipe):

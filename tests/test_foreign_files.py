@@ -162,6 +162,8 @@ def test_several_inputs_and_outputs(cli, files, photo):
     assert [value["name"] for value in info["outputs"]] == ["logits", "features"]
     bench = cli("bench", two, "--runs", "2", "--warmup", "0", "--json")
     assert bench.code == 0, bench.stderr
+    bench = json.loads(bench.stdout)
+    assert bench["batch"] == 1 and bench["latency_ms"]["p50"] > 0
 
 
 def test_info_counts_the_external_data(cli, files):
@@ -190,8 +192,9 @@ def test_bench_sizes_dynamic_axes_from_the_flags(cli, files):
     assert result.code == 0, result.stderr
     assert json.loads(result.stdout)["batch"] == 3
     nhwc = cli("bench", files["legacy_dynamic_nhwc"], "--runs", "1", "--warmup", "0",
-               "--input-size", "20", "--layout", "NHWC")
+               "--input-size", "20", "--layout", "NHWC", "--json")
     assert nhwc.code == 0, nhwc.stderr
+    assert json.loads(nhwc.stdout)["batch"] == 1
 
 
 def test_engine_preprocessing_messages_name_the_setting(files):

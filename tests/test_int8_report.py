@@ -119,3 +119,13 @@ def test_bad_input_is_one_line_and_writes_nothing(cli, planted, zoo_onnx, tmp_pa
     }[case]
     assert_one_line_error(cli(*args), 2, *fragments)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_check_per_layer_on_a_fresh_int8_export(cli):
+    """The fp32 reference is the export check made, converted to int8: every activation row
+    compares the two."""
+    result = cli("check", "lenet", "--precision", "int8", "--per-layer", "--json")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)["per_layer"]
+    assert report["model"] == "lenet" and len(report["activations"]) >= 4
+    assert all(row["sqnr_db"] is None or row["sqnr_db"] > 20 for row in report["activations"])

@@ -18,7 +18,7 @@ from edgecnn.export.calibration import InputSet, random_inputs
 from edgecnn.runtime.onnx_file import get_metadata, set_minimal_ir_version
 from edgecnn.export.parity import compare
 from edgecnn.export.quantize import quantize_model
-from edgecnn.export.quantize_recipes import Int8Recipe, int8_rewrites, int8_static
+from edgecnn.export.quantize_recipes import Int8Static, int8_rewrites, int8_static
 from edgecnn.export.rgb_stem import find_stem, split_stem
 
 RNG = np.random.default_rng(0)
@@ -154,9 +154,9 @@ def test_stem_kept_in_float_is_not_split_and_calibrates_apart(resnet18_64, tmp_p
     meta = get_metadata(source)
     calibration = InputSet(random_inputs(meta.input, 8, seed=1), "random", None, 8)
     cache = tmp_path / "calibration.json"
-    split = int8_static(source, calibration, Int8Recipe(), [], cache)
-    whole = int8_static(source, calibration, Int8Recipe(), [stem.conv.name], cache)
-    recipe = Int8Recipe()
+    split = int8_static(source, calibration, Int8Static(), [], cache)
+    whole = int8_static(source, calibration, Int8Static(), [stem.conv.name], cache)
+    recipe = Int8Static()
     assert int8_rewrites(source, [], recipe) == [rgb_stem.DESCRIPTION]
     assert int8_rewrites(source, [stem.conv.name], recipe) == []
     names = lambda model: {node.name for node in model.graph.node}

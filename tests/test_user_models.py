@@ -68,6 +68,8 @@ def test_a_callable_in_a_file_exports_checks_and_runs(cli, tmp_path, name):
     if task == "classification" and channels == 3:
         result = cli("run", path, IMAGE, "--json")
         assert result.code == 0, result.stderr
+        top_k = json.loads(result.stdout)["results"][0]["top_k"]
+        assert len(top_k) == 5 and 0 < top_k[0]["probability"] <= 1  # of the 10 classes
 
 
 def test_options_labels_weights_and_preprocessing(cli, tmp_path):
