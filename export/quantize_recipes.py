@@ -248,8 +248,6 @@ class Int8Static(Recipe):
         return details
 
 
-
-
 class Int8Dynamic(Recipe):
     mode: ClassVar[str] = "int8-dynamic"
     precision: ClassVar[str] = "int8"
