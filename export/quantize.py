@@ -192,7 +192,7 @@ def quantize_model(model_path: str | os.PathLike, output_path: str | os.PathLike
                    external_data: bool = False, check: bool = True, seed: int = 0,
                    target: str = "cpu", recipe: Recipe | None = None,
                    report: str | os.PathLike | None = None, per_tensor: bool = False,
-                   equalize: bool = False,
+                   equalize: bool = False, bias_correction: bool | None = None,
                    on_step: StepCallback | None = None,
                    on_progress: ProgressCallback | None = None,
                    on_warning: WarnCallback | None = None) -> QuantizeResult:
@@ -225,7 +225,9 @@ def quantize_model(model_path: str | os.PathLike, output_path: str | os.PathLike
     per_tensor: static int8 only: one scale per weight tensor (NPUs and DSPs that need it)
         instead of one per output channel.
     equalize: static int8 only: cross-layer equalization of consecutive conv pairs (exact in
-        float) before quantizing, bias correction on the calibration data after it.
+        float) before quantizing.
+    bias_correction: static int8 only (on unless False): after quantizing, each conv's bias
+        absorbs its mean int8 error on the calibration data, conv after conv.
     Raises BadInput before anything is written; nothing is left behind on any failure.
     """
     started = time.perf_counter()
@@ -237,7 +239,7 @@ def quantize_model(model_path: str | os.PathLike, output_path: str | os.PathLike
         (on_warning or (lambda text: warnings.warn(text, stacklevel=3)))(message)
 
     recipe = recipe or get_recipe(mode, method=method, target=target, per_tensor=per_tensor,
-                                  equalize=equalize)
+                                  equalize=equalize, bias_correction=bias_correction)
     _check_options(recipe, accuracy_budget, validation, calibration_size)
     if report is not None:
         if not isinstance(recipe, Int8Static):

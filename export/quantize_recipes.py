@@ -206,9 +206,12 @@ class Int8Static(Recipe):
     # onnxruntime's fast int8 kernel (export/rgb_stem.py); OpenVINO runs the plain stem faster
     # (docs/openvino.md).
     target: str = "cpu"
-    # Cross-layer equalization of consecutive conv pairs (exact in float) before quantizing,
-    # and bias correction on the calibration data after it (export/equalize.py).
+    # Cross-layer equalization of consecutive conv pairs (exact in float) before quantizing
+    # (export/equalize.py).
     equalize: bool = False
+    # After quantizing, each conv's int32 bias absorbs its mean int8 error on the calibration
+    # data, conv after conv (export/equalize.py; docs/quantization.md, "Bias correction").
+    bias_correction: bool = True
 
     @property
     def split_rgb_stem(self) -> bool:
@@ -224,12 +227,11 @@ class Int8Static(Recipe):
     def quantize(self, job: QuantizeJob, exclude: Sequence[str]) -> onnx.ModelProto:
         cache = job.workdir / "calibration.json"
         quantized = int8_static(job.model, job.calibration, self, exclude, cache, job.progress)
-        if not self.equalize:
+        if not self.bias_correction:
             return quantized
         from edgecnn.export.equalize import correct_biases
 
-        corrected = correct_biases(job.model, quantized, job.calibration.inputs)
-        return int8_static(corrected, job.calibration, self, exclude, cache, job.progress)
+        return correct_biases(job.model, quantized, job.calibration.inputs, job.progress)
 
     def describe(self, job: QuantizeJob, kept: Sequence[str]) -> dict:
         details = {"mode": "static", "format": "QDQ", "method": self.method,
@@ -239,7 +241,8 @@ class Int8Static(Recipe):
                    "calibration": job.calibration.source,
                    "calibration_size": len(job.calibration), "target": self.target}
         if self.equalize:
-            details["equalized"] = "cross-layer equalization of conv pairs, bias correction"
+            details["equalized"] = "cross-layer equalization of conv pairs"
+        details["bias_correction"] = self.bias_correction
         rewrites = int8_rewrites(job.model, kept, self)
         if rewrites:
             details["graph_rewrites"] = rewrites
@@ -283,10 +286,12 @@ EXPORT_MODES = tuple(mode for mode, recipe in RECIPES.items() if recipe.exportab
 
 
 def get_recipe(mode: str, *, method: str = "minmax", target: str = "cpu",
-               per_tensor: bool = False, equalize: bool = False) -> Recipe:
+               per_tensor: bool = False, equalize: bool = False,
+               bias_correction: bool | None = None) -> Recipe:
     """The recipe of ``mode`` (calibrated ones with ``method``, static int8 tuned for the
     ``target`` provider, with one weight scale per tensor instead of per channel, with
-    cross-layer equalization); BadInput when unknown or not static int8's."""
+    cross-layer equalization, with bias correction or not: None, the recipe's default);
+    BadInput when unknown or not static int8's."""
     if mode not in RECIPES:
         raise BadInput(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if method not in METHODS:
@@ -294,10 +299,12 @@ def get_recipe(mode: str, *, method: str = "minmax", target: str = "cpu",
     if target not in TARGETS:
         raise BadInput(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
     recipe = RECIPES[mode]
-    for name, value in (("per_tensor", per_tensor), ("equalize", equalize)):
+    for name, value in (("per_tensor", per_tensor), ("equalize", equalize),
+                        ("bias_correction", bias_correction is not None)):
         if value and not isinstance(recipe, Int8Static):
             raise BadInput(f"{name} applies to mode int8 (static), not {mode}")
     if not isinstance(recipe, Int8Static):
         return recipe
     return replace(recipe, method=method, target=target, per_channel=not per_tensor,
-                   equalize=equalize)
+                   equalize=equalize, bias_correction=recipe.bias_correction
+                   if bias_correction is None else bias_correction)

@@ -33,35 +33,33 @@ def test_equalization_is_exact_in_float(tmp_path, depthwise):
     assert ranges.max() < 5 * np.median(ranges)  # the 100x channel is brought in line
 
 
-@pytest.mark.parametrize("depthwise", [False, True])
-def test_equalize_raises_the_int8_sqnr(tmp_path, depthwise):
-    path = planted_cnn(tmp_path / "planted.onnx", depthwise=depthwise)
+def _sqnr(path, per_tensor: bool) -> tuple[dict, onnx.ModelProto]:
+    """{(equalize, bias_correction): int8 SQNR of the logits}, and the int8 model with both."""
     reference = run_model(onnx.load(str(path)), INPUTS)[0]
     sqnr = {}
-    for per_tensor in (False, True):
-        for equalize in (False, True):
-            output = tmp_path / f"int8-{per_tensor}-{equalize}.onnx"
-            quantize_model(path, output, calibration=INPUTS, check=False, per_tensor=per_tensor,
-                           equalize=equalize)
-            quantized = run_model(onnx.load(str(output)), INPUTS)[0]
-            sqnr[per_tensor, equalize] = compare(reference, quantized).sqnr_db
-    # measured: 13.4 -> 38.2 dB per channel, 2.7 -> 33.5 dB per tensor (depthwise: 17.8 -> 45.4,
-    # 0.8 -> 39.2)
-    assert sqnr[False, True] > sqnr[False, False] + 15 and sqnr[False, True] > 30, sqnr
-    assert sqnr[True, True] > sqnr[True, False] + 20 and sqnr[True, True] > 25, sqnr
-
-
-def _sqnr_gain(path, per_tensor: bool) -> tuple[float, float, onnx.ModelProto]:
-    """(int8 SQNR of the logits without, with --equalize; the equalized int8 model)."""
-    reference = run_model(onnx.load(str(path)), INPUTS)[0]
-    sqnr = []
     for equalize in (False, True):
-        output = path.with_name(f"int8-{per_tensor}-{equalize}.onnx")
-        quantize_model(path, output, calibration=INPUTS, check=False, per_tensor=per_tensor,
-                       equalize=equalize)
-        quantized = onnx.load(str(output))
-        sqnr.append(compare(reference, run_model(quantized, INPUTS)[0]).sqnr_db)
-    return sqnr[0], sqnr[1], quantized
+        for bias_correction in (False, True):
+            output = path.with_name(f"int8-{per_tensor}-{equalize}-{bias_correction}.onnx")
+            quantize_model(path, output, calibration=INPUTS, check=False, per_tensor=per_tensor,
+                           equalize=equalize, bias_correction=bias_correction)
+            quantized = onnx.load(str(output))
+            sqnr[equalize, bias_correction] = compare(reference,
+                                                      run_model(quantized, INPUTS)[0]).sqnr_db
+    return sqnr, quantized
+
+
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_equalize_and_bias_correction_raise_the_int8_sqnr(tmp_path, depthwise):
+    path = planted_cnn(tmp_path / "planted.onnx", depthwise=depthwise)
+    per_channel, _ = _sqnr(path, per_tensor=False)
+    per_tensor, _ = _sqnr(path, per_tensor=True)
+    # measured (neither, bias correction, equalize, both): per channel 13.8, 22.3, 35.3, 40.2
+    # dB, per tensor 2.7, 12.7, 32.2, 34.6 (depthwise: 19.0, 25.3, 46.1, 47.0; 0.6, 18.2,
+    # 41.9, 44.6)
+    for sqnr in (per_channel, per_tensor):
+        assert sqnr[True, False] > sqnr[False, False] + 15, sqnr
+        assert sqnr[False, True] > sqnr[False, False] + 5, sqnr
+        assert sqnr[True, True] > sqnr[True, False] and sqnr[True, True] > 30, sqnr
 
 
 def test_relu6_pairs_are_equalized_exactly(tmp_path):
@@ -88,16 +86,18 @@ def test_relu6_pairs_are_equalized_exactly(tmp_path):
     assert ranges.max() < 5 * np.median(ranges)
 
 
-def test_relu6_equalize_raises_the_int8_sqnr(tmp_path):
+def test_relu6_equalize_and_bias_correction_raise_the_int8_sqnr(tmp_path):
     path = relu6_cnn(tmp_path / "relu6.onnx")
-    per_channel = _sqnr_gain(path, per_tensor=False)
-    per_tensor = _sqnr_gain(path, per_tensor=True)
-    # measured: per channel 30.5 -> 39.9 dB, per tensor 21.9 -> 38.4 dB
-    assert per_channel[1] > per_channel[0] + 6 and per_channel[1] > 35, per_channel[:2]
-    assert per_tensor[1] > per_tensor[0] + 12 and per_tensor[1] > 33, per_tensor[:2]
+    per_channel, _ = _sqnr(path, per_tensor=False)
+    per_tensor, quantized = _sqnr(path, per_tensor=True)
+    # measured (neither, bias correction, equalize, both): per channel 30.5, 36.7, 38.4, 39.7
+    # dB, per tensor 21.9, 30.8, 31.1, 37.4
+    for sqnr in (per_channel, per_tensor):
+        assert sqnr[True, False] > sqnr[False, False] + 6, sqnr
+        assert sqnr[False, True] > sqnr[False, False] + 5, sqnr
+        assert sqnr[True, True] > sqnr[True, False] and sqnr[True, True] > 35, sqnr
     # The Min nodes stay float ops (onnxruntime has no int8 Min) between a DequantizeLinear and
     # a QuantizeLinear; the Clip before them is folded into its conv's output Q.
-    quantized = per_tensor[2]
     producers = {out: node for node in quantized.graph.node for out in node.output}
     mins = [node for node in quantized.graph.node if node.op_type == "Min"]
     assert len(mins) == 2
@@ -127,7 +127,10 @@ def test_cli_per_tensor_and_equalize_are_recorded(cli, tmp_path):
     assert result.code == 0, result.stderr
     details = json.loads(result.stdout)["quantization"]
     assert details["weights"].startswith("int8 symmetric per-tensor")
-    assert "equalization" in details["equalized"]
+    assert "equalization" in details["equalized"] and details["bias_correction"] is True
+    reference = run_model(onnx.load(str(path)), INPUTS)[0]
+    quantized = run_model(onnx.load(str(tmp_path / "int8.onnx")), INPUTS)[0]
+    assert compare(reference, quantized).sqnr_db > 30  # measured 34.6 (2.7 without either)
     model = onnx.load(str(tmp_path / "int8.onnx"))
     scales = {init.name: init for init in model.graph.initializer}
     weight_scales = [scales[node.input[1]] for node in model.graph.node
@@ -135,10 +138,64 @@ def test_cli_per_tensor_and_equalize_are_recorded(cli, tmp_path):
     assert weight_scales and all(not scale.dims or scale.dims == [1] for scale in weight_scales)
 
 
+def test_cli_no_bias_correction_is_recorded(cli, tmp_path):
+    path = relu6_cnn(tmp_path / "relu6.onnx")
+    np.save(tmp_path / "calibration.npy", INPUTS)
+    result = cli("quantize", path, "-o", tmp_path / "int8.onnx", "--calibration",
+                 tmp_path / "calibration.npy", "--no-bias-correction", "--json")
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["quantization"]["bias_correction"] is False
+
+
 @pytest.mark.parametrize("mode", ["int8-dynamic", "fp16"])
-@pytest.mark.parametrize("flag", ["--equalize", "--per-tensor"])
+@pytest.mark.parametrize("flag", ["--equalize", "--per-tensor", "--no-bias-correction"])
 def test_static_int8_options_with_other_modes_are_refused(cli, tmp_path, mode, flag):
     path = planted_cnn(tmp_path / "planted.onnx")
     result = cli("quantize", path, "-o", tmp_path / "out.onnx", "--mode", mode, flag)
-    assert_one_line_error(result, 2, f"{flag} applies to mode int8", mode)
+    assert_one_line_error(result, 2, f"{flag.replace('--no-', '--')} applies to mode int8", mode)
     assert not (tmp_path / "out.onnx").exists()
+
+
+def _mean_conv_errors(float_model: onnx.ModelProto, quantized: onnx.ModelProto,
+                      inputs: np.ndarray) -> np.ndarray:
+    """Per conv (matched by node name): the RMS over channels of the channel's mean int8 error."""
+    from edgecnn.runtime.onnx_file import with_outputs
+
+    def conv_outputs(model):
+        return {node.name: node.output[0] for node in model.graph.node if node.op_type == "Conv"}
+
+    float_convs, int8_convs = conv_outputs(float_model), conv_outputs(quantized)
+    names = [name for name in float_convs if name in int8_convs]
+    reference = run_model(with_outputs(float_model, [float_convs[n] for n in names]), inputs)
+    candidate = run_model(with_outputs(quantized, [int8_convs[n] for n in names]), inputs)
+    offset = len(float_model.graph.output)
+    errors = []
+    for fp32, int8 in zip(reference[offset:], candidate[offset:]):
+        shift = (int8 - fp32).mean(axis=(0, 2, 3))
+        errors.append(np.sqrt(np.mean(shift ** 2)))
+    return np.array(errors)
+
+
+def test_bias_correction_removes_the_mean_error_of_every_conv(zoo_onnx, tmp_path):
+    """Bias correction measures each conv's mean int8 error with the convs before it already
+    corrected; measured on all convs at once, the error of the convs upstream is counted again
+    downstream and the deep convs end up further off than without correction."""
+    from edgecnn.export.equalize import equalize_pairs
+
+    path = zoo_onnx("mobilenet_v2")
+    rng = np.random.default_rng(0)
+    calibration = rng.standard_normal((64, 3, 64, 64)).astype(np.float32)
+    held_out = rng.standard_normal((32, 3, 64, 64)).astype(np.float32)
+    equalized = equalize_pairs(onnx.load(str(path)))
+    onnx.save(equalized, str(tmp_path / "equalized.onnx"))
+    quantize_model(tmp_path / "equalized.onnx", tmp_path / "cle.onnx", calibration=calibration,
+                   check=False, per_tensor=True, bias_correction=False)
+    quantize_model(path, tmp_path / "cle-bc.onnx", calibration=calibration, check=False,
+                   per_tensor=True, equalize=True)
+    before = _mean_conv_errors(equalized, onnx.load(str(tmp_path / "cle.onnx")), held_out)
+    after = _mean_conv_errors(equalized, onnx.load(str(tmp_path / "cle-bc.onnx")), held_out)
+    assert len(before) == len(after) == 52
+    # measured: summed 4.66 without correction, 2.20 with it (98% of the convs lower); 14.5
+    # when every conv was measured at once
+    assert after.sum() < 0.6 * before.sum(), (before.sum(), after.sum())
+    assert np.mean(after < before) >= 0.9, np.round(after / before, 2)

@@ -78,8 +78,10 @@ def test_quantize_report_html_plots_and_lists_every_layer(cli, planted, tmp_path
 
     markdown = tmp_path / "report.md"
     result = cli("quantize", path, "-o", tmp_path / "c.onnx", "--calibration", calibration,
-                 "--report", markdown)
-    assert result.code == 1  # the planted model misses the int8 bound: the report says why
+                 "--report", markdown, "--no-bias-correction")
+    # without bias correction (13.8 dB; 22.3 with it) the planted model misses the int8 bound
+    # of 20 dB: the report says why
+    assert result.code == 1
     assert not (tmp_path / "c.onnx").exists() and f"| {PLANTED_NODE} |" in markdown.read_text()
 
 

@@ -65,8 +65,12 @@ def quantize_command(
                              "(NPUs and DSPs that need per-tensor scales).")] = False,
     equalize: Annotated[bool, typer.Option(
         "--equalize", help="int8: cross-layer equalization of consecutive conv pairs (conv -> "
-                           "[Relu] -> conv, depthwise included; exact in float) before "
-                           "quantizing, and bias correction on the calibration data.")] = False,
+                           "[Relu|ReLU6] -> conv, depthwise included; exact in float) "
+                           "before quantizing.")] = False,
+    bias_correction: Annotated[Optional[bool], typer.Option(
+        "--bias-correction/--no-bias-correction",
+        help="int8: after quantizing, each conv's bias absorbs its mean int8 error on the "
+             "calibration data, conv after conv (on by default).")] = None,
     json_output: JsonOpt = False,
     preprocessing: dict | None = None,
 ) -> None:
@@ -80,7 +84,8 @@ def quantize_command(
             validation=validation, keep_io_float=keep_io_float,
             preprocessing=preprocessing, external_data=external_data, check=check, seed=seed,
             target=target, report=report, per_tensor=per_tensor, equalize=equalize,
-            on_step=on_step, on_progress=on_progress, on_warning=print_warning)
+            bias_correction=bias_correction, on_step=on_step, on_progress=on_progress,
+            on_warning=print_warning)
     if json_output:
         print_json(result.as_dict())
     else:
