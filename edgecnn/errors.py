@@ -3,6 +3,7 @@
 This module must stay free of torch and onnx imports: the runtime uses it on devices.
 """
 
+import numbers
 import re
 
 
@@ -25,6 +26,14 @@ class CheckFailed(EdgecnnError):
     """A parity or accuracy check ran and did not pass. The CLI exits with code 1."""
 
     exit_code = 1
+
+
+def require_count(name: str, value) -> None:
+    """BadInput unless ``value`` is None (the default applies) or an integer >= 1 (a bool is
+    not): the one check of every batch, worker, sample and class count, in the API's words."""
+    if value is not None and (isinstance(value, bool)
+                              or not isinstance(value, numbers.Integral) or value < 1):
+        raise BadInput(f"{name} must be an integer >= 1, got {value!r}")
 
 
 _TERMINAL_COLOURS = re.compile(r"\x1b\[[0-9;]*m")

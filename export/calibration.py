@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from edgecnn.errors import BadInput
+from edgecnn.errors import BadInput, require_count
 from edgecnn.runtime.datasets import (
     check_inputs, existing_source, labelled_files, load_arrays,
 )
@@ -85,8 +85,7 @@ def _order(count: int, size: int | None, seed: int) -> np.ndarray:
 
 
 def _check_size(size: int | None) -> None:
-    if size is not None and size < 1:
-        raise BadInput(f"--calibration-size must be >= 1, got {size}")
+    require_count("calibration_size", size)
 
 
 def _read_images(files: list[Path], info: InputInfo, order: Iterable[int] | None = None,

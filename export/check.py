@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from edgecnn.errors import BadInput
+from edgecnn.errors import BadInput, require_count
 from edgecnn.export import bisect as bisecting
 from edgecnn.export.calibration import batches, load_image_folder
 from edgecnn.export.int8_report import Int8Report, int8_report, markdown_tables
@@ -259,9 +259,7 @@ def _input_chw(model, metadata: ModelMetadata | None, source: str) -> tuple[int,
 
 def _batch_size(fixed: int | None, path: Path, requested: int | None) -> int:
     """The rows per input: ``requested`` (default 2), which a fixed batch axis must equal."""
-    if requested is not None and (isinstance(requested, bool) or not isinstance(requested, int)
-                                  or requested < 1):
-        raise BadInput(f"batch must be >= 1, got {requested!r}")
+    require_count("batch", requested)
     if fixed is not None and requested not in (None, fixed):
         raise BadInput(f"batch must be {fixed}: {path} has a fixed batch size of {fixed}")
     return fixed or requested or 2
@@ -308,8 +306,9 @@ def check_parity(name: str, onnx_path: str | os.PathLike | None = None, *,
     spec = (None if onnx_path is not None and is_user_model(name) else
             resolve_spec(name, input_size=input_size, in_channels=in_channels))
     options = model_options or {}
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise BadInput(f"samples must be >= 1, got {samples!r}")
+    if samples is None:
+        raise BadInput("samples must be an integer >= 1, got None")
+    require_count("samples", samples)
     if precision is not None:
         check_precision(precision)
     if precision == "bf16":

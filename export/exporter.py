@@ -23,7 +23,7 @@ from torch import nn
 import edgecnn
 from edgecnn import models
 from edgecnn.ops import randomize_offset_predictors, uses_deform_conv
-from edgecnn.errors import BadInput, CheckFailed, EdgecnnError, first_line
+from edgecnn.errors import BadInput, CheckFailed, EdgecnnError, first_line, require_count
 from edgecnn.export.deform import (TRANSLATION_TABLE as DEFORM_TRANSLATION_TABLE,
                                    fold_batchnorm_into_deform)
 from edgecnn.runtime.files import check_output_path
@@ -114,8 +114,7 @@ def resolve_input_size(spec: models.ModelSpec,
 def _check_arguments(spec: models.ModelSpec, *, batch, seed, channels, height, width,
                      model_options) -> None:
     """The exporter's own argument checks, in the API's words (the CLI names the flags)."""
-    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
-        raise BadInput(f"batch must be >= 1, got {batch!r}")
+    require_count("batch", batch)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise BadInput(f"seed must be an integer in [0, 2**63), got {seed!r}")
     if channels not in IMAGE_CHANNELS:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 import numpy as np
 import onnx
 
-from edgecnn.errors import BadInput, CheckFailed
+from edgecnn.errors import BadInput, CheckFailed, require_count
 from edgecnn.export.calibration import (
     DEFAULT_CALIBRATION_SIZE, RANDOM, WarnCallback, batches, existing_source, load_calibration,
     load_validation, random_inputs,
@@ -121,8 +121,7 @@ def _check_options(recipe: Recipe, accuracy_budget: float | None, validation: ob
         if validation is None:
             raise BadInput("accuracy_budget needs a validation set (a labelled .npz or class "
                            "folders)")
-    if calibration_size is not None and calibration_size < 1:
-        raise BadInput(f"calibration_size must be >= 1, got {calibration_size}")
+    require_count("calibration_size", calibration_size)
 
 
 def _accuracy(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray,

@@ -36,6 +36,8 @@ def annotate(path: str | os.PathLike, output: str | os.PathLike | None = None, *
              in_place: bool = False, **settings) -> AnnotateResult:
     """Validate ``settings`` against ``path``'s graph and write the file with the metadata to
     ``output`` (or over ``path`` itself with ``in_place``)."""
+    import onnx
+
     from edgecnn import __version__
     from edgecnn.runtime import onnx_file
 
@@ -60,7 +62,7 @@ def annotate(path: str | os.PathLike, output: str | os.PathLike | None = None, *
         metadata.edgecnn_version = __version__
         metadata.opset = onnx_file.opset_version(model) or metadata.opset
         image = next(value for value in model.graph.input if value.name == metadata.input.name)
-        if image.type.tensor_type.elem_type == 10:  # TensorProto.FLOAT16
+        if image.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16:
             metadata.precision = "fp16"
     onnx_file.set_metadata(model, metadata)
     payload = model.SerializeToString()

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from edgecnn.errors import BadInput
+from edgecnn.errors import BadInput, require_count
 from edgecnn.runtime.engine import Engine, TensorSpec
 from edgecnn.runtime.providers import ProviderRequest, short_name
 
@@ -121,8 +121,7 @@ def benchmark(path: str | os.PathLike, provider: ProviderRequest = "auto", *,
     """Time ``runs`` calls of Engine.run after ``warmup`` untimed ones; ``on_first_output``
     gets the outputs ({name: array}) of one more untimed call before them (bench --matrix
     compares them)."""
-    if batch is not None and batch < 1:
-        raise BadInput(f"--batch must be >= 1, got {batch}")
+    require_count("batch", batch)
     if runs < 1 or warmup < 0:
         raise BadInput(f"need runs >= 1 and warmup >= 0, got runs {runs}, warmup {warmup}")
     started = time.perf_counter()

@@ -20,7 +20,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from edgecnn.errors import BadInput
+from edgecnn.errors import BadInput, require_count
 from edgecnn.runtime import providers as provider_lib
 from edgecnn.runtime.metadata import ModelMetadata
 from edgecnn.runtime.preprocess_settings import check_settings, metadata_from_settings
@@ -163,11 +163,9 @@ class Engine:
             raise BadInput("no images given")
         if metadata.task not in ("classification", "segmentation"):
             raise BadInput(f"predict does not know task {metadata.task!r}; use run()")
-        if metadata.task == "classification" and top_k < 1:
-            raise BadInput(f"top_k must be >= 1, got {top_k}")
-        if batch_size is not None and (isinstance(batch_size, bool)
-                                       or not isinstance(batch_size, int) or batch_size < 1):
-            raise BadInput(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if metadata.task == "classification":
+            require_count("top_k", top_k)
+        require_count("batch_size", batch_size)
         self.image_input()
         chunk = self.fixed_batch or batch_size or PREDICT_CHUNK
         scores = np.concatenate([

@@ -95,7 +95,7 @@ def _tally(engine: Engine, number: int, files, labels: np.ndarray, report: dict,
         from edgecnn.runtime.ray import ray_outcomes
 
         outcomes = ray_outcomes(ray, engine.path, files, engine_options=engine_options,
-                                actors=None, **options)
+                                **options)
     tally, done = Tally(_classes(engine)), 0
     with contextlib.closing(outcomes):
         for index, outcome in enumerate(outcomes):

@@ -6,7 +6,7 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from edgecnn.errors import BadInput
+from edgecnn.errors import BadInput, require_count
 
 Prediction = list[tuple[Union[str, int], float]]
 
@@ -37,8 +37,7 @@ def top_k(logits: np.ndarray, k: int = 5, labels: Sequence[str] | None = None) -
     ``k`` larger than the number of classes gives all classes. Labels replace indices when
     there are as many labels as classes.
     """
-    if k < 1:
-        raise BadInput(f"top_k must be >= 1, got {k}")
+    require_count("top_k", k)
     if logits.ndim != 2:
         raise BadInput(f"expected classification logits of shape (N, classes), got {logits.shape}")
     probabilities = softmax(logits)

@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from edgecnn.errors import BadInput, EdgecnnError
+from edgecnn.errors import BadInput, EdgecnnError, require_count
 from edgecnn.runtime.engine import Engine
 from edgecnn.runtime.model_file import check_model_file
 from edgecnn.runtime.postprocess import top_k as top_k_of, usable_labels
@@ -100,8 +100,7 @@ def run_files(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], *,
     whose message says how many records the output holds. Nothing is written before the
     inputs, the output path and the model have been checked.
     """
-    if top_k < 1:
-        raise BadInput(f"top_k must be >= 1, got {top_k}")
+    require_count("top_k", top_k)
     check_stream_options(batch, workers, max_pixels)
     if resume and output is None:
         raise BadInput("resume needs output (the file to continue)")
@@ -146,7 +145,7 @@ def run_files(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], *,
                                      strict=strict, **options)
         else:
             records = ray_records(ray, model, todo, strict=strict, task=metadata.task,
-                                  top_k=top_k, labels=labels, actors=None, engine_options={
+                                  top_k=top_k, labels=labels, engine_options={
                                       "provider": provider, "threads": threads,
                                       "fallback": fallback, "cache_dir": cache_dir,
                                       "preprocessing": preprocessing}, **options)

@@ -21,7 +21,7 @@ from typing import Iterable, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from edgecnn.errors import BadInput, first_line
+from edgecnn.errors import BadInput, first_line, require_count
 from edgecnn.runtime.metadata import InputInfo
 
 DEFAULT_CROP_FRACTION = InputInfo.crop_fraction  # ImageNet eval: Resize(256) + CenterCrop(224)
@@ -104,8 +104,7 @@ def _open(path: str | os.PathLike, max_pixels: int | None = None) -> Image.Image
     first frame of an animation, turned by its EXIF orientation; refused from its header alone
     when it has more than ``max_pixels`` (default Pillow's limit, DEFAULT_MAX_PIXELS)."""
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise BadInput(f"max_pixels must be an integer >= 1, got {limit!r}")
+    require_count("max_pixels", limit)
     try:
         # Image.open reads the header only (and raises past twice Pillow's own limit).
         with Image.open(path) as picture:

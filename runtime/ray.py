@@ -1,7 +1,7 @@
 """Dataset runs scaled out on an existing Ray cluster with Ray Data (``pip install
 'edgecnn[ray]'``): `edgecnn run ... --ray ADDRESS` and `edgecnn evaluate ... --ray ADDRESS`.
 
-    run_on_ray("resnet18.onnx", ["photos/"], address="ray://head:10001", output="preds.jsonl")
+    predict.run_files("resnet18.onnx", ["photos/"], ray="ray://head:10001", output="preds.jsonl")
 
 The paths become a dataset (``ray.data.from_items``); ``Dataset.map_batches`` hands batches of
 them to a pool of ``EngineActor`` actors, each holding one Engine (the model loads once per
@@ -118,7 +118,7 @@ class EngineActor:
 
 def _blocks(address: str | None, model, paths: Sequence[Path], *, engine_options: Mapping,
             batch: int | None, workers: int | None, max_pixels: int | None, task: str,
-            top_k: int | None, labels, actors: int | None) -> Iterator[dict]:
+            top_k: int | None, labels) -> Iterator[dict]:
     """The actors' output for ``paths``, block by block, in input order."""
     if not paths:  # e.g. --resume with every image already recorded
         return
@@ -138,7 +138,7 @@ def _blocks(address: str | None, model, paths: Sequence[Path], *, engine_options
             dataset = ray.data.from_items([{"path": str(path)} for path in paths])
             dataset = dataset.map_batches(
                 EngineActor, batch_size=batch or DEFAULT_BATCH, batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(size=actors or max(1, cpus // CPUS_PER_ACTOR)),
+                compute=ray.data.ActorPoolStrategy(size=max(1, cpus // CPUS_PER_ACTOR)),
                 num_cpus=CPUS_PER_ACTOR,
                 fn_constructor_kwargs={
                     "model": str(Path(model).resolve()), "engine_options": options,
@@ -172,14 +172,5 @@ def ray_outcomes(address: str | None, model, paths: Sequence[Path], **options
             yield Outcome(path, error=str(error)) if error else Outcome(path, scores=scores)
 
 
-def run_on_ray(model, inputs, address: str | None = LOCAL, **options) -> dict:
-    """``predict.run_files`` with the images scored on Ray (``address``: ``auto``,
-    ``ray://host:10001``, or ``local``/None for an instance on this machine); the records go
-    to the same ``output`` as a local run's, and the summary is the same."""
-    from edgecnn.runtime.predict import run_files
-
-    return run_files(model, inputs, ray=address or LOCAL, **options)
-
-
 __all__ = ["EngineActor", "INSTALL_HINT", "connected", "import_ray", "ray_outcomes",
-           "ray_records", "run_on_ray"]
+           "ray_records"]

@@ -23,7 +23,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from edgecnn.errors import BadInput, first_line
+from edgecnn.errors import BadInput, first_line, require_count
 from edgecnn.runtime.preprocess import preprocess_images
 
 # What a folder given to `run` or `evaluate` (or an int8 calibration folder) is searched for.
@@ -129,15 +129,12 @@ def _preprocess_one(path: Path, info, crop_fraction, max_pixels) -> np.ndarray |
 def check_stream_options(batch: int | None, workers: int | None,
                          max_pixels: int | None = None) -> None:
     for name, value in (("batch", batch), ("workers", workers), ("max_pixels", max_pixels)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                  or value < 1):
-            raise BadInput(f"{name} must be an integer >= 1, got {value!r}")
+        require_count(name, value)
 
 
 def stream_scores(engine, paths: Iterable[Path], *, batch: int | None = None,
                   workers: int | None = None, crop_fraction: float | None = None,
-                  max_pixels: int | None = None, strict: bool = False,
-                  lookahead: int | None = None) -> Iterator[Outcome]:
+                  max_pixels: int | None = None, strict: bool = False) -> Iterator[Outcome]:
     """Outcomes of ``paths`` through ``engine`` (an Engine with image metadata), in order.
 
     ``batch`` images per session call (default: the model's fixed batch, else 16; a fixed
@@ -151,7 +148,7 @@ def stream_scores(engine, paths: Iterable[Path], *, batch: int | None = None,
     engine.image_input()
     size = engine.fixed_batch or batch or DEFAULT_BATCH
     workers = workers or default_workers()
-    lookahead = lookahead or 2 * size + workers
+    lookahead = 2 * size + workers
     todo = iter(paths)
     pending: deque[tuple[Path, Future]] = deque()
     pool = ThreadPoolExecutor(workers, thread_name_prefix="edgecnn-decode")

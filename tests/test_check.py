@@ -127,8 +127,8 @@ def test_wrong_architecture_is_an_error(cli, resnet18_64, tmp_path):
     (["--precision", "int4"], "int4"),
     (["--provider", "quantum"], "unknown provider 'quantum'"),
     (["--onnx", "/nonexistent/model.onnx"], "not found"),
-    (["--samples", "0"], "--samples must be >= 1, got 0"),
-    (["--batch", "0"], "--batch must be >= 1, got 0"),
+    (["--samples", "0"], "--samples must be an integer >= 1, got 0"),
+    (["--batch", "0"], "--batch must be an integer >= 1, got 0"),
     (["--report", "out.txt"], ".md or .json"),
 ])
 def test_bad_check_arguments(cli, resnet18_64, args, fragment):

@@ -62,15 +62,15 @@ def test_version_and_debug_are_in_the_help(cli):
 
 
 def test_api_messages_show_the_flag_of_their_parameter(cli, tmp_path):
-    """The API says "batch must be >= 1"; the command line says "--batch must be >= 1"."""
+    """The API says "batch must be an integer >= 1"; the command line says "--batch must be an integer >= 1"."""
     from conftest import assert_one_line_error
     from edgecnn.errors import BadInput
     from edgecnn.export import export_model
 
-    with pytest.raises(BadInput, match=r"^batch must be >= 1, got 0$"):
+    with pytest.raises(BadInput, match=r"^batch must be an integer >= 1, got 0$"):
         export_model("lenet", tmp_path / "x.onnx", batch=0)
     assert_one_line_error(cli("export", "lenet", "--batch", "0", "-o", tmp_path / "x.onnx"), 2,
-                          "error: --batch must be >= 1, got 0")
+                          "error: --batch must be an integer >= 1, got 0")
     assert_one_line_error(cli("export", "lenet", "--seed", "1180591620717411303424",
                               "-o", tmp_path / "x.onnx"), 2, "--seed must be an integer in")
     assert list(tmp_path.iterdir()) == []

@@ -48,6 +48,15 @@ def _sqnr(path, per_tensor: bool) -> tuple[dict, onnx.ModelProto]:
     return sqnr, quantized
 
 
+def _assert_gains(tables: list[dict], equalize: float, bias_correction: float, both: float):
+    """Each table: equalization gains more than ``equalize`` dB, bias correction alone more
+    than ``bias_correction``, and the two together beat equalization and reach ``both``."""
+    for sqnr in tables:
+        assert sqnr[True, False] > sqnr[False, False] + equalize, sqnr
+        assert sqnr[False, True] > sqnr[False, False] + bias_correction, sqnr
+        assert sqnr[True, True] > sqnr[True, False] and sqnr[True, True] > both, sqnr
+
+
 @pytest.mark.parametrize("depthwise", [False, True])
 def test_equalize_and_bias_correction_raise_the_int8_sqnr(tmp_path, depthwise):
     path = planted_cnn(tmp_path / "planted.onnx", depthwise=depthwise)
@@ -56,10 +65,7 @@ def test_equalize_and_bias_correction_raise_the_int8_sqnr(tmp_path, depthwise):
     # measured (neither, bias correction, equalize, both): per channel 13.8, 22.3, 35.3, 40.2
     # dB, per tensor 2.7, 12.7, 32.2, 34.6 (depthwise: 19.0, 25.3, 46.1, 47.0; 0.6, 18.2,
     # 41.9, 44.6)
-    for sqnr in (per_channel, per_tensor):
-        assert sqnr[True, False] > sqnr[False, False] + 15, sqnr
-        assert sqnr[False, True] > sqnr[False, False] + 5, sqnr
-        assert sqnr[True, True] > sqnr[True, False] and sqnr[True, True] > 30, sqnr
+    _assert_gains([per_channel, per_tensor], equalize=15, bias_correction=5, both=30)
 
 
 def test_relu6_pairs_are_equalized_exactly(tmp_path):
@@ -92,10 +98,7 @@ def test_relu6_equalize_and_bias_correction_raise_the_int8_sqnr(tmp_path):
     per_tensor, quantized = _sqnr(path, per_tensor=True)
     # measured (neither, bias correction, equalize, both): per channel 30.5, 36.7, 38.4, 39.7
     # dB, per tensor 21.9, 30.8, 31.1, 37.4
-    for sqnr in (per_channel, per_tensor):
-        assert sqnr[True, False] > sqnr[False, False] + 6, sqnr
-        assert sqnr[False, True] > sqnr[False, False] + 5, sqnr
-        assert sqnr[True, True] > sqnr[True, False] and sqnr[True, True] > 35, sqnr
+    _assert_gains([per_channel, per_tensor], equalize=6, bias_correction=5, both=35)
     # The Min nodes stay float ops (onnxruntime has no int8 Min) between a DequantizeLinear and
     # a QuantizeLinear; the Clip before them is folded into its conv's output Q.
     producers = {out: node for node in quantized.graph.node for out in node.output}

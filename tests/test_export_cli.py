@@ -224,7 +224,7 @@ def test_wrong_shapes_point_at_num_classes(cli, tmp_path):
     (["--input-size", "abc"], "--input-size"),
     (["--opset", "17"], "--opset 17"),
     (["--batch", "0"], "--batch"),
-    (["--num-classes", "0"], "--num-classes must be >= 1"),
+    (["--num-classes", "0"], "--num-classes must be an integer >= 1"),
     (["--bogus-flag"], "--bogus-flag"),
 ])
 def test_bad_arguments(cli, tmp_path, args, fragment):

@@ -143,7 +143,7 @@ def test_model_without_metadata(cli, tmp_path, broken_files):
     (["--provider", "gpu"], "unknown provider 'gpu'"),
     (["--threads", "0"], "--threads must be between 1 and"),
     (["--threads", "10000"], "--threads must be between 1 and"),
-    (["--top-k", "0"], "--top-k must be >= 1"),
+    (["--top-k", "0"], "--top-k must be an integer >= 1"),
 ])
 def test_bad_options(cli, labelled_tiny, broken_files, args, fragment):
     assert_one_line_error(cli("run", labelled_tiny.path, broken_files / "ok.png", *args), 2, fragment)

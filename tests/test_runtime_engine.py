@@ -152,7 +152,7 @@ def test_predict_rejects_bad_images(resnet_engine, tmp_path):
         resnet_engine.predict(str(tmp_path / "missing.jpg"))
     with pytest.raises(BadInput, match="must be uint8"):
         resnet_engine.predict(np.zeros((8, 8, 3), np.float32))
-    with pytest.raises(BadInput, match="top_k must be >= 1"):
+    with pytest.raises(BadInput, match="top_k must be an integer >= 1"):
         resnet_engine.predict(random_images(1, 8, 8)[0], top_k=0)
 
 

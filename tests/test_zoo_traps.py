@@ -238,7 +238,7 @@ def test_model_options_from_the_cli_are_checked(cli, tmp_path):
         result = cli("export", name, "--option", option, "-o", tmp_path / "x.onnx")
         assert_one_line_error(result, 2, fragment)
     assert list(tmp_path.iterdir()) == []
-    from edgecnn.cli._app import parse_model_options
+    from edgecnn.cli._parsing import parse_model_options
 
     assert parse_model_options(["paper-lrn=True", "dropout=0.25", "n=3", "upsample=nearest"]) == {
         "paper_lrn": True, "dropout": 0.25, "n": 3, "upsample": "nearest"}

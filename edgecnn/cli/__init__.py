@@ -11,7 +11,8 @@ import sys
 
 import typer
 
-from edgecnn.cli._app import app, err, fill_help, in_flags, join_multi_value_flags, safe
+from edgecnn.cli._app import app, err, fill_help, in_flags, safe
+from edgecnn.cli._parsing import join_multi_value_flags
 from edgecnn.cli._signals import SignalsAsInterrupts
 from edgecnn.errors import EdgecnnError, first_line
 

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgecnn.cli._app import parse_input_size, parse_numbers
+from edgecnn.cli._parsing import parse_input_size, parse_numbers
 
 
 def preprocessing_settings(input_size: str | None = None, mean: str | None = None,

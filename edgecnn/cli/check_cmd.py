@@ -9,8 +9,9 @@ from rich.table import Table
 
 from edgecnn.cli._app import (
     InputSizeOpt, JsonOpt, ModelOptionOpt, NumClassesOpt, WeightsOpt, app, err, out,
-    parse_input_size, parse_model_options, print_int8_report, print_json, progress, safe,
+    print_int8_report, print_json, progress, safe,
 )
+from edgecnn.cli._parsing import parse_input_size, parse_model_options
 from edgecnn.errors import BadInput
 
 

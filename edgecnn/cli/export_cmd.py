@@ -10,9 +10,9 @@ import typer
 from edgecnn.cli._app import (
     BatchOpt, CalibrationOpt, CalibrationSizeOpt, ExternalDataOpt, InputSizeOpt, JsonOpt,
     ModelOptionOpt, NumClassesOpt, OutputOpt, TargetOpt, WeightsOpt, app, human_size, out,
-    parse_input_size, parse_model_options, parse_numbers, print_json, print_quantize_summary,
-    print_warning, progress, safe,
+    print_json, print_quantize_summary, print_warning, progress, safe,
 )
+from edgecnn.cli._parsing import parse_input_size, parse_model_options, parse_numbers
 from edgecnn.errors import BadInput
 
 

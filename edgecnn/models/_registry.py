@@ -17,7 +17,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Callable
 
-from edgecnn.errors import BadInput, first_line
+from edgecnn.errors import BadInput, first_line, require_count
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -139,8 +139,7 @@ def create(name: str | ModelSpec, num_classes: int | None = None, **kwargs):
         if key in parameters:  # not a **kwargs catch-all
             _check_option_type(name, key, value, parameters[key].default)
     for key in ("num_classes", "in_channels"):
-        if kwargs.get(key) is not None and kwargs[key] < 1:
-            raise BadInput(f"{key} must be >= 1, got {kwargs[key]}")
+        require_count(key, kwargs.get(key))
     try:
         model = spec.builder(**kwargs)
     except BadInput:
