@@ -23,7 +23,7 @@ another in graph order, each measured with the convs before it corrected.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import NamedTuple
 
 import numpy as np
@@ -185,15 +185,18 @@ def _split_relu6(model: onnx.ModelProto, clip: onnx.NodeProto, scale: np.ndarray
 
 def _corrected_biases(quantized: onnx.ModelProto, names: list[str]) -> dict[str, tuple]:
     """Conv name -> (its int32 bias initializer, the bias scale per channel) in ``quantized``,
-    for the convs among ``names`` whose bias is a DequantizeLinear of a constant."""
+    for the convs among ``names`` whose bias is a DequantizeLinear of a constant that no other
+    node reads (a shared bias cannot take two corrections)."""
     producers = {output: node for node in quantized.graph.node for output in node.output}
     constants = {init.name: init for init in quantized.graph.initializer}
+    readers = Counter(name for node in quantized.graph.node for name in node.input)
     found = {}
     for node in quantized.graph.node:
         source = producers.get(node.input[2]) if node.op_type == "Conv" and len(node.input) > 2 \
             else None
         if node.name in names and source is not None and source.op_type == "DequantizeLinear" \
-                and source.input[0] in constants and source.input[1] in constants:
+                and source.input[0] in constants and source.input[1] in constants \
+                and readers[source.input[0]] == 1 and readers[source.output[0]] == 1:
             scale = numpy_helper.to_array(constants[source.input[1]]).astype(np.float64)
             found[node.name] = (constants[source.input[0]], scale)
     return found
@@ -226,9 +229,9 @@ def correct_biases(float_model: onnx.ModelProto, quantized: onnx.ModelProto,
     for tensor, values in _run_in_segments(corrected, list(by_output), inputs):
         name = by_output[tensor]
         bias, scale = biases[name]
+        done += 1
         if progress:
             progress("correcting biases", done, len(biases))
-        done += 1
         if values.ndim < 2 or reference[name] is None or len(reference[name]) != values.shape[1]:
             continue
         axes = tuple(axis for axis in range(values.ndim) if axis != 1)

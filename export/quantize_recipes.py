@@ -231,7 +231,9 @@ class Int8Static(Recipe):
             return quantized
         from edgecnn.export.equalize import correct_biases
 
-        return correct_biases(job.model, quantized, job.calibration.inputs, job.progress)
+        stem = _stem_to_split(job.model, exclude, self)  # its two convs, measured in float too
+        reference = job.model if stem is None else split_stem(job.model, stem)
+        return correct_biases(reference, quantized, job.calibration.inputs, job.progress)
 
     def describe(self, job: QuantizeJob, kept: Sequence[str]) -> dict:
         details = {"mode": "static", "format": "QDQ", "method": self.method,

@@ -122,8 +122,9 @@ def test_a_signal_during_export_removes_the_temporary_file(tmp_path, signum):
     env, temp = _private_env(tmp_path)
     out = tmp_path / "out"
     out.mkdir()
-    # The parity check keeps the temporary file in place for a second or so.
-    process = _start("export", "resnet18", "--input-size", "64", "-o", out / "r.onnx", env=env)
+    # The parity check keeps the temporary file in place for a few seconds at 128 px (at 64 px
+    # the export once finished under a loaded CI before the signal was sent).
+    process = _start("export", "resnet18", "--input-size", "128", "-o", out / "r.onnx", env=env)
     _wait_for(".r.onnx.*.tmp", out, process)
     code, lines = _interrupt(process, signum)
     assert code == 128 + signum, lines

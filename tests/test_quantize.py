@@ -102,8 +102,11 @@ def test_int8_metadata_names_and_size(resnet_int8, resnet18_64):
     assert meta.quantization["calibration_path"] == "calib.npy"
     assert io_names(result.path) == io_names(resnet18_64) == (["input"], ["logits"])
     assert result.size_ratio <= 0.26
-    # 24 samples in equal batches of at most 16 (dynamic batch axis: 12 + 12): 0, 12, 24 run.
-    assert progress == [("calibrating", 0, 24), ("calibrating", 12, 24), ("calibrating", 24, 24)]
+    # 24 samples in equal batches of at most 16 (dynamic batch axis: 12 + 12): 0, 12, 24 run;
+    # then the bias correction, conv after conv (resnet18's 20, the RGB stem split in two: 21).
+    assert progress[:3] == [("calibrating", 0, 24), ("calibrating", 12, 24),
+                            ("calibrating", 24, 24)]
+    assert progress[3:] == [("correcting biases", done, 21) for done in range(1, 22)]
 
 
 def test_int8_agrees_with_fp32_on_unseen_inputs(resnet_int8, resnet18_64):
