@@ -97,7 +97,8 @@ def test_quantize_summary_counts_images_once(cli, zoo_onnx, tmp_path):
     result = cli("quantize", zoo_onnx("lenet"), "--calibration", folder, "-o", tmp_path / "q.onnx",
                  "--no-check")
     assert result.code == 0, result.stderr
-    assert "calibration on 5 images)" in result.stdout and "images samples" not in result.stdout
+    assert "calibration on 5 images, bias-corrected)" in result.stdout
+    assert "images samples" not in result.stdout
 
 
 def test_info_explains_why_the_file_has_fewer_values(cli, zoo_onnx):
@@ -107,3 +108,16 @@ def test_info_explains_why_the_file_has_fewer_values(cli, zoo_onnx):
     line = next(line for line in result.stdout.splitlines() if line.startswith("parameters"))
     count = int(line.split()[1].replace(",", ""))
     assert count < models.get_spec("resnet18").params and "BatchNorm folded" in line
+
+
+@pytest.mark.parametrize("details, expected", [
+    ({"mode": "static", "method": "minmax", "calibration": "images", "calibration_size": 1,
+      "bias_correction": True}, "int8 static, minmax calibration on 1 image, bias-corrected"),
+    ({"mode": "static", "method": "entropy", "calibration": "array", "calibration_size": 24,
+      "bias_correction": False}, "int8 static, entropy calibration on 24 array samples"),
+    ({"mode": "dynamic"}, "int8 dynamic"),
+])
+def test_quantize_summary_words_the_recipe(details, expected):
+    from edgecnn.cli._app import quantize_description
+
+    assert quantize_description("int8", details) == expected

@@ -234,13 +234,22 @@ def warnings_as_lines():
         yield
 
 
+def quantize_description(precision: str, details: dict) -> str:
+    """'int8 static, minmax calibration on 5 images, bias-corrected': the recipe in a few words,
+    from the metadata's ``quantization`` entry."""
+    how = f"int8 {details['mode']}" if precision == "int8" else precision
+    if details.get("calibration"):
+        size = details["calibration_size"]
+        kind = "image" if details["calibration"] == "images" else f"{details['calibration']} sample"
+        how += f", {details['method']} calibration on {size} {kind}{'' if size == 1 else 's'}"
+    if details.get("bias_correction"):
+        how += ", bias-corrected"
+    return how
+
+
 def print_quantize_summary(result) -> None:
     """What `quantize` and `export --quantize` print about a ``QuantizeResult``."""
-    details = result.quantization
-    how = f"int8 {details['mode']}" if result.precision == "int8" else result.precision
-    if details.get("calibration"):
-        samples = {"images": "images"}.get(details["calibration"], f"{details['calibration']} samples")
-        how += f", {details['method']} calibration on {details['calibration_size']} {samples}"
+    how = quantize_description(result.precision, result.quantization)
     out.print(f"[green]wrote[/green] {safe(result.path)} ({safe(how)}) "
               f"{human_size(result.size_bytes)} = {result.size_ratio:.2f}x of "
               f"{human_size(result.source_size_bytes)}, in {result.seconds:.1f} s")
