@@ -32,7 +32,7 @@ from onnx import helper, numpy_helper
 
 from edgecnn.export.calibration import CALIBRATION_BATCH, batches
 from edgecnn.runtime import load_session
-from edgecnn.runtime.onnx_file import fixed_batch, graph_inputs, with_outputs
+from edgecnn.runtime.onnx_file import cut_at, fixed_batch, graph_inputs
 
 SCALE_EQUIVARIANT = ("Relu",)  # what may sit between the two convs of a pair
 ITERATIONS = 4  # passes over the pairs: a chain A -> B -> C moves B twice
@@ -226,7 +226,8 @@ def correct_biases(float_model: onnx.ModelProto, quantized: onnx.ModelProto,
     by_output = {int8_convs[name]: name for name in biases}
     limits = np.iinfo(np.int32)
     done = 0
-    for tensor, values in _run_in_segments(corrected, list(by_output), inputs):
+    for tensor, values in _run_in_segments(cut_at(corrected, list(by_output)), list(by_output),
+                                           inputs):
         name = by_output[tensor]
         bias, scale = biases[name]
         done += 1
@@ -307,10 +308,8 @@ def _channel_means(model: onnx.ModelProto, tensors: list[str],
                    inputs: np.ndarray) -> list[np.ndarray | None]:
     """Each of ``tensors``'s mean over every axis but the channel axis 1 (None for a tensor of
     fewer than 2 axes) on ``inputs``, run in the model's batches and summed batch by batch (an
-    early conv's output at 224 px is ~100 MB for 64 inputs). The tensors are made outputs of
-    ``model`` if they are not."""
-    if set(tensors) - {value.name for value in model.graph.output}:
-        model = with_outputs(model, tensors)
+    early conv's output at 224 px is ~100 MB for 64 inputs). The model runs cut at them."""
+    model = cut_at(model, tensors)
     session = load_session(model.SerializeToString())
     name = graph_inputs(model)[0].name
     sums, counts, done = [0.0] * len(tensors), [0] * len(tensors), 0

@@ -165,6 +165,30 @@ def writing_model(model: onnx.ModelProto, path: str | os.PathLike,
         yield temporary, sum(file.stat().st_size for file in work.iterdir())
 
 
+def cut_at(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose outputs are ``tensors`` and which holds only the nodes, inputs
+    and initializers they depend on (a VGG cut at its last conv leaves out the classifier's
+    100M weights, which shape inference, serializing and the session would each copy)."""
+    graph = model.graph
+    producers = {output: node for node in graph.node for output in node.output}
+    kept, pending = set(), list(tensors)
+    while pending:
+        node = producers.get(pending.pop())
+        if node is not None and id(node) not in kept:
+            kept.add(id(node))
+            pending.extend(node.input)
+    nodes = [node for node in graph.node if id(node) in kept]
+    read = {name for node in nodes for name in node.input} | set(tensors)
+    cut = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            nodes, graph.name, [value for value in graph.input if value.name in read], [],
+            [init for init in graph.initializer if init.name in read]),
+        opset_imports=list(model.opset_import), ir_version=model.ir_version,
+        functions=list(model.functions))
+    cut.metadata_props.extend(model.metadata_props)
+    return with_outputs(cut, tensors)
+
+
 def with_outputs(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
     """A copy of ``model`` that also outputs ``tensors`` (types from shape inference)."""
     inferred = onnx.shape_inference.infer_shapes(model)

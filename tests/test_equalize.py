@@ -179,6 +179,26 @@ def _mean_conv_errors(float_model: onnx.ModelProto, quantized: onnx.ModelProto,
     return np.array(errors)
 
 
+def test_the_bias_correction_runs_the_model_cut_at_its_convs(tmp_path):
+    """The correction's sessions hold only what the convs read: cut at conv2, the model
+    computes conv2's output as the whole model does, without conv3 and the classifier."""
+    from edgecnn.runtime import load_session
+    from edgecnn.runtime.onnx_file import cut_at, with_outputs
+
+    model = onnx.load(str(planted_cnn(tmp_path / "planted.onnx")))
+    conv2 = next(node.output[0] for node in model.graph.node if node.name == "conv2")
+    cut = cut_at(model, [conv2])
+    assert [node.name for node in cut.graph.node if node.op_type == "Conv"] == ["conv1", "conv2"]
+    assert [output.name for output in cut.graph.output] == [conv2]
+    kept = {init.name for init in cut.graph.initializer}
+    assert kept < {init.name for init in model.graph.initializer}
+    assert kept.isdisjoint({"conv3.weight", "fc.weight", "fc.bias"}), kept
+    whole = load_session(with_outputs(model, [conv2]).SerializeToString())
+    expected = whole.run([conv2], {"input": INPUTS})[0]
+    np.testing.assert_array_equal(load_session(cut.SerializeToString()).run(
+        None, {"input": INPUTS})[0], expected)
+
+
 def test_bias_correction_removes_the_mean_error_of_every_conv(zoo_onnx, tmp_path):
     """Bias correction measures each conv's mean int8 error with the convs before it already
     corrected; measured on all convs at once, the error of the convs upstream is counted again
