@@ -28,11 +28,12 @@ class CheckFailed(EdgecnnError):
     exit_code = 1
 
 
-def require_count(name: str, value) -> None:
-    """BadInput unless ``value`` is None (the default applies) or an integer >= 1 (a bool is
-    not): the one check of every batch, worker, sample and class count, in the API's words."""
-    if value is not None and (isinstance(value, bool)
-                              or not isinstance(value, numbers.Integral) or value < 1):
+def require_count(name: str, value, *, optional: bool = True) -> None:
+    """BadInput unless ``value`` is an integer >= 1 (a bool is not), or None where ``optional``
+    (the default applies): the one check of every batch, worker, sample and class count, in the
+    API's words."""
+    if (value is not None or not optional) and (
+            isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
         raise BadInput(f"{name} must be an integer >= 1, got {value!r}")
 
 

@@ -306,9 +306,7 @@ def check_parity(name: str, onnx_path: str | os.PathLike | None = None, *,
     spec = (None if onnx_path is not None and is_user_model(name) else
             resolve_spec(name, input_size=input_size, in_channels=in_channels))
     options = model_options or {}
-    if samples is None:
-        raise BadInput("samples must be an integer >= 1, got None")
-    require_count("samples", samples)
+    require_count("samples", samples, optional=False)
     if precision is not None:
         check_precision(precision)
     if precision == "bf16":

@@ -164,7 +164,7 @@ class Engine:
         if metadata.task not in ("classification", "segmentation"):
             raise BadInput(f"predict does not know task {metadata.task!r}; use run()")
         if metadata.task == "classification":
-            require_count("top_k", top_k)
+            require_count("top_k", top_k, optional=False)
         require_count("batch_size", batch_size)
         self.image_input()
         chunk = self.fixed_batch or batch_size or PREDICT_CHUNK

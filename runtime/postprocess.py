@@ -37,7 +37,7 @@ def top_k(logits: np.ndarray, k: int = 5, labels: Sequence[str] | None = None) -
     ``k`` larger than the number of classes gives all classes. Labels replace indices when
     there are as many labels as classes.
     """
-    require_count("top_k", k)
+    require_count("top_k", k, optional=False)
     if logits.ndim != 2:
         raise BadInput(f"expected classification logits of shape (N, classes), got {logits.shape}")
     probabilities = softmax(logits)

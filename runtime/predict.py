@@ -100,7 +100,7 @@ def run_files(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], *,
     whose message says how many records the output holds. Nothing is written before the
     inputs, the output path and the model have been checked.
     """
-    require_count("top_k", top_k)
+    require_count("top_k", top_k, optional=False)
     check_stream_options(batch, workers, max_pixels)
     if resume and output is None:
         raise BadInput("resume needs output (the file to continue)")

@@ -224,3 +224,13 @@ def test_predict_takes_the_center_crop_from_the_metadata(zoo_onnx, resnet_engine
             row[index] = probability
     np.testing.assert_allclose(predicted, softmax(whole), rtol=1e-5)  # ...metadata's crop wins
     assert not np.allclose(predicted, softmax(cropped), rtol=1e-5)
+
+
+def test_counts_without_a_default_refuse_none(resnet_engine):
+    """top_k and samples have no None default: None is bad input, not "all classes"."""
+    from edgecnn.runtime.postprocess import top_k
+
+    with pytest.raises(BadInput, match=r"^top_k must be an integer >= 1, got None$"):
+        top_k(np.zeros((1, 10), np.float32), k=None)
+    with pytest.raises(BadInput, match=r"^top_k must be an integer >= 1, got None$"):
+        resnet_engine.predict(random_images(1, 8, 8)[0], top_k=None)
