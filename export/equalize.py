@@ -183,7 +183,7 @@ def _split_relu6(model: onnx.ModelProto, clip: onnx.NodeProto, scale: np.ndarray
     nodes.insert(index + 1, minimum)
 
 
-def _corrected_biases(quantized: onnx.ModelProto, names: list[str]) -> dict[str, tuple]:
+def _correctable_biases(quantized: onnx.ModelProto, names: list[str]) -> dict[str, tuple]:
     """Conv name -> (its int32 bias initializer, the bias scale per channel) in ``quantized``,
     for the convs among ``names`` whose bias is a DequantizeLinear of a constant that no other
     node reads (a shared bias cannot take two corrections)."""
@@ -216,7 +216,7 @@ def correct_biases(float_model: onnx.ModelProto, quantized: onnx.ModelProto,
                   if node.op_type == "Conv" and node.name in float_convs}
     corrected = onnx.ModelProto()
     corrected.CopyFrom(quantized)
-    biases = _corrected_biases(corrected, list(int8_convs))
+    biases = _correctable_biases(corrected, list(int8_convs))
     if not biases or any(attribute.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
                          for node in corrected.graph.node for attribute in node.attribute):
         return corrected  # (a subgraph could read tensors the segments below do not pass on)

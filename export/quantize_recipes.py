@@ -110,10 +110,12 @@ def int8_rewrites(model: onnx.ModelProto, exclude: Sequence[str],
 
 def int8_static(model: onnx.ModelProto, calibration: InputSet, recipe: Int8Static,
                 exclude: Sequence[str], cache: Path,
-                progress: ProgressCallback | None = None) -> onnx.ModelProto:
-    """Static QDQ quantization; the activation ranges are computed once and cached in ``cache``
-    (later calls with other ``exclude`` lists reuse them; a graph with the RGB stem split has
-    other tensors, and a cache of its own next to ``cache``)."""
+                progress: ProgressCallback | None = None
+                ) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """Static QDQ quantization: the quantized model, and the float one it was quantized from
+    (``model``, or its rewrite with the RGB stem split). The activation ranges are computed once
+    and cached in ``cache`` (later calls with other ``exclude`` lists reuse them; a graph with
+    the RGB stem split has other tensors, and a cache of its own next to ``cache``)."""
     from onnxruntime.quantization import (
         CalibrationMethod, QuantFormat, QuantType, quantize_static,
     )
@@ -139,7 +141,7 @@ def int8_static(model: onnx.ModelProto, calibration: InputSet, recipe: Int8Stati
     quantized = onnx.load(str(output))
     if stem is not None:
         finish(quantized, stem)
-    return quantized
+    return quantized, model
 
 
 def int8_dynamic(model: onnx.ModelProto, exclude: Sequence[str], workdir: Path) -> onnx.ModelProto:
@@ -226,14 +228,13 @@ class Int8Static(Recipe):
 
     def quantize(self, job: QuantizeJob, exclude: Sequence[str]) -> onnx.ModelProto:
         cache = job.workdir / "calibration.json"
-        quantized = int8_static(job.model, job.calibration, self, exclude, cache, job.progress)
+        quantized, float_model = int8_static(job.model, job.calibration, self, exclude, cache,
+                                             job.progress)
         if not self.bias_correction:
             return quantized
         from edgecnn.export.equalize import correct_biases
 
-        stem = _stem_to_split(job.model, exclude, self)  # its two convs, measured in float too
-        reference = job.model if stem is None else split_stem(job.model, stem)
-        return correct_biases(reference, quantized, job.calibration.inputs, job.progress)
+        return correct_biases(float_model, quantized, job.calibration.inputs, job.progress)
 
     def describe(self, job: QuantizeJob, kept: Sequence[str]) -> dict:
         details = {"mode": "static", "format": "QDQ", "method": self.method,

@@ -154,8 +154,11 @@ def test_stem_kept_in_float_is_not_split_and_calibrates_apart(resnet18_64, tmp_p
     meta = get_metadata(source)
     calibration = InputSet(random_inputs(meta.input, 8, seed=1), "random", None, 8)
     cache = tmp_path / "calibration.json"
-    split = int8_static(source, calibration, Int8Static(), [], cache)
-    whole = int8_static(source, calibration, Int8Static(), [stem.conv.name], cache)
+    split, split_float = int8_static(source, calibration, Int8Static(), [], cache)
+    whole, whole_float = int8_static(source, calibration, Int8Static(), [stem.conv.name], cache)
+    # the float models they were quantized from: the split rewrite, and the source itself
+    assert whole_float is source and f"{stem.conv.name}_even" in {
+        node.name for node in split_float.graph.node}
     recipe = Int8Static()
     assert int8_rewrites(source, [], recipe) == [rgb_stem.DESCRIPTION]
     assert int8_rewrites(source, [stem.conv.name], recipe) == []
