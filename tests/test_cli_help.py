@@ -62,7 +62,8 @@ def test_version_and_debug_are_in_the_help(cli):
 
 
 def test_api_messages_show_the_flag_of_their_parameter(cli, tmp_path):
-    """The API says "batch must be an integer >= 1"; the command line says "--batch must be an integer >= 1"."""
+    """The API says "batch must be an integer >= 1"; the command line says "--batch must be an
+    integer >= 1"."""
     from conftest import assert_one_line_error
     from edgecnn.errors import BadInput
     from edgecnn.export import export_model
