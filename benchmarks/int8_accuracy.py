@@ -34,6 +34,9 @@ from edgecnn.export.quantize import quantize_model
 from edgecnn.runtime import Engine
 from edgecnn.training import accuracy, fit_classifier
 
+sys.path.insert(0, str(Path(__file__).parent))
+from providers import cpu_name  # noqa: E402
+
 # Adam with edgecnn.training's cosine decay. mobilenet_v2 gets 10 epochs: after 4 it is still
 # far from converged (docs/quantization.md, "Figures", has both).
 TRAINING = {
@@ -75,14 +78,15 @@ def measure(name: str, workdir: Path, size: int, seed: int, threads: int,
     reference = logits(fp32_path)
     rows = {"fp32": {"top1": accuracy(reference, digits.y_test)}}
     for recipe, options in RECIPES.items():
-        started = time.perf_counter()
         output = workdir / f"{name}-{len(rows)}.onnx"
+        started = time.perf_counter()
         quantize_model(fp32_path, output, calibration=digits.x_train,
                        calibration_size=calibration_size, seed=seed, check=False, **options)
+        seconds = time.perf_counter() - started
         candidate = logits(output)
         rows[recipe] = {"top1": accuracy(candidate, digits.y_test),
                         "agreement": compare(reference, candidate).top1_agreement,
-                        "quantize_seconds": time.perf_counter() - started}
+                        "quantize_seconds": seconds}
     return {"model": name, "test_images": len(digits.y_test), **training, "rows": rows}
 
 
@@ -131,10 +135,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: trained in {results[name]['train_seconds']:.0f} s "
                   f"(final loss {results[name]['final_loss']:.3f})", file=sys.stderr)
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps({"cpu": cpu_name(), "results": results}, indent=2))
         return 0
     print(markdown(results))
-    print("\ntop-1 on the held-out digits (top-1 agreement with fp32)")
+    print(f"\ntop-1 on the held-out digits (top-1 agreement with fp32); CPU {cpu_name()}")
     print("\n".join(goals(results)))
     return 0
 

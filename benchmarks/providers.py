@@ -39,14 +39,17 @@ GOALS = {"openvino int8 / cpu int8": 0.5, "openvino bf16 / cpu fp32": 0.2}
 
 
 def cpu_name() -> str:
-    """The CPU's model name and whether it has AMX (bf16 and int8 tiles), from /proc/cpuinfo."""
+    """The CPU's model name, whether it has AVX-512 VNNI (int8 dot products) and AMX (bf16 and
+    int8 tiles), from /proc/cpuinfo."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return platform.processor() or platform.machine()
     name = next((line.split(":", 1)[1].strip() for line in text.splitlines()
                  if line.startswith("model name")), platform.machine())
-    return f"{name} ({'AMX' if 'amx_tile' in text else 'no AMX'})"
+    flags = set(text.split())
+    return (f"{name} ({'AVX-512 VNNI' if 'avx512_vnni' in flags else 'no AVX-512 VNNI'}, "
+            f"{'AMX' if 'amx_tile' in flags else 'no AMX'})")
 
 
 def make_files(folder: Path, size: int) -> dict[tuple[str, str], Path]:
