@@ -48,12 +48,15 @@ class ExternalTensor:
 
 
 def external_tensors(model: str | os.PathLike | bytes) -> list[ExternalTensor]:
-    """The tensors of ``model`` (a path or serialized bytes) stored as external data."""
+    """The tensors of ``model`` (a path or serialized bytes) stored as external data; BadInput
+    for a file that is not protobuf (a walk that gave up could miss a tensor onnxruntime
+    reads)."""
     try:
         with io.BytesIO(model) if isinstance(model, bytes) else open(model, "rb") as stream:
             return list(_walk(stream, "model", None))
-    except (ValueError, UnicodeDecodeError):  # not protobuf: loading it says so in one line
-        return []
+    except ValueError as error:
+        name = "the model" if isinstance(model, bytes) else str(model)
+        raise BadInput(f"{name} is not a readable ONNX model ({error})") from None
 
 
 def _walk(stream: BinaryIO, message: str, end: int | None) -> Iterator[ExternalTensor]:
@@ -97,9 +100,11 @@ def _tensor(stream: BinaryIO, end: int) -> ExternalTensor | None:
 
 
 def _text(stream: BinaryIO, where: tuple[int, int]) -> str:
+    """Text as written; bytes that are not UTF-8 read as U+FFFD (a location holding one is
+    refused: the file it names is not the one the check would look at)."""
     offset, length = where
     stream.seek(offset)
-    return stream.read(length).decode("utf-8")
+    return stream.read(length).decode("utf-8", "replace")
 
 
 def _entry(stream: BinaryIO, where: tuple[int, int]) -> tuple[str, str]:
@@ -158,7 +163,7 @@ def model_size(path: str | os.PathLike) -> int:
 def _data_file(path: Path, folder: Path, tensor: ExternalTensor) -> Path:
     location = tensor.entries.get("location", "")
     where = f"{path}: tensor {tensor.name!r} has its data at {location!r}"
-    if not location or "\x00" in location:
+    if not location or "\x00" in location or "\ufffd" in location:
         raise BadInput(f"{path}: tensor {tensor.name!r} has external data without a usable "
                        "location")
     if os.path.isabs(location) or location.startswith(("/", "\\")) or ":" in location[:2]:

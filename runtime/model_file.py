@@ -21,6 +21,7 @@ _DOMAIN_FIELD = 1  # OperatorSetIdProto.domain
 _METADATA_PROPS_FIELD = 14  # ModelProto.metadata_props
 _KEY_FIELD, _VALUE_FIELD = 1, 2  # StringStringEntryProto
 _FIXED_SIZES = {1: 8, 5: 4}  # wire types 1 (64-bit) and 5 (32-bit)
+_MAX_GROUP_DEPTH = 100  # protobuf's default recursion limit
 
 
 def read_varint(stream: BinaryIO) -> int | None:
@@ -43,24 +44,58 @@ def fields(stream: BinaryIO, end: int | None = None) -> Iterator[tuple[int, int,
     up to ``end`` (default: the end of the stream). The value is a varint's number, or for a
     length-delimited field its (offset, length): the caller may read or walk the payload (a
     nested message: ``fields(stream, offset + length)`` after seeking to ``offset``), and the
-    walk then resumes after it. Fixed-size fields are skipped."""
+    walk then resumes after it. Fixed-size fields and groups are skipped, as protobuf parsers
+    skip them (a checker that gave up on a group would see less than onnxruntime reads)."""
     while end is None or stream.tell() < end:
         if (key := read_varint(stream)) is None:
             return
         field, wire = key >> 3, key & 7
-        if wire == 0:
-            yield field, wire, read_varint(stream)
-        elif wire in _FIXED_SIZES:
-            stream.seek(_FIXED_SIZES[wire], io.SEEK_CUR)
-        elif wire == 2:
-            length = read_varint(stream)
-            if length is None:
-                return
-            offset = stream.tell()
-            yield field, wire, (offset, length)
-            stream.seek(offset + length)
+        if wire == 3:
+            _skip_group(stream, field)
+            continue
+        value = _value(stream, wire)
+        if wire == 2 and value is None:  # cut short
+            return
+        if wire in (0, 2):
+            yield field, wire, value
+        if wire == 2:  # the caller may have read the payload
+            stream.seek(value[0] + value[1])
+
+
+def _value(stream: BinaryIO, wire: int) -> int | tuple[int, int] | None:
+    """A field's value after its key (see ``fields``: None for fixed-size ones), leaving the
+    stream after it. ValueError for a wire type that starts no value (an end of group without
+    its start, or the undefined 6 and 7)."""
+    if wire == 0:
+        return read_varint(stream)
+    if wire in _FIXED_SIZES:
+        stream.seek(_FIXED_SIZES[wire], io.SEEK_CUR)
+        return None
+    if wire == 2:
+        if (length := read_varint(stream)) is None:
+            return None
+        offset = stream.tell()
+        stream.seek(offset + length)
+        return offset, length
+    raise ValueError(f"unexpected protobuf wire type {wire}")
+
+
+def _skip_group(stream: BinaryIO, field: int) -> None:
+    """Skips a group (wire types 3 ... 4, nested up to protobuf's own depth limit)."""
+    open_groups = [field]
+    while open_groups:
+        if (key := read_varint(stream)) is None:
+            return
+        field, wire = key >> 3, key & 7
+        if wire == 3:
+            open_groups.append(field)
+            if len(open_groups) > _MAX_GROUP_DEPTH:
+                raise ValueError("protobuf groups nested too deeply")
+        elif wire == 4:
+            if open_groups.pop() != field:
+                raise ValueError("mismatched protobuf group")
         else:
-            raise ValueError(f"unexpected protobuf wire type {wire}")
+            _value(stream, wire)
 
 
 def _length_delimited(stream: BinaryIO, wanted: int) -> Iterator[bytes]:

@@ -156,3 +156,51 @@ def test_serialized_bytes_with_external_data_are_refused(dynamo_model):
 
     with pytest.raises(BadInput, match="refers to external data"):
         open_session(dynamo_model.read_bytes())
+
+
+def _disguised(model: Path, disguise: str) -> Path:
+    """The escaping ``model`` rewritten so a naive walker gives up on it: protobuf parsers
+    (onnxruntime's, the onnx package's) skip an unknown group field, and onnxruntime reads a
+    tensor name that is not UTF-8; a checker that stops at either sees no external data."""
+    data = model.read_bytes()
+    if disguise == "group":
+        data += bytes([0xA3, 0x06, 0xA4, 0x06])  # field 100: start group, end group
+    else:
+        loaded = onnx.load(str(model), load_external_data=False)
+        name = loaded.graph.initializer[0].name
+        data = data.replace(name.encode(), b"\xff" * len(name.encode()))  # every use of it
+    model.write_bytes(data)
+    return model
+
+
+@pytest.mark.parametrize("disguise", ["group", "undecodable_name"])
+def test_a_disguised_file_does_not_hide_an_escaping_location(tmp_path, dynamo_model, disguise):
+    from edgecnn.errors import BadInput
+    from edgecnn.runtime.external_data import check_external_data
+
+    model = _disguised(_escaping_model(tmp_path, dynamo_model, "parent"), disguise)
+    with pytest.raises(BadInput, match="goes up out of the model's folder"):
+        check_external_data(model)
+
+
+def test_a_location_that_is_not_utf8_is_refused(tmp_path, dynamo_model):
+    from edgecnn.errors import BadInput
+    from edgecnn.runtime.external_data import check_external_data
+
+    model = _with_location(dynamo_model, tmp_path / "model.onnx", "Q" * 12)
+    model.write_bytes(model.read_bytes().replace(b"Q" * 12, b"..\xff/secret.x"))
+    with pytest.raises(BadInput, match="without a usable location"):
+        check_external_data(model)
+
+
+@pytest.mark.parametrize("tail, words", [(bytes([0xA3, 0x06]) * 10_000, "nested too deeply"),
+                                         (bytes([0xA3, 0x06, 0xAC, 0x06]), "mismatched"),
+                                         (bytes([0x0F]), "wire type 7")])
+def test_a_file_that_is_not_protobuf_is_one_bounded_error(tmp_path, dynamo_model, tail, words):
+    from edgecnn.errors import BadInput
+    from edgecnn.runtime.external_data import check_external_data
+
+    model = tmp_path / "model.onnx"
+    model.write_bytes(dynamo_model.read_bytes() + tail)
+    with pytest.raises(BadInput, match=f"is not a readable ONNX model .*{words}"):
+        check_external_data(model)
