@@ -6,6 +6,7 @@ maps to classes, and an array is checked, the same way everywhere. Torch-free.
 
 from __future__ import annotations
 
+import os
 import zipfile
 from pathlib import Path
 from typing import Sequence

@@ -16,7 +16,7 @@ import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -25,7 +25,9 @@ from edgecnn.runtime.datasets import existing_source, labelled_files, load_array
 from edgecnn.runtime.engine import Engine
 from edgecnn.runtime.postprocess import usable_labels
 from edgecnn.runtime.providers import ProviderRequest
-from edgecnn.runtime.stream import DEFAULT_BATCH, stream_scores, streaming_session_options
+from edgecnn.runtime.stream import (
+    DEFAULT_BATCH, check_stream_options, stream_scores, streaming_session_options,
+)
 
 TOP_K = 5
 
@@ -78,13 +80,6 @@ def _classes(engine: Engine) -> int:
     return shape[1]
 
 
-def _array_scores(engine: Engine, inputs: np.ndarray,
-                  batch: int | None) -> Iterator[tuple[np.ndarray, slice]]:
-    size = engine.fixed_batch or batch or DEFAULT_BATCH
-    for start in range(0, len(inputs), size):
-        yield engine.scores(inputs[start:start + size]), slice(start, start + size)
-
-
 def _tally(engine: Engine, number: int, files, labels: np.ndarray, report: dict, options: dict,
            ray: str | None, engine_options: dict, on_progress) -> Tally:
     """One model's Tally over the image ``files`` (scored here, or on Ray); the first model's
@@ -96,7 +91,7 @@ def _tally(engine: Engine, number: int, files, labels: np.ndarray, report: dict,
 
         outcomes = ray_outcomes(ray, engine.path, files, engine_options=engine_options,
                                 **options)
-    tally, done = Tally(_classes(engine)), 0
+    tally = Tally(_classes(engine))
     with contextlib.closing(outcomes):
         for index, outcome in enumerate(outcomes):
             if outcome.error is not None:
@@ -106,9 +101,8 @@ def _tally(engine: Engine, number: int, files, labels: np.ndarray, report: dict,
                                                  "error": outcome.error})
             else:
                 tally.add(outcome.scores[None], labels[index:index + 1])
-            done += 1
             if on_progress is not None:
-                on_progress(Path(engine.path).name, done, len(files))
+                on_progress(Path(engine.path).name, index + 1, len(files))
     return tally
 
 
@@ -126,6 +120,7 @@ def evaluate(models: Sequence[str | os.PathLike], data: str | os.PathLike, *,
     ``ray``: score an image folder on Ray Data (an address, or ``"local"``; runtime/ray.py)."""
     if not models:
         raise BadInput("models needs at least one .onnx file")
+    check_stream_options(batch, workers, max_pixels)
     path = existing_source(data, "data")
     if ray is not None:
         from edgecnn.runtime.ray import connected, import_ray
@@ -161,9 +156,9 @@ def evaluate(models: Sequence[str | os.PathLike], data: str | os.PathLike, *,
             if labels.min() < 0 or labels.max() >= classes:
                 raise BadInput(f"{path}: labels must be class indices 0..{classes - 1}, got "
                                f"{labels.min()}..{labels.max()}")
-            tally = Tally(classes)
-            for scores, rows in _array_scores(engine, inputs, batch):
-                tally.add(scores, labels[rows])
+            tally, size = Tally(classes), engine.fixed_batch or batch or DEFAULT_BATCH
+            for start in range(0, len(inputs), size):
+                tally.add(engine.scores(inputs[start:start + size]), labels[start:start + size])
             tallies.append(tally)
         report["samples"] = len(labels)
     if all(tally.confusion.sum() == 0 for tally in tallies):

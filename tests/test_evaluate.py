@@ -127,3 +127,17 @@ def test_bad_sets_and_models(cli, models, image_folder, tmp_path):
     (tmp_path / "flat").mkdir()
     assert_one_line_error(cli("evaluate", models[0].path, tmp_path / "flat"), 2,
                           "one sub-folder of images per class")
+
+
+@pytest.mark.parametrize("option", [{"batch": 0}, {"batch": -1}, {"workers": 0},
+                                    {"max_pixels": -5}])
+def test_counts_are_checked_before_any_work_on_both_sources(models, image_folder, tmp_path,
+                                                            option):
+    from edgecnn.errors import BadInput
+
+    np.savez(tmp_path / "val.npz", inputs=np.zeros((2, 3, 16, 16), np.float32),
+             labels=np.zeros(2, np.int64))
+    name = next(iter(option))
+    for data in (image_folder, tmp_path / "val.npz"):
+        with pytest.raises(BadInput, match=f"^{name} must be an integer >= 1"):
+            evaluate([models[0].path], data, **option)
