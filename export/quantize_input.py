@@ -52,7 +52,7 @@ def resolve_metadata(model: onnx.ModelProto, path: Path,
     the model: False for a file edgecnn did not write, given no settings, whose metadata is
     only the defaults (enough to size random inputs, not to preprocess images)."""
     value = graph_input(model)
-    inputs = {v.name: dims(v) for v in graph_inputs(model)}
+    inputs = {value.name: dims(value)}
     output = dims(model.graph.output[0])
     metadata = get_metadata(model, str(path))
     given = check_settings(settings)
@@ -61,9 +61,6 @@ def resolve_metadata(model: onnx.ModelProto, path: Path,
         return metadata, True
     resolved = metadata_from_settings(inputs, output, given, base=metadata,
                                       model=model.graph.name or path.stem, source=str(path))
-    if resolved.input.name != value.name:
-        raise BadInput(f"{path}: the metadata's input {resolved.input.name!r} is not the graph's "
-                       f"input {value.name!r}")
     return replace(resolved, opset=opset_version(model)), metadata is not None or bool(given)
 
 

@@ -122,6 +122,10 @@ def _input_name(inputs: Mapping[str, Sequence], wanted: str | None,
                            f"{wanted!r}")
         return wanted
     if base is not None:
+        if base.input.name not in inputs:
+            raise BadInput(f"{source}: the metadata's input {base.input.name!r} is not one of "
+                           f"the graph's inputs ({names}); name the image input "
+                           f"(input_name={next(iter(inputs), '')!r})")
         return base.input.name
     if len(inputs) != 1:
         raise BadInput(f"input_name is needed: {source} has {len(inputs)} inputs ({names}); "

@@ -215,3 +215,28 @@ def test_the_named_input_is_the_image_input(cli, tmp_path):
     assert input_dims(model) == [2, 3, 24, 24] and fixed_batch(model) == 2
     assert _metadata(target).input.name == "image"
     assert cli("bench", target, "--runs", "1", "--warmup", "0").code == 0
+
+
+def test_metadata_naming_an_input_the_graph_lacks_is_one_line(cli, dynamo, tmp_path):
+    """A file whose metadata names input 'foo' while its graph's input is 'input' (another tool
+    renamed it): annotate and quantize with settings say so and how to fix it; --input-name
+    does."""
+    stale = dynamo.parent / "stale.onnx"
+    assert cli("annotate", dynamo, "-o", stale).code == 0
+    model = onnx.load(str(stale), load_external_data=False)
+    for entry in model.metadata_props:
+        if entry.key == "edgecnn":
+            fields = json.loads(entry.value)
+            fields["input"]["name"] = "foo"
+            entry.value = json.dumps(fields)
+    onnx.save(model, str(stale))
+    assert _metadata(stale).input.name == "foo"
+    for command in (["annotate", stale, "-o", tmp_path / "out.onnx"],
+                    ["quantize", stale, "-o", tmp_path / "out.onnx", "--mode", "int8-dynamic"]):
+        assert_one_line_error(cli(*command, "--mean", "0.5", "0.5", "0.5"), 2,
+                              "metadata's input 'foo' is not one of the graph's inputs",
+                              "(--input-name input)")
+    assert not (tmp_path / "out.onnx").exists()
+    fixed = cli("annotate", stale, "-o", tmp_path / "out.onnx", "--input-name", "input")
+    assert fixed.code == 0, fixed.stderr
+    assert _metadata(tmp_path / "out.onnx").input.name == "input"
