@@ -118,7 +118,12 @@ def write_report(report: CheckReport, path: str | os.PathLike) -> Path:
 
 
 def _as_arrays(values) -> tuple[np.ndarray, ...]:
-    values = values if isinstance(values, (tuple, list)) else (values,)
+    """A batch or a module's outputs as arrays: a dict gives its values in order, as the
+    exporter lays them out as graph outputs."""
+    if isinstance(values, dict):
+        values = tuple(values.values())
+    elif not isinstance(values, (tuple, list)):
+        values = (values,)
     return tuple(value.detach().cpu().numpy() if isinstance(value, torch.Tensor)
                  else np.asarray(value) for value in values)
 
@@ -166,8 +171,8 @@ def check_onnx(module: torch.nn.Module, onnx_path: str | os.PathLike, inputs: Se
     step("running onnxruntime")
     candidates = [session.run(None, dict(zip(names, batch))) for batch in batches_in]
     outputs = [value.name for value in session.get_outputs()]
-    verdict = judge([np.concatenate([ref[k] for ref in references]) for k in range(len(outputs))],
-                    [np.concatenate([run[k] for run in candidates]) for k in range(len(outputs))],
+    verdict = judge([np.concatenate(column) for column in zip(*references)],
+                    [np.concatenate(column) for column in zip(*candidates)],
                     computed, bounds=metadata.tolerances if metadata else None,
                     tolerance=tolerance, names=outputs, min_top1=min_top1)
     report = CheckReport(model=model_name or type(module).__name__, onnx_path=str(onnx_path),
