@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from edgecnn.export.name_scopes import node_scopes, quantized_views
-from edgecnn.export.parity import ParityMetrics, compare
+from edgecnn.export.parity import ParityMetrics, compare, module_outputs
 from edgecnn.runtime import load_session
 from edgecnn.runtime.onnx_file import with_outputs
 
@@ -65,21 +65,15 @@ class BisectResult:
                 "first_divergent": first.as_dict() if first else None}
 
 
-def _node_modules(node: onnx.NodeProto, module_names: set[str]) -> list[str] | None:
-    """The modules ``node`` ran in, or None for a node without a scope record."""
-    scopes = node_scopes(node)
-    return None if scopes is None else [s for s in scopes if s and s in module_names]
-
-
 def module_calls(model: onnx.ModelProto, module_names: set[str]) -> list[ModuleCall]:
     """Each call of each module, with the ONNX tensor of its output, in graph order."""
     calls, open_runs, counts = [], {}, defaultdict(int)
     previous: set[str] = set()
     for position, node in enumerate(model.graph.node):
-        modules = _node_modules(node, module_names)
-        if modules is None:  # added after export (Q/DQ pairs, weight DQs): in no module call
+        scopes = node_scopes(node)  # the modules the node ran in
+        if scopes is None:  # added after export (Q/DQ pairs, weight DQs): in no module call
             continue
-        current = set(modules)
+        current = {scope for scope in scopes if scope and scope in module_names}
         for module in previous - current:  # a run ended on the previous node
             calls.append(open_runs.pop(module))
         for module in current:
@@ -97,26 +91,6 @@ def module_calls(model: onnx.ModelProto, module_names: set[str]) -> list[ModuleC
     return sorted(calls, key=lambda c: (c.position, -c.module.count(".")))
 
 
-def _eager_outputs(module: nn.Module, x: torch.Tensor, names: set[str]) -> dict[str, list]:
-    captured: dict[str, list] = defaultdict(list)
-    handles = []
-    for name, submodule in module.named_modules():
-        if name in names:
-            def hook(_module, _inputs, output, name=name):
-                if isinstance(output, torch.Tensor):  # clone: later in-place ops change it
-                    captured[name].append(output.detach().clone().numpy())
-                else:
-                    captured[name].append(None)
-            handles.append(submodule.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            module.eval()(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return captured
-
-
 def bisect(module: nn.Module, model: onnx.ModelProto, inputs: np.ndarray, tolerance: float,
            providers: list | None = None) -> BisectResult:
     """Compare every module call's output eager vs ONNX; name the first over ``tolerance``."""
@@ -127,7 +101,13 @@ def bisect(module: nn.Module, model: onnx.ModelProto, inputs: np.ndarray, tolera
     exposed = [output.name for output in session.get_outputs()]
     feed = {session.get_inputs()[0].name: inputs}
     onnx_values = dict(zip(exposed, session.run(exposed, feed)))
-    eager = _eager_outputs(module, torch.from_numpy(inputs), {c.module for c in calls})
+    eager: dict[str, list] = defaultdict(list)
+
+    def record(name: str, output) -> None:  # clone: later in-place ops change it
+        eager[name].append(output.detach().clone().numpy() if isinstance(output, torch.Tensor)
+                           else None)
+
+    module_outputs(module.eval(), torch.from_numpy(inputs), record, {c.module for c in calls})
     layers = []
     for call in calls:
         eager_calls = eager.get(call.module, [])

@@ -84,10 +84,6 @@ def _order(count: int, size: int | None, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(count)
 
 
-def _check_size(size: int | None) -> None:
-    require_count("calibration_size", size)
-
-
 def _read_images(files: list[Path], info: InputInfo, order: Iterable[int] | None = None,
                  size: int | None = None) -> tuple[dict[int, np.ndarray], list[str]]:
     """Preprocess ``files`` (in ``order``, default as listed) until ``size`` are read (all when
@@ -104,9 +100,15 @@ def _read_images(files: list[Path], info: InputInfo, order: Iterable[int] | None
     return read, skipped
 
 
-def _image_folder(folder: Path, info: InputInfo, size: int | None, seed: int,
-                  warn: WarnCallback, what: str = "calibration") -> InputSet:
-    """``size`` readable images of the folder (all when None); unreadable files are skipped."""
+def load_image_folder(folder: str | os.PathLike, info: InputInfo, *, what: str = "image",
+                      warn: WarnCallback | None = None, size: int | None = None,
+                      seed: int = 0) -> InputSet:
+    """The readable image files under ``folder`` (``size`` of them, a seeded random subset;
+    None: every one), preprocessed from ``info`` (`check --images`, calibration); unreadable
+    files are skipped with a warning."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BadInput(f"{what} folder not found: {folder}")
     files = image_files(folder)
     if not files:
         raise BadInput(f"{what} folder {folder} has no {'/'.join(IMAGE_SUFFIXES)} images")
@@ -114,19 +116,10 @@ def _image_folder(folder: Path, info: InputInfo, size: int | None, seed: int,
     if not read:
         raise BadInput(f"{what} folder {folder}: none of the {len(files)} image files "
                        f"could be read (the first: {skipped[0]})")
-    if skipped:
+    if skipped and warn is not None:
         warn(f"skipped {len(skipped)} unreadable image file(s) in {folder}")
     tensors = [read[index] for index in sorted(read)]
     return InputSet(np.stack(tensors), "images", str(folder), len(files), skipped=len(skipped))
-
-
-def load_image_folder(folder: str | os.PathLike, info: InputInfo, *, what: str = "image",
-                      warn: WarnCallback | None = None) -> InputSet:
-    """Every readable image file under ``folder``, preprocessed from ``info`` (e.g. `check --images`)."""
-    path = Path(folder)
-    if not path.is_dir():
-        raise BadInput(f"{what} folder not found: {path}")
-    return _image_folder(path, info, None, 0, warn or (lambda message: None), what)
 
 
 def random_inputs(info: InputInfo, count: int, seed: int = 0) -> np.ndarray:
@@ -171,7 +164,7 @@ def load_calibration(source, info: InputInfo,
     guaranteed.
     """
     warn = warn or (lambda message: None)
-    _check_size(size)
+    require_count("calibration_size", size)
     if not isinstance(source, (str, os.PathLike)):
         inputs = check_inputs(_in_memory_inputs(source, info), info, "calibration data")
         location = None
@@ -183,7 +176,8 @@ def load_calibration(source, info: InputInfo,
     else:
         path = existing_source(source, "calibration")
         if path.is_dir():
-            return _image_folder(path, info, size, seed, warn)
+            return load_image_folder(path, info, what="calibration", warn=warn, size=size,
+                                     seed=seed)
         inputs, _ = load_arrays(path, info, with_labels=False)
         location = str(path)
     picked = np.sort(_order(len(inputs), size, seed)[:size])

@@ -21,7 +21,7 @@ import torch
 from onnx import external_data_helper, helper, numpy_helper
 
 import edgecnn.ops.deform_conv  # noqa: F401  (registers torch.ops.edgecnn.deform_conv2d)
-from edgecnn.runtime.deform import (DOMAIN, INPUTS, OP_TYPE, VERSION, model_lowering,
+from edgecnn.runtime.deform import (DOMAIN, INPUTS, OP_TYPE, VERSION, graphs, model_lowering,
                                     register_schema, set_deform_lowering)
 
 register_schema()  # onnxscript looks the op's schema up when the translation calls it
@@ -43,21 +43,13 @@ TRANSLATION_TABLE = {torch.ops.edgecnn.deform_conv2d.default: deform_conv2d_to_o
 
 # ---- BatchNorm folding -----------------------------------------------------------------------
 
-def _subgraphs(node: onnx.NodeProto):
-    for attribute in node.attribute:
-        yield from ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs)
-
-
 def _uses(graph: onnx.GraphProto) -> Counter:
     """How often each name is read: node inputs (subgraphs included: they see the outer
     scope) and graph outputs."""
     uses = Counter(value.name for value in graph.output)
-    pending = [graph]
-    while pending:
-        current = pending.pop()
+    for current in graphs(graph):
         for node in current.node:
             uses.update(name for name in node.input if name)
-            pending.extend(_subgraphs(node))
     return uses
 
 

@@ -32,15 +32,13 @@ from onnx import helper, numpy_helper
 
 from edgecnn.export.calibration import CALIBRATION_BATCH, batches
 from edgecnn.runtime import load_session
-from edgecnn.runtime.onnx_file import cut_at, fixed_batch, graph_inputs
+from edgecnn.runtime.onnx_file import (
+    attribute, copy_model, cut_at, drop_unread_initializers, fixed_batch, graph_inputs,
+)
 
 SCALE_EQUIVARIANT = ("Relu",)  # what may sit between the two convs of a pair
 ITERATIONS = 4  # passes over the pairs: a chain A -> B -> C moves B twice
 BIAS_SAMPLES = 64  # calibration rows the bias correction measures on
-
-
-def _attribute(node: onnx.NodeProto, name: str, default: int) -> int:
-    return next((a.i for a in node.attribute if a.name == name), default)
 
 
 class ConvPair(NamedTuple):
@@ -58,9 +56,8 @@ def _clip_bounds(node: onnx.NodeProto, constants: dict) -> tuple[float, float | 
             if name not in constants or numpy_helper.to_array(constants[name]).size != 1:
                 return None
             bounds[index] = float(numpy_helper.to_array(constants[name]).reshape(()))
-    for attribute in node.attribute:
-        if attribute.name in ("min", "max"):
-            bounds[attribute.name == "max"] = attribute.f
+    for index, name in enumerate(("min", "max")):  # opset < 11: attributes
+        bounds[index] = attribute(node, name, bounds[index])
     return (bounds[0], bounds[1]) if bounds[0] is not None else None
 
 
@@ -100,7 +97,7 @@ def conv_pairs(model: onnx.ModelProto) -> list[ConvPair]:
         if second is None or second.op_type != "Conv" or not own_weights(second):
             continue
         weight = constants[second.input[1]].dims
-        group = _attribute(second, "group", 1)
+        group = attribute(second, "group", 1)
         if group == 1 or (weight[1] == 1 and group == weight[0]):  # plain or depthwise
             pairs.append(ConvPair(first, second, clip))
     return pairs
@@ -108,8 +105,7 @@ def conv_pairs(model: onnx.ModelProto) -> list[ConvPair]:
 
 def equalize_pairs(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` with every ``conv_pairs`` pair equalized (the same function)."""
-    equalized = onnx.ModelProto()
-    equalized.CopyFrom(model)
+    equalized = copy_model(model)
     pairs = conv_pairs(equalized)
     if not pairs:
         return equalized
@@ -120,7 +116,7 @@ def equalize_pairs(model: onnx.ModelProto) -> onnx.ModelProto:
     for _ in range(ITERATIONS):
         for first, second, _clip in pairs:
             weight_a, weight_b = arrays[first.input[1]], arrays[second.input[1]]
-            depthwise = _attribute(second, "group", 1) > 1
+            depthwise = attribute(second, "group", 1) > 1
             range_a = np.abs(weight_a).reshape(len(weight_a), -1).max(axis=1)
             by_input = weight_b if depthwise else np.swapaxes(weight_b, 0, 1)
             range_b = np.abs(by_input).reshape(len(by_input), -1).max(axis=1)
@@ -143,17 +139,8 @@ def equalize_pairs(model: onnx.ModelProto) -> onnx.ModelProto:
     for first, _second, clip in clips:
         _split_relu6(equalized, clip, total_scales[first.name],
                      _clip_bounds(clip, initializers)[1])
-    _drop_unread(equalized, bounds)
+    drop_unread_initializers(equalized, bounds)
     return equalized
-
-
-def _drop_unread(model: onnx.ModelProto, names: set[str]) -> None:
-    """Remove the initializers among ``names`` that no node reads any more (onnxruntime warns
-    about each one)."""
-    read = {name for node in model.graph.node for name in node.input}
-    kept = [init for init in model.graph.initializer if init.name in read or init.name not in names]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
 
 
 def _split_relu6(model: onnx.ModelProto, clip: onnx.NodeProto, scale: np.ndarray,
@@ -214,11 +201,10 @@ def correct_biases(float_model: onnx.ModelProto, quantized: onnx.ModelProto,
                    if node.op_type == "Conv" and node.name}
     int8_convs = {node.name: node.output[0] for node in quantized.graph.node
                   if node.op_type == "Conv" and node.name in float_convs}
-    corrected = onnx.ModelProto()
-    corrected.CopyFrom(quantized)
+    corrected = copy_model(quantized)
     biases = _correctable_biases(corrected, list(int8_convs))
-    if not biases or any(attribute.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                         for node in corrected.graph.node for attribute in node.attribute):
+    if not biases or any(item.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                         for node in corrected.graph.node for item in node.attribute):
         return corrected  # (a subgraph could read tensors the segments below do not pass on)
     inputs = np.asarray(inputs, dtype=np.float32)[:BIAS_SAMPLES]
     reference = dict(zip(biases, _channel_means(

@@ -32,9 +32,9 @@ from edgecnn.export.quiet import silenced
 from edgecnn.export.user_model import carries_weights, resolve_spec
 from edgecnn.runtime import InputInfo, ModelMetadata, load_session
 from edgecnn.runtime.deform import (
-    DEFAULT_LOWERING, NATIVE_MIN_OPSET, model_lowering, set_deform_lowering,
+    DEFAULT_LOWERING, NATIVE_MIN_OPSET, check_lowering, model_lowering, set_deform_lowering,
 )
-from edgecnn.runtime.metadata import LOWERINGS, MAX_ELEMENTS, MAX_SIDE
+from edgecnn.runtime.metadata import MAX_ELEMENTS, MAX_SIDE
 from edgecnn.runtime.onnx_file import set_metadata, set_minimal_ir_version, writing_model
 from edgecnn.runtime.preprocess_settings import SETTING_OF_FIELD, read_labels_file
 
@@ -158,12 +158,6 @@ def resolve_opset(opset: int | None, spec: models.ModelSpec, native_deform: bool
     return opset
 
 
-def check_deform_lowering(lowering: str) -> str:
-    if lowering not in LOWERINGS:
-        raise BadInput(f"deform_lowering must be one of {', '.join(LOWERINGS)}, got {lowering!r}")
-    return lowering
-
-
 def _strip_node_metadata(model: onnx.ModelProto) -> None:
     for graph in (model.graph, *model.functions):
         for node in graph.node:
@@ -186,7 +180,7 @@ def to_onnx(module: nn.Module, example: torch.Tensor, output_name: str | Sequenc
     ``custom_translation_table`` entries are added to edgecnn's. Raises EdgecnnError when
     torch.onnx cannot export the module.
     """
-    check_deform_lowering(deform_lowering)
+    check_lowering(deform_lowering)
     table = {**DEFORM_TRANSLATION_TABLE, **(custom_translation_table or {})}
     dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
     try:
@@ -350,7 +344,7 @@ def export_model(name: str | models.ModelSpec, output: str | os.PathLike | None 
     output = check_output_path(output or f"{name}.onnx")
     if opset is not None:
         validate_opset(opset, spec)
-    check_deform_lowering(deform_lowering)
+    check_lowering(deform_lowering)
     height, width = resolve_input_size(spec, input_size)
     channels = in_channels or spec.input_size[0]
     _check_arguments(spec, batch=batch, seed=seed, channels=channels, height=height,

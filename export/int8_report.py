@@ -256,6 +256,7 @@ def _weight_rows(qdq: onnx.ModelProto, matched: dict) -> list[WeightRow]:
     dequantize = {node.input[0]: node for node in qdq.graph.node
                   if node.op_type == "DequantizeLinear"}
     readers = {name: node for node in qdq.graph.node for name in node.input}
+    sizes = {init.name: int(np.prod(init.dims)) for init in qdq.graph.initializer}
     rows = []
     for name, match in matched.items():
         weight, dequantized = match["float"], match["dequantized"].reshape(match["float"].shape)
@@ -263,7 +264,7 @@ def _weight_rows(qdq: onnx.ModelProto, matched: dict) -> list[WeightRow]:
         if weight.ndim < 2 or node is None:  # biases: int32 at the product of two scales
             continue
         axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-        per_channel = _initializer_size(qdq, node.input[1]) > 1
+        per_channel = sizes.get(node.input[1], 1) > 1
         channel_db, channel = worst_channel(weight, dequantized, axis=axis if per_channel else 0)
         reader = readers.get(node.output[0])
         rows.append(WeightRow(name=name, module=_node_label(reader),
@@ -273,13 +274,6 @@ def _weight_rows(qdq: onnx.ModelProto, matched: dict) -> list[WeightRow]:
                               minimum=float(weight.min()), maximum=float(weight.max()),
                               per_channel=per_channel))
     return sorted(rows, key=lambda row: row.score)
-
-
-def _initializer_size(model: onnx.ModelProto, initializer: str) -> int:
-    for init in model.graph.initializer:
-        if init.name == initializer:
-            return int(np.prod(init.dims)) if init.dims else 1
-    return 1
 
 
 def int8_report(float_model: str | os.PathLike | onnx.ModelProto,

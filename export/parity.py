@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -131,23 +131,32 @@ def activation_peak(module, inputs) -> tuple[float, str]:
 
     peak, where = 0.0, ""
 
-    def record(name):
-        def hook(_module, _inputs, output):
-            nonlocal peak, where
-            if isinstance(output, torch.Tensor) and output.is_floating_point() and output.numel():
-                value = float(output.detach().abs().max())
-                if value > peak:
-                    peak, where = value, name
-        return hook
+    def record(name, output):
+        nonlocal peak, where
+        if isinstance(output, torch.Tensor) and output.is_floating_point() and output.numel():
+            value = float(output.detach().abs().max())
+            if value > peak:
+                peak, where = value, name
 
-    handles = [sub.register_forward_hook(record(name)) for name, sub in module.named_modules()]
+    module_outputs(module, torch.as_tensor(inputs), record)
+    return peak, where or "output"
+
+
+def module_outputs(module, inputs, record: Callable[[str, object], None],
+                   names: set[str] | None = None) -> None:
+    """Runs ``module`` on ``inputs`` without gradients, calling ``record(name, output)`` for the
+    output of each call of each submodule (of those in ``names``; default: all), in call order."""
+    import torch
+
+    handles = [sub.register_forward_hook(lambda _module, _inputs, output, name=name:
+                                         record(name, output))
+               for name, sub in module.named_modules() if names is None or name in names]
     try:
         with torch.no_grad():
-            module(torch.as_tensor(inputs))
+            module(inputs)
     finally:
         for handle in handles:
             handle.remove()
-    return peak, where or "output"
 
 
 @dataclass

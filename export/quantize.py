@@ -112,7 +112,7 @@ def default_output(source: Path, mode: str) -> Path:
     return source.with_name(f"{source.stem}_{mode.replace('-', '_')}.onnx")
 
 
-def _check_options(recipe: Recipe, accuracy_budget: float | None, validation: object,
+def _check_options(accuracy_budget: float | None, validation: object,
                    calibration_size: int | None) -> None:
     if accuracy_budget is not None:
         if not 0 <= accuracy_budget <= 100:
@@ -239,7 +239,7 @@ def quantize_model(model_path: str | os.PathLike, output_path: str | os.PathLike
 
     recipe = recipe or get_recipe(mode, method=method, target=target, per_tensor=per_tensor,
                                   equalize=equalize, bias_correction=bias_correction)
-    _check_options(recipe, accuracy_budget, validation, calibration_size)
+    _check_options(accuracy_budget, validation, calibration_size)
     if report is not None:
         if not isinstance(recipe, Int8Static):
             raise BadInput(f"report describes static int8 (QDQ) files, not mode {recipe.mode}")
@@ -346,7 +346,7 @@ def export_quantized(name: str, output: str | os.PathLike | None = None, *, quan
     from edgecnn.export.user_model import model_name
 
     recipe = get_recipe(quantize, method=method, target=target)
-    _check_options(recipe, None, None, calibration_size)
+    require_count("calibration_size", calibration_size)
     output = check_output_path(output or f"{model_name(name)}_{quantize}.onnx")
     if recipe.needs_calibration and calibration is None:
         raise BadInput(f"quantize {quantize} needs calibration data: a folder of images, an "

@@ -15,7 +15,9 @@ from edgecnn.export.calibration import InputSet, calibration_batches
 from edgecnn.export.quantize_input import graph_input
 from edgecnn.export.quiet import silenced
 from edgecnn.export.rgb_stem import DESCRIPTION as RGB_STEM, find_stem, finish, split_stem
-from edgecnn.runtime.onnx_file import drop_initializer_value_info, fixed_batch, is_custom_domain
+from edgecnn.runtime.onnx_file import (
+    copy_model, drop_initializer_value_info, fixed_batch, is_custom_domain,
+)
 
 METHODS = ("minmax", "entropy", "percentile")
 TARGETS = ("cpu", "openvino")  # the providers a static int8 file is tuned for (Int8Static.target)
@@ -58,14 +60,6 @@ class Recipe:
     def float_model(self, model: onnx.ModelProto) -> onnx.ModelProto:
         """The fp32 model the recipe quantizes: ``model`` or an exact rewrite of it."""
         return model
-
-
-def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    """onnxruntime's quantizers save the ModelProto they get with external data in a temporary
-    folder and leave its initializers pointing there: they get a copy, ours stays usable."""
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    return copy
 
 
 def calibration_reader(name: str, chunks: list[np.ndarray], progress: ProgressCallback | None):
@@ -128,12 +122,13 @@ def int8_static(model: onnx.ModelProto, calibration: InputSet, recipe: Int8Stati
         model, cache = split_stem(model, stem), cache.with_name(f"{cache.stem}-split{cache.suffix}")
     reader = None
     if not cache.is_file():
-        reader = calibration_reader(name, calibration_batches(calibration.inputs, fixed_batch(model)),
-                         progress)
+        reader = calibration_reader(name, calibration_batches(calibration.inputs,
+                                                              fixed_batch(model)), progress)
     extra = {"CalibPercentile": PERCENTILE}
     output = cache.with_name(f"int8-{len(exclude)}.onnx")
-    with silenced(""):
-        quantize_static(_copy(model), output, reader, quant_format=QuantFormat.QDQ,
+    with silenced(""):  # (onnxruntime's quantizers save the ModelProto they get with external
+        # data in a temporary folder and leave its initializers pointing there: they get a copy)
+        quantize_static(copy_model(model), output, reader, quant_format=QuantFormat.QDQ,
                         per_channel=recipe.per_channel, reduce_range=recipe.reduce_range,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         nodes_to_exclude=list(exclude), calibrate_method=methods[recipe.method],
@@ -149,7 +144,7 @@ def int8_dynamic(model: onnx.ModelProto, exclude: Sequence[str], workdir: Path) 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     output = workdir / "int8-dynamic.onnx"
-    copy = _copy(model)
+    copy = copy_model(model)  # (see int8_static)
     # The dynamic quantizer transposes the Gemm weight but keeps the exporter's value_info
     # entry for it, and then its own shape inference fails ("(512) vs (1000)").
     drop_initializer_value_info(copy)

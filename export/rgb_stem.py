@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgecnn.runtime.onnx_file import dims
+from edgecnn.runtime.onnx_file import attribute, copy_model, dims, drop_unread_initializers
 
 QUAD = 4  # pixels grouped into one position of the rewritten image
 BRANCHES = ("even", "odd")
@@ -32,14 +32,6 @@ class RgbStem:
 
     conv: onnx.NodeProto
     relu: onnx.NodeProto | None
-
-
-def _attribute(node: onnx.NodeProto, name: str, default):
-    for attribute in node.attribute:
-        if attribute.name == name:
-            value = helper.get_attribute_value(attribute)
-            return list(value) if isinstance(value, (list, tuple)) else value
-    return default
 
 
 def find_stem(model: onnx.ModelProto) -> RgbStem | None:
@@ -55,11 +47,11 @@ def find_stem(model: onnx.ModelProto) -> RgbStem | None:
         filters, channels, *kernel = weights[conv.input[1]].dims
         shape = shapes.get(conv.input[0], [])
         if not (channels == 3 and kernel == [7, 7] and filters >= 16 and filters % 8 == 0
-                and _attribute(conv, "strides", None) == [2, 2]
-                and _attribute(conv, "pads", None) == [3, 3, 3, 3]
-                and _attribute(conv, "dilations", [1, 1]) == [1, 1]
-                and _attribute(conv, "group", 1) == 1
-                and _attribute(conv, "auto_pad", b"NOTSET") == b"NOTSET"
+                and attribute(conv, "strides", None) == [2, 2]
+                and attribute(conv, "pads", None) == [3, 3, 3, 3]
+                and attribute(conv, "dilations", [1, 1]) == [1, 1]
+                and attribute(conv, "group", 1) == 1
+                and attribute(conv, "auto_pad", b"NOTSET") == b"NOTSET"
                 and len(shape) == 4 and shape[3] and shape[3] % QUAD == 0):
             continue
         consumers = [node for node in graph.node if conv.output[0] in node.input]
@@ -90,8 +82,7 @@ def branch_weights(weight: np.ndarray) -> dict[str, np.ndarray]:
 
 def split_stem(model: onnx.ModelProto, stem: RgbStem) -> onnx.ModelProto:
     """A copy of ``model`` with ``stem`` (and its Relu) replaced by the two-branch form."""
-    rewritten = onnx.ModelProto()
-    rewritten.CopyFrom(model)
+    rewritten = copy_model(model)
     graph = rewritten.graph
     conv, name = stem.conv, stem.conv.name
     weights = {init.name: init for init in graph.initializer}
@@ -140,8 +131,7 @@ def split_stem(model: onnx.ModelProto, stem: RgbStem) -> onnx.ModelProto:
     kept = [n for n in graph.node if n.name not in replaced]
     del graph.node[:]
     graph.node.extend(kept[:position] + nodes + kept[position:])
-    if not any(conv.input[1] in n.input for n in kept):
-        graph.initializer.remove(next(i for i in graph.initializer if i.name == conv.input[1]))
+    drop_unread_initializers(rewritten, {conv.input[1]})
     if stem.relu:  # the convolution's own output no longer exists
         stale = [value for value in graph.value_info if value.name == conv.output[0]]
         for value in stale:
@@ -167,11 +157,8 @@ def finish(quantized: onnx.ModelProto, stem: RgbStem) -> None:
                 node.input[1:3] = [renamed.get(name, name) for name in node.input[1:3]]
     for node in (_node(graph, f"{stem.conv.name}_shift"), concat):
         _on_integers(graph, node)
-    used = {name for node in graph.node for name in node.input}
-    unused = [init for init in graph.initializer
-              if init.name not in used and init.name.startswith(stem.conv.name)]
-    for init in unused:
-        graph.initializer.remove(init)
+    drop_unread_initializers(quantized, {init.name for init in graph.initializer
+                                         if init.name.startswith(stem.conv.name)})
 
 
 def _node(graph: onnx.GraphProto, name: str) -> onnx.NodeProto:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 
+from edgecnn.errors import BadInput
 from edgecnn.runtime.metadata import LOWERINGS, METADATA_KEY, ModelMetadata
 
 DOMAIN = "ai.edgecnn"
@@ -36,25 +37,20 @@ ATTRIBUTE_DEFAULTS = {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 
 _BIAS, _MASK = INPUTS.index("B"), INPUTS.index("mask")
 
 
-def _check_lowering(lowering: str) -> None:
+def check_lowering(lowering: str) -> None:
     if lowering not in LOWERINGS:
-        raise ValueError(f"deform lowering must be one of {', '.join(LOWERINGS)}, got {lowering!r}")
+        raise BadInput(f"deform_lowering must be one of {', '.join(LOWERINGS)}, got {lowering!r}")
 
 
 def _infer_output(ctx) -> None:
     """Y: X's element type, shape (N, out_channels, out_h, out_w) from X, W and offset."""
     import onnx
 
-    x_type = ctx.get_input_type(0)
-    dims = []
     shapes = [ctx.get_input_type(i).tensor_type for i in range(3)]
+    output = onnx.helper.make_tensor_type_proto(shapes[0].elem_type, None)
     if all(shape.HasField("shape") for shape in shapes):
-        sources = [(0, 0), (1, 0), (2, 2), (2, 3)]  # (input, axis) of N, O, out_h, out_w
-        dims = [shapes[i].shape.dim[axis] for i, axis in sources]
-    output = onnx.helper.make_tensor_type_proto(x_type.tensor_type.elem_type, None)
-    if dims:
-        for dim in dims:
-            output.tensor_type.shape.dim.add().CopyFrom(dim)
+        for i, axis in [(0, 0), (1, 0), (2, 2), (2, 3)]:  # (input, axis) of N, O, out_h, out_w
+            output.tensor_type.shape.dim.add().CopyFrom(shapes[i].shape.dim[axis])
     ctx.set_output_type(0, output)
 
 
@@ -102,7 +98,7 @@ def deform_function(lowering: str = DEFAULT_LOWERING, opset: int | None = None, 
 
     from edgecnn.runtime._deform_decomposed import build_decomposed_body
 
-    _check_lowering(lowering)
+    check_lowering(lowering)
     if lowering == "native":
         opset = NATIVE_MIN_OPSET if opset is None else opset
         if opset < NATIVE_MIN_OPSET:
@@ -123,18 +119,18 @@ def deform_function(lowering: str = DEFAULT_LOWERING, opset: int | None = None, 
         doc_string=f"edgecnn deformable convolution, lowering={lowering}")
 
 
-def _graphs(graph):
+def graphs(graph):
     """``graph`` and every subgraph (If/Loop/Scan bodies), depth first."""
     yield graph
     for node in graph.node:
         for attribute in node.attribute:
             for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
-                yield from _graphs(sub)
+                yield from graphs(sub)
 
 
 def call_sites(model) -> list:
     """The ai.edgecnn::DeformConv2d nodes of ``model`` (main graph and subgraphs)."""
-    return [node for graph in _graphs(model.graph) for node in graph.node
+    return [node for graph in graphs(model.graph) for node in graph.node
             if node.domain == DOMAIN and node.op_type == OP_TYPE]
 
 
@@ -198,7 +194,7 @@ def set_deform_lowering(model, lowering: str):
 
     from edgecnn.runtime.onnx_file import opset_version
 
-    _check_lowering(lowering)
+    check_lowering(lowering)
     sites = call_sites(model)
     if not sites:
         return model
@@ -214,7 +210,7 @@ def set_deform_lowering(model, lowering: str):
     # (and so onnxruntime's symbolic_shape_infer) the output channels (see _deform_decomposed).
     with_bias = lowering == "decomposed" or any(_has_input(node, _BIAS) for node in sites)
     if lowering == "decomposed":
-        for graph in _graphs(model.graph):
+        for graph in graphs(model.graph):
             for node in [n for n in graph.node if n in sites]:
                 _materialize_inputs(graph, node, helper, with_bias, modulated)
     function = deform_function(lowering, opset, modulated=modulated, with_bias=with_bias)

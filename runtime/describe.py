@@ -6,6 +6,7 @@ and falls back to what onnxruntime reports (inputs, outputs, metadata) on a mini
 
 from __future__ import annotations
 
+import math
 import os
 from collections import Counter
 from dataclasses import asdict
@@ -42,18 +43,11 @@ def _describe_with_onnx(path: Path) -> dict:
                        for (domain, op), count in sorted(custom.items())],
         "functions": [f"{function.domain}::{function.name}" for function in model.functions],
         "nodes": len(graph.node),
-        "parameters": sum(_numel(init) for init in graph.initializer),
+        "parameters": sum(math.prod(init.dims) for init in graph.initializer),
         "ir_version": model.ir_version,
         "producer": f"{model.producer_name} {model.producer_version}".strip(),
         "props": props,
     }
-
-
-def _numel(tensor) -> int:
-    count = 1
-    for dim in tensor.dims:
-        count *= dim
-    return count
 
 
 def _describe_with_onnxruntime(path: Path) -> dict:

@@ -13,6 +13,7 @@ data file that is missing or shorter than its tensors, before any byte of one is
 from __future__ import annotations
 
 import io
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,10 +94,7 @@ def _tensor(stream: BinaryIO, end: int) -> ExternalTensor | None:
     if location != _EXTERNAL:
         return None
     size = _ITEM_SIZES.get(data_type)
-    count = 1
-    for dim in dims:
-        count *= dim
-    return ExternalTensor(name, entries, None if size is None else count * size)
+    return ExternalTensor(name, entries, None if size is None else math.prod(dims) * size)
 
 
 def _text(stream: BinaryIO, where: tuple[int, int]) -> str:

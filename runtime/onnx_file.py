@@ -85,6 +85,31 @@ def opset_version(model: onnx.ModelProto, domain: str = "") -> int | None:
     return next((imp.version for imp in model.opset_import if imp.domain in names), None)
 
 
+def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` to rewrite (or to hand to a tool that rewrites what it gets)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
+def attribute(node: onnx.NodeProto, name: str, default=None):
+    """The value of ``node``'s attribute ``name`` (a list for repeated ones), else ``default``."""
+    for item in node.attribute:
+        if item.name == name:
+            value = onnx.helper.get_attribute_value(item)
+            return list(value) if isinstance(value, (list, tuple)) else value
+    return default
+
+
+def drop_unread_initializers(model: onnx.ModelProto, names: set[str]) -> None:
+    """Remove the initializers among ``names`` that no node reads any more (onnxruntime warns
+    about each one)."""
+    read = {name for node in model.graph.node for name in node.input}
+    kept = [init for init in model.graph.initializer if init.name in read or init.name not in names]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+
+
 def is_custom_domain(domain: str) -> bool:
     return domain not in STANDARD_DOMAINS
 
@@ -154,8 +179,7 @@ def writing_model(model: onnx.ModelProto, path: str | os.PathLike,
     with atomic_model_output(path) as work:
         temporary = work / Path(path).name
         if external_data or needs_external_data(model):
-            copy = onnx.ModelProto()
-            copy.CopyFrom(model)  # saving with external data empties the tensors it moves
+            copy = copy_model(model)  # saving with external data empties the tensors it moves
             onnx.save_model(copy, str(temporary), save_as_external_data=True,
                             all_tensors_to_one_file=True, location=f"{temporary.name}.data",
                             size_threshold=1024)
@@ -193,8 +217,7 @@ def with_outputs(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
     """A copy of ``model`` that also outputs ``tensors`` (types from shape inference)."""
     inferred = onnx.shape_inference.infer_shapes(model)
     types = {value.name: value for value in inferred.graph.value_info}
-    augmented = onnx.ModelProto()
-    augmented.CopyFrom(model)
+    augmented = copy_model(model)
     existing = {output.name for output in augmented.graph.output}
     for name in tensors:
         if name not in existing and name in types:

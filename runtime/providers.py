@@ -53,8 +53,6 @@ def short_name(provider: str) -> str:
 
 def full_name(provider: str) -> str:
     """'cuda' or 'CUDAExecutionProvider' -> 'CUDAExecutionProvider'; BadInput when unknown."""
-    if provider in SHORT_NAMES:
-        return SHORT_NAMES[provider]
     if provider.lower() in SHORT_NAMES:
         return SHORT_NAMES[provider.lower()]
     if provider.endswith("ExecutionProvider"):
@@ -135,24 +133,23 @@ def cpu_has_int8_units() -> bool:
 
 
 def auto_order(installed: Sequence[str], precision: str | None = None,
-               deformable: bool = False, int8_units: bool | None = None) -> tuple[str, ...]:
+               deformable: bool = False) -> tuple[str, ...]:
     """What "auto" tries, in order, for a model of ``precision`` (its metadata's; None when
     unknown) that does or does not use the deformable-conv op. The rule follows
     benchmarks/providers.py (docs/openvino.md; 2-core Xeon with AMX, 2 threads):
 
     - a GPU provider installed: TensorRT -> CUDA -> CPU;
     - OpenVINO installed, an int8 model of plain convolutions and a CPU with int8 dot-product
-      units (``int8_units``, default: ``cpu_has_int8_units()``; the figures were measured on
-      one): OpenVINO (resnet18 int8 at 0.31-0.45 of the CPU provider's latency);
+      units (``cpu_has_int8_units()``; the figures were measured on one): OpenVINO (resnet18
+      int8 at 0.31-0.45 of the CPU provider's latency);
     - otherwise the CPU provider: OpenVINO's f32 is no faster (1.00-1.06x on resnet18), the
       deformable ResNet is slower on OpenVINO at every precision (1.1-1.5x), and on CPUs without
       those units OpenVINO's int8 has not been measured.
     """
     if TENSORRT in installed or CUDA in installed:
         return GPU_ORDER
-    if OPENVINO in installed and precision == "int8" and not deformable:
-        if cpu_has_int8_units() if int8_units is None else int8_units:
-            return (OPENVINO, CPU)
+    if OPENVINO in installed and precision == "int8" and not deformable and cpu_has_int8_units():
+        return (OPENVINO, CPU)
     return (CPU,)
 
 
@@ -192,10 +189,10 @@ def resolve_providers(provider: ProviderRequest = "auto", *, fallback: bool = Tr
     entries, auto = _requested(provider, installed, precision, deformable)
     missing = [name for name, _ in entries if name not in installed]
     hints = "".join(f"; {INSTALL_HINTS[name]}" for name in missing if name in INSTALL_HINTS)
+    not_installed = (f"provider {', '.join(map(short_name, missing))} is not installed "
+                     f"(installed: {', '.join(installed) or 'none'}{hints})")
     if missing and not auto and not fallback:
-        raise BadInput(f"provider {', '.join(map(short_name, missing))} is not installed "
-                       f"(installed: {', '.join(installed) or 'none'}{hints}); "
-                       "pass fallback=True to use what is installed")
+        raise BadInput(f"{not_installed}; pass fallback=True to use what is installed")
     chosen = {name: {**provider_options(name, device_id=device_id, fp16=fp16,
                                         cache_dir=cache_dir, tf32=tf32), **options}
               for name, options in entries if name in installed}
@@ -208,7 +205,6 @@ def resolve_providers(provider: ProviderRequest = "auto", *, fallback: bool = Tr
     if not chosen:
         raise BadInput(f"no usable provider; installed: {', '.join(installed) or 'none'}")
     if missing and not auto:
-        warnings.warn(f"provider {', '.join(map(short_name, missing))} is not installed "
-                      f"(installed: {', '.join(installed)}{hints}); using "
-                      f"{', '.join(map(short_name, chosen))}", ProviderFallbackWarning, stacklevel=3)
+        warnings.warn(f"{not_installed}; using {', '.join(map(short_name, chosen))}",
+                      ProviderFallbackWarning, stacklevel=3)
     return list(chosen.items())

@@ -113,12 +113,11 @@ def _last_line(error: Exception) -> str:
 
 
 def load_session(model: str | os.PathLike | bytes,
-                 providers: provider_lib.ProviderRequest | None = None, *,
-                 threads: int | None = None, options: ort.SessionOptions | None = None,
-                 fallback: bool = True, **provider_options) -> ort.InferenceSession:
-    """``open_session(...).session``: the bare InferenceSession (CPU unless ``providers``)."""
-    return open_session(model, "cpu" if providers is None else providers, threads=threads,
-                        fallback=fallback, options=options, **provider_options).session
+                 providers: provider_lib.ProviderRequest | None = None,
+                 **options) -> ort.InferenceSession:
+    """``open_session(model, providers, **options).session``: the bare InferenceSession (CPU
+    unless ``providers``)."""
+    return open_session(model, "cpu" if providers is None else providers, **options).session
 
 
 def check_started(wanted: str, active: list[str], *, explicit: bool, fallback: bool,
