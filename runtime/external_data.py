@@ -57,7 +57,7 @@ def external_tensors(model: str | os.PathLike | bytes) -> list[ExternalTensor]:
             return list(_walk(stream, "model", None))
     except ValueError as error:
         name = "the model" if isinstance(model, bytes) else str(model)
-        raise BadInput(f"{name} is not a readable ONNX model ({error})") from None
+        raise BadInput(f"cannot load {name} as an ONNX model: not protobuf ({error})") from None
 
 
 def _walk(stream: BinaryIO, message: str, end: int | None) -> Iterator[ExternalTensor]:

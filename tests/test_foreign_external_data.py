@@ -202,5 +202,5 @@ def test_a_file_that_is_not_protobuf_is_one_bounded_error(tmp_path, dynamo_model
 
     model = tmp_path / "model.onnx"
     model.write_bytes(dynamo_model.read_bytes() + tail)
-    with pytest.raises(BadInput, match=f"is not a readable ONNX model .*{words}"):
+    with pytest.raises(BadInput, match=f"as an ONNX model: not protobuf .*{words}"):
         check_external_data(model)
