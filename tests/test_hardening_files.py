@@ -122,11 +122,18 @@ def test_a_signal_during_export_removes_the_temporary_file(tmp_path, signum):
     env, temp = _private_env(tmp_path)
     out = tmp_path / "out"
     out.mkdir()
-    # The parity check keeps the temporary file in place for a few seconds at 128 px (at 64 px
-    # the export once finished under a loaded CI before the signal was sent).
-    process = _start("export", "resnet18", "--input-size", "128", "-o", out / "r.onnx", env=env)
-    _wait_for(".r.onnx.*.tmp", out, process)
-    code, lines = _interrupt(process, signum)
+    # The parity check keeps the temporary file in place for a few seconds at 128 px, but on a
+    # loaded machine the poll below can still see it too late: an export that finished before
+    # the signal came (exit 0, its file complete) has lost the race, not the test; try again.
+    for _attempt in range(3):
+        process = _start("export", "resnet18", "--input-size", "128", "-o", out / "r.onnx",
+                         env=env)
+        _wait_for(".r.onnx.*.tmp", out, process)
+        code, lines = _interrupt(process, signum)
+        if code != 0:
+            break
+        assert _leftovers(out, "r.onnx") == [] and (out / "r.onnx").is_file(), lines
+        (out / "r.onnx").unlink()
     assert code == 128 + signum, lines
     assert lines == ["error: interrupted; nothing was written"]
     assert _leftovers(out) == [] and _leftovers(temp, *SHARED_TMPDIR_FILES) == []
