@@ -177,15 +177,9 @@ def evaluate(models: Sequence[str | os.PathLike], data: str | os.PathLike, *,
 def plot_confusion(confusion: np.ndarray, class_names: Sequence[str], path: str | os.PathLike,
                    title: str) -> None:
     """The confusion matrix as an image (needs matplotlib; BadInput without it)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        from matplotlib import pyplot
-    except ImportError:
-        raise BadInput("plot needs matplotlib, which this install does not have "
-                       "(pip install matplotlib)") from None
     from edgecnn.runtime.files import atomic_output
+
+    pyplot = require_pyplot()
 
     size = min(4 + 0.3 * len(class_names), 30)
     figure, axes = pyplot.subplots(figsize=(size, size))
@@ -203,9 +197,14 @@ def plot_confusion(confusion: np.ndarray, class_names: Sequence[str], path: str 
     pyplot.close(figure)
 
 
-def plot_available() -> bool:
+def require_pyplot():
+    """matplotlib's pyplot, drawing off screen; BadInput naming ``plot`` when it is missing."""
     try:
-        import matplotlib  # noqa: F401
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib import pyplot
     except ImportError:
-        return False
-    return True
+        raise BadInput("plot needs matplotlib, which this install does not have "
+                       "(pip install matplotlib)") from None
+    return pyplot

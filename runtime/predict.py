@@ -133,11 +133,8 @@ def run_files(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], *,
         on_start(summary)
     writer = RecordWriter(output, metadata.task, top_k, resume) if output is not None else None
     try:
-        if writer is not None:
-            todo = [path for path in paths if str(path) not in writer.done]
-            summary["resumed"] = len(paths) - len(todo)
-        else:
-            todo = paths
+        todo = [path for path in paths if writer is None or str(path) not in writer.done]
+        summary["resumed"] = len(paths) - len(todo)
         started = time.perf_counter()
         options = {"batch": batch, "workers": workers, "max_pixels": max_pixels}
         if ray is None:

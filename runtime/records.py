@@ -43,13 +43,10 @@ def _csv_row(record: dict, task: str, top_k: int) -> list:
     if "top_k" in record:
         for entry in record["top_k"]:
             row += [entry.get("label", entry["index"]), entry["probability"]]
-        row += [""] * (2 * top_k - len(record["top_k"]) * 2)
     elif "classes" in record:
         row.append(";".join(f"{entry.get('label', entry['index'])}={entry['fraction']}"
                             for entry in record["classes"]))
-    else:
-        row += [""] * (len(_csv_header(task, top_k)) - 2)
-    return row
+    return row + [""] * (len(_csv_header(task, top_k)) - len(row))  # an error row: blanks
 
 
 def _recorded(path: Path, csv_format: bool) -> tuple[set[str], int]:
@@ -78,18 +75,14 @@ class RecordWriter:
         self.path = check_record_path(path)
         self.task, self.top_k = task, top_k
         self.csv = self.path.suffix.lower() == ".csv"
-        self.done: set[str] = set()
-        if resume and self.path.is_file() and self.path.stat().st_size:
-            self.done, length = _recorded(self.path, self.csv)
-            self.handle = open(self.path, "r+", encoding="utf-8", newline="")
+        resuming = resume and self.path.is_file() and self.path.stat().st_size > 0
+        self.done, length = _recorded(self.path, self.csv) if resuming else (set(), 0)
+        self.handle = open(self.path, "r+" if resuming else "w", encoding="utf-8", newline="")
+        if resuming:
             self.handle.truncate(length)  # a line a killed run cut short
             self.handle.seek(length)
-            if self.csv and not length:
-                self._write_line(_csv_header(task, top_k))
-        else:
-            self.handle = open(self.path, "w", encoding="utf-8", newline="")
-            if self.csv:
-                self._write_line(_csv_header(task, top_k))
+        if self.csv and not length:
+            self._write_line(_csv_header(task, top_k))
 
     def _write_line(self, row: list) -> None:
         buffer = io.StringIO()

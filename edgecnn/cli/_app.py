@@ -17,12 +17,12 @@ from typing import Annotated, Iterator, Optional
 import typer
 from rich.console import Console
 from rich.progress import (
-    BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
-    TimeRemainingColumn,
+    BarColumn, MofNCompleteColumn, Progress, ProgressColumn, SpinnerColumn, TextColumn,
+    TimeElapsedColumn, TimeRemainingColumn,
 )
 from rich.text import Text
 from rich.table import Table
-from rich.markup import escape  # noqa: F401  (for the command modules)
+from rich.markup import escape
 
 app = typer.Typer(
     name="edgecnn",
@@ -178,10 +178,6 @@ CalibrationSizeOpt = Annotated[int, typer.Option(
     "--calibration-size", metavar="N", help="Calibration samples to use (a seeded subset).")]
 
 
-# API parameters whose flag is not spelled like the parameter.
-_FLAG_OF_PARAMETER = {"model_options": "--option"}
-
-
 def in_flags(message: str, command, argv: list[str]) -> str:
     """An API message in the words of the command line that was run: a leading parameter name
     ("batch must be an integer >= 1") becomes its flag ("--batch must be an integer >= 1"),
@@ -192,7 +188,6 @@ def in_flags(message: str, command, argv: list[str]) -> str:
     sub = command.commands.get(name) if hasattr(command, "commands") else command
     flags = {param.name: param.opts[0] for param in getattr(sub, "params", ())
              if param.param_type_name == "option"}
-    flags.update(_FLAG_OF_PARAMETER)
     flags = {parameter: flag for parameter, flag in flags.items() if flag.startswith("--")}
 
     def setting(match: re.Match) -> str:
@@ -334,16 +329,11 @@ class _Remaining(_StepAware, TimeRemainingColumn):
     pass
 
 
-class _Rate(_StepAware, TextColumn):
-    """Items done per second (images/s in `run`)."""
-
-    def __init__(self) -> None:
-        super().__init__("")
+class _Rate(ProgressColumn):
+    """Items done per second (images/s in `run`); empty on the step line."""
 
     def render(self, task):
-        if task.total is None:
-            return Text("")
-        return Text("" if task.speed is None else f"{task.speed:,.1f}/s")
+        return Text("" if task.total is None or task.speed is None else f"{task.speed:,.1f}/s")
 
 
 @contextlib.contextmanager

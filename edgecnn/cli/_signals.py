@@ -14,16 +14,8 @@ from types import FrameType
 TERMINATING_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
-class Terminated(KeyboardInterrupt):
-    """A terminating signal arrived; ``signum`` says which."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
 class SignalsAsInterrupts:
-    """``with SignalsAsInterrupts() as caught:`` raises Terminated on SIGTERM/SIGHUP inside.
+    """``with SignalsAsInterrupts() as caught:`` raises KeyboardInterrupt on SIGTERM/SIGHUP inside.
 
     ``caught.signum`` is the signal received (None: none), so the caller can exit with
     128 + signum as a shell expects even where the KeyboardInterrupt was turned into a plain
@@ -38,7 +30,7 @@ class SignalsAsInterrupts:
     def _raise(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is None:  # a repeated signal must not break the clean-up under way
             self.signum = signum
-            raise Terminated(signum)
+            raise KeyboardInterrupt(signal.Signals(signum).name)
 
     def __enter__(self) -> "SignalsAsInterrupts":
         if threading.current_thread() is threading.main_thread():  # signal.signal's rule

@@ -85,7 +85,7 @@ def check_command(
     in_channels: Annotated[Optional[int], typer.Option(
         help="Input channels of a fresh export of a model that is not registered (a file "
              "gives its own).")] = None,
-    model_option: ModelOptionOpt = None,
+    model_options: ModelOptionOpt = None,
     bisect: Annotated[bool, typer.Option(help="Find the first module where outputs diverge.")] = False,
     per_layer: Annotated[bool, typer.Option(
         "--per-layer", help="int8 files: where the error comes from, per quantized activation "
@@ -107,8 +107,8 @@ def check_command(
             model, onnx_file, precision=precision, batch=batch, samples=samples, images=images,
             providers=provider, tolerance=tolerance, min_top1=min_top1, seed=seed, weights=weights,
             num_classes=num_classes, input_size=parse_input_size(input_size),
-            in_channels=in_channels, model_options=parse_model_options(model_option), bisect=bisect,
-            per_layer=per_layer, on_step=on_step)
+            in_channels=in_channels, model_options=parse_model_options(model_options),
+            bisect=bisect, per_layer=per_layer, on_step=on_step)
     if report:
         write_report(result, report)
     if json_output:

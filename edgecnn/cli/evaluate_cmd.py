@@ -71,15 +71,13 @@ def evaluate_command(
     """Top-1, top-5, per-class accuracy and the confusion matrix of each model on a labelled
     set, with each model's top-1 agreement with the first. Unreadable images are skipped (a
     warning line each) for every model alike."""
-    from edgecnn.runtime.evaluate import evaluate, plot_available, plot_confusion
+    from edgecnn.runtime.evaluate import evaluate, plot_confusion, require_pyplot
     from edgecnn.runtime.files import check_output_path
 
     if len(paths) < 2:
         raise BadInput("evaluate takes MODEL.onnx [MODEL2.onnx ...] DATA (at least two paths)")
     if plot is not None:
-        if not plot_available():
-            raise BadInput("--plot needs matplotlib, which this install does not have (pip "
-                           "install matplotlib)")
+        require_pyplot()
         check_output_path(plot)
     with warnings_as_lines(), progress(enabled=not json_output) as (_, on_progress):
         report = evaluate(paths[:-1], paths[-1], batch=batch, workers=workers, provider=provider,

@@ -82,7 +82,7 @@ def export_command(
         help="Body of the deformable-conv custom op: ONNX DeformConv (opset 19+), or older ops "
              "for runtimes without a DeformConv kernel (onnxruntime < 1.25, TensorRT < 10.1).")
     ] = "native",
-    model_option: ModelOptionOpt = None,
+    model_options: ModelOptionOpt = None,
     external_data: ExternalDataOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
@@ -92,7 +92,7 @@ def export_command(
     options = dict(opset=opset, input_size=parse_input_size(input_size), batch=batch,
                    num_classes=num_classes, in_channels=in_channels, weights=weights, seed=seed,
                    check=check, labels=labels, deform_lowering=deform_lowering,
-                   model_options=parse_model_options(model_option), task=task,
+                   model_options=parse_model_options(model_options), task=task,
                    mean=parse_numbers(mean, "--mean"), std=parse_numbers(std, "--std"),
                    crop_fraction=crop_fraction, external_data=external_data)
     if target != "cpu" and quantize is None:

@@ -90,10 +90,8 @@ def run_command(
     from edgecnn.runtime.predict import SOME_FAILED_EXIT_CODE, run_files
 
     collected: list[dict] = []
-    if json_output:
-        on_record = collected.append if output is None else None
-    else:
-        on_record = (lambda record: _print_record(record, top_k)) if output is None else None
+    show = collected.append if json_output else (lambda record: _print_record(record, top_k))
+    on_record = show if output is None else None  # else the records go to the file
     bar = not json_output and (output is not None or not out.is_terminal)
     with warnings_as_lines(), progress(enabled=bar) as (_, on_progress):
         summary = run_files(
@@ -109,14 +107,13 @@ def run_command(
                        f"none of the {failed} images could be read (the first: {first})")
     if json_output:
         print_json(summary if output is not None else {**summary, "results": collected})
-    else:
-        for failure in summary["failures"] if output is not None else ():
+    elif output is not None:
+        for failure in summary["failures"]:
             print_warning(failure["error"])
-        if output is not None:
-            out.print(f"wrote {summary['done']} record(s) to {safe(output)}"
-                      + (f" after the {summary['resumed']} already there" if resume else "")
-                      + (f"; {failed} image(s) could not be read" if failed else ""),
-                      soft_wrap=True)
+        out.print(f"wrote {summary['done']} record(s) to {safe(output)}"
+                  + (f" after the {summary['resumed']} already there" if resume else "")
+                  + (f"; {failed} image(s) could not be read" if failed else ""),
+                  soft_wrap=True)
     return SOME_FAILED_EXIT_CODE if failed else 0
 
 
