@@ -3,9 +3,10 @@ each choice; docs/contributing.md says how to add a mode (nothing else lists the
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, ClassVar, Sequence
+from typing import Callable, ClassVar, Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -22,6 +23,7 @@ from edgecnn.runtime.onnx_file import (
 METHODS = ("minmax", "entropy", "percentile")
 TARGETS = ("cpu", "openvino")  # the providers a static int8 file is tuned for (Int8Static.target)
 PERCENTILE = 99.999  # the percentile method's clipping point (onnxruntime's default)
+FP16_CHUNK = 1 << 16  # weights mapped to fp16 at a time (float16_weights)
 
 ProgressCallback = Callable[[str, int, int], None]  # (task, done, total)
 
@@ -162,13 +164,46 @@ def _fully_typed(model: onnx.ModelProto) -> bool:
     return all(output in typed for node in model.graph.node for output in node.output if output)
 
 
+def float16_weights(values: np.ndarray, min_positive_val: float = 5.96e-08,
+                    max_finite_val: float = 65504.0) -> np.ndarray:
+    """onnxruntime's ``convert_np_to_float16``, bit for bit, in a fraction of its time (it makes
+    a dozen full-size temporaries per weight: 9 of VGG-11's 12 s of conversion): magnitudes
+    below ``min_positive_val`` go up to it, finite ones above ``max_finite_val`` down to it;
+    0, inf and NaN stay. Runs in cache-sized chunks into the float16 result."""
+    flat = values.reshape(-1)
+    result = np.empty(flat.shape, np.float16)
+    for start in range(0, len(flat), FP16_CHUNK):
+        part = flat[start:start + FP16_CHUNK]
+        mapped = np.abs(part)
+        kept = mapped == 0
+        kept |= ~np.isfinite(mapped)
+        np.clip(mapped, min_positive_val, max_finite_val, out=mapped)
+        np.copysign(mapped, part, out=mapped)
+        np.copyto(mapped, part, where=kept)
+        result[start:start + FP16_CHUNK] = mapped
+    return result.reshape(values.shape)
+
+
+@contextlib.contextmanager
+def _fast_weight_mapping() -> Iterator[None]:
+    """The converter maps each weight through ``float16_weights`` meanwhile."""
+    from onnxruntime.transformers import float16
+
+    original = float16.convert_np_to_float16
+    float16.convert_np_to_float16 = float16_weights
+    try:
+        yield
+    finally:
+        float16.convert_np_to_float16 = original
+
+
 def to_fp16(model: onnx.ModelProto, exclude: Sequence[str], keep_io_float: bool) -> onnx.ModelProto:
     """onnxruntime's fp16 converter; custom-domain ops (and ``exclude``) stay fp32 behind Casts."""
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
     from onnxruntime.transformers.onnx_model import OnnxModel
 
     custom = sorted({node.op_type for node in model.graph.node if is_custom_domain(node.domain)})
-    with silenced(""):
+    with silenced(""), _fast_weight_mapping():
         converted = convert_float_to_float16(model, keep_io_types=keep_io_float,
                                              op_block_list=DEFAULT_OP_BLOCK_LIST + custom,
                                              node_block_list=list(exclude),

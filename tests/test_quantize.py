@@ -18,7 +18,7 @@ from tiny_models import tiny_model
 from edgecnn.export.calibration import load_calibration, random_inputs
 from edgecnn.export.parity import compare
 from edgecnn.export.quantize import quantize_model
-from edgecnn.export.quantize_recipes import _fully_typed
+from edgecnn.export.quantize_recipes import _fully_typed, float16_weights
 from edgecnn.runtime import Engine, ModelMetadata
 
 RNG = np.random.default_rng(0)
@@ -148,6 +148,29 @@ def test_fp16_of_a_model_without_value_info(resnet_fp16, resnet18_64, tmp_path):
     x = random_inputs(metadata_of(resnet18_64).input, 2, seed=6)
     np.testing.assert_array_equal(Engine(converted.path, threads=1).run(x)["logits"],
                                   Engine(resnet_fp16.path, threads=1).run(x)["logits"])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fp16_weights_map_like_onnxruntime_in_a_fraction_of_its_time(dtype):
+    """The converter's weight mapping (tiny values to fp16's smallest, large finite ones to its
+    largest, 0, inf and NaN kept), bit for bit, on every edge and on 16M random weights (a
+    VGG's fc layers hold 100M), in under half the time (measured: a fifth)."""
+    import time
+
+    from onnxruntime.transformers import float16
+
+    edges = [0.0, -0.0, 1e-9, -1e-9, 5.96e-08, -5.96e-08, 1e-7, 65504.0, -65504.0, 7e4, -7e4,
+             3e38, -3e38, np.inf, -np.inf, np.nan, 1.0, -2.5, 6.1e-5]
+    values = np.concatenate([np.array(edges), RNG.standard_normal(16_000_000) * 3]).astype(dtype)
+    started = time.perf_counter()
+    expected = float16.convert_np_to_float16(values)
+    theirs = time.perf_counter() - started
+    started = time.perf_counter()
+    mapped = float16_weights(values)
+    ours = time.perf_counter() - started
+    assert mapped.dtype == np.float16
+    np.testing.assert_array_equal(mapped.view(np.uint16), expected.view(np.uint16))
+    assert ours < theirs / 2, (ours, theirs)
 
 
 def test_fp16_io_option_and_dynamic_int8(cli, resnet18_64, tmp_path):
