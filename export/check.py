@@ -117,9 +117,19 @@ def write_report(report: CheckReport, path: str | os.PathLike) -> Path:
 # Any module against any file
 
 
+def _by_input(batch, names: list[str], onnx_path) -> object:
+    """A batch given as {input name: array} in the graph's input order."""
+    if not isinstance(batch, dict):
+        return batch
+    if set(batch) != set(names):
+        raise BadInput(f"{onnx_path} takes inputs {', '.join(names)}; a batch names "
+                       f"{', '.join(map(str, batch))}")
+    return tuple(batch[name] for name in names)
+
+
 def _as_arrays(values) -> tuple[np.ndarray, ...]:
-    """A batch or a module's outputs as arrays: a dict gives its values in order, as the
-    exporter lays them out as graph outputs."""
+    """A batch or a module's outputs as arrays: a module's dict gives its values in order, as
+    the exporter lays them out as graph outputs."""
     if isinstance(values, dict):
         values = tuple(values.values())
     elif not isinstance(values, (tuple, list)):
@@ -136,8 +146,8 @@ def check_onnx(module: torch.nn.Module, onnx_path: str | os.PathLike, inputs: Se
     """Run ``module`` eagerly and ``onnx_path`` in onnxruntime on each batch of ``inputs`` and
     judge every output.
 
-    inputs: a list of batches; a batch is one array/tensor, or a tuple of them for a
-        multi-input model (in the graph's input order).
+    inputs: a list of batches; a batch is one array/tensor, or for a multi-input model a
+        tuple of them (in the graph's input order) or a {input name: array} dict.
     precision: what the file is (default: its metadata's, else fp32), or "bf16" for an fp32
         file that OpenVINO runs with its bf16 hint; a file of another precision is BadInput. The
         bound is ``tolerance``, else the file's metadata bound for the precision the session
@@ -159,8 +169,8 @@ def check_onnx(module: torch.nn.Module, onnx_path: str | os.PathLike, inputs: Se
         computed = openvino.compute_precision(options)
     if precision is not None and check_precision(precision) not in (file_precision, computed):
         raise BadInput(f"{onnx_path} holds a {file_precision} model, not {precision}")
-    batches_in = [_as_arrays(batch) for batch in inputs]
     names = [value.name for value in session.get_inputs()]
+    batches_in = [_as_arrays(_by_input(batch, names, onnx_path)) for batch in inputs]
     if any(len(batch) != len(names) for batch in batches_in):
         raise BadInput(f"{onnx_path} takes {len(names)} inputs ({', '.join(names)}); a batch "
                        f"has {len(batches_in[0])}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from torch import nn
@@ -66,3 +67,19 @@ def test_a_different_number_of_outputs_is_one_clear_error(tmp_path, inputs, modu
                                                           onnx):
     with pytest.raises(BadInput, match=f"has {onnx} outputs, the reference {eager}$"):
         check_onnx(module, _exported(file, tmp_path), inputs)
+
+
+def test_a_batch_given_by_input_name_is_fed_in_the_graphs_order(tmp_path):
+    from foreign_models import TwoInputsTwoOutputs
+
+    module = TwoInputsTwoOutputs().eval()
+    image = np.random.default_rng(1).standard_normal((2, 3, 16, 16), dtype=np.float32)
+    scale = np.array([[0.5], [4.0]], np.float32)
+    path = export_dynamo(module, tmp_path / "two.onnx", (torch.from_numpy(image),
+                                                         torch.from_numpy(scale)))
+    names = [value.name for value in onnx.load(str(path), load_external_data=False).graph.input]
+    batch = dict(reversed(list(zip(names, (image, scale)))))  # keys not in the graph's order
+    report = check_onnx(module, path, [batch])
+    assert report.verdict.passed and all(o.metrics.rel_l2 < 1e-5 for o in report.outputs)
+    with pytest.raises(BadInput, match="a batch names"):
+        check_onnx(module, path, [{"x": image, "y": scale}])
