@@ -23,6 +23,7 @@ from onnx import external_data_helper, helper, numpy_helper
 import edgecnn.ops.deform_conv  # noqa: F401  (registers torch.ops.edgecnn.deform_conv2d)
 from edgecnn.runtime.deform import (DOMAIN, INPUTS, OP_TYPE, VERSION, graphs, model_lowering,
                                     register_schema, set_deform_lowering)
+from edgecnn.runtime.onnx_file import attribute
 
 register_schema()  # onnxscript looks the op's schema up when the translation calls it
 _EDGECNN_OPSET = onnxscript.values.Opset(DOMAIN, VERSION)
@@ -109,7 +110,7 @@ def _computed_zeros(graph: onnx.GraphProto, name: str) -> list[onnx.NodeProto] |
         node = producers.get(node.input[0])
     if node is None or node.op_type != "ConstantOfShape":
         return None
-    value = next((a.t for a in node.attribute if a.name == "value"), None)
+    value = attribute(node, "value")
     if value is not None and numpy_helper.to_array(value).any():
         return None
     shape = producers.get(node.input[0])
@@ -156,7 +157,7 @@ def _fold_one(graph: onnx.GraphProto, site: onnx.NodeProto) -> bool:
         return False
     bias = (np.zeros(channels) if bias_name is None
             else numpy_helper.to_array(constants[bias_name]))
-    epsilon = next((a.f for a in batchnorm.attribute if a.name == "epsilon"), 1e-5)
+    epsilon = attribute(batchnorm, "epsilon", 1e-5)
     values = bias.shape == (channels,) and _folded(
         numpy_helper.to_array(weight_proto), bias,
         [numpy_helper.to_array(constants[name]) for name in batchnorm.input[1:]], epsilon)

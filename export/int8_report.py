@@ -32,7 +32,7 @@ from edgecnn.export.calibration import batches
 from edgecnn.export.parity import INT8_SQNR_FLOOR_DB, sqnr_db
 from edgecnn.export.quiet import silenced
 from edgecnn.runtime.files import atomic_output, check_output_path, work_directory
-from edgecnn.runtime.onnx_file import dims, fixed_batch, graph_inputs, load_model
+from edgecnn.runtime.onnx_file import attribute, dims, fixed_batch, graph_inputs, load_model
 
 REPORT_SUFFIXES = (".html", ".md", ".json")
 REPORT_SAMPLES = 16  # input rows run through both models (every activation is kept in memory)
@@ -263,7 +263,7 @@ def _weight_rows(qdq: onnx.ModelProto, matched: dict) -> list[WeightRow]:
         node = dequantize.get(f"{name}_quantized")
         if weight.ndim < 2 or node is None:  # biases: int32 at the product of two scales
             continue
-        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        axis = attribute(node, "axis", 0)
         per_channel = sizes.get(node.input[1], 1) > 1
         channel_db, channel = worst_channel(weight, dequantized, axis=axis if per_channel else 0)
         reader = readers.get(node.output[0])

@@ -128,8 +128,9 @@ def int8_static(model: onnx.ModelProto, calibration: InputSet, recipe: Int8Stati
                                                               fixed_batch(model)), progress)
     extra = {"CalibPercentile": PERCENTILE}
     output = cache.with_name(f"int8-{len(exclude)}.onnx")
-    with silenced(""):  # (onnxruntime's quantizers save the ModelProto they get with external
-        # data in a temporary folder and leave its initializers pointing there: they get a copy)
+    # onnxruntime's quantizers save the ModelProto they get with external data in a temporary
+    # folder and leave its initializers pointing there: they get a copy, ours stays usable.
+    with silenced(""):
         quantize_static(copy_model(model), output, reader, quant_format=QuantFormat.QDQ,
                         per_channel=recipe.per_channel, reduce_range=recipe.reduce_range,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
@@ -166,10 +167,10 @@ def _fully_typed(model: onnx.ModelProto) -> bool:
 
 def float16_weights(values: np.ndarray, min_positive_val: float = 5.96e-08,
                     max_finite_val: float = 65504.0) -> np.ndarray:
-    """onnxruntime's ``convert_np_to_float16``, bit for bit, in a fraction of its time (it makes
-    a dozen full-size temporaries per weight: 9 of VGG-11's 12 s of conversion): magnitudes
+    """onnxruntime's ``convert_np_to_float16``, bit for bit, in cache-sized chunks instead of its
+    dozen full-size temporaries per weight (docs/quantization.md has the figures): magnitudes
     below ``min_positive_val`` go up to it, finite ones above ``max_finite_val`` down to it;
-    0, inf and NaN stay. Runs in cache-sized chunks into the float16 result."""
+    0, inf and NaN stay."""
     flat = values.reshape(-1)
     result = np.empty(flat.shape, np.float16)
     for start in range(0, len(flat), FP16_CHUNK):
