@@ -49,7 +49,7 @@ def fields(stream: BinaryIO, end: int | None = None) -> Iterator[tuple[int, int,
     while end is None or stream.tell() < end:
         if (key := read_varint(stream)) is None:
             return
-        field, wire = key >> 3, key & 7
+        field, wire = _key(key)
         if wire == 3:
             _skip_group(stream, field)
             continue
@@ -60,6 +60,14 @@ def fields(stream: BinaryIO, end: int | None = None) -> Iterator[tuple[int, int,
             yield field, wire, value
         if wire == 2:  # the caller may have read the payload
             stream.seek(value[0] + value[1])
+
+
+def _key(key: int) -> tuple[int, int]:
+    """(field number, wire type); ValueError for field number 0, which protobuf does not have
+    (a file of zeros would otherwise be walked one byte at a time)."""
+    if key >> 3 == 0:
+        raise ValueError("protobuf field number 0")
+    return key >> 3, key & 7
 
 
 def _value(stream: BinaryIO, wire: int) -> int | tuple[int, int] | None:
@@ -86,7 +94,7 @@ def _skip_group(stream: BinaryIO, field: int) -> None:
     while open_groups:
         if (key := read_varint(stream)) is None:
             return
-        field, wire = key >> 3, key & 7
+        field, wire = _key(key)
         if wire == 3:
             open_groups.append(field)
             if len(open_groups) > _MAX_GROUP_DEPTH:
