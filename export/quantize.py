@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 import numpy as np
 import onnx
 
-from edgecnn.errors import BadInput, CheckFailed, require_count
+from edgecnn.errors import BadInput, CheckFailed, EdgecnnError, require_count
 from edgecnn.export.calibration import (
     DEFAULT_CALIBRATION_SIZE, RANDOM, WarnCallback, batches, existing_source, load_calibration,
     load_validation, random_inputs,
@@ -40,7 +40,7 @@ from edgecnn.export.quantize_recipes import (
 )
 from edgecnn.runtime import ModelMetadata, load_session
 from edgecnn.runtime.onnx_file import (
-    fixed_batch, opset_version, set_metadata, set_minimal_ir_version, writing_model,
+    check_model, fixed_batch, opset_version, set_metadata, set_minimal_ir_version, writing_model,
 )
 from edgecnn.runtime.postprocess import top1_accuracy
 
@@ -321,14 +321,28 @@ def quantize_model(model_path: str | os.PathLike, output_path: str | os.PathLike
                              "check to write it anyway)"))
     _finish(quantized, model, replace(metadata, precision=recipe.precision, quantization=details)
             if described else None)
-    with writing_model(quantized, output, external_data) as (_, size):
-        pass
+    try:
+        with writing_model(quantized, output, external_data) as (_, size):
+            pass
+    except EdgecnnError as error:  # the written graph failed the checker: whose fault?
+        if not isinstance(error, BadInput):
+            _refuse_invalid_source(source_path)
+        raise
     return QuantizeResult(path=output, source=source_path, mode=recipe.mode,
                           precision=recipe.precision, size_bytes=size,
                           source_size_bytes=model_size(source_path),
                           seconds=time.perf_counter() - started, quantization=details,
                           verdict=verdict if check else None, accuracy=accuracy,
                           kept_float=kept, warnings=messages, report=layers, report_path=report)
+
+
+def _refuse_invalid_source(path: Path) -> None:
+    """BadInput when the file quantized is itself invalid ONNX (a declared shape the graph
+    contradicts, say): the quantized copy inherits the fault, and the file is to blame."""
+    try:
+        check_model(path)
+    except EdgecnnError as error:
+        raise BadInput(f"{path}: {error}") from None
 
 
 def export_quantized(name: str, output: str | os.PathLike | None = None, *, quantize: str,

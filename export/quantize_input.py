@@ -8,11 +8,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import numpy as np
 import onnx
 
 from edgecnn.errors import BadInput
 from edgecnn.runtime.onnx_file import dims, get_metadata, graph_inputs, load_model, opset_version
 from edgecnn.runtime import ModelMetadata
+from edgecnn.runtime.engine import check_feed_bytes
 from edgecnn.runtime.preprocess_settings import check_settings, metadata_from_settings
 
 # Operators that mean a graph is already quantized (or fp16): quantizing twice is refused.
@@ -42,6 +44,10 @@ def graph_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
     if len(inputs) != 1:
         raise BadInput(f"only single-input models can be quantized; this one has {len(inputs)} "
                        f"inputs ({', '.join(v.name for v in inputs)})")
+    negative = [dim.dim_value for dim in inputs[0].type.tensor_type.shape.dim if dim.dim_value < 0]
+    if negative:
+        raise BadInput(f"input {inputs[0].name!r} has a negative dimension ({negative[0]}), which "
+                       "ONNX does not allow")
     return inputs[0]
 
 
@@ -58,10 +64,17 @@ def resolve_metadata(model: onnx.ModelProto, path: Path,
     given = check_settings(settings)
     if metadata is not None and not given:
         metadata.check_graph(inputs, output, str(path))
-        return metadata, True
-    resolved = metadata_from_settings(inputs, output, given, base=metadata,
-                                      model=model.graph.name or path.stem, source=str(path))
-    return replace(resolved, opset=opset_version(model)), metadata is not None or bool(given)
+        resolved, describes = metadata, True
+    else:
+        resolved = replace(metadata_from_settings(inputs, output, given, base=metadata,
+                                                  model=model.graph.name or path.stem,
+                                                  source=str(path)), opset=opset_version(model))
+        describes = metadata is not None or bool(given)
+    if (batch := inputs[value.name][0]) is not None:  # every run pads to it (calibration.batches)
+        check_feed_bytes({value.name: ([batch, *resolved.input.shape], np.float32)},
+                         "export the model with a dynamic (or smaller) batch axis",
+                         prefix=f"{path}: the fixed batch of ")
+    return resolved, describes
 
 
 def resolve_keep_float(model: onnx.ModelProto, keep_float: Sequence[str]) -> list[str]:

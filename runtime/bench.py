@@ -6,7 +6,6 @@ a few microseconds per call) on a random batch of the model's input shape.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -15,10 +14,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from edgecnn.errors import BadInput, require_count
-from edgecnn.runtime.engine import Engine, TensorSpec
+from edgecnn.runtime.engine import Engine, TensorSpec, check_feed_bytes
 from edgecnn.runtime.providers import ProviderRequest, short_name
-
-MAX_FEED_BYTES = 4 * 2**30  # one random input; larger is a typo, not a benchmark
 
 
 @dataclass
@@ -68,11 +65,14 @@ def peak_rss_mb() -> float | None:
 def random_inputs(engine: Engine, batch: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
     """A random feed for every input: batch axis from ``batch``, other dynamic axes from the
     metadata's input shape; BadInput when a size is unknown or contradicts a fixed axis."""
+    shapes = {spec.name: _feed_shape(spec, engine, batch) for spec in engine.inputs}
+    check_feed_bytes({spec.name: (shapes[spec.name], spec.dtype) for spec in engine.inputs},
+                     "use a smaller --batch", prefix=f"--batch {batch}: " if batch else "")
     rng = np.random.default_rng(seed)
-    return {spec.name: _random_array(spec, engine, batch, rng) for spec in engine.inputs}
+    return {spec.name: _random_array(spec, shapes[spec.name], rng) for spec in engine.inputs}
 
 
-def _random_array(spec: TensorSpec, engine: Engine, batch: int | None, rng) -> np.ndarray:
+def _feed_shape(spec: TensorSpec, engine: Engine, batch: int | None) -> list[int]:
     if spec.dtype is None:
         raise BadInput(f"input {spec.name!r} has a type benchmark cannot fill ({spec.describe()})")
     # [batch, C, H, W] from the metadata sizes the dynamic axes of the image input.
@@ -96,22 +96,16 @@ def _random_array(spec: TensorSpec, engine: Engine, batch: int | None, rng) -> n
                                "--input-size (and --input-name with several inputs), or "
                                "`edgecnn annotate` the file")
         shape.append(int(size))
-    _check_feed_size(spec, shape, batch)
+    return shape
+
+
+def _random_array(spec: TensorSpec, shape: list[int], rng) -> np.ndarray:
     # Drawn in the input's own dtype (float16 via float32): a float64 draw first would need
     # two to four times the feed's memory.
     if np.issubdtype(spec.dtype, np.floating):
         drawn = np.float64 if spec.dtype == np.float64 else np.float32
         return rng.standard_normal(shape, dtype=drawn).astype(spec.dtype, copy=False)
     return rng.integers(0, 2 if spec.dtype == np.bool_ else 100, shape, dtype=spec.dtype)
-
-
-def _check_feed_size(spec: TensorSpec, shape: list[int], batch: int | None) -> None:
-    size = math.prod(shape) * np.dtype(spec.dtype).itemsize
-    if size > MAX_FEED_BYTES:
-        asked = f"--batch {batch}: " if batch is not None else ""
-        raise BadInput(f"{asked}input {spec.name!r} {shape} {np.dtype(spec.dtype).name} would take "
-                       f"{size / 2**30:.1f} GiB, more than the {MAX_FEED_BYTES // 2**30} GiB "
-                       "bench allows; use a smaller --batch")
 
 
 def benchmark(path: str | os.PathLike, provider: ProviderRequest = "auto", *,

@@ -21,23 +21,37 @@ def _shape(value_info) -> list:
     return [dim.dim_param or dim.dim_value for dim in value_info.type.tensor_type.shape.dim]
 
 
-def _describe_with_onnx(path: Path) -> dict:
+def _dtype(value_info) -> str:
+    """The value's element type as numpy names it ("float32"), or what it is instead: a
+    "sequence", "map" or "optional" value, an "undefined" or "unknown type N" element."""
     import onnx
 
+    kind = value_info.type.WhichOneof("value")
+    if kind != "tensor_type":
+        return {None: "unknown", "sequence_type": "sequence", "map_type": "map",
+                "optional_type": "optional", "sparse_tensor_type": "sparse tensor"}.get(kind, kind)
+    elem_type = value_info.type.tensor_type.elem_type
+    if elem_type == onnx.TensorProto.UNDEFINED:
+        return "undefined"
+    try:
+        return str(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
+    except KeyError:
+        return f"unknown type {elem_type}"
+
+
+def _describe_with_onnx(path: Path) -> dict:
     from edgecnn.runtime.onnx_file import graph_inputs, is_custom_domain, load_model
 
     model = load_model(path, external_data=False)
     graph = model.graph
-    elem_name = onnx.helper.tensor_dtype_to_np_dtype
     custom = Counter((node.domain, node.op_type) for node in graph.node
                      if is_custom_domain(node.domain))
     props = {prop.key: prop.value for prop in model.metadata_props}
     return {
-        "inputs": [{"name": v.name, "shape": _shape(v),
-                    "dtype": str(elem_name(v.type.tensor_type.elem_type))}
+        "inputs": [{"name": v.name, "shape": _shape(v), "dtype": _dtype(v)}
                    for v in graph_inputs(model)],
-        "outputs": [{"name": v.name, "shape": _shape(v),
-                     "dtype": str(elem_name(v.type.tensor_type.elem_type))} for v in graph.output],
+        "outputs": [{"name": v.name, "shape": _shape(v), "dtype": _dtype(v)}
+                    for v in graph.output],
         "opset_imports": {(imp.domain or "ai.onnx"): imp.version for imp in model.opset_import},
         "custom_ops": [{"domain": domain, "op": op, "count": count}
                        for (domain, op), count in sorted(custom.items())],

@@ -13,20 +13,25 @@ load time when the installed onnxruntime has no DeformConv kernel.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from edgecnn.errors import BadInput, require_count
 from edgecnn.runtime import providers as provider_lib
 from edgecnn.runtime.metadata import ModelMetadata
+from edgecnn.runtime.model_file import no_outputs
 from edgecnn.runtime.preprocess_settings import check_settings, metadata_from_settings
 from edgecnn.runtime.session import open_session
 
 PREDICT_CHUNK = 16  # images per run() call when the batch axis is dynamic
+# The most one array edgecnn builds for a model may take (a padded fixed batch, bench's random
+# inputs): a fixed batch axis of 10**9 in a file is a typo or hostile, not a workload.
+MAX_FEED_BYTES = 4 * 2**30
 ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
               "tensor(double)": np.float64, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8,
               "tensor(int32)": np.int32, "tensor(int64)": np.int64, "tensor(bool)": np.bool_}
@@ -54,6 +59,21 @@ class TensorSpec:
     def from_node_arg(cls, arg) -> "TensorSpec":
         dtype = ORT_DTYPES.get(arg.type)
         return cls(arg.name, tuple(arg.shape), None if dtype is None else np.dtype(dtype))
+
+
+def check_feed_bytes(arrays: Mapping[str, tuple[Sequence[int], object]], advice: str,
+                     prefix: str = "") -> None:
+    """BadInput when the inputs ``arrays`` ({name: (shape, dtype)}) edgecnn is to build would
+    take more than MAX_FEED_BYTES together: "<prefix>input 'x' [shape] dtype would take N GiB,
+    more than ...; <advice>"."""
+    total = sum(math.prod(shape) * np.dtype(dtype).itemsize for shape, dtype in arrays.values())
+    if total <= MAX_FEED_BYTES:
+        return
+    described = ", ".join(f"{name!r} {list(shape)} {np.dtype(dtype).name}"
+                          for name, (shape, dtype) in arrays.items())
+    raise BadInput(f"{prefix}input{'s' if len(arrays) > 1 else ''} {described} would take "
+                   f"{total / 2**30:.1f} GiB, more than the {MAX_FEED_BYTES // 2**30} GiB edgecnn "
+                   f"allocates for one batch; {advice}")
 
 
 class Engine:
@@ -92,6 +112,8 @@ class Engine:
         self.metadata: ModelMetadata | None = ModelMetadata.from_props(props, str(self.path))
         self.inputs = [TensorSpec.from_node_arg(arg) for arg in self.session.get_inputs()]
         self.outputs = [TensorSpec.from_node_arg(arg) for arg in self.session.get_outputs()]
+        if not self.outputs:
+            raise no_outputs(self.path)
         graph = {spec.name: spec.shape for spec in self.inputs}
         if check_settings(preprocessing):  # validated against the graph, like the metadata
             self.metadata = metadata_from_settings(graph, self.outputs[0].shape, preprocessing,
@@ -199,6 +221,9 @@ class Engine:
         spec, fixed = self.image_input(), self.fixed_batch
         if not fixed:
             return self.run({spec.name: batch.astype(spec.dtype, copy=False)})[self._output_names[0]]
+        check_feed_bytes({spec.name: ((fixed, *batch.shape[1:]), spec.dtype or batch.dtype)},
+                         "export the model with a dynamic (or smaller) batch axis",
+                         prefix="the fixed batch of ")
         outputs = []
         for start in range(0, len(batch), fixed):
             chunk = batch[start:start + fixed]

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from edgecnn.errors import BadInput
-from edgecnn.runtime.model_file import check_model_file, fields, read_varint
+from edgecnn.runtime.model_file import MAX_NESTING, check_model_file, fields, read_varint
 
 # Message -> (field -> what it holds): the parts of an ONNX model that can hold tensors.
 _GRAPH_FIELDS = {"model": {7: "graph", 20: "training", 25: "function"},
@@ -54,13 +54,16 @@ def external_tensors(model: str | os.PathLike | bytes) -> list[ExternalTensor]:
     reads)."""
     try:
         with io.BytesIO(model) if isinstance(model, bytes) else open(model, "rb") as stream:
-            return list(_walk(stream, "model", None))
+            return list(_walk(stream, "model", None, 0))
     except ValueError as error:
         name = "the model" if isinstance(model, bytes) else str(model)
         raise BadInput(f"cannot load {name} as an ONNX model: not protobuf ({error})") from None
 
 
-def _walk(stream: BinaryIO, message: str, end: int | None) -> Iterator[ExternalTensor]:
+def _walk(stream: BinaryIO, message: str, end: int | None,
+          depth: int) -> Iterator[ExternalTensor]:
+    if depth > MAX_NESTING:  # what protobuf parsers refuse (and Python's recursion limit)
+        raise ValueError(f"messages nested more than {MAX_NESTING} deep")
     nested = _GRAPH_FIELDS[message]
     for field, wire, value in fields(stream, end):
         if wire != 2 or field not in nested:
@@ -72,7 +75,7 @@ def _walk(stream: BinaryIO, message: str, end: int | None) -> Iterator[ExternalT
             if tensor is not None:
                 yield tensor
         else:
-            yield from _walk(stream, nested[field], offset + length)
+            yield from _walk(stream, nested[field], offset + length, depth + 1)
 
 
 def _tensor(stream: BinaryIO, end: int) -> ExternalTensor | None:
@@ -160,7 +163,8 @@ def model_size(path: str | os.PathLike) -> int:
 
 def _data_file(path: Path, folder: Path, tensor: ExternalTensor) -> Path:
     location = tensor.entries.get("location", "")
-    where = f"{path}: tensor {tensor.name!r} has its data at {location!r}"
+    shown = location if len(location) <= 200 else f"{location[:200]}..."
+    where = f"{path}: tensor {tensor.name!r} has its data at {shown!r}"
     if not location or "\x00" in location or "\ufffd" in location:
         raise BadInput(f"{path}: tensor {tensor.name!r} has external data without a usable "
                        "location")
@@ -170,11 +174,15 @@ def _data_file(path: Path, folder: Path, tensor: ExternalTensor) -> Path:
     if ".." in Path(location.replace("\\", "/")).parts:
         raise BadInput(f"{where}, which goes up out of the model's folder; external data must "
                        "be beside the model")
-    target = (path.parent / location).resolve()  # follows symlinks
+    try:
+        target = (path.parent / location).resolve()  # follows symlinks
+        regular = target.is_file()
+    except OSError as error:  # a name too long for the file system, a loop of links...
+        raise BadInput(f"{where}, which cannot be opened ({error.strerror})") from None
     if not target.is_relative_to(folder):
         raise BadInput(f"{where}, a link to {target} outside the model's folder; external "
                        "data must be beside the model")
-    if not target.is_file():
+    if not regular:
         raise BadInput(f"{where}, which is missing (copy it beside the model)")
     return target
 

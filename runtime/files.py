@@ -19,6 +19,31 @@ _FILE_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
                stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
 
 
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular file is, for a message: "a FIFO", "a socket"..."""
+    return _FILE_KINDS.get(stat.S_IFMT(mode), "a special file")
+
+
+def check_input_file(path: str | os.PathLike, what: str, expected: str = "a file") -> Path:
+    """``path`` as a Path; BadInput naming ``what`` when it is missing, a directory
+    ("..., not <expected>"), empty, or not a regular file (a FIFO would block the first read
+    forever, /dev/zero never ends)."""
+    path = Path(path)
+    try:
+        status = path.stat()  # follows symlinks
+    except (FileNotFoundError, NotADirectoryError):
+        raise BadInput(f"{what} not found: {path}") from None
+    except OSError as error:
+        raise BadInput(f"cannot read {what} {path}: {error.strerror}") from None
+    if stat.S_ISDIR(status.st_mode):
+        raise BadInput(f"{what} is a directory, not {expected}: {path}")
+    if not stat.S_ISREG(status.st_mode):
+        raise BadInput(f"{what} is {file_kind(status.st_mode)}, not a regular file: {path}")
+    if status.st_size == 0:
+        raise BadInput(f"{what} is empty: {path}")
+    return path
+
+
 def refuse_irregular_target(path: Path) -> None:
     """BadInput when ``path`` exists and is not a regular file (or a symlink to one).
 
@@ -37,8 +62,7 @@ def refuse_irregular_target(path: Path) -> None:
     if stat.S_ISDIR(mode):
         raise BadInput(f"output path is a directory: {path} (give a file name ending in {suffix})")
     if not stat.S_ISREG(mode):
-        kind = _FILE_KINDS.get(stat.S_IFMT(mode), "a special file")
-        raise BadInput(f"output path is {kind}, not a regular file: {path} (writing would "
+        raise BadInput(f"output path is {file_kind(mode)}, not a regular file: {path} (writing would "
                        f"replace it; give a file name ending in {suffix})")
 
 

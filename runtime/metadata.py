@@ -32,6 +32,11 @@ COLORS = ("RGB", "BGR", "GRAY")  # BGR: RGB images with the channels reversed (O
 # 512 MB, and preprocessing or calibration holds a few of them.
 MAX_SIDE = 16384
 MAX_ELEMENTS = 2 ** 27
+FLOAT32_MAX, FLOAT32_TINY = 3.4028234663852886e38, 1.1754943508222875e-38  # largest, smallest normal
+# The smallest center-crop share: the image is resized to 1 / crop_fraction of the input size
+# first (20x at this bound); real ones are 0.875 to 1.
+MIN_CROP_FRACTION = 0.05
+MAX_NESTING = 16  # JSON levels: what edgecnn writes has 3; deeper is a hostile file
 
 _short = reprlib.Repr()
 _short.maxstring, _short.maxother, _short.maxlist, _short.maxdict = 60, 60, 6, 6
@@ -85,10 +90,16 @@ class ModelMetadata:
     @classmethod
     def from_json(cls, text: str, source: str = "model") -> "ModelMetadata":
         """Parse and ``validate``; BadInput naming ``source`` and the field when malformed."""
+        too_deep = BadInput(f"{source}: edgecnn metadata is nested more than {MAX_NESTING} "
+                            "levels deep")
         try:
             data = json.loads(text)
         except ValueError as error:
             raise BadInput(f"{source}: edgecnn metadata is not valid JSON ({error})") from None
+        except RecursionError:  # '[' * 100000
+            raise too_deep from None
+        if _nesting(data) > MAX_NESTING:  # asdict and printing would recurse
+            raise too_deep
         check = _Fields(source)
         check.expect(isinstance(data, dict), "", "a JSON object", data)
         missing = [name for name in ("model", "task", "input") if name not in data]
@@ -179,14 +190,16 @@ def _validate_input(info: InputInfo, check: "_Fields") -> None:
     # `export --in-channels N` (Engine.run takes them; preprocessing refuses them).
     check.expect(info.color == "GRAY" or channels == 3, "input.color",
                  f"GRAY for a {channels}-channel input (RGB and BGR have 3)", info.color)
-    check.positive("input.scale", info.scale)
+    # Preprocessing computes in float32: 1e300 or 1e-50 are numbers, but not float32's.
+    check.float32("input.scale", info.scale, positive=True)
     for name, values in (("input.mean", info.mean), ("input.std", info.std)):
         check.expect(isinstance(values, list) and len(values) == channels, name,
                      f"a list of one number per channel ({channels})", values)
         for value in values:
-            (check.positive if name == "input.std" else check.number)(name, value)
+            check.float32(name, value, positive=name == "input.std")
     check.number("input.crop_fraction", info.crop_fraction)
-    check.expect(0 < info.crop_fraction <= 1, "input.crop_fraction", "in (0, 1]",
+    check.expect(MIN_CROP_FRACTION <= info.crop_fraction <= 1, "input.crop_fraction",
+                 f"in [{MIN_CROP_FRACTION}, 1]",
                  info.crop_fraction)
 
 
@@ -223,6 +236,30 @@ class _Fields:
     def positive(self, name: str, value: Any) -> None:
         self.number(name, value)
         self.expect(value > 0, name, "> 0", value)
+
+    def float32(self, name: str, value: Any, positive: bool = False) -> None:
+        """A finite number float32 holds (for ``positive``: > 0 and not rounded to 0)."""
+        if positive:
+            self.positive(name, value)
+            self.expect(FLOAT32_TINY <= value <= FLOAT32_MAX, name,
+                        "a number float32 can hold (1.2e-38 to 3.4e38)", value)
+        else:
+            self.number(name, value)
+            self.expect(abs(value) <= FLOAT32_MAX, name,
+                        "a number float32 can hold (magnitude up to 3.4e38)", value)
+
+
+def _nesting(data: Any) -> int:
+    """How many levels of lists and objects ``data`` has (counted without recursion)."""
+    deepest, pending = 0, [(data, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, (list, dict)):
+            deepest = max(deepest, depth)
+            if depth <= MAX_NESTING:
+                pending.extend((item, depth + 1) for item in
+                               (value.values() if isinstance(value, dict) else value))
+    return deepest
 
 
 def _is_int(value: Any) -> bool:

@@ -15,13 +15,15 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from edgecnn.errors import BadInput
+from edgecnn.runtime.files import check_input_file
 
 _OPSET_IMPORT_FIELD = 8  # ModelProto.opset_import
 _DOMAIN_FIELD = 1  # OperatorSetIdProto.domain
 _METADATA_PROPS_FIELD = 14  # ModelProto.metadata_props
 _KEY_FIELD, _VALUE_FIELD = 1, 2  # StringStringEntryProto
 _FIXED_SIZES = {1: 8, 5: 4}  # wire types 1 (64-bit) and 5 (32-bit)
-_MAX_GROUP_DEPTH = 100  # protobuf's default recursion limit
+MAX_NESTING = 100  # protobuf's default recursion limit (messages and groups)
+_MAX_LENGTH = 2**31 - 1  # protobuf's limit on a serialized message
 
 
 def read_varint(stream: BinaryIO) -> int | None:
@@ -82,6 +84,9 @@ def _value(stream: BinaryIO, wire: int) -> int | tuple[int, int] | None:
     if wire == 2:
         if (length := read_varint(stream)) is None:
             return None
+        if length > _MAX_LENGTH:  # seeking there fails (EINVAL) past the file system's limit
+            raise ValueError(f"a field declares {length:,} bytes, more than protobuf's 2 GiB "
+                             "limit")
         offset = stream.tell()
         stream.seek(offset + length)
         return offset, length
@@ -97,7 +102,7 @@ def _skip_group(stream: BinaryIO, field: int) -> None:
         field, wire = _key(key)
         if wire == 3:
             open_groups.append(field)
-            if len(open_groups) > _MAX_GROUP_DEPTH:
+            if len(open_groups) > MAX_NESTING:
                 raise ValueError("protobuf groups nested too deeply")
         elif wire == 4:
             if open_groups.pop() != field:
@@ -148,12 +153,11 @@ def metadata_value(model: str | os.PathLike | bytes, key: str) -> str | None:
 
 
 def check_model_file(path: str | os.PathLike, what: str = "model file") -> Path:
-    """``path`` as a Path; BadInput when it is missing, a directory or empty."""
-    path = Path(path)
-    if path.is_dir():
-        raise BadInput(f"{what} is a directory, not an .onnx file: {path}")
-    if not path.is_file():
-        raise BadInput(f"{what} not found: {path}")
-    if path.stat().st_size == 0:
-        raise BadInput(f"{what} is empty: {path}")
-    return path
+    """``path`` as a Path; BadInput when it is missing, a directory, empty, or not a regular
+    file (``files.check_input_file``)."""
+    return check_input_file(path, what, "an .onnx file")
+
+
+def no_outputs(source: object) -> BadInput:
+    """The refusal of a graph without outputs (onnxruntime loads one; nothing can use it)."""
+    return BadInput(f"{source}: the graph has no outputs, so there is nothing to run")

@@ -19,7 +19,7 @@ from edgecnn.errors import BadInput, EdgecnnError, first_line
 from edgecnn.runtime.external_data import check_external_data
 from edgecnn.runtime.files import atomic_model_output
 from edgecnn.runtime.metadata import METADATA_KEY, ModelMetadata
-from edgecnn.runtime.model_file import check_model_file
+from edgecnn.runtime.model_file import check_model_file, no_outputs
 
 # The operator domains the ONNX standard defines; anything else is a custom op.
 STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training"})
@@ -40,6 +40,8 @@ def load_model(path: str | os.PathLike, *, external_data: bool = True) -> onnx.M
         raise BadInput(f"{path} is not a readable ONNX model ({first_line(error, 200)})") from None
     if not model.graph.node and not model.graph.output:
         raise BadInput(f"{path} is not an ONNX model (empty graph)")
+    if not model.graph.output:
+        raise no_outputs(path)
     return model
 
 

@@ -13,8 +13,10 @@ Images are file paths, PIL images, or uint8 arrays (HxWxC with C = 1, 3 or 4, or
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import stat
 import warnings
 from typing import Iterable, Union
 
@@ -22,8 +24,11 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from edgecnn.errors import BadInput, first_line, require_count
-from edgecnn.runtime.metadata import InputInfo
+from edgecnn.runtime.files import file_kind
+from edgecnn.runtime.metadata import MIN_CROP_FRACTION, InputInfo
 
+# Resizing the whole image first (torchvision's order) up to this many pixels (48 MB of RGB).
+MAX_RESIZED_PIXELS = 2**24
 DEFAULT_CROP_FRACTION = InputInfo.crop_fraction  # ImageNet eval: Resize(256) + CenterCrop(224)
 PIL_MODES = {"RGB": "RGB", "BGR": "RGB", "GRAY": "L"}  # BGR: RGB, channels reversed after
 CHANNELS = {"RGB": 3, "BGR": 3, "GRAY": 1}
@@ -105,6 +110,10 @@ def _open(path: str | os.PathLike, max_pixels: int | None = None) -> Image.Image
     when it has more than ``max_pixels`` (default Pillow's limit, DEFAULT_MAX_PIXELS)."""
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     require_count("max_pixels", limit)
+    with contextlib.suppress(OSError):  # a missing file: Image.open's error, below
+        mode = os.stat(path).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # a FIFO would block the read
+            raise BadInput(f"cannot read image {path}: {file_kind(mode)}, not a regular file")
     try:
         # Image.open reads the header only (and raises past twice Pillow's own limit).
         with Image.open(path) as picture:
@@ -139,18 +148,25 @@ def resize_and_crop(picture: Image.Image, height: int, width: int,
     For a square input this is torchvision's ``Resize(floor(H / f))`` (shorter side) followed by
     ``CenterCrop(H)``, with the same rounding.
     """
-    if not 0 < crop_fraction <= 1:
-        raise BadInput(f"crop_fraction must be in (0, 1], got {crop_fraction}")
+    if not MIN_CROP_FRACTION <= crop_fraction <= 1:
+        raise BadInput(f"crop_fraction must be in [{MIN_CROP_FRACTION}, 1], got {crop_fraction}")
     cover_h, cover_w = math.floor(height / crop_fraction), math.floor(width / crop_fraction)
     image_w, image_h = picture.size
     if cover_h / image_h >= cover_w / image_w:  # the height decides the scale
         new_h, new_w = cover_h, max(cover_w, int(cover_h * image_w / image_h))
     else:
         new_h, new_w = max(cover_h, int(cover_w * image_h / image_w)), cover_w
-    if (new_w, new_h) != picture.size:
-        picture = picture.resize((new_w, new_h), Image.BILINEAR)
     top = int(round((new_h - height) / 2.0))
     left = int(round((new_w - width) / 2.0))
+    if new_w * new_h > MAX_RESIZED_PIXELS:  # a 1 x 80,000 image: 256 x 20 million resized
+        # Only the part kept is resized, from the same source area: the same sampling, up to
+        # the rounding of the box's coordinates.
+        scale_x, scale_y = image_w / new_w, image_h / new_h
+        return picture.resize((width, height), Image.BILINEAR,
+                              box=(left * scale_x, top * scale_y, (left + width) * scale_x,
+                                   (top + height) * scale_y))
+    if (new_w, new_h) != picture.size:
+        picture = picture.resize((new_w, new_h), Image.BILINEAR)
     return picture.crop((left, top, left + width, top + height))
 
 
@@ -181,7 +197,8 @@ def preprocess_images(images: ImageLike | Iterable[ImageLike], input_info: Input
         batch = batch[..., ::-1]
     mean = np.asarray(input_info.mean, dtype=np.float32)
     std = np.asarray(input_info.std, dtype=np.float32)
-    batch = (batch / np.float32(input_info.scale) - mean) / std
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # Engine reports Inf
+        batch = (batch / np.float32(input_info.scale) - mean) / std
     if layout == "NHWC":
         return np.ascontiguousarray(batch)
     return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))

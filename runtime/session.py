@@ -12,8 +12,11 @@ import io
 import json
 import os
 import re
+import sys
+import tempfile
 import warnings
 from dataclasses import dataclass
+from typing import Iterator
 
 import onnxruntime as ort
 
@@ -77,7 +80,7 @@ def open_session(model: str | os.PathLike | bytes,
         openvino.add_to_session(options, threads=threads, **requested[0][1])
     notice = io.StringIO()  # onnxruntime prints its provider fallback notice (see _EP_ERROR)
     try:
-        with contextlib.redirect_stdout(notice):
+        with contextlib.redirect_stdout(notice), _native_stderr_kept_on_success():
             session = (ort.InferenceSession(source, options) if plugin else
                        ort.InferenceSession(source, options, providers=requested))
     except Exception as error:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
@@ -93,14 +96,46 @@ def open_session(model: str | os.PathLike | bytes,
     return OpenedSession(session, requested, swapped)
 
 
+_KEPT_LOG_BYTES = 64 * 2**10  # of what onnxruntime's native code wrote while a session opened
+
+
+@contextlib.contextmanager
+def _native_stderr_kept_on_success() -> Iterator[None]:
+    """Hold what native code writes to file descriptor 2 while the block runs; pass it on to
+    stderr (its last 64 KiB) when the block succeeds, drop it when it raises. onnxruntime
+    logs some load failures (a tensor of 2**62 elements) through its process-wide logger,
+    which no session option silences, in colour, before raising: the raised error is reported
+    in its own one line, the log would be a second."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no usable descriptor 2: nothing to hold
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        size = held.seek(0, os.SEEK_END)
+        held.seek(max(0, size - _KEPT_LOG_BYTES))
+        log = held.read()
+    if log:
+        os.write(2, log)
+
+
 def model_traits(model: str | os.PathLike | bytes) -> dict:
     """What the "auto" provider rule reads of a model (see providers.auto_order): its precision
     from the edgecnn metadata (None without it) and whether it uses the deformable-conv op.
     Read from the file's top-level fields; nothing is loaded."""
+    if not isinstance(model, bytes):
+        check_model_file(model)  # a FIFO would block the read
     metadata = metadata_value(model, METADATA_KEY)
     try:
         precision = json.loads(metadata).get("precision") if metadata else None
-    except (ValueError, AttributeError):  # malformed metadata: the Engine reports it later
+    except (ValueError, AttributeError, RecursionError):  # malformed: the Engine reports it
         precision = None
     return {"precision": precision if isinstance(precision, str) else None,
             "deformable": deform.DOMAIN in opset_domains(model)}

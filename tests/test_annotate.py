@@ -161,7 +161,7 @@ def test_defaults_come_from_the_graph(cli, exported, tmp_path):
     (["--mean", "inf", "0", "0"], "--mean must be a finite number"),
     (["--input-size", "64"], "--input-size must match the fixed height 32"),
     (["--layout", "NCWH"], "--layout must be one of NCHW, NHWC"),
-    (["--crop-fraction", "0"], "--crop-fraction must be in (0, 1]"),
+    (["--crop-fraction", "0"], "--crop-fraction must be in [0.05, 1]"),
     (["--input-name", "x"], "--input-name must be one of the graph's inputs"),
     (["--labels", "LABELS3"], "--labels must be one per class (5"),
     (["--labels", "missing.txt"], "labels file not found"),

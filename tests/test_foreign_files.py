@@ -136,7 +136,7 @@ def test_an_input_size_against_the_fixed_graph_is_one_line(cli, files, photo):
     (["--std", "0.2", "0", "0.2"], "--std must be > 0"),
     (["--mean", "nan", "0", "0"], "--mean must be a finite number"),
     (["--color", "GRAY"], "--color must be RGB or BGR for a 3-channel input, got 'GRAY'"),
-    (["--crop-fraction", "1.5"], "--crop-fraction must be in (0, 1]"),
+    (["--crop-fraction", "1.5"], "--crop-fraction must be in [0.05, 1]"),
     (["--task", "detection"], "--task must be one of classification, segmentation"),
     (["--input-name", "image"], "--input-name must be one of the graph's inputs ('input')"),
     (["--scale", "0"], "--scale must be > 0"),

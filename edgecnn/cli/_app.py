@@ -48,14 +48,20 @@ err = Console(stderr=True, highlight=False)  # progress and warnings (stderr)
 # Console output is rich markup: every value from the user or a file (paths, names, messages)
 # goes through escape(), or '[b]' in a path would be read as a style.
 
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL, C1
+# C0, DEL, C1, and lone surrogates (JSON's "\ud800" decodes to one; no encoding can print it)
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def printable(text: object) -> str:
     """``text`` with control characters as visible ``\\x1b``-style escapes: names, labels and
     paths come from files, and an ESC in one would otherwise reach the terminal (clear the
-    screen, move the cursor); a newline would break the one-line error."""
-    return _CONTROL_CHARACTERS.sub(lambda match: f"\\x{ord(match.group()):02x}", str(text))
+    screen, move the cursor); a newline would break the one-line error. A lone surrogate is
+    shown as ``\\ud800``."""
+    def visible(match: re.Match) -> str:
+        code = ord(match.group())
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+    return _UNPRINTABLE.sub(visible, str(text))
 
 
 def safe(text: object) -> str:
@@ -99,6 +105,7 @@ HELP_LISTS = {
     "export_modes": lambda: _alternatives(_code("edgecnn.export.quantize_recipes", "EXPORT_MODES")),
     "methods": lambda: _alternatives(_code("edgecnn.export.quantize_recipes", "METHODS")),
     "targets": lambda: _alternatives(_code("edgecnn.export.quantize_recipes", "TARGETS")),
+    "min_crop": lambda: str(_code("edgecnn.runtime.metadata", "MIN_CROP_FRACTION")),
 }
 
 

@@ -51,7 +51,8 @@ TaskOpt = Annotated[Optional[str], typer.Option(
          "classification.")]
 CropFractionOpt = Annotated[Optional[float], typer.Option(
     "--crop-fraction",
-    help="Share of the resized image the model sees (center crop). Default: 0.875 "
+    help="Share of the resized image the model sees (center crop), in [{min_crop}, 1]. "
+         "Default: 0.875 "
          "(ImageNet's resize 256, crop 224); 1 keeps the whole frame.")]
 LabelsOpt = Annotated[Optional[str], typer.Option(
     "--labels", metavar="FILE",

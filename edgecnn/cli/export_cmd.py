@@ -64,7 +64,7 @@ def export_command(
         "--std", metavar="S [S S]", help="Per-channel std, as --mean.")] = None,
     crop_fraction: Annotated[Optional[float], typer.Option(
         "--crop-fraction", metavar="F",
-        help="Share of the resized image the model sees, in (0, 1] (default: the model's; "
+        help="Share of the resized image the model sees, in [{min_crop}, 1] (default: the model's; "
              "0.875, ImageNet's resize-256-crop-224, for your own).")] = None,
     weights: WeightsOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of the random weights and check input.")] = 0,

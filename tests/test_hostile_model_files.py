@@ -1,0 +1,341 @@
+"""Hostile .onnx files: each is one clear line and exit 2 from every command that reads it, in
+bounded time and memory; nothing is written for a file that cannot be used.
+
+The files are tiny models (tests/tiny_models.py) with one part made hostile: a special file in
+place of the model, metadata nested a hundred thousand deep, graphs nested past protobuf's
+limit, a field whose declared length is 2**62, names too long for the file system, a graph
+without outputs, types numpy has no name for, absurd fixed axes and invalid text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+from PIL import Image
+
+from conftest import assert_one_line_error, run_console_script
+from edgecnn.runtime.metadata import METADATA_KEY
+from tiny_models import tiny_model
+
+QUICK = 60  # seconds: every refusal here is immediate; a hang fails the test instead of CI
+
+
+def _tiny(tmp_path: Path, name: str = "tiny.onnx", **options) -> Path:
+    return tiny_model(tmp_path / name, **options).path
+
+
+def _edited(source: Path, target: Path, edit) -> Path:
+    """``source`` with ``edit(model)`` applied, saved unchecked to ``target``."""
+    model = onnx.load(str(source))
+    edit(model)
+    onnx.save(model, str(target))
+    return target
+
+
+def _set_metadata(model: onnx.ModelProto, value: str) -> None:
+    (entry,) = [prop for prop in model.metadata_props if prop.key == METADATA_KEY]
+    entry.value = value
+
+
+def _metadata(model: onnx.ModelProto) -> dict:
+    (entry,) = [prop for prop in model.metadata_props if prop.key == METADATA_KEY]
+    return json.loads(entry.value)
+
+
+@pytest.fixture
+def image(tmp_path) -> Path:
+    path = tmp_path / "image.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 8, 3), np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture
+def labelled_set(tmp_path, image) -> Path:
+    folder = tmp_path / "set"
+    for label in ("a", "b", "c", "d"):  # the tiny models' four classes
+        (folder / label).mkdir(parents=True)
+        (folder / label / "one.png").write_bytes(image.read_bytes())
+    return folder
+
+
+def _commands(model: Path, image: Path, labelled_set: Path, tmp_path: Path) -> dict:
+    return {"info": ["info", model],
+            "run": ["run", model, image],
+            "bench": ["bench", model, "--provider", "auto", "--runs", "1", "--warmup", "0"],
+            "evaluate": ["evaluate", model, labelled_set, "--provider", "auto"],
+            "quantize": ["quantize", model, "-o", tmp_path / "out-fp16.onnx", "--mode", "fp16"],
+            "annotate": ["annotate", model, "-o", tmp_path / "out-annotated.onnx"]}
+
+
+def _assert_refused(command: list, *fragments: str, tmp_path: Path) -> None:
+    result = run_console_script(*map(str, command), timeout=QUICK)
+    assert_one_line_error(result, 2, *fragments)
+    assert not list(tmp_path.glob("out-*")), f"{command[0]} wrote output for a file it refused"
+
+
+# ---- the model path is not a regular file --------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+@pytest.mark.parametrize("command", ["info", "run", "bench", "evaluate", "quantize", "annotate"])
+def test_a_special_file_as_the_model_is_refused_without_reading_it(tmp_path, image,
+                                                                  labelled_set, kind, command):
+    model = tmp_path / f"{kind}.onnx"
+    if kind == "fifo":
+        os.mkfifo(model)  # reading it would wait forever for a writer
+    else:
+        os.mknod(model, stat.S_IFCHR | 0o666, os.makedev(1, 5))  # /dev/zero's numbers: endless
+    _assert_refused(_commands(model, image, labelled_set, tmp_path)[command],
+                    "not a regular file", str(model), tmp_path=tmp_path)
+
+
+# ---- nesting past every parser's limits ----------------------------------------------------
+
+@pytest.mark.parametrize("command", ["info", "run", "bench"])
+def test_metadata_json_nested_a_hundred_thousand_deep_is_one_line(tmp_path, image, command):
+    model = _edited(_tiny(tmp_path), tmp_path / "deep.onnx",
+                    lambda model: _set_metadata(model, "[" * 100_000))
+    _assert_refused(_commands(model, image, tmp_path, tmp_path)[command], "metadata",
+                    "nested", tmp_path=tmp_path)
+
+
+def _deep_quantization_record(model: onnx.ModelProto) -> None:
+    data = _metadata(model)
+    data["quantization"] = json.loads('{"a":' * 900 + "1" + "}" * 900)
+    _set_metadata(model, json.dumps(data))
+
+
+@pytest.mark.parametrize("command", ["info", "run", "quantize"])
+def test_a_quantization_record_nested_900_deep_is_one_line(tmp_path, image, command):
+    model = _edited(_tiny(tmp_path), tmp_path / "deep.onnx", _deep_quantization_record)
+    _assert_refused(_commands(model, image, tmp_path, tmp_path)[command], "metadata",
+                    "nested", tmp_path=tmp_path)
+
+
+def test_annotate_replaces_metadata_nested_too_deep(cli, tmp_path):
+    model = _edited(_tiny(tmp_path), tmp_path / "deep.onnx", _deep_quantization_record)
+    output = tmp_path / "annotated.onnx"
+    result = cli("annotate", model, "-o", output, "--input-size", "8")
+    assert result.code == 0, result.stderr
+    assert _metadata(onnx.load(str(output)))["quantization"] is None
+
+
+def _varint(number: int) -> bytes:
+    out = bytearray()
+    while number >= 0x80:
+        out.append(number & 0x7F | 0x80)
+        number >>= 7
+    return bytes(out + bytes([number]))
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _nested_graphs(depth: int) -> bytes:
+    """ModelProto bytes that add to the graph an If node whose then-branch holds an If node ...
+    ``depth`` graphs deep: written by hand, as the protobuf library refuses to build it."""
+    graph = b""
+    for _ in range(depth):
+        branch = _field(1, b"then_branch") + _field(6, graph) + _varint(20 << 3) + _varint(5)
+        node = _field(1, b"cond") + _field(4, b"If") + _field(5, branch)  # input, op_type
+        graph = _field(1, node)  # GraphProto.node
+    return _field(7, graph)  # ModelProto.graph: a second occurrence merges into the first
+
+
+@pytest.mark.parametrize("command", ["info", "run", "quantize"])
+def test_graphs_nested_past_protobufs_limit_are_one_line(tmp_path, image, command):
+    model = tmp_path / "nested.onnx"
+    model.write_bytes(_tiny(tmp_path).read_bytes() + _nested_graphs(400))
+    _assert_refused(_commands(model, image, tmp_path, tmp_path)[command], str(model),
+                    "nested", tmp_path=tmp_path)
+
+
+# ---- lengths and names beyond the file and the file system ---------------------------------
+
+@pytest.mark.parametrize("command", ["info", "run", "bench"])
+def test_a_field_declaring_2_62_bytes_is_one_line(tmp_path, image, command):
+    model = tmp_path / "long.onnx"
+    # field 7 (the graph), wire type 2, then its declared length and a few bytes
+    model.write_bytes(_tiny(tmp_path).read_bytes() + _varint(7 << 3 | 2) + _varint(2 ** 62)
+                      + b"xy")
+    _assert_refused(_commands(model, image, tmp_path, tmp_path)[command], str(model),
+                    tmp_path=tmp_path)
+
+
+@pytest.mark.parametrize("command", ["info", "run", "bench"])
+def test_an_external_data_location_too_long_for_the_file_system_is_one_line(tmp_path, image,
+                                                                            command):
+    def edit(model):
+        weight = model.graph.initializer[0]
+        weight.data_location = TensorProto.EXTERNAL
+        weight.ClearField("raw_data")
+        weight.ClearField("float_data")
+        for key, value in (("location", "a" * 5000), ("offset", "0"), ("length", "48")):
+            weight.external_data.add(key=key, value=value)
+
+    model = _edited(_tiny(tmp_path), tmp_path / "external.onnx", edit)
+    _assert_refused(_commands(model, image, tmp_path, tmp_path)[command], "tensor 'W'",
+                    "cannot be opened", tmp_path=tmp_path)
+
+
+@pytest.mark.parametrize("command", ["run", "bench", "quantize"])
+def test_what_onnxruntime_logs_before_refusing_a_file_stays_off_the_terminal(tmp_path, image,
+                                                                             command):
+    def edit(model):  # W claims 2**62 elements: onnxruntime logs an overflow, then raises
+        weight = model.graph.initializer[0]
+        del weight.dims[:]
+        weight.dims.extend([2 ** 31, 2 ** 31, 1, 1])
+
+    model = _edited(_tiny(tmp_path), tmp_path / "overflow.onnx", edit)
+    result = run_console_script(*map(str, _commands(model, image, tmp_path, tmp_path)[command]),
+                                timeout=QUICK)
+    assert_one_line_error(result, 2, "cannot load")
+    assert "\x1b" not in result.stderr and "onnxruntime_src" not in result.stderr
+
+
+# ---- graphs onnxruntime loads but nothing can use ------------------------------------------
+
+@pytest.mark.parametrize("command", ["run", "bench", "evaluate", "quantize"])
+def test_a_graph_without_outputs_is_one_line(tmp_path, image, labelled_set, command):
+    model = _edited(_tiny(tmp_path), tmp_path / "silent.onnx",
+                    lambda model: model.graph.ClearField("output"))
+    _assert_refused(_commands(model, image, labelled_set, tmp_path)[command], "no outputs",
+                    tmp_path=tmp_path)
+
+
+def _retype_input(elem_type: int | None, sequence: bool = False):
+    def edit(model):
+        value = model.graph.input[0]
+        if sequence:
+            element = onnx.TypeProto()
+            element.CopyFrom(value.type)
+            value.type.Clear()
+            value.type.sequence_type.elem_type.CopyFrom(element)
+        elif elem_type is None:
+            value.type.Clear()
+        else:
+            value.type.tensor_type.elem_type = elem_type
+    return edit
+
+
+@pytest.mark.parametrize("case", ["undefined", "unknown", "cleared", "sequence"])
+def test_info_describes_inputs_of_types_numpy_has_no_name_for(tmp_path, cli, case):
+    edit = {"undefined": _retype_input(0), "unknown": _retype_input(999),
+            "cleared": _retype_input(None), "sequence": _retype_input(None, sequence=True)}[case]
+    model = _edited(_tiny(tmp_path), tmp_path / "typed.onnx", edit)
+    result = cli("info", model, "--json")
+    assert result.code == 0, result.stderr
+    (described,) = json.loads(result.stdout)["inputs"]
+    assert described["name"] == "input"
+    assert described["dtype"] == {"undefined": "undefined", "unknown": "unknown type 999",
+                                  "cleared": "unknown", "sequence": "sequence"}[case]
+
+
+def test_quantize_refuses_a_negative_input_dimension(tmp_path):
+    def edit(model):
+        model.graph.input[0].type.tensor_type.shape.dim[2].dim_value = -8
+
+    model = _edited(_tiny(tmp_path), tmp_path / "negative.onnx", edit)
+    _assert_refused(["quantize", model, "-o", tmp_path / "out-int8.onnx", "--mode", "int8",
+                     "--calibration", "random"], "input 'input'", "-8", tmp_path=tmp_path)
+
+
+def test_quantize_calls_declared_output_shapes_that_contradict_the_graph_bad_input(tmp_path):
+    def edit(model):
+        dims = model.graph.output[0].type.tensor_type.shape.dim
+        dims.add().dim_value = 7  # logits declared [batch, 4, 7]: the graph makes [batch, 4]
+
+    model = _edited(_tiny(tmp_path), tmp_path / "misdeclared.onnx", edit)
+    _assert_refused(["quantize", model, "-o", tmp_path / "out-fp16.onnx", "--mode", "fp16"],
+                    str(model), tmp_path=tmp_path)
+
+
+# ---- fixed axes too large to allocate ------------------------------------------------------
+
+@pytest.mark.parametrize("command", ["run", "evaluate", "quantize"])
+def test_a_fixed_batch_of_a_billion_is_refused_before_allocating(tmp_path, image, labelled_set,
+                                                                 command):
+    model = _tiny(tmp_path, batch=10 ** 9)
+    _assert_refused(_commands(model, image, labelled_set, tmp_path)[command], "GiB",
+                    tmp_path=tmp_path)
+
+
+def test_bench_bounds_the_inputs_together_not_each_alone(tmp_path):
+    inputs = [helper.make_tensor_value_info(f"x{index}", TensorProto.FLOAT, [1, 1, 20000, 20000])
+              for index in range(6)]  # 1.5 GiB each, 9 GiB together
+    nodes = [helper.make_node("Sum", [value.name for value in inputs], ["y"])]
+    graph = helper.make_graph(nodes, "six", inputs, [helper.make_tensor_value_info(
+        "y", TensorProto.FLOAT, [1, 1, 20000, 20000])])
+    model = tmp_path / "six.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(model))
+    _assert_refused(["bench", model, "--runs", "1", "--warmup", "0"], "GiB", tmp_path=tmp_path)
+
+
+# ---- preprocessing values that break float32 or memory -------------------------------------
+
+@pytest.mark.parametrize("field, value", [("scale", 1e300), ("std", [1e-50, 1.0, 1.0]),
+                                          ("mean", [1e300, 0.0, 0.0])])
+def test_values_finite_in_float64_but_not_in_float32_are_refused(tmp_path, image, field, value):
+    def edit(model):
+        data = _metadata(model)
+        data["input"][field] = value
+        _set_metadata(model, json.dumps(data))
+
+    model = _edited(_tiny(tmp_path), tmp_path / "float32.onnx", edit)
+    _assert_refused(["run", model, image], f"input.{field}", "float32", tmp_path=tmp_path)
+
+
+def test_a_tiny_crop_fraction_is_refused_before_resizing(tmp_path, image):
+    def edit(model):
+        data = _metadata(model)
+        data["input"]["crop_fraction"] = 0.0005  # 8 px / 0.0005: resize to 16,000 x 16,000 first
+        _set_metadata(model, json.dumps(data))
+
+    model = _edited(_tiny(tmp_path), tmp_path / "crop.onnx", edit)
+    _assert_refused(["run", model, image], "crop_fraction", tmp_path=tmp_path)
+
+
+def test_an_image_of_extreme_aspect_ratio_is_not_resized_whole(tmp_path):
+    import resource
+    import subprocess
+
+    from conftest import CONSOLE_SCRIPT
+
+    model = _tiny(tmp_path, size=(224, 224))
+    strip = tmp_path / "strip.png"  # resizing all of it to a 256-pixel height: 5 G pixels
+    Image.fromarray(np.full((1, 80_000, 3), 200, np.uint8)).save(strip)
+    limit = 6 * 2**30
+
+    def cap_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    done = subprocess.run([*CONSOLE_SCRIPT, "run", str(model), str(strip)], capture_output=True,
+                          text=True, timeout=QUICK, preexec_fn=cap_memory)
+    assert done.returncode == 0, done.stderr
+    assert "1." in done.stdout
+
+
+# ---- text -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", ["info", "run"])
+def test_a_lone_surrogate_in_the_metadata_is_printed_escaped(tmp_path, image, command):
+    def edit(model):
+        data = _metadata(model)
+        data["model"] = "bad\ud800name"
+        data["labels"] = ["x\udfff", "b", "c", "d"]
+        _set_metadata(model, json.dumps(data))  # ASCII JSON: "\ud800" as an escape
+
+    model = _edited(_tiny(tmp_path), tmp_path / "surrogate.onnx", edit)
+    result = run_console_script(*map(str, _commands(model, image, tmp_path, tmp_path)[command]),
+                                timeout=QUICK)
+    assert result.code == 0, result.stderr
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+    assert "\\ud800" in result.stdout or "\\udfff" in result.stdout
