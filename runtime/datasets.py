@@ -6,6 +6,7 @@ maps to classes, and an array is checked, the same way everywhere. Torch-free.
 
 from __future__ import annotations
 
+import math
 import os
 import zipfile
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from edgecnn.errors import BadInput, first_line
+from edgecnn.runtime.files import check_input_file
 from edgecnn.runtime.metadata import InputInfo
 from edgecnn.runtime.stream import image_files
 
@@ -93,7 +95,7 @@ def check_inputs(array: np.ndarray, info: InputInfo, where: str) -> np.ndarray:
 
 
 # What reading a corrupt, truncated or pickled (object) array raises.
-ARRAY_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)
+ARRAY_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, MemoryError)
 
 
 def _cannot_read(path, error: Exception) -> BadInput:
@@ -110,16 +112,50 @@ def _npz_entry(arrays, keys: tuple[str, ...], where: str, what: str):
                    f"the file has {', '.join(arrays.files) or 'none'})")
 
 
+_DEFLATE_RATIO = 1100  # deflate inflates a byte to at most ~1032: a member cannot hold more
+
+
+def _check_declared_size(stream, available: int, where: str) -> None:
+    """BadInput when the .npy header at the start of ``stream`` declares an array of more
+    bytes than the ``available`` ones after it: numpy allocates the declared array before it
+    reads, so 200 bytes could ask for 715 GiB."""
+    try:
+        version = np.lib.format.read_magic(stream)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0) else
+                       np.lib.format.read_array_header_2_0)
+        shape, _, dtype = read_header(stream)
+    except ARRAY_READ_ERRORS as error:
+        raise _cannot_read(where, error) from None
+    declared = math.prod(shape) * dtype.itemsize
+    if declared > available - stream.tell():
+        raise BadInput(f"cannot read {where}: its header declares {dtype} {list(shape)} "
+                       f"({declared:,} bytes), more than the file holds")
+
+
 def _npz_member(arrays, key: str, where: str) -> np.ndarray:
     """One array of an .npz; np.load reads the members lazily, so their errors come here."""
+    where = f"{where} (array {key!r})"
+    try:
+        names = arrays.zip.namelist()
+        info = arrays.zip.getinfo(f"{key}.npy" if f"{key}.npy" in names else key)
+        packed = info.compress_size * (_DEFLATE_RATIO if info.compress_type else 1)
+        member = arrays.zip.open(info)
+    except ARRAY_READ_ERRORS as error:
+        raise _cannot_read(where, error) from None
+    with member:
+        _check_declared_size(member, min(info.file_size, packed), where)
     try:
         return arrays[key]
     except ARRAY_READ_ERRORS as error:
-        raise _cannot_read(f"{where} (array {key!r})", error) from None
+        raise _cannot_read(where, error) from None
 
 
 def load_arrays(path: Path, info: InputInfo, with_labels: bool) -> tuple[np.ndarray, np.ndarray | None]:
     """Inputs (and labels) from a .npy (inputs only) or .npz file; shapes checked."""
+    path = check_input_file(path, "array file", "an .npy or .npz file")
+    if path.suffix.lower() == ".npy":
+        with open(path, "rb") as stream:
+            _check_declared_size(stream, path.stat().st_size, str(path))
     try:
         loaded = np.load(path, allow_pickle=False)
     except ARRAY_READ_ERRORS as error:
