@@ -14,6 +14,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Iterator
@@ -97,6 +98,9 @@ def open_session(model: str | os.PathLike | bytes,
 
 
 _KEPT_LOG_BYTES = 64 * 2**10  # of what onnxruntime's native code wrote while a session opened
+# Descriptor 2 is the process's: two threads swapping it at once could leave it pointing at a
+# deleted file, so sessions open one at a time.
+_STDERR_SWAP = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -106,13 +110,13 @@ def _native_stderr_kept_on_success() -> Iterator[None]:
     logs some load failures (a tensor of 2**62 elements) through its process-wide logger,
     which no session option silences, in colour, before raising: the raised error is reported
     in its own one line, the log would be a second."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError, AttributeError):  # no usable descriptor 2: nothing to hold
-        yield
-        return
-    with tempfile.TemporaryFile() as held:
+    with _STDERR_SWAP, tempfile.TemporaryFile() as held:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError, AttributeError):  # no usable descriptor 2: nothing to hold
+            yield
+            return
         os.dup2(held.fileno(), 2)
         try:
             yield

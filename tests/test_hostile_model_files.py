@@ -339,3 +339,22 @@ def test_a_lone_surrogate_in_the_metadata_is_printed_escaped(tmp_path, image, co
     assert result.code == 0, result.stderr
     assert "Traceback" not in result.stderr and "internal error" not in result.stderr
     assert "\\ud800" in result.stdout or "\\udfff" in result.stdout
+
+
+def test_sessions_opened_from_many_threads_leave_stderr_where_it_was(tmp_path):
+    import threading
+
+    from edgecnn.runtime import Engine
+
+    model = _tiny(tmp_path)
+    before = os.fstat(2)
+    engines: list = []
+    threads = [threading.Thread(target=lambda: engines.append(Engine(model, "cpu")))
+               for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    after = os.fstat(2)
+    assert len(engines) == 8
+    assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
