@@ -16,8 +16,10 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import json
 import os
 import sys
+import zipfile
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -27,6 +29,7 @@ from edgecnn import models
 from edgecnn.errors import BadInput, first_line
 from edgecnn.models import ModelSpec
 from edgecnn.models._registry import TASKS
+from edgecnn.runtime.files import check_input_file
 
 PROGRAM_SUFFIX = ".pt2"
 DEFAULT_TASK = "classification"
@@ -123,12 +126,59 @@ def load_program(path: str | os.PathLike):
     """The ExportedProgram in a .pt2 file; BadInput for a missing or unreadable one."""
     import torch
 
-    path = Path(path)
-    if not path.is_file():
-        raise BadInput(f"model file not found: {path}")
+    path = check_input_file(path, "model file", "a .pt2 file")
+    refuse_pickles(path)
     try:
         return torch.export.load(str(path))
     except Exception as error:  # a zip error, a missing entry, a version the reader refuses
+        raise BadInput(f"{path} is not a program written by torch.export.save: "
+                       f"{type(error).__name__}: {first_line(error)}") from None
+
+
+_CONFIGS = ("data/weights/", "_weights_config.json"), ("data/constants/", "_constants_config.json")
+_RAW_CONSTANT_PREFIX = "tensor_"  # torch's TENSOR_CONSTANT_FILENAME_PREFIX: stored raw
+_MAX_CONFIG_BYTES = 64 * 2**20
+
+
+def refuse_pickles(path: Path) -> None:
+    """BadInput unless every weight and constant of the .pt2 archive at ``path`` is stored as
+    raw tensor bytes. torch.export.load unpickles (weights_only=False) what the archive's
+    configs mark ``use_pickle``, custom and opaque objects, legacy ``<model>.pt`` state dicts
+    and the older (torch 2.7) format, and unpickling runs code from the file; what
+    torch.export.save writes for plain tensors needs none of it."""
+    def refuse(what: str) -> BadInput:
+        return BadInput(f"{path}: {what}, and unpickling runs code from the file; edgecnn "
+                        "loads .pt2 programs whose weights are stored as raw tensors (what "
+                        "torch.export.save writes for plain tensors)")
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = {name.split("/", 1)[1]: info for info in archive.infolist()
+                       if "/" in (name := info.filename)}  # below the archive's root folder
+            if "archive_format" not in members:
+                if "version" in archive.namelist():
+                    raise refuse("it is in the older .pt2 format, whose state dicts are pickles")
+                raise BadInput(f"{path} is not a program written by torch.export.save (it has "
+                               "no archive_format)")
+            for name, info in members.items():
+                folder = next((folder for folder, suffix in _CONFIGS if name.startswith(folder)),
+                              None)
+                if folder is None:
+                    continue
+                if name.endswith(".pt") and "/" not in name[len(folder):]:
+                    raise refuse(f"its {name} is a legacy pickled state dict")
+                if not name.endswith(("_weights_config.json", "_constants_config.json")):
+                    continue
+                if info.file_size > _MAX_CONFIG_BYTES:
+                    raise BadInput(f"{path}: {name} is {info.file_size:,} bytes, not a config")
+                for entry, payload in json.loads(archive.read(info))["config"].items():
+                    if payload.get("use_pickle") or (folder == "data/constants/" and not str(
+                            payload.get("path_name", "")).startswith(_RAW_CONSTANT_PREFIX)):
+                        raise refuse(f"{entry!r} in {name} is stored as a pickle")
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError, TypeError, AttributeError,
+            RecursionError) as error:
+        if isinstance(error, BadInput):
+            raise
         raise BadInput(f"{path} is not a program written by torch.export.save: "
                        f"{type(error).__name__}: {first_line(error)}") from None
 
