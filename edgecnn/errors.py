@@ -28,13 +28,16 @@ class CheckFailed(EdgecnnError):
     exit_code = 1
 
 
-def require_count(name: str, value, *, optional: bool = True) -> None:
-    """BadInput unless ``value`` is an integer >= 1 (a bool is not), or None where ``optional``
-    (the default applies): the one check of every batch, worker, sample and class count, in the
-    API's words."""
-    if (value is not None or not optional) and (
-            isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
+def require_count(name: str, value, *, optional: bool = True, at_most: int | None = None) -> None:
+    """BadInput unless ``value`` is an integer >= 1 (a bool is not; nor one over ``at_most``),
+    or None where ``optional`` (the default applies): the one check of every batch, worker,
+    sample and class count, in the API's words."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise BadInput(f"{name} must be an integer >= 1, got {value!r}")
+    if at_most is not None and value > at_most:
+        raise BadInput(f"{name} must be at most {at_most:,}, got {value:,}")
 
 
 _TERMINAL_COLOURS = re.compile(r"\x1b\[[0-9;]*m")

@@ -19,11 +19,11 @@ from edgecnn.export import bisect as bisecting
 from edgecnn.export.calibration import batches, load_image_folder
 from edgecnn.export.int8_report import Int8Report, int8_report, markdown_tables
 from edgecnn.export.exporter import (
-    StepCallback, build_model, export_model, random_input, run_eager,
+    StepCallback, build_model, check_model_options, export_model, random_input, run_eager,
 )
 from edgecnn.runtime.files import atomic_output, check_output_path
 from edgecnn.export.parity import (
-    FP16_MAX, OutputReport, Verdict, activation_peak, check_precision, judge,
+    FP16_MAX, OutputReport, Verdict, activation_peak, check_criteria, check_precision, judge,
 )
 from edgecnn.export.user_model import is_user_model, resolve_spec
 from edgecnn.runtime import ModelMetadata, openvino
@@ -157,6 +157,7 @@ def check_onnx(module: torch.nn.Module, onnx_path: str | os.PathLike, inputs: Se
     bisect: name the first module whose output diverges (single-input models).
     """
     step = on_step or (lambda message: None)
+    check_criteria(tolerance, min_top1)
     if not inputs:
         raise BadInput("inputs holds no batch to compare on")
     opened = open_session(onnx_path, providers, fallback=False, tf32=False)
@@ -321,6 +322,8 @@ def check_parity(name: str, onnx_path: str | os.PathLike | None = None, *,
     spec = (None if onnx_path is not None and is_user_model(name) else
             resolve_spec(name, input_size=input_size, in_channels=in_channels))
     options = model_options or {}
+    check_model_options(options, registered=spec is not None and spec.source is None)
+    check_criteria(tolerance, min_top1)
     require_count("samples", samples, optional=False)
     if precision is not None:
         check_precision(precision)

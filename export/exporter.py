@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -124,8 +124,13 @@ def _check_arguments(spec: models.ModelSpec, *, batch, seed, channels, height, w
     if channels * height * width > MAX_ELEMENTS:
         raise BadInput(f"an input of {channels}x{height}x{width} is too large (at most "
                        f"{MAX_ELEMENTS:,} values per image)")
-    # A model that is not registered takes in_channels, if at all, as one of its own options.
-    owned = OWN_ARGUMENTS if spec.source is None else set(OWN_ARGUMENTS) - {"in_channels"}
+    check_model_options(model_options, registered=spec.source is None)
+
+
+def check_model_options(model_options: Mapping | None, *, registered: bool) -> None:
+    """BadInput when ``model_options`` sets what is an argument of its own (num_classes...).
+    A model that is not registered takes in_channels, if at all, as one of its own options."""
+    owned = OWN_ARGUMENTS if registered else set(OWN_ARGUMENTS) - {"in_channels"}
     own = sorted(set(model_options or ()) & set(owned))
     if own:
         raise BadInput(f"model_options cannot set {', '.join(own)}: each is an argument of "

@@ -13,6 +13,7 @@ verdict; export, ``edgecnn check``, ``quantize`` and the tests all use it.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Callable, Mapping, Sequence
 
@@ -201,6 +202,16 @@ def _why(metrics: ParityMetrics, verdict: Verdict) -> str:
     return f"top-1 agreement {metrics.top1_agreement:.4f} < {verdict.min_top1:g}"
 
 
+def check_criteria(tolerance: float | None, min_top1: float | None) -> None:
+    """BadInput unless ``tolerance`` (a rel_l2 bound) is a finite number > 0 and ``min_top1`` a
+    fraction in [0, 1] (each may be None: the defaults apply)."""
+    if tolerance is not None and not (isinstance(tolerance, numbers.Real)
+                                      and math.isfinite(tolerance) and tolerance > 0):
+        raise BadInput(f"tolerance must be a finite number > 0, got {tolerance!r}")
+    if min_top1 is not None and not (isinstance(min_top1, numbers.Real) and 0 <= min_top1 <= 1):
+        raise BadInput(f"min_top1 is a fraction of rows in [0, 1], got {min_top1}")
+
+
 def judge(references: Sequence[np.ndarray], candidates: Sequence[np.ndarray], precision: str, *,
           bounds: Mapping[str, float] | None = None, tolerance: float | None = None,
           names: Sequence[str] | None = None, min_top1: float | None = None) -> Verdict:
@@ -211,8 +222,7 @@ def judge(references: Sequence[np.ndarray], candidates: Sequence[np.ndarray], pr
     an output whose top-1 agreement is below it.
     """
     check_precision(precision)
-    if min_top1 is not None and not 0 <= min_top1 <= 1:
-        raise BadInput(f"min_top1 is a fraction of rows in [0, 1], got {min_top1}")
+    check_criteria(tolerance, min_top1)
     if len(references) != len(candidates):
         raise BadInput(f"the ONNX model has {len(candidates)} outputs, the reference "
                        f"{len(references)}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -114,6 +115,8 @@ def run_files(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], *,
             raise BadInput("masks are written by a local run; leave ray out to write them")
     if output is not None:
         check_record_path(output)
+    if masks is not None and Path(masks).exists() and not Path(masks).is_dir():
+        raise BadInput(f"masks is a folder for class maps; {masks} exists and is not a folder")
     engine = Engine(model, provider, threads, fallback, cache_dir=cache_dir,
                     preprocessing=preprocessing, session_options=streaming_session_options())
     metadata = engine.require_metadata()

@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from edgecnn.errors import BadInput
+from edgecnn.runtime.files import check_input_file
 from edgecnn.runtime.metadata import (
     MAX_SIDE, InputInfo, ModelMetadata, describe_dims, fixed_size,
 )
 
 TASKS = ("classification", "segmentation")
+MAX_LABELS_BYTES = 2**26  # 64 MiB: a million class names of 64 characters
 # setting -> the metadata field it sets (messages about the field name the setting)
 FIELD_OF_SETTING = {"input_name": "input.name", "input_size": "input.shape",
                     "layout": "input.layout", "color": "input.color", "scale": "input.scale",
@@ -98,15 +99,18 @@ def metadata_from_settings(inputs: Mapping[str, Sequence], output: Sequence,
 
 
 def read_labels_file(path: str | os.PathLike) -> list[str]:
-    """One class name per non-blank line (surrounding spaces dropped); BadInput naming ``labels``."""
-    path = Path(path)
-    if not path.is_file():
-        raise BadInput(f"labels file not found: {path}")
+    """One class name per non-blank line (surrounding spaces dropped); BadInput naming
+    ``labels``. Lines end in "\\n" (or "\\r\\n") only: a name may hold any other character."""
+    path = check_input_file(path, "labels file")
+    size = path.stat().st_size
+    if size > MAX_LABELS_BYTES:
+        raise BadInput(f"labels file {path} is too large ({size:,} bytes; a labels file holds "
+                       f"one name per class, at most {MAX_LABELS_BYTES:,} bytes)")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise BadInput(f"labels file {path} is not readable UTF-8 text ({error})") from None
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    return [line.strip() for line in text.split("\n") if line.strip()]
 
 
 def _as_list(values):

@@ -8,6 +8,7 @@ recorded (``done``) and appends after them.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -17,10 +18,24 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from edgecnn.errors import BadInput
+from edgecnn.errors import BadInput, first_line
 from edgecnn.runtime.files import atomic_output, check_output_path
 
 FORMATS = (".jsonl", ".csv")
+
+
+def _name_bytes(error: UnicodeEncodeError) -> tuple[str | bytes, int]:
+    """How a CSV holds what UTF-8 cannot: a file name's bytes as they are (the surrogates
+    os.fsdecode made of them), any other lone surrogate as ``\\ud800``. JSON lines escape
+    both ("\\udce9"), which json reads back as the same string."""
+    try:
+        return codecs.lookup_error("surrogateescape")(error)
+    except UnicodeEncodeError:
+        return codecs.lookup_error("backslashreplace")(error)
+
+
+_NAME_BYTES = "edgecnn.record-names"
+codecs.register_error(_NAME_BYTES, _name_bytes)
 
 
 def check_record_path(path: str | os.PathLike) -> Path:
@@ -49,22 +64,30 @@ def _csv_row(record: dict, task: str, top_k: int) -> list:
     return row + [""] * (len(_csv_header(task, top_k)) - len(row))  # an error row: blanks
 
 
-def _recorded(path: Path, csv_format: bool) -> tuple[set[str], int]:
-    """The images an existing output holds, and the length of its complete lines."""
+def _recorded(path: Path, task: str, top_k: int, csv_format: bool) -> tuple[set[str], int]:
+    """The images an existing output holds, and the length of its complete lines. A file that
+    is not the records of this kind of run is BadInput ("cannot resume ...")."""
     data = path.read_bytes()
     complete = data[:data.rfind(b"\n") + 1]
-    text = complete.decode("utf-8", errors="replace")
-    if csv_format:
-        rows = list(csv.reader(io.StringIO(text)))
-        images = {row[0] for row in rows[1:] if row}
-    else:
+    # Image names are file names: bytes that are not UTF-8 come back as the same surrogates
+    # os.fsdecode gives (see RecordWriter), so a resumed run matches them.
+    text = complete.decode("utf-8", errors="surrogateescape")
+    lines = text.split("\n")[:-1]  # records end in "\n" only; names may hold U+2028 and kin
+    try:
+        if csv_format:
+            rows = list(csv.reader(lines))
+            if rows and rows[0] != _csv_header(task, top_k):
+                raise ValueError(f"its header is not the one this run writes "
+                                 f"({','.join(_csv_header(task, top_k))})")
+            return {row[0] for row in rows[1:] if row}, len(complete)
         images = set()
-        for number, line in enumerate(text.splitlines(), 1):
+        for number, line in enumerate(lines, 1):
             try:
                 images.add(json.loads(line)["image"])
-            except (ValueError, KeyError, TypeError):
-                raise BadInput(f"cannot resume {path}: line {number} is not a record of "
-                               "`edgecnn run`") from None
+            except (ValueError, KeyError, TypeError, RecursionError):
+                raise ValueError(f"line {number} is not a record of `edgecnn run`") from None
+    except (ValueError, csv.Error) as error:
+        raise BadInput(f"cannot resume {path}: {first_line(error)}") from None
     return images, len(complete)
 
 
@@ -76,8 +99,10 @@ class RecordWriter:
         self.task, self.top_k = task, top_k
         self.csv = self.path.suffix.lower() == ".csv"
         resuming = resume and self.path.is_file() and self.path.stat().st_size > 0
-        self.done, length = _recorded(self.path, self.csv) if resuming else (set(), 0)
-        self.handle = open(self.path, "r+" if resuming else "w", encoding="utf-8", newline="")
+        self.done, length = (_recorded(self.path, task, top_k, self.csv) if resuming
+                             else (set(), 0))
+        self.handle = open(self.path, "r+" if resuming else "w", encoding="utf-8", newline="",
+                           errors=_NAME_BYTES if self.csv else "backslashreplace")
         if resuming:
             self.handle.truncate(length)  # a line a killed run cut short
             self.handle.seek(length)

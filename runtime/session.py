@@ -85,7 +85,7 @@ def open_session(model: str | os.PathLike | bytes,
             session = (ort.InferenceSession(source, options) if plugin else
                        ort.InferenceSession(source, options, providers=requested))
     except Exception as error:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
-        where = "model" if isinstance(source, bytes) else source
+        where = "model" if isinstance(model, bytes) else model
         if plugin and "EP_FAIL" in str(error):
             raise BadInput(f"OpenVINO cannot compile {where}: "
                            f"{_last_line(error)}") from None
@@ -173,6 +173,14 @@ def check_started(wanted: str, active: list[str], *, explicit: bool, fallback: b
     warnings.warn(message, provider_lib.ProviderFallbackWarning, stacklevel=4)
 
 
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a file name's bytes that os.fsdecode kept as surrogates
+        return False
+    return True
+
+
 def model_source(path: str | os.PathLike) -> tuple[str | bytes, bool]:
     """What to create the session from: the path, or bytes with the DeformConv lowering swapped.
 
@@ -182,9 +190,15 @@ def model_source(path: str | os.PathLike) -> tuple[str | bytes, bool]:
     first (``check_external_data``): onnxruntime reads whatever its locations name.
     """
     path = check_model_file(path)
-    check_external_data(path)
-    if deform.DOMAIN not in opset_domains(path) or deform.onnxruntime_has_deformconv():
+    external = check_external_data(path)
+    as_is = deform.DOMAIN not in opset_domains(path) or deform.onnxruntime_has_deformconv()
+    if as_is and _utf8(str(path)):
         return str(path), False
+    if as_is:  # onnxruntime takes paths as UTF-8 only: the file's bytes, read here, instead
+        if external:
+            raise BadInput(f"onnxruntime cannot open {path}: its path is not UTF-8, and its "
+                           "external data is found by path; rename the folder or file")
+        return path.read_bytes(), False
     try:
         import onnx
     except ImportError:

@@ -13,7 +13,6 @@ Torch-free.
 
 from __future__ import annotations
 
-import glob
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -78,6 +77,19 @@ def _list_file(argument: str) -> list[Path]:
     return entries  # not checked here: a missing one is that image's error, not the run's
 
 
+def _glob(pattern: Path) -> list[Path]:
+    """What a glob matches, sorted, as the shell's ``globstar`` does it: ``**`` descends into
+    sub-folders but not through symlinks to folders (a link back up would loop forever), and a
+    name starting with "." is matched only by a pattern part that starts with one."""
+    parts = pattern.parts
+    first = next(index for index, part in enumerate(parts) if GLOB_CHARACTERS & set(part))
+    root, rest = Path(*parts[:first]) if first else Path(), parts[first:]
+    dotted = any(part.startswith(".") for part in rest)
+    return sorted(match for match in root.glob(str(Path(*rest)))
+                  if dotted or not any(part.startswith(".")
+                                       for part in match.relative_to(root).parts))
+
+
 def _one(argument: str) -> list[Path]:
     path = Path(argument)
     if argument.startswith("@") and len(argument) > 1:
@@ -87,7 +99,7 @@ def _one(argument: str) -> list[Path]:
     if path.exists():
         return [path]
     if GLOB_CHARACTERS & set(argument):
-        matches = sorted(glob.glob(argument, recursive=True))
+        matches = _glob(path)
         if not matches:
             raise BadInput(f"no files match {argument}")
         return [file for match in matches
@@ -103,7 +115,13 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     nothing, and a missing or empty list file."""
     if not inputs:
         raise BadInput("no images given")
-    return list(dict.fromkeys(path for argument in inputs for path in _one(os.fspath(argument))))
+    found = []
+    for argument in map(os.fspath, inputs):
+        try:
+            found += _one(argument)
+        except RecursionError:  # pathlib walks sub-folders recursively
+            raise BadInput(f"{argument}: its sub-folders are nested too deep to list") from None
+    return list(dict.fromkeys(found))
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 TASKS = ("classification", "segmentation")
 OUTPUT_NAMES = {"classification": "logits", "segmentation": "masks"}
+# num_classes: past ImageNet-21k's 21,841; vgg's last layer then holds 2 GiB (2**20: 17 GiB)
+MAX_CLASSES = 2**17
 
 
 @dataclass(frozen=True)
@@ -138,8 +140,8 @@ def create(name: str | ModelSpec, num_classes: int | None = None, **kwargs):
     for key, value in kwargs.items():
         if key in parameters:  # not a **kwargs catch-all
             _check_option_type(name, key, value, parameters[key].default)
-    for key in ("num_classes", "in_channels"):
-        require_count(key, kwargs.get(key))
+    require_count("num_classes", kwargs.get("num_classes"), at_most=MAX_CLASSES)
+    require_count("in_channels", kwargs.get("in_channels"))
     try:
         model = spec.builder(**kwargs)
     except BadInput:
