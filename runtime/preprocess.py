@@ -17,6 +17,7 @@ import contextlib
 import math
 import os
 import stat
+import struct
 import warnings
 from typing import Iterable, Union
 
@@ -32,6 +33,7 @@ MAX_RESIZED_PIXELS = 2**24
 DEFAULT_CROP_FRACTION = InputInfo.crop_fraction  # ImageNet eval: Resize(256) + CenterCrop(224)
 PIL_MODES = {"RGB": "RGB", "BGR": "RGB", "GRAY": "L"}  # BGR: RGB, channels reversed after
 CHANNELS = {"RGB": 3, "BGR": 3, "GRAY": 1}
+SIXTEEN_BIT = ("PNG", "PPM")  # formats whose "I" images hold at most 16 bits
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # 89,478,485 (Pillow's; about 9459 x 9459)
 # _open refuses images over max_pixels itself, so Pillow's warning between its limit and twice
 # it (then Image.open raises) would only add a second line to that error.
@@ -89,8 +91,9 @@ def _to_8_bit(picture: Image.Image) -> Image.Image:
     (a 16-bit PNG turns almost white), so 16-bit values are scaled down (0..65535 onto 0..255,
     rounded); 32-bit ones have no known range, so only values already in 0..255 are accepted.
     Pillow reads 16-bit RGB(A) PNGs as 8-bit already, and 16-bit grey ones as "I;16" (older
-    versions as "I": a PNG holds at most 16 bits, so an "I" PNG is 16-bit too)."""
-    if picture.mode.startswith("I;16") or (picture.mode == "I" and picture.format == "PNG"):
+    versions as "I"); 16-bit PGMs as "I". A PNG or PGM holds at most 16 bits, so an "I" one is
+    16-bit too."""
+    if picture.mode.startswith("I;16") or (picture.mode == "I" and picture.format in SIXTEEN_BIT):
         values = np.asarray(picture).astype(np.uint32)
         return Image.fromarray(((values + 128) // 257).astype(np.uint8))  # round(v / 257)
     if picture.mode in ("I", "F"):
@@ -104,6 +107,38 @@ def _to_8_bit(picture: Image.Image) -> Image.Image:
     return picture
 
 
+def _refuse_over(path, size: tuple[int, int] | None, limit: int) -> None:
+    if size is not None and size[0] * size[1] > limit:
+        raise BadInput(f"cannot read image {path}: {size[0]}x{size[1]} is {size[0] * size[1]} "
+                       f"pixels, over max_pixels={limit}")
+
+
+_ICON_MAGIC, _PNG_MAGIC = b"\0\0\1\0", b"\x89PNG\r\n\x1a\n"
+
+
+def _icon_size(path) -> tuple[int, int] | None:
+    """The largest image an .ico file holds, read from each entry's own header (the directory's
+    sizes stop at 256 and need not be true), or None for a file that is not an icon."""
+    with open(path, "rb") as handle:
+        head = handle.read(6)
+        if len(head) < 6 or head[:4] != _ICON_MAGIC:
+            return None
+        directory = handle.read(16 * struct.unpack("<H", head[4:])[0])
+        largest = (0, 0)
+        for entry in range(len(directory) // 16):
+            handle.seek(struct.unpack_from("<I", directory, 16 * entry + 12)[0])
+            header = handle.read(24)
+            if header[:8] == _PNG_MAGIC and len(header) == 24:
+                width, height = struct.unpack(">II", header[16:24])  # the PNG's IHDR
+            elif len(header) >= 12:  # a bitmap: its height counts the AND mask too
+                width, height = struct.unpack("<ii", header[4:12])
+                width, height = abs(width), abs(height) // 2
+            else:
+                continue
+            largest = max(largest, (width, height), key=lambda size: size[0] * size[1])
+    return largest
+
+
 def _open(path: str | os.PathLike, max_pixels: int | None = None) -> Image.Image:
     """Decode an image file as a viewer shows it (docs/runtime.md, "Image decoding"): the
     first frame of an animation, turned by its EXIF orientation; refused from its header alone
@@ -115,15 +150,15 @@ def _open(path: str | os.PathLike, max_pixels: int | None = None) -> Image.Image
         if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # a FIFO would block the read
             raise BadInput(f"cannot read image {path}: {file_kind(mode)}, not a regular file")
     try:
+        _refuse_over(path, _icon_size(path), limit)  # Pillow decodes an icon in Image.open
         # Image.open reads the header only (and raises past twice Pillow's own limit).
         with Image.open(path) as picture:
-            pixels = picture.width * picture.height
-            if pixels > limit:
-                raise BadInput(f"cannot read image {path}: {picture.width}x{picture.height} is "
-                               f"{pixels} pixels, over max_pixels={limit}")
+            _refuse_over(path, picture.size, limit)
             picture.load()  # decode now (frame 0), so a truncated file fails here with its name
             ImageOps.exif_transpose(picture, in_place=True)
             return picture
+    except BadInput:
+        raise
     except FileNotFoundError:
         raise BadInput(f"image not found: {path}") from None
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError,

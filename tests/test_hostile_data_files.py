@@ -6,17 +6,22 @@ images or arrays are expected. Each is one line and exit 2, in bounded time and 
 
 from __future__ import annotations
 
+import io
 import os
 import struct
+import warnings
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, TiffImagePlugin
 
 from conftest import assert_one_line_error, run_console_script
 from tiny_models import tiny_model
+
+from edgecnn.runtime import InputInfo
+from edgecnn.runtime.preprocess import preprocess_images
 
 QUICK = 60  # seconds: a FIFO that is opened blocks; the test fails instead of hanging CI
 
@@ -92,3 +97,50 @@ def test_a_fifo_among_the_images_of_a_labelled_set_does_not_block_it(model, tmp_
     result = run_console_script("evaluate", model, folder, timeout=QUICK)
     assert result.code == 0, result.stderr
     assert "top-1" in result.stdout
+
+
+def _icon(path: Path, side: int, declared: int = 16) -> Path:
+    """An .ico whose one entry says ``declared`` pixels a side and holds a ``side`` PNG."""
+    png = io.BytesIO()
+    Image.new("RGB", (side, side), (10, 20, 30)).save(png, format="PNG")
+    entry = struct.pack("<BBBBHHII", declared % 256, declared % 256, 0, 0, 1, 32,
+                        len(png.getvalue()), 22)
+    path.write_bytes(struct.pack("<HHH", 0, 1, 1) + entry + png.getvalue())
+    return path
+
+
+def test_an_icon_larger_than_its_directory_says_is_refused_before_decoding(cli, model,
+                                                                           tmp_path):
+    icon = _icon(tmp_path / "big.ico", side=300)
+    result = cli("run", model, icon, "--strict", "--max-pixels", "10000")
+    assert_one_line_error(result, 2, "300x300 is 90000 pixels, over --max-pixels 10000")
+    assert result.stderr.count("cannot read image") == 1
+
+
+def test_an_honest_icon_still_runs(cli, model, tmp_path):
+    result = cli("run", model, _icon(tmp_path / "small.ico", side=16), "--strict")
+    assert result.code == 0 and not result.stderr, result.stderr
+
+
+def test_pillows_warnings_about_an_image_add_no_line(cli, model, tmp_path):
+    """Pillow warns of a corrupt EXIF block or an icon of another size than declared; the image
+    decodes, and a warning naming no file would only add a line to the run's output."""
+    info = TiffImagePlugin.ImageFileDirectory_v2()
+    info[0x8769] = 999_999  # the EXIF block's offset: past the end of the file
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow warns while writing it too
+        Image.new("RGB", (16, 16), (5, 5, 5)).save(tmp_path / "exif.tif", tiffinfo=info)
+    for image in (tmp_path / "exif.tif", _icon(tmp_path / "other.ico", side=32)):
+        result = cli("run", model, image, "--strict")
+        assert result.code == 0 and not result.stderr, (image, result.stderr)
+
+
+@pytest.mark.parametrize("suffix", [".pgm", ".png"])
+def test_a_16_bit_grey_image_is_scaled_to_8_bits(tmp_path, suffix):
+    values = np.random.default_rng(1).integers(0, 256, (24, 24), dtype=np.uint16)
+    Image.fromarray(values.astype(np.uint8)).save(tmp_path / "eight.png")
+    Image.fromarray(values * 257).save(tmp_path / f"sixteen{suffix}")
+    info = InputInfo(name="input", shape=[1, 24, 24], color="GRAY", crop_fraction=1.0)
+    expected = preprocess_images(tmp_path / "eight.png", info)
+    np.testing.assert_array_equal(preprocess_images(tmp_path / f"sixteen{suffix}", info),
+                                  expected)

@@ -226,12 +226,15 @@ def print_warning(message: str) -> None:
 
 @contextlib.contextmanager
 def warnings_as_lines():
-    """Python warnings (e.g. a provider fallback) as one `warning: ...` line each on stderr."""
+    """Python warnings (e.g. a provider fallback) as one `warning: ...` line each on stderr.
+    Pillow's are dropped: they name no file ("Corrupt EXIF data", an icon of another size than
+    its directory says), and the image either decodes or fails with its own line."""
     def show(message, category, *args, **kwargs) -> None:
         print_warning(str(message))
 
     with warnings.catch_warnings():
         warnings.simplefilter("default")
+        warnings.filterwarnings("ignore", module=r"PIL\.")
         warnings.showwarning = show
         yield
 
