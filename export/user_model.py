@@ -16,7 +16,9 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import io
 import json
+import logging
 import os
 import sys
 import zipfile
@@ -128,24 +130,44 @@ def load_program(path: str | os.PathLike):
 
     path = check_input_file(path, "model file", "a .pt2 file")
     refuse_pickles(path)
+    logger, held = logging.getLogger("torch.export"), _Held()
+    logger.addFilter(held)  # torch logs the cause, with its traceback, then raises a vaguer error
     try:
         return torch.export.load(str(path))
     except Exception as error:  # a zip error, a missing entry, a version the reader refuses
+        cause = next((record.exc_info[1] for record in reversed(held.records)
+                      if record.exc_info), error)
         raise BadInput(f"{path} is not a program written by torch.export.save: "
-                       f"{type(error).__name__}: {first_line(error)}") from None
+                       f"{type(cause).__name__}: {first_line(cause)}") from None
+    finally:
+        logger.removeFilter(held)
+
+
+class _Held(logging.Filter):
+    """Keeps the records of a logger instead of letting them through to its handlers."""
+
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.records.append(record)
+        return False
 
 
 _CONFIGS = ("data/weights/", "_weights_config.json"), ("data/constants/", "_constants_config.json")
 _RAW_CONSTANT_PREFIX = "tensor_"  # torch's TENSOR_CONSTANT_FILENAME_PREFIX: stored raw
 _MAX_CONFIG_BYTES = 64 * 2**20
+_SAMPLE_INPUTS = "data/sample_inputs/"  # torch's SAMPLE_INPUTS_FILENAME_FORMAT's folder
+_MAX_SAMPLE_INPUTS_BYTES = 2**30
 
 
 def refuse_pickles(path: Path) -> None:
     """BadInput unless every weight and constant of the .pt2 archive at ``path`` is stored as
     raw tensor bytes. torch.export.load unpickles (weights_only=False) what the archive's
-    configs mark ``use_pickle``, custom and opaque objects, legacy ``<model>.pt`` state dicts
-    and the older (torch 2.7) format, and unpickling runs code from the file; what
-    torch.export.save writes for plain tensors needs none of it."""
+    configs mark ``use_pickle``, custom and opaque objects, legacy ``<model>.pt`` state dicts,
+    sample inputs the safe loader refuses, and the older (torch 2.7) format, and unpickling
+    runs code from the file; what torch.export.save writes for plain tensors needs none of it."""
     def refuse(what: str) -> BadInput:
         return BadInput(f"{path}: {what}, and unpickling runs code from the file; edgecnn "
                         "loads .pt2 programs whose weights are stored as raw tensors (what "
@@ -161,6 +183,9 @@ def refuse_pickles(path: Path) -> None:
                 raise BadInput(f"{path} is not a program written by torch.export.save (it has "
                                "no archive_format)")
             for name, info in members.items():
+                if name.startswith(_SAMPLE_INPUTS):
+                    _refuse_unsafe_sample_inputs(archive, name, info, refuse)
+                    continue
                 folder = next((folder for folder, suffix in _CONFIGS if name.startswith(folder)),
                               None)
                 if folder is None:
@@ -181,6 +206,23 @@ def refuse_pickles(path: Path) -> None:
             raise
         raise BadInput(f"{path} is not a program written by torch.export.save: "
                        f"{type(error).__name__}: {first_line(error)}") from None
+
+
+def _refuse_unsafe_sample_inputs(archive: zipfile.ZipFile, name: str, info: zipfile.ZipInfo,
+                                 refuse: Callable[[str], BadInput]) -> None:
+    """torch.export.load reads a program's sample inputs with torch.load(weights_only=True)
+    and, when that fails, again with weights_only=False: they are loaded here the safe way
+    first, so torch's retry never comes."""
+    import torch
+
+    if info.file_size > _MAX_SAMPLE_INPUTS_BYTES:
+        raise BadInput(f"{archive.filename}: {name} is {info.file_size:,} bytes, more than "
+                       "sample inputs hold")
+    try:
+        torch.load(io.BytesIO(archive.read(info)), weights_only=True)
+    except Exception as error:  # noqa: BLE001 - whatever the safe loader refuses
+        raise refuse(f"its {name} is a pickle of more than tensors ({type(error).__name__})"
+                     ) from None
 
 
 def program_input_dims(program, path) -> list[int | None]:

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, run_console_script
 
 CANARY = "canary_written_by_the_file"
 
@@ -76,8 +76,20 @@ def _older_format(canary: Path):
     return change
 
 
-@pytest.mark.parametrize("hostile", [_pickled_weight, _custom_object_constant, _older_format],
-                         ids=["pickled-weight", "opaque-constant", "older-format"])
+def _pickled_sample_inputs(canary: Path):
+    """Sample inputs torch.load refuses with weights_only=True: torch 2.13 then retries them
+    with weights_only=False (torch/_export/serde/serialize.py, deserialize_torch_artifact)."""
+    def change(name: str, data: bytes) -> dict:
+        if name.endswith("data/sample_inputs/model.pt"):
+            data = pickle.dumps(_RunsCode(canary), protocol=2)
+        return {name: data}
+    return change
+
+
+@pytest.mark.parametrize("hostile", [_pickled_weight, _custom_object_constant, _older_format,
+                                     _pickled_sample_inputs],
+                         ids=["pickled-weight", "opaque-constant", "older-format",
+                              "pickled-sample-inputs"])
 @pytest.mark.parametrize("command", ["export", "check"])
 def test_a_program_that_would_unpickle_is_refused_before_torch_reads_it(cli, tmp_path, hostile,
                                                                        command):
@@ -104,3 +116,34 @@ def test_a_zip_that_is_no_program_is_one_line(cli, tmp_path):
     with zipfile.ZipFile(program, "w") as archive:
         archive.writestr("notes.txt", "hello")
     assert_one_line_error(cli("export", program), 2, str(program), "torch.export.save")
+
+
+def _schema_from_the_future(name: str, data: bytes) -> dict:
+    if name.endswith("models/model.json"):
+        program = json.loads(data)
+        program["schema_version"] = {"major": 999, "minor": 0}
+        data = json.dumps(program).encode()
+    return {name: data}
+
+
+def _unknown_operator(name: str, data: bytes) -> dict:
+    if name.endswith("models/model.json"):
+        program = json.loads(data)
+        program["graph_module"]["graph"]["nodes"][0]["target"] = "torch.ops.nowhere.op"
+        data = json.dumps(program).encode()
+    return {name: data}
+
+
+@pytest.mark.parametrize("change, cause", [
+    (_schema_from_the_future, "SerializeError: Serialized schema version"),
+    # torch's words, quoted as they are: its "target=" is not export's --target flag
+    (_unknown_operator, "SerializeError: Failed deserializing node Node(target='torch.ops."),
+], ids=["schema-999", "unknown-operator"])
+def test_a_program_torch_cannot_deserialize_is_one_line(tmp_path, change, cause):
+    """torch.export.load logs the cause with its traceback, then raises a vaguer error ("check
+    the warnings above"): the cause is the one line, and torch's log stays off stderr."""
+    program = _rewritten(_program(tmp_path / "good.pt2"), tmp_path / "odd.pt2", change)
+    result = run_console_script("export", program, "-o", tmp_path / "out.onnx")
+    assert_one_line_error(result, 2, str(program), "not a program written by torch.export.save",
+                          cause)
+    assert not (tmp_path / "out.onnx").exists()

@@ -201,7 +201,9 @@ def in_flags(message: str, command, argv: list[str]) -> str:
         flag = flags.get(match[1])
         return f"{flag} {match[2].strip(chr(39))}" if flag else match[0]
 
-    message = re.sub(r"\b([a-z_]+)=('[^']*'|[^\s,;:)]+)", setting, message)
+    # A setting starts a word, or a parenthesis that does: "Node(target=" quoted from another
+    # tool's error is its own text, not a flag of this command.
+    message = re.sub(r"(?:^|(?<=\s)|(?<=\s\())([a-z_]+)=('[^']*'|[^\s,;:)]+)", setting, message)
     parameter = message.split(" ", 1)[0]
     flag = flags.get(parameter)
     return flag + message[len(parameter):] if flag else message
