@@ -94,9 +94,11 @@ class QuantizeResult:
                     self.report.keep_float_suggestions() if self.report else None}
 
 
-def run_model(model: onnx.ModelProto, inputs: np.ndarray) -> list[np.ndarray]:
-    """Every output of ``model`` on ``inputs`` (onnxruntime, CPU), run in batches."""
-    session = load_session(model.SerializeToString())
+def run_model(model: onnx.ModelProto, inputs: np.ndarray,
+              name: str | os.PathLike | None = None) -> list[np.ndarray]:
+    """Every output of ``model`` on ``inputs`` (onnxruntime, CPU), run in batches; ``name``:
+    what an error calls the model."""
+    session = load_session(model.SerializeToString(), name=name)
     name = session.get_inputs()[0].name
     runs = [session.run(None, {name: chunk}) for chunk in batches(inputs, fixed_batch(model), 64)]
     return [np.concatenate([run[k] for run in runs])[:len(inputs)].astype(np.float32)
@@ -271,7 +273,7 @@ def quantize_model(model_path: str | os.PathLike, output_path: str | os.PathLike
     reference = None
     if check or validation_set is not None:
         step("running the fp32 model")
-        reference = run_model(model, check_inputs)
+        reference = run_model(model, check_inputs, name=source_path)
 
     # onnxruntime's own temporary folders go inside workdir: one clean-up removes them all.
     with work_directory("edgecnn-quantize-") as workdir:

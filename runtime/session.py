@@ -52,8 +52,9 @@ class OpenedSession:
 def open_session(model: str | os.PathLike | bytes,
                  provider: provider_lib.ProviderRequest = "cpu", *, threads: int | None = None,
                  fallback: bool = True, options: ort.SessionOptions | None = None,
-                 **provider_options) -> OpenedSession:
-    """A session on ``model`` (a path or serialized bytes) with ``provider``.
+                 name: str | os.PathLike | None = None, **provider_options) -> OpenedSession:
+    """A session on ``model`` (a path or serialized bytes) with ``provider``; ``name``: what
+    an error calls the model (default its path, or "model" for bytes).
 
     provider: "auto", "cpu", "cuda", "tensorrt", "openvino" (``openvino:GPU``,
         ``openvino:bf16``: see edgecnn.runtime.openvino), an onnxruntime provider name, or a
@@ -85,7 +86,7 @@ def open_session(model: str | os.PathLike | bytes,
             session = (ort.InferenceSession(source, options) if plugin else
                        ort.InferenceSession(source, options, providers=requested))
     except Exception as error:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
-        where = "model" if isinstance(model, bytes) else model
+        where = name if name is not None else "model" if isinstance(model, bytes) else model
         if plugin and "EP_FAIL" in str(error):
             raise BadInput(f"OpenVINO cannot compile {where}: "
                            f"{_last_line(error)}") from None

@@ -197,7 +197,7 @@ def test_what_onnxruntime_logs_before_refusing_a_file_stays_off_the_terminal(tmp
     model = _edited(_tiny(tmp_path), tmp_path / "overflow.onnx", edit)
     result = run_console_script(*map(str, _commands(model, image, tmp_path, tmp_path)[command]),
                                 timeout=QUICK)
-    assert_one_line_error(result, 2, "cannot load")
+    assert_one_line_error(result, 2, "cannot load", str(model))
     assert "\x1b" not in result.stderr and "onnxruntime_src" not in result.stderr
 
 
