@@ -1,4 +1,5 @@
-"""``bench_matrix(paths)``: every installed provider x the given files in one table. Torch-free.
+"""``bench_matrix(paths)``: every provider that runs here x the given files in one table.
+Torch-free.
 
 What ``edgecnn bench FILE... --matrix`` prints: for an fp32 file and its int8/fp16 files, each
 on every installed provider (an fp32 file also in bf16 on OpenVINO), the p50/p90 latency,
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecnn.errors import BadInput, first_line
+from edgecnn.runtime import openvino
 from edgecnn.runtime import providers as provider_lib
 from edgecnn.runtime.model_file import check_model_file
 
@@ -49,8 +51,12 @@ class MatrixRow:
         return asdict(self)
 
 
-def _installed() -> list[str]:
+def matrix_providers() -> list[str]:
+    """The MATRIX_PROVIDERS installed here, by short name; OpenVINO only where its plugin
+    offers a device (a cell would fall back to the CPU provider and time it twice)."""
     installed = provider_lib.installed_providers()
+    if provider_lib.OPENVINO in installed and openvino.no_device_reason() is not None:
+        installed.remove(provider_lib.OPENVINO)
     return [name for name in MATRIX_PROVIDERS
             if provider_lib.SHORT_NAMES[name] in installed]
 
@@ -99,7 +105,7 @@ def bench_matrix(paths, *, batch: int | None = None, threads: int | None = None,
     paths = [check_model_file(path) for path in paths]
     if not paths:
         raise BadInput("bench --matrix needs at least one .onnx file")
-    installed = _installed()
+    installed = matrix_providers()
     traits = {path: model_traits(path) for path in paths}
     cells = matrix_cells(traits, installed)
     results, outputs = [], {}

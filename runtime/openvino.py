@@ -30,6 +30,7 @@ from edgecnn.errors import BadInput, first_line
 
 PROVIDER = "OpenVINOExecutionProvider"
 PACKAGE = "onnxruntime_ep_openvino"
+DISTRIBUTION = "onnxruntime-ep-openvino"  # the wheel's name
 INSTALL = "pip install 'edgecnn[openvino]'"
 # The plugin-provider API (register_execution_provider_library, add_provider_for_devices).
 PLUGIN_API = ("register_execution_provider_library", "get_ep_devices")
@@ -119,6 +120,29 @@ def _writable_directory(path: str | os.PathLike) -> str:
     return str(path)
 
 
+def no_device_reason() -> str | None:
+    """None when the plugin offers a device on this machine; else why it offers none, as the
+    end of "provider openvino ...". Registers the plugin (0.1 s, once per process)."""
+    if not plugin_installed():
+        return f"is not installed ({INSTALL})"
+    if devices():
+        return None
+    vendors = sorted({device.device.vendor for device in ort.get_ep_devices()
+                      if device.device.type == ort.OrtHardwareDeviceType.CPU})
+    return (f"is installed but offers no device on this machine ({DISTRIBUTION} "
+            f"{_plugin_version()} offers Intel devices only; this CPU: "
+            f"{', '.join(vendors) or 'unknown'})")
+
+
+def _plugin_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return "(version unknown)"
+
+
 def add_to_session(options: ort.SessionOptions, *, device: str = DEFAULT_DEVICE,
                    precision: str = DEFAULT_PRECISION, cache_dir: str | os.PathLike | None = None,
                    threads: int | None = None) -> None:
@@ -126,7 +150,7 @@ def add_to_session(options: ort.SessionOptions, *, device: str = DEFAULT_DEVICE,
     devices there are when ``device`` is not one of them."""
     available = devices()
     if not available:
-        raise BadInput(f"provider openvino is not installed ({INSTALL})")
+        raise BadInput(f"provider openvino {no_device_reason()}")
     if device not in available:
         raise BadInput(f"OpenVINO device {device} is not on this machine (devices: "
                        f"{', '.join(available)}; precisions: {', '.join(PRECISIONS)})")

@@ -173,6 +173,18 @@ def _requested(provider: ProviderRequest, installed: Sequence[str], precision: s
     return entries, False
 
 
+def _missing_message(missing: list[str], installed: list[str], no_device: str | None) -> str:
+    """Why the providers ``missing`` cannot be used: not installed, or (OpenVINO) installed
+    but without a device here."""
+    absent = [name for name in missing if not (name == OPENVINO and no_device)]
+    hints = "".join(f"; {INSTALL_HINTS[name]}" for name in absent if name in INSTALL_HINTS)
+    parts = [f"provider {', '.join(map(short_name, absent))} is not installed (installed: "
+             f"{', '.join(installed) or 'none'}{hints})"] if absent else []
+    if no_device and OPENVINO in missing:
+        parts.append(f"provider openvino {no_device}")
+    return "; ".join(parts)
+
+
 def resolve_providers(provider: ProviderRequest = "auto", *, fallback: bool = True,
                       device_id: int = 0, fp16: bool = False,
                       cache_dir: str | os.PathLike | None = None, tf32: bool = True,
@@ -185,12 +197,16 @@ def resolve_providers(provider: ProviderRequest = "auto", *, fallback: bool = Tr
     ``tf32=False``: CUDA computes convolutions in full fp32 (see ``provider_options``).
     ``precision``, ``deformable``: what "auto" knows of the model (see ``auto_order``).
     """
+    probe = installed is None  # a given list is taken as it is (tests)
     installed = list(installed_providers() if installed is None else installed)
     entries, auto = _requested(provider, installed, precision, deformable)
+    no_device = None
+    if probe and OPENVINO in installed and OPENVINO in (name for name, _ in entries):
+        no_device = openvino.no_device_reason()  # e.g. the plugin on an AMD CPU
+        if no_device is not None:
+            installed.remove(OPENVINO)
     missing = [name for name, _ in entries if name not in installed]
-    hints = "".join(f"; {INSTALL_HINTS[name]}" for name in missing if name in INSTALL_HINTS)
-    not_installed = (f"provider {', '.join(map(short_name, missing))} is not installed "
-                     f"(installed: {', '.join(installed) or 'none'}{hints})")
+    not_installed = _missing_message(missing, installed, no_device)
     if missing and not auto and not fallback:
         raise BadInput(f"{not_installed}; pass fallback=True to use what is installed")
     chosen = {name: {**provider_options(name, device_id=device_id, fp16=fp16,

@@ -40,7 +40,9 @@ from edgecnn.runtime.providers import resolve_providers
 PRECISIONS = ("fp32", "fp16", "int8")
 BATCHES = (1, 3)
 # provider -> what to open sessions with (fp32 parity: no TF32 on CUDA).
-DEFAULT_PROVIDERS = "cpu,openvino,openvino:bf16" if openvino.plugin_installed() else "cpu"
+# OpenVINO where its plugin offers a device (its 1.8.1 release: Intel CPUs only).
+DEFAULT_PROVIDERS = ("cpu,openvino,openvino:bf16" if openvino.no_device_reason() is None
+                     else "cpu")
 PROVIDERS = {name: resolve_providers(name, fallback=False, tf32=False)
              for name in os.environ.get("EDGECNN_PROVIDER", DEFAULT_PROVIDERS).split(",")}
 

@@ -6,14 +6,18 @@ tested here without a GPU; the tests at the bottom run models on a GPU and skip 
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
+from PIL import Image
+from tiny_models import tiny_model
 
 from edgecnn.errors import BadInput
 from edgecnn.export.parity import compare
-from edgecnn.runtime import Engine, providers
+from edgecnn.runtime import Engine, openvino, providers
 from edgecnn.runtime.providers import (
     CPU, CUDA, OPENVINO, TENSORRT, ProviderFallbackWarning, resolve_providers,
 )
@@ -149,6 +153,51 @@ def test_auto_picks_openvino_for_plain_int8_models_only(monkeypatch):
                                    precision="int8")) == [CUDA, CPU]
     monkeypatch.setattr(providers, "cpu_has_int8_units", lambda: False)  # e.g. AVX2 only
     assert names(resolve_providers("auto", installed=cpu_box, precision="int8")) == [CPU]
+
+
+@pytest.fixture
+def openvino_without_devices(monkeypatch):
+    """The plugin installed but offering no device: what onnxruntime-ep-openvino 1.8.1 does on
+    an AMD CPU (it lists Intel devices only)."""
+    monkeypatch.setattr(providers, "installed_providers", lambda: [OPENVINO, CPU])
+    monkeypatch.setattr(openvino, "plugin_installed", lambda: True)
+    monkeypatch.setattr(openvino, "devices", lambda: {})
+    monkeypatch.setattr(providers, "cpu_has_int8_units", lambda: True)
+
+
+def test_openvino_without_a_device_falls_back_and_says_why(openvino_without_devices):
+    with pytest.raises(BadInput, match="provider openvino is installed but offers no device "
+                                       "on this machine"):
+        resolve_providers("openvino", fallback=False)
+    with pytest.warns(ProviderFallbackWarning, match="offers no device on this machine.*; "
+                                                     "using cpu"):
+        assert names(resolve_providers("openvino:bf16")) == [CPU]
+
+
+def test_auto_leaves_out_an_openvino_without_a_device_silently(openvino_without_devices):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert names(resolve_providers("auto", precision="int8")) == [CPU]
+
+
+def test_bench_matrix_leaves_out_an_openvino_without_a_device(openvino_without_devices):
+    from edgecnn.runtime.bench_matrix import matrix_providers
+
+    assert matrix_providers() == ["cpu"]  # no cells that would fall back to the CPU provider
+
+
+@pytest.mark.skipif(not openvino.plugin_installed() or openvino.no_device_reason() is None,
+                    reason="the OpenVINO plugin offers a device here (or is not installed)")
+def test_openvino_without_a_device_here_is_one_warning_and_runs_on_cpu(cli, tmp_path):
+    """On this machine the installed plugin offers no device (an AMD CPU)."""
+    model = tiny_model(tmp_path / "tiny.onnx").path
+    picture = tmp_path / "shot.png"
+    Image.fromarray(np.full((8, 8, 3), 50, np.uint8)).save(picture)
+    result = cli("run", model, picture, "--provider", "openvino")
+    assert result.code == 0, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "offers no device on this machine" in lines[0], lines
+    assert "CPUExecutionProvider" in result.stdout
 
 
 @pytest.mark.parametrize("request_", ["gpu", ["cpu", "npu"], []])

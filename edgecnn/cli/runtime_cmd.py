@@ -156,7 +156,7 @@ def bench_command(
     layout: LayoutOpt = None,
     input_name: InputNameOpt = None,
     matrix: Annotated[bool, typer.Option(
-        "--matrix", help="Every installed provider x the files (an fp32 file also in bf16 on "
+        "--matrix", help="Every provider that runs here x the files (an fp32 file also in bf16 on "
                          "OpenVINO), each in its own process: latency, throughput, peak RSS, "
                          "start-up, rel_l2 against the CPU provider's fp32 output, what auto "
                          "picks and the fastest.")] = False,
