@@ -27,7 +27,9 @@ from edgecnn.export.parity import (
 )
 from edgecnn.export.user_model import is_user_model, resolve_spec
 from edgecnn.runtime import ModelMetadata, openvino
-from edgecnn.runtime.onnx_file import dims, fixed_batch, get_metadata, graph_inputs, load_model
+from edgecnn.runtime.onnx_file import (
+    dims, fixed_batch, get_metadata, graph_inputs, graph_precision, load_model,
+)
 from edgecnn.runtime.providers import OPENVINO, ProviderRequest
 from edgecnn.runtime.session import open_session
 
@@ -164,7 +166,9 @@ def check_onnx(module: torch.nn.Module, onnx_path: str | os.PathLike, inputs: Se
     session = opened.session
     metadata = ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map,
                                         str(onnx_path))
-    file_precision = computed = metadata.precision if metadata else "fp32"
+    # a file without metadata (quantized from arrays, or by another tool): its graph says
+    file_precision = computed = (metadata.precision if metadata else
+                                 graph_precision(load_model(onnx_path, external_data=False)))
     name, options = opened.requested[0]
     if name == OPENVINO and file_precision == "fp32":
         computed = openvino.compute_precision(options)
@@ -238,9 +242,7 @@ def convert_precision(fp32_path: Path, precision: str, output: Path,
 
 
 def _is_int8(model, metadata: ModelMetadata | None) -> bool:
-    if metadata is not None:
-        return metadata.precision == "int8"
-    return any(node.op_type == "QuantizeLinear" for node in model.graph.node)
+    return (metadata.precision if metadata is not None else graph_precision(model)) == "int8"
 
 
 def _check_architecture(name: str, model, source: str, eager_input: Sequence[int],

@@ -12,16 +12,12 @@ import numpy as np
 import onnx
 
 from edgecnn.errors import BadInput
-from edgecnn.runtime.onnx_file import dims, get_metadata, graph_inputs, load_model, opset_version
+from edgecnn.runtime.onnx_file import (
+    dims, get_metadata, graph_inputs, has_fp16_weights, load_model, opset_version, quantized_ops,
+)
 from edgecnn.runtime import ModelMetadata
 from edgecnn.runtime.engine import check_feed_bytes
 from edgecnn.runtime.preprocess_settings import check_settings, metadata_from_settings
-
-# Operators that mean a graph is already quantized (or fp16): quantizing twice is refused.
-QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv",
-                 "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm", "QLinearAdd",
-                 "DynamicQuantizeMatMul", "MatMulNBits"}
-
 
 def load_float_model(path: str | os.PathLike) -> onnx.ModelProto:
     """The model at ``path``; BadInput when it is missing, unreadable or already quantized."""
@@ -30,12 +26,18 @@ def load_float_model(path: str | os.PathLike) -> onnx.ModelProto:
     metadata = get_metadata(model, str(path))
     if metadata is not None and metadata.precision != "fp32":
         raise BadInput(f"{path} is already {metadata.precision}; quantize the fp32 model instead")
-    quantized = sorted({node.op_type for node in model.graph.node if node.op_type in QUANTIZED_OPS})
+    quantized = quantized_ops(model)
     if quantized:
         raise BadInput(f"{path} is already quantized (it has {', '.join(quantized)} nodes); "
                        "quantize the fp32 model instead")
-    if any(init.data_type == onnx.TensorProto.FLOAT16 for init in model.graph.initializer):
+    if has_fp16_weights(model):
         raise BadInput(f"{path} already has fp16 weights; quantize the fp32 model instead")
+    elem_type = graph_input(model).type.tensor_type.elem_type
+    if elem_type != onnx.TensorProto.FLOAT:
+        known = elem_type in onnx.TensorProto.DataType.values()
+        kind = onnx.TensorProto.DataType.Name(elem_type).lower() if known else f"of type {elem_type}"
+        raise BadInput(f"{path}: its input is {kind}; quantize takes models whose input is "
+                       "float32 (an image tensor)")
     return model
 
 
@@ -44,10 +46,14 @@ def graph_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
     if len(inputs) != 1:
         raise BadInput(f"only single-input models can be quantized; this one has {len(inputs)} "
                        f"inputs ({', '.join(v.name for v in inputs)})")
-    negative = [dim.dim_value for dim in inputs[0].type.tensor_type.shape.dim if dim.dim_value < 0]
+    tensor = inputs[0].type.tensor_type
+    negative = [dim.dim_value for dim in tensor.shape.dim if dim.dim_value < 0]
     if negative:
         raise BadInput(f"input {inputs[0].name!r} has a negative dimension ({negative[0]}), which "
                        "ONNX does not allow")
+    if any(dim.HasField("dim_value") and dim.dim_value == 0 for dim in tensor.shape.dim):
+        raise BadInput(f"input {inputs[0].name!r} has an axis of size 0: there is nothing to "
+                       "calibrate or compare on")
     return inputs[0]
 
 

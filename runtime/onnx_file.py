@@ -116,6 +116,27 @@ def is_custom_domain(domain: str) -> bool:
     return domain not in STANDARD_DOMAINS
 
 
+# Operators of a quantized graph (QDQ, QOperator, integer and 4-bit kernels).
+QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
+                           "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
+                           "QGemm", "QLinearAdd", "DynamicQuantizeMatMul", "MatMulNBits"})
+
+
+def quantized_ops(model: onnx.ModelProto) -> list[str]:
+    """The QUANTIZED_OPS the main graph uses, sorted."""
+    return sorted({node.op_type for node in model.graph.node if node.op_type in QUANTIZED_OPS})
+
+
+def has_fp16_weights(model: onnx.ModelProto) -> bool:
+    return any(init.data_type == onnx.TensorProto.FLOAT16 for init in model.graph.initializer)
+
+
+def graph_precision(model: onnx.ModelProto) -> str:
+    """What a file without edgecnn metadata computes in, read from its graph: "int8" with
+    quantized operators, "fp16" with fp16 weights, else "fp32"."""
+    return "int8" if quantized_ops(model) else "fp16" if has_fp16_weights(model) else "fp32"
+
+
 def get_metadata(model: onnx.ModelProto, source: str = "model") -> ModelMetadata | None:
     """The edgecnn metadata (validated; BadInput naming the field when malformed), or None."""
     return ModelMetadata.from_props({p.key: p.value for p in model.metadata_props}, source)

@@ -83,3 +83,39 @@ def test_a_batch_given_by_input_name_is_fed_in_the_graphs_order(tmp_path):
     assert report.verdict.passed and all(o.metrics.rel_l2 < 1e-5 for o in report.outputs)
     with pytest.raises(BadInput, match="a batch names"):
         check_onnx(module, path, [{"x": image, "y": scale}])
+
+
+class SmallNet(nn.Module):
+    """A conv net without edgecnn metadata once exported (as any user's to_onnx file)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                                  nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        return self.head(self.body(x).mean((2, 3)))
+
+
+@pytest.mark.parametrize("mode, precision", [("int8", "int8"), ("fp16", "fp16")])
+def test_a_quantized_file_without_metadata_is_judged_at_its_precision(tmp_path, mode, precision):
+    """README's CI example: quantize a to_onnx file from arrays (no metadata is written), then
+    assert_parity at its precision. The precision comes from the graph (QDQ nodes, fp16
+    weights) when the file has no metadata."""
+    from edgecnn.export import quantize_model, to_onnx
+    from edgecnn.export.parity import assert_parity
+
+    module = SmallNet().eval()
+    source, target = tmp_path / "net.onnx", tmp_path / f"net_{mode}.onnx"
+    onnx.save(to_onnx(module, torch.randn(2, 3, 16, 16)), source)
+    calibration = np.random.default_rng(1).standard_normal((16, 3, 16, 16), dtype=np.float32)
+    quantize_model(source, target, mode=mode,
+                   calibration=calibration if mode == "int8" else None)
+    x = calibration[:4]
+    report = check_onnx(module, target, [x])
+    assert report.passed and report.precision == precision, report.verdict.failures()
+    assert_parity(module, target, x, precision=precision)
+    with pytest.raises(BadInput, match=f"holds a {precision} model, not fp32"):
+        check_onnx(module, target, [x], precision="fp32")
