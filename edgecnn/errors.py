@@ -40,6 +40,15 @@ def require_count(name: str, value, *, optional: bool = True, at_most: int | Non
         raise BadInput(f"{name} must be at most {at_most:,}, got {value:,}")
 
 
+MAX_SEED = 2**63 - 1  # torch's and numpy's generators take a 64-bit seed
+
+
+def require_seed(seed) -> None:
+    """BadInput unless ``seed`` is an integer in [0, 2**63), in the API's words."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
+        raise BadInput(f"seed must be an integer in [0, 2**63), got {seed!r}")
+
+
 _TERMINAL_COLOURS = re.compile(r"\x1b\[[0-9;]*m")
 
 

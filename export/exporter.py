@@ -23,7 +23,9 @@ from torch import nn
 import edgecnn
 from edgecnn import models
 from edgecnn.ops import randomize_offset_predictors, uses_deform_conv
-from edgecnn.errors import BadInput, CheckFailed, EdgecnnError, first_line, require_count
+from edgecnn.errors import (
+    BadInput, CheckFailed, EdgecnnError, first_line, require_count, require_seed,
+)
 from edgecnn.export.deform import (TRANSLATION_TABLE as DEFORM_TRANSLATION_TABLE,
                                    fold_batchnorm_into_deform)
 from edgecnn.runtime.files import check_output_path
@@ -45,7 +47,6 @@ DEFAULT_OPSET = 18
 MIN_OPSET = 18  # the dynamo exporter emits opset 18 and up; lower requests silently fail
 CHECK_BATCH = 2
 IMAGE_CHANNELS = (1, 3)  # what an exported file's image preprocessing can produce
-MAX_SEED = 2**63 - 1  # torch's generators take a signed 64-bit seed
 # Node metadata the exporter adds that we drop: source paths of this machine, FX dumps.
 _DROPPED_NODE_METADATA = ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node")
 
@@ -115,8 +116,7 @@ def _check_arguments(spec: models.ModelSpec, *, batch, seed, channels, height, w
                      model_options) -> None:
     """The exporter's own argument checks, in the API's words (the CLI names the flags)."""
     require_count("batch", batch)
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise BadInput(f"seed must be an integer in [0, 2**63), got {seed!r}")
+    require_seed(seed)
     if channels not in IMAGE_CHANNELS:
         raise BadInput(f"in_channels must be 1 (grey) or 3 (RGB), got {channels}: the file's "
                        "metadata describes images, which the runtime and calibration read in "

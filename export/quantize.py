@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 import numpy as np
 import onnx
 
-from edgecnn.errors import BadInput, CheckFailed, EdgecnnError, require_count
+from edgecnn.errors import BadInput, CheckFailed, EdgecnnError, require_count, require_seed
 from edgecnn.export.calibration import (
     DEFAULT_CALIBRATION_SIZE, RANDOM, WarnCallback, batches, existing_source, load_calibration,
     load_validation, random_inputs,
@@ -29,6 +29,7 @@ from edgecnn.export.calibration import (
 from edgecnn.export.int8_report import (
     Int8Report, check_int8_report_path, int8_report, write_int8_report,
 )
+from edgecnn.runtime.engine import check_feed_bytes
 from edgecnn.runtime.external_data import model_size
 from edgecnn.runtime.files import check_output_path, work_directory
 from edgecnn.export.parity import ParityMetrics, Verdict, judge
@@ -115,7 +116,7 @@ def default_output(source: Path, mode: str) -> Path:
 
 
 def _check_options(accuracy_budget: float | None, validation: object,
-                   calibration_size: int | None) -> None:
+                   calibration_size: int | None, seed: int) -> None:
     if accuracy_budget is not None:
         if not 0 <= accuracy_budget <= 100:
             raise BadInput("accuracy_budget is in top-1 percentage points (0-100), got "
@@ -124,6 +125,7 @@ def _check_options(accuracy_budget: float | None, validation: object,
             raise BadInput("accuracy_budget needs a validation set (a labelled .npz or class "
                            "folders)")
     require_count("calibration_size", calibration_size)
+    require_seed(seed)
 
 
 def _accuracy(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray,
@@ -241,7 +243,7 @@ def quantize_model(model_path: str | os.PathLike, output_path: str | os.PathLike
 
     recipe = recipe or get_recipe(mode, method=method, target=target, per_tensor=per_tensor,
                                   equalize=equalize, bias_correction=bias_correction)
-    _check_options(accuracy_budget, validation, calibration_size)
+    _check_options(accuracy_budget, validation, calibration_size, seed)
     if report is not None:
         if not isinstance(recipe, Int8Static):
             raise BadInput(f"report describes static int8 (QDQ) files, not mode {recipe.mode}")
@@ -260,6 +262,10 @@ def quantize_model(model_path: str | os.PathLike, output_path: str | os.PathLike
         _needs_no_preprocessing(source_path, calibration if recipe.needs_calibration else None,
                                 validation)
     excluded = resolve_keep_float(model, keep_float)
+    if recipe.needs_calibration and calibration_size is not None:  # the set is held whole
+        check_feed_bytes({metadata.input.name: ((calibration_size, *metadata.input.shape),
+                                                np.float32)}, "give a smaller calibration_size",
+                         prefix=f"calibration_size {calibration_size}: ")
     calibration_set, validation_set = _load_data(recipe, metadata, calibration,
                                                  calibration_size, validation, seed, step, warn)
     if validation_set is not None:

@@ -40,6 +40,9 @@ class BenchResult:
         return asdict(self)
 
 
+MAX_RUNS = 100_000  # timed (or warm-up) calls: the latencies are kept, one float each
+
+
 def peak_rss_mb() -> float | None:
     """This process's peak resident memory in MB (None where the OS does not say).
 
@@ -81,6 +84,9 @@ def _feed_shape(spec: TensorSpec, engine: Engine, batch: int | None) -> list[int
         known = [batch or 1, *engine.metadata.input.shape]
     shape = []
     for axis, size in enumerate(spec.shape):
+        if isinstance(size, int) and size == 0:
+            raise BadInput(f"input {spec.name!r} has an axis of size 0 ({spec.describe()}): "
+                           "there is nothing to feed it")
         fixed = isinstance(size, int) and size > 0
         if axis == 0 and batch is not None and fixed and size != batch:
             raise BadInput(f"input {spec.name!r}: expected batch {size} (fixed in the model), "
@@ -116,8 +122,9 @@ def benchmark(path: str | os.PathLike, provider: ProviderRequest = "auto", *,
     gets the outputs ({name: array}) of one more untimed call before them (bench --matrix
     compares them)."""
     require_count("batch", batch)
-    if runs < 1 or warmup < 0:
-        raise BadInput(f"need runs >= 1 and warmup >= 0, got runs {runs}, warmup {warmup}")
+    require_count("runs", runs, optional=False, at_most=MAX_RUNS)
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or not 0 <= warmup <= MAX_RUNS:
+        raise BadInput(f"warmup must be an integer in [0, {MAX_RUNS:,}], got {warmup!r}")
     started = time.perf_counter()
     engine = Engine(path, provider, threads, fallback, **engine_options)
     load_seconds = time.perf_counter() - started
@@ -131,7 +138,8 @@ def benchmark(path: str | os.PathLike, provider: ProviderRequest = "auto", *,
         begin = time.perf_counter()
         engine.run(feed)
         times[index] = time.perf_counter() - begin
-    items = next(iter(feed.values())).shape[0] if feed else 1
+    first = next(iter(feed.values()), None)
+    items = first.shape[0] if first is not None and first.ndim else 1  # a scalar: one item
     p50, p90, p99 = np.percentile(times, [50, 90, 99]) * 1e3
     latency = {"p50": p50, "p90": p90, "p99": p99, "mean": times.mean() * 1e3,
                "min": times.min() * 1e3, "max": times.max() * 1e3}

@@ -83,7 +83,7 @@ def run_cell(path: Path, provider: str, batch: int | None, threads: int | None, 
     done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     if done.returncode:
         lines = [line for line in done.stderr.splitlines() if line.strip()]
-        reason = lines[-1] if lines else f"exit {done.returncode}"
+        reason = lines[-1].removeprefix("error: ") if lines else f"exit {done.returncode}"
         raise BadInput(f"bench of {path} on {provider} failed: {reason[:300]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 

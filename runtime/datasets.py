@@ -16,7 +16,7 @@ import numpy as np
 
 from edgecnn.errors import BadInput, first_line
 from edgecnn.runtime.files import check_input_file
-from edgecnn.runtime.metadata import InputInfo
+from edgecnn.runtime.metadata import FLOAT32_MAX, InputInfo
 from edgecnn.runtime.stream import image_files
 
 ARRAY_SUFFIXES = (".npy", ".npz")
@@ -91,6 +91,10 @@ def check_inputs(array: np.ndarray, info: InputInfo, where: str) -> np.ndarray:
         raise BadInput(f"{where}: the array holds no samples")
     if not np.all(np.isfinite(array)):
         raise BadInput(f"{where}: the array contains NaN or Inf")
+    largest = float(np.abs(array).max())
+    if largest > FLOAT32_MAX:  # finite in float64, inf once cast to the model's float32
+        raise BadInput(f"{where}: values up to {largest:.3g} are beyond float32 (at most "
+                       f"{FLOAT32_MAX:.3g}), in which the model computes")
     return np.ascontiguousarray(array, dtype=np.float32)
 
 

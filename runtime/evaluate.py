@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -30,45 +31,58 @@ from edgecnn.runtime.stream import (
 )
 
 TOP_K = 5
+# Classes up to which the report holds the dense confusion matrix (a million cells).
+DENSE_CONFUSION_CLASSES = 1000
 
 
 @dataclass
 class Tally:
-    """Running counts of one model on a labelled set."""
+    """Running counts of one model on a labelled set: (true class, predicted class) -> samples,
+    kept sparse (a file declaring 100,000 classes would make a dense matrix 74.5 GiB)."""
 
     classes: int
-    confusion: np.ndarray = field(init=False)  # [true class, predicted class]
+    cells: Counter = field(default_factory=Counter)  # (true class, predicted class) -> count
     top5: int = 0
     predictions: list = field(default_factory=list)  # top-1 per sample, -1 where unreadable
-
-    def __post_init__(self) -> None:
-        self.confusion = np.zeros((self.classes, self.classes), np.int64)
 
     def add(self, scores: np.ndarray, labels: np.ndarray) -> None:
         """(N, classes) scores of N samples with their labels."""
         best = np.argsort(-scores, axis=1, kind="stable")[:, :min(TOP_K, self.classes)]
-        np.add.at(self.confusion, (labels, best[:, 0]), 1)
+        self.cells.update(zip(labels.tolist(), best[:, 0].tolist()))
         self.top5 += int((best == labels[:, None]).any(axis=1).sum())
         self.predictions += best[:, 0].tolist()
 
     def report(self, reference: "Tally | None", class_names: Sequence[str]) -> dict:
-        samples = int(self.confusion.sum())
-        per_class = self.confusion.sum(axis=1)
+        per_class, right = np.zeros(self.classes, np.int64), np.zeros(self.classes, np.int64)
+        for (true, predicted), count in self.cells.items():
+            per_class[true] += count
+            right[true] += count if true == predicted else 0
+        samples = int(per_class.sum())
         ours = np.asarray(self.predictions)
         agreement = None
         if reference is not None:
             theirs = np.asarray(reference.predictions)
             both = (ours >= 0) & (theirs >= 0)
             agreement = round(float((ours[both] == theirs[both]).mean()), 6) if both.any() else None
+        dense = self.classes <= DENSE_CONFUSION_CLASSES
         return {"samples": samples,
-                "top1": round(float(np.trace(self.confusion)) / max(samples, 1), 6),
+                "top1": round(float(right.sum()) / max(samples, 1), 6),
                 "top5": round(self.top5 / max(samples, 1), 6),
                 "top1_agreement": agreement,
                 "per_class": [{"class": class_names[i], "samples": int(per_class[i]),
-                               "top1": (round(float(self.confusion[i, i] / per_class[i]), 6)
+                               "top1": (round(float(right[i] / per_class[i]), 6)
                                         if per_class[i] else None)}
                               for i in range(self.classes)],
-                "confusion": self.confusion.tolist()}
+                "confusion": self._dense().tolist() if dense else None,
+                "confusion_cells": None if dense else [
+                    [true, predicted, count]
+                    for (true, predicted), count in sorted(self.cells.items())]}
+
+    def _dense(self) -> np.ndarray:
+        matrix = np.zeros((self.classes, self.classes), np.int64)
+        for (true, predicted), count in self.cells.items():
+            matrix[true, predicted] = count
+        return matrix
 
 
 def _classes(engine: Engine) -> int:
@@ -116,7 +130,9 @@ def evaluate(models: Sequence[str | os.PathLike], data: str | os.PathLike, *,
     must have as many classes. Returns {"data", "source", "classes", "samples",
     "unreadable": [{"image", "error"}], "models": [{"model", "name", "precision", "providers",
     "samples", "top1", "top5", "top1_agreement" (with the first model; None for it),
-    "per_class": [{"class", "samples", "top1"}], "confusion": [[true x predicted]]}]}.
+    "per_class": [{"class", "samples", "top1"}], "confusion": [[true x predicted]],
+    "confusion_cells": None}]}; past DENSE_CONFUSION_CLASSES classes "confusion" is None and
+    "confusion_cells" lists the non-zero cells as [true, predicted, count].
     ``ray``: score an image folder on Ray Data (an address, or ``"local"``; runtime/ray.py)."""
     if not models:
         raise BadInput("models needs at least one .onnx file")
@@ -161,7 +177,7 @@ def evaluate(models: Sequence[str | os.PathLike], data: str | os.PathLike, *,
                 tally.add(engine.scores(inputs[start:start + size]), labels[start:start + size])
             tallies.append(tally)
         report["samples"] = len(labels)
-    if all(tally.confusion.sum() == 0 for tally in tallies):
+    if not any(tally.cells for tally in tallies):
         first = report["unreadable"][0]["error"] if report["unreadable"] else "no samples"
         raise BadInput(f"none of the {report['samples']} images of {path} could be read "
                        f"(the first: {first})")
@@ -180,6 +196,9 @@ def plot_confusion(confusion: np.ndarray, class_names: Sequence[str], path: str 
     from edgecnn.runtime.files import atomic_output
 
     pyplot = require_pyplot()
+    if confusion is None:
+        raise BadInput(f"plot draws the confusion matrix of at most {DENSE_CONFUSION_CLASSES:,} "
+                       f"classes; this set has {len(class_names):,}")
 
     size = min(4 + 0.3 * len(class_names), 30)
     figure, axes = pyplot.subplots(figsize=(size, size))

@@ -31,6 +31,8 @@ COLORS = ("RGB", "BGR", "GRAY")  # BGR: RGB images with the channels reversed (O
 # Far above any CNN input, far below what breaks a machine: one fp32 image of MAX_ELEMENTS is
 # 512 MB, and preprocessing or calibration holds a few of them.
 MAX_SIDE = 16384
+# What a model's first output is (edgecnn.models' registry says the same for the zoo).
+TASKS = ("classification", "segmentation")
 MAX_ELEMENTS = 2 ** 27
 FLOAT32_MAX, FLOAT32_TINY = 3.4028234663852886e38, 1.1754943508222875e-38  # largest, smallest normal
 # The smallest center-crop share: the image is resized to 1 / crop_fraction of the input size
@@ -122,7 +124,7 @@ class ModelMetadata:
         must be ..."), as the API's messages do (the CLI shows the flag)."""
         check = _Fields(source, parameters)
         check.string("model", self.model)
-        check.string("task", self.task)
+        check.expect(self.task in TASKS, "task", f"one of {', '.join(TASKS)}", self.task)
         check.choice("precision", self.precision, PRECISIONS)
         check.integer("opset", self.opset, 1, 10_000)
         check.string("edgecnn_version", self.edgecnn_version)
@@ -162,6 +164,9 @@ class ModelMetadata:
         agrees = all(size is None or size == want for size, want in zip(graph[1:], expected))
         check.expect(agrees, "input.shape", f"[C, H, W] matching the graph's {info.layout} "
                      f"input {describe_dims(graph)}", info.shape)
+        check.expect(self.task != "segmentation" or len(output) == 4, "task",
+                     f"classification for the graph's first output {describe_dims(output)} "
+                     "(a segmentation model's is a class map [N, classes, H, W])", self.task)
         classes = fixed_size(output[1]) if len(output) > 1 else None
         if self.labels is not None and classes is not None:
             check.expect(len(self.labels) == classes, "labels",

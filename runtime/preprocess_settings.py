@@ -24,7 +24,6 @@ from edgecnn.runtime.metadata import (
     MAX_SIDE, InputInfo, ModelMetadata, describe_dims, fixed_size,
 )
 
-TASKS = ("classification", "segmentation")
 MAX_LABELS_BYTES = 2**26  # 64 MiB: a million class names of 64 characters
 # setting -> the metadata field it sets (messages about the field name the setting)
 FIELD_OF_SETTING = {"input_name": "input.name", "input_size": "input.shape",
@@ -64,6 +63,9 @@ def metadata_from_settings(inputs: Mapping[str, Sequence], output: Sequence,
     old = base.input if base is not None and base.input.name == name else None
     layout = given.get("layout") or (old.layout if old else _layout_of(dims))
     channels = _channels(dims, layout, given, old)
+    if not 1 <= channels <= MAX_SIDE:
+        raise BadInput(f"{source}: input {name!r} has {channels:,} channels as {layout}; "
+                       f"input.shape takes [C, H, W] of integers in [1, {MAX_SIDE}]")
     height, width = _height_width(dims, layout, given.get("input_size"), old, name)
     default_color = "RGB" if channels == 3 else "GRAY"
     if given.get("color") == "GRAY" and channels == 3:  # the metadata allows it (N channels)
@@ -91,8 +93,6 @@ def metadata_from_settings(inputs: Mapping[str, Sequence], output: Sequence,
                   task=pick("task", fields.get("task"),
                             "segmentation" if len(output) == 4 else "classification"))
     metadata = ModelMetadata(**fields)
-    if "task" in given and metadata.task not in TASKS:
-        raise BadInput(f"task must be one of {', '.join(TASKS)}, got {metadata.task!r}")
     metadata.validate(source, SETTING_OF_FIELD)
     metadata.check_graph(inputs, output, source, SETTING_OF_FIELD)
     return metadata

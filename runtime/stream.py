@@ -23,6 +23,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from edgecnn.errors import BadInput, first_line, require_count
+from edgecnn.runtime.engine import check_feed_bytes
 from edgecnn.runtime.preprocess import preprocess_images
 
 # What a folder given to `run` or `evaluate` (or an int8 calibration folder) is searched for.
@@ -30,6 +31,9 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
                   ".pgm")
 DEFAULT_BATCH = 16  # images per session call when the batch axis is dynamic
 GLOB_CHARACTERS = frozenset("*?[")
+
+
+MAX_WORKERS = 64  # decode threads: beyond what a machine's cores could keep busy
 
 
 def default_workers() -> int:
@@ -146,8 +150,9 @@ def _preprocess_one(path: Path, info, crop_fraction, max_pixels) -> np.ndarray |
 
 def check_stream_options(batch: int | None, workers: int | None,
                          max_pixels: int | None = None) -> None:
-    for name, value in (("batch", batch), ("workers", workers), ("max_pixels", max_pixels)):
-        require_count(name, value)
+    require_count("batch", batch)
+    require_count("workers", workers, at_most=MAX_WORKERS)
+    require_count("max_pixels", max_pixels)
 
 
 def stream_scores(engine, paths: Iterable[Path], *, batch: int | None = None,
@@ -167,6 +172,9 @@ def stream_scores(engine, paths: Iterable[Path], *, batch: int | None = None,
     size = engine.fixed_batch or batch or DEFAULT_BATCH
     workers = workers or default_workers()
     lookahead = 2 * size + workers
+    # The decoded images waiting for the session: bounded like one batch of the Engine's.
+    check_feed_bytes({metadata.input.name: ((lookahead, *metadata.input.shape), np.float32)},
+                     "give a smaller batch", prefix=f"batch {size}: {lookahead} decoded images, ")
     todo = iter(paths)
     pending: deque[tuple[Path, Future]] = deque()
     pool = ThreadPoolExecutor(workers, thread_name_prefix="edgecnn-decode")

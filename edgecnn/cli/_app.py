@@ -49,14 +49,18 @@ err = Console(stderr=True, highlight=False)  # progress and warnings (stderr)
 # goes through escape(), or '[b]' in a path would be read as a style.
 
 # C0, DEL, C1, and lone surrogates (JSON's "\ud800" decodes to one; no encoding can print it)
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# C0, DEL and C1 controls, lone surrogates, and the characters that break or reorder a line
+# without showing: U+2028/2029 (line and paragraph separators), zero-width and direction
+# marks, bidi embeddings and isolates, the byte-order mark.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\u200b-\u200f\u2028-\u202e"
+                          "\u2060-\u2069\ufeff]")
 
 
 def printable(text: object) -> str:
     """``text`` with control characters as visible ``\\x1b``-style escapes: names, labels and
     paths come from files, and an ESC in one would otherwise reach the terminal (clear the
-    screen, move the cursor); a newline would break the one-line error. A lone surrogate is
-    shown as ``\\ud800``."""
+    screen, move the cursor); a newline (or U+2028) would break the one-line error, and a bidi
+    override would show the text reversed. A lone surrogate is shown as ``\\ud800``."""
     def visible(match: re.Match) -> str:
         code = ord(match.group())
         return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
