@@ -19,7 +19,8 @@ from edgecnn.export import bisect as bisecting
 from edgecnn.export.calibration import batches, load_image_folder
 from edgecnn.export.int8_report import Int8Report, int8_report, markdown_tables
 from edgecnn.export.exporter import (
-    StepCallback, build_model, check_model_options, export_model, random_input, run_eager,
+    StepCallback, build_model, builder_arguments, check_model_options, export_model,
+    random_input, run_eager,
 )
 from edgecnn.runtime.files import atomic_output, check_output_path
 from edgecnn.export.parity import (
@@ -339,8 +340,8 @@ def check_parity(name: str, onnx_path: str | os.PathLike | None = None, *,
     with tempfile.TemporaryDirectory(prefix="edgecnn-check-") as work:
         if onnx_path is None:
             precision = precision or "fp32"
-            module = build_model(spec, num_classes=num_classes, in_channels=in_channels,
-                                 weights=weights, seed=seed, **options)
+            module = build_model(spec, num_classes=num_classes, weights=weights, seed=seed,
+                                 **builder_arguments(spec, in_channels, options))
             step(f"exporting {name}")
             path = export_model(spec, Path(work) / f"{spec.name}.onnx", input_size=input_size,
                                 num_classes=num_classes, in_channels=in_channels,
@@ -364,8 +365,8 @@ def check_parity(name: str, onnx_path: str | os.PathLike | None = None, *,
         if onnx_path is not None:
             spec = spec or resolve_spec(name, input_size=(height, width), in_channels=channels)
             module = build_model(spec, num_classes=num_classes, weights=weights, seed=seed,
-                                 in_channels=channels if channels != spec.input_size[0] else None,
-                                 **options)
+                                 **builder_arguments(spec, channels if channels !=
+                                                     spec.input_size[0] else None, options))
         inputs = [random_input((batch, channels, height, width), seed + 1 + k).numpy()
                   for k in range(samples)]
         image_rows, notes = 0, []

@@ -228,6 +228,15 @@ def read_labels(path: str | os.PathLike, num_classes: int) -> list[str]:
     return labels
 
 
+def builder_arguments(spec: models.ModelSpec, in_channels: int | None,
+                      model_options: Mapping | None) -> dict:
+    """build_model's keyword arguments besides num_classes/weights/seed: a registered builder
+    takes ``in_channels``; for a model that is not registered it describes the input, and
+    ``model_options`` (its builder's own) may hold an ``in_channels`` of its own."""
+    options = dict(model_options or {})
+    return {**options, "in_channels": in_channels} if spec.source is None else options
+
+
 def build_model(name: str | models.ModelSpec, *, num_classes: int | None = None,
                 in_channels: int | None = None, weights: str | os.PathLike | None = None,
                 seed: int = 0, **options) -> nn.Module:
@@ -236,11 +245,12 @@ def build_model(name: str | models.ModelSpec, *, num_classes: int | None = None,
 
     Random models get non-trivial BatchNorm statistics (see randomize_batchnorm_stats) and
     deformable convolutions random offsets (randomize_offset_predictors) so that a parity check
-    exercises both. ``in_channels`` goes to a registered builder only: for a model that is not
-    registered it describes the input, and its own options come in ``options``.
+    exercises both. ``in_channels`` goes to the builder: a registered one's, or the option of
+    that name of a model that is not registered, for which the input's channels are not an
+    argument (``builder_arguments`` gives the arguments either way).
     """
     spec = resolve_spec(name)
-    if in_channels is not None and spec.source is None:
+    if in_channels is not None:
         options["in_channels"] = in_channels
     if weights is not None and carries_weights(spec):
         raise BadInput(f"weights: {spec.source} carries its own weights")
@@ -368,8 +378,8 @@ def export_model(name: str | models.ModelSpec, output: str | os.PathLike | None 
 
     if module is None:
         step(f"building {name}")
-        module = build_model(spec, num_classes=num_classes, in_channels=in_channels,
-                             weights=weights, seed=seed, **(model_options or {}))
+        module = build_model(spec, num_classes=num_classes, weights=weights, seed=seed,
+                             **builder_arguments(spec, in_channels, model_options))
     example = random_input((batch or CHECK_BATCH, channels, height, width), seed)
     references = run_eager(module, example, spec)
     classes = _class_count(spec, num_classes, next(iter(references.values())))

@@ -165,3 +165,20 @@ def test_a_user_builder_that_asks_for_more_memory_than_there_is_is_bad_input(cli
                               "--in-channels", "1"), 2, "wide raised RuntimeError",
                           "can't allocate memory")
     assert not output.exists()
+
+
+def test_a_user_builders_own_in_channels_option_is_passed_to_it(cli, tmp_path):
+    """--in-channels describes the input of a model that is not registered; --option
+    in_channels=1 is its builder's own argument (it was an internal TypeError: build_model got
+    in_channels twice)."""
+    source = tmp_path / "grey.py"
+    source.write_text("from torch import nn\n\n"
+                      "def grey_net(in_channels: int = 3):\n"
+                      "    return nn.Sequential(nn.Conv2d(in_channels, 4, 3), nn.AdaptiveAvgPool2d(1),"
+                      " nn.Flatten())\n")
+    output = tmp_path / "grey.onnx"
+    result = cli("export", f"{source}:grey_net", "-o", output, "--input-size", "16",
+                 "--in-channels", "1", "--option", "in_channels=1")
+    assert result.code == 0, result.stderr
+    result = cli("check", f"{source}:grey_net", output, "--option", "in_channels=1")
+    assert result.code == 0, result.stderr
