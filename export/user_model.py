@@ -14,6 +14,7 @@ exporter and ``check`` run every model through one path.
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib
 import importlib.util
 import io
@@ -57,7 +58,10 @@ def _import_source(source: str):
         path = Path(source)
         if not path.is_file():
             raise BadInput(f"model file not found: {path}")
-        name = f"edgecnn_user_model_{abs(hash(str(path.resolve())))}"
+        # named after its path by a digest: hash() changes with each process, and the name
+        # reaches the ONNX file (its node namespaces), which must be the same every time
+        digest = hashlib.sha256(os.fsencode(path.resolve())).hexdigest()[:16]
+        name = f"edgecnn_user_model_{digest}"
         spec = importlib.util.spec_from_file_location(name, path)
         if spec is None or spec.loader is None:
             raise BadInput(f"{path} is not a Python file that can be imported")

@@ -183,3 +183,21 @@ def test_default_output_names_come_from_the_callable(cli, tmp_path, monkeypatch)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["mixed_net.onnx",
                                                                  "mixed_net_fp16.onnx"]
     assert not list((REPO / "tests").glob("*.onnx"))  # no intermediate lands beside the source
+
+
+def test_a_py_model_exports_byte_identical_files_from_separate_processes(tmp_path):
+    """The module a .py model is imported as is named after its path with a stable digest; a
+    name from hash() changed with each process's PYTHONHASHSEED, and the ONNX node metadata
+    (namespaces) holds it, so two exports differed."""
+    import os
+
+    from conftest import run_console_script
+
+    files = []
+    for seed in ("1", "2"):
+        files.append(tmp_path / f"net{seed}.onnx")
+        result = run_console_script("export", f"{MODELS}:mixed_net", "-o", files[-1],
+                                    "--input-size", "32", "--in-channels", "3",
+                                    env={**os.environ, "PYTHONHASHSEED": seed})
+        assert result.code == 0, result.stderr
+    assert files[0].read_bytes() == files[1].read_bytes()
