@@ -96,10 +96,10 @@ class QuantizeResult:
 
 
 def run_model(model: onnx.ModelProto, inputs: np.ndarray,
-              name: str | os.PathLike | None = None) -> list[np.ndarray]:
-    """Every output of ``model`` on ``inputs`` (onnxruntime, CPU), run in batches; ``name``:
+              source: str | os.PathLike | None = None) -> list[np.ndarray]:
+    """Every output of ``model`` on ``inputs`` (onnxruntime, CPU), run in batches; ``source``:
     what an error calls the model."""
-    session = load_session(model.SerializeToString(), name=name)
+    session = load_session(model.SerializeToString(), name=source)
     name = session.get_inputs()[0].name
     runs = [session.run(None, {name: chunk}) for chunk in batches(inputs, fixed_batch(model), 64)]
     return [np.concatenate([run[k] for run in runs])[:len(inputs)].astype(np.float32)
@@ -279,7 +279,7 @@ def quantize_model(model_path: str | os.PathLike, output_path: str | os.PathLike
     reference = None
     if check or validation_set is not None:
         step("running the fp32 model")
-        reference = run_model(model, check_inputs, name=source_path)
+        reference = run_model(model, check_inputs, source=source_path)
 
     # onnxruntime's own temporary folders go inside workdir: one clean-up removes them all.
     with work_directory("edgecnn-quantize-") as workdir:

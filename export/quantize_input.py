@@ -16,6 +16,7 @@ from edgecnn.runtime.onnx_file import (
     dims, get_metadata, graph_inputs, has_fp16_weights, load_model, opset_version, quantized_ops,
 )
 from edgecnn.runtime import ModelMetadata
+from edgecnn.runtime.describe import value_type
 from edgecnn.runtime.engine import check_feed_bytes
 from edgecnn.runtime.preprocess_settings import check_settings, metadata_from_settings
 
@@ -32,10 +33,8 @@ def load_float_model(path: str | os.PathLike) -> onnx.ModelProto:
                        "quantize the fp32 model instead")
     if has_fp16_weights(model):
         raise BadInput(f"{path} already has fp16 weights; quantize the fp32 model instead")
-    elem_type = graph_input(model).type.tensor_type.elem_type
-    if elem_type != onnx.TensorProto.FLOAT:
-        known = elem_type in onnx.TensorProto.DataType.values()
-        kind = onnx.TensorProto.DataType.Name(elem_type).lower() if known else f"of type {elem_type}"
+    kind = value_type(graph_input(model))
+    if kind != "float32":
         raise BadInput(f"{path}: its input is {kind}; quantize takes models whose input is "
                        "float32 (an image tensor)")
     return model

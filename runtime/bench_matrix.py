@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 
 from edgecnn.errors import BadInput, first_line
-from edgecnn.runtime import openvino
 from edgecnn.runtime import providers as provider_lib
 from edgecnn.runtime.model_file import check_model_file
 
@@ -55,8 +54,7 @@ def matrix_providers() -> list[str]:
     """The MATRIX_PROVIDERS installed here, by short name; OpenVINO only where its plugin
     offers a device (a cell would fall back to the CPU provider and time it twice)."""
     installed = provider_lib.installed_providers()
-    if provider_lib.OPENVINO in installed and openvino.no_device_reason() is not None:
-        installed.remove(provider_lib.OPENVINO)
+    provider_lib.drop_openvino_without_device(installed)
     return [name for name in MATRIX_PROVIDERS
             if provider_lib.SHORT_NAMES[name] in installed]
 

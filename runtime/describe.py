@@ -21,7 +21,7 @@ def _shape(value_info) -> list:
     return [dim.dim_param or dim.dim_value for dim in value_info.type.tensor_type.shape.dim]
 
 
-def _dtype(value_info) -> str:
+def value_type(value_info) -> str:
     """The value's element type as numpy names it ("float32"), or what it is instead: a
     "sequence", "map" or "optional" value, an "undefined" or "unknown type N" element."""
     import onnx
@@ -48,9 +48,9 @@ def _describe_with_onnx(path: Path) -> dict:
                      if is_custom_domain(node.domain))
     props = {prop.key: prop.value for prop in model.metadata_props}
     return {
-        "inputs": [{"name": v.name, "shape": _shape(v), "dtype": _dtype(v)}
+        "inputs": [{"name": v.name, "shape": _shape(v), "dtype": value_type(v)}
                    for v in graph_inputs(model)],
-        "outputs": [{"name": v.name, "shape": _shape(v), "dtype": _dtype(v)}
+        "outputs": [{"name": v.name, "shape": _shape(v), "dtype": value_type(v)}
                     for v in graph.output],
         "opset_imports": {(imp.domain or "ai.onnx"): imp.version for imp in model.opset_import},
         "custom_ops": [{"domain": domain, "op": op, "count": count}

@@ -173,6 +173,17 @@ def _requested(provider: ProviderRequest, installed: Sequence[str], precision: s
     return entries, False
 
 
+def drop_openvino_without_device(installed: list[str]) -> str | None:
+    """Take OpenVINO out of ``installed`` when its plugin offers no device here (e.g. on an AMD
+    CPU); the reason, or None. Registers the plugin, so only where OpenVINO is wanted."""
+    if OPENVINO not in installed:
+        return None
+    reason = openvino.no_device_reason()
+    if reason is not None:
+        installed.remove(OPENVINO)
+    return reason
+
+
 def _missing_message(missing: list[str], installed: list[str], no_device: str | None) -> str:
     """Why the providers ``missing`` cannot be used: not installed, or (OpenVINO) installed
     but without a device here."""
@@ -200,11 +211,8 @@ def resolve_providers(provider: ProviderRequest = "auto", *, fallback: bool = Tr
     probe = installed is None  # a given list is taken as it is (tests)
     installed = list(installed_providers() if installed is None else installed)
     entries, auto = _requested(provider, installed, precision, deformable)
-    no_device = None
-    if probe and OPENVINO in installed and OPENVINO in (name for name, _ in entries):
-        no_device = openvino.no_device_reason()  # e.g. the plugin on an AMD CPU
-        if no_device is not None:
-            installed.remove(OPENVINO)
+    wanted = OPENVINO in (name for name, _ in entries)
+    no_device = drop_openvino_without_device(installed) if probe and wanted else None
     missing = [name for name, _ in entries if name not in installed]
     not_installed = _missing_message(missing, installed, no_device)
     if missing and not auto and not fallback:

@@ -48,10 +48,9 @@ err = Console(stderr=True, highlight=False)  # progress and warnings (stderr)
 # Console output is rich markup: every value from the user or a file (paths, names, messages)
 # goes through escape(), or '[b]' in a path would be read as a style.
 
-# C0, DEL, C1, and lone surrogates (JSON's "\ud800" decodes to one; no encoding can print it)
-# C0, DEL and C1 controls, lone surrogates, and the characters that break or reorder a line
-# without showing: U+2028/2029 (line and paragraph separators), zero-width and direction
-# marks, bidi embeddings and isolates, the byte-order mark.
+# C0, DEL and C1 controls, lone surrogates (JSON's "\ud800" decodes to one; no encoding can
+# print it), and what breaks or reorders a line without showing: U+2028/2029 (line and
+# paragraph separators), zero-width and direction marks, bidi embeddings and isolates, the BOM.
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\u200b-\u200f\u2028-\u202e"
                           "\u2060-\u2069\ufeff]")
 
