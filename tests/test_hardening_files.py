@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CONSOLE_SCRIPT, assert_one_line_error, run_console_script
+from conftest import assert_one_line_error, run_console_script
+from edgecnn.cli._signals import SignalsAsInterrupts
 from edgecnn.errors import BadInput
 from edgecnn.runtime.files import atomic_output
 
@@ -94,9 +95,16 @@ def _private_env(tmp_path: Path) -> tuple[dict, Path]:
             "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor-cache")}, temp
 
 
+# The child's SIGTERM and SIGHUP as a shell gives them: a suite started under nohup passes SIGHUP
+# on ignored, and edgecnn rightly keeps an ignored SIGHUP (the test after these).
+DEFAULT_SIGNALS_CONSOLE_SCRIPT = [
+    sys.executable, "-c", "import signal, sys; from edgecnn.cli import main; "
+    "[signal.signal(s, signal.SIG_DFL) for s in (signal.SIGTERM, signal.SIGHUP)]; sys.exit(main())"]
+
+
 def _start(*args, env: dict) -> subprocess.Popen:
-    return subprocess.Popen([*CONSOLE_SCRIPT, *map(str, args)], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen([*DEFAULT_SIGNALS_CONSOLE_SCRIPT, *map(str, args)], env=env,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def _wait_for(glob: str, directory: Path, process: subprocess.Popen, timeout: float = 60) -> None:
@@ -151,6 +159,24 @@ def test_sigterm_during_quantize_removes_onnxruntime_temporaries(tmp_path, resne
     assert lines[-1] == "error: interrupted; nothing was written"
     assert all(line.startswith("warning: ") for line in lines[:-1]), lines  # random calibration
     assert _leftovers(out) == [] and _leftovers(temp, *SHARED_TMPDIR_FILES) == []
+
+
+def test_an_ignored_sighup_stays_ignored_and_comes_back_after_the_command():
+    """nohup's SIG_IGN for SIGHUP is kept (the command runs on); SIGTERM still interrupts."""
+    before = {signal.SIGHUP: signal.signal(signal.SIGHUP, signal.SIG_IGN),
+              signal.SIGTERM: signal.signal(signal.SIGTERM, signal.SIG_DFL)}
+    try:
+        with SignalsAsInterrupts():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+            with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(1)  # the handler runs at the next bytecode; never this long
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
 
 
 def test_a_sigkilled_run_leaves_no_temporary_file_behind_the_next_run(tmp_path):
