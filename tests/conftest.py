@@ -91,6 +91,30 @@ def resnet18_64(zoo_onnx) -> Path:
 
 # ---- parallel runs and the parity report ----------------------------------------------------
 
+def pytest_configure(config):
+    """Under pytest-xdist with two workers or more, each worker computes on one thread: torch's
+    and onnxruntime's defaults (a thread per core in each worker) oversubscribe the cores and
+    spin, ~8% slower on the 2-core CI machine (measured on 12 parity-matrix cases). Sessions
+    given a thread count keep it, and the tests that start `edgecnn` as a process run the
+    defaults a user gets."""
+    workers = getattr(config, "workerinput", {}).get("workercount", 1)
+    if workers < 2:
+        return
+    import onnxruntime
+    import torch
+
+    torch.set_num_threads(1)
+    create = onnxruntime.InferenceSession.__init__
+
+    def one_thread_by_default(self, model, sess_options=None, *args, **kwargs):
+        sess_options = sess_options or onnxruntime.SessionOptions()
+        if sess_options.intra_op_num_threads == 0:  # onnxruntime's "one per core"
+            sess_options.intra_op_num_threads = 1
+        create(self, model, sess_options, *args, **kwargs)
+
+    onnxruntime.InferenceSession.__init__ = one_thread_by_default
+
+
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (--dist loadgroup) the tests parametrized by one model (``name``) run
     on one worker and share its export. Other tests that use a model (``resnet18_64``,
