@@ -99,7 +99,7 @@ for name in $STEPS; do
                                      '$PY' '$REPO/benchmarks/deform_conv.py' --provider cuda --batch 32" ;;
         overhead) step overhead "$PY" "$REPO/benchmarks/runtime_overhead.py" --provider cuda --rounds 20 ;;
         matrix) step matrix env OMP_NUM_THREADS=2 EDGECNN_PROVIDER=cuda EDGECNN_PARITY_REPORT="$OUT/parity_cuda.md" \
-                    "$PY" -m pytest -p no:cacheprovider -q -n 8 "$REPO/tests/test_parity_matrix.py" ;;
+                    EDGECNN_FULL_MATRIX=1 "$PY" -m pytest -p no:cacheprovider -q -n 8 "$REPO/tests/test_parity_matrix.py" ;;
         *) echo "unknown step $name (env tests bench checks deform overhead matrix)"; exit 2 ;;
     esac
 done

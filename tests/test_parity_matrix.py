@@ -1,5 +1,10 @@
 """The parity matrix: every registered model x {fp32, fp16, int8} x {batch 1, batch 3}.
 
+In CI, fp16 and int8 run on each family's smallest member and its two largest (by parameters:
+resnet18, resnet101, resnet152; vgg11, vgg19 (the zoo's lowest int8 SQNR), vgg19_bn);
+the members between them share their code, and their conversions took a fifth of the suite's
+time. ``EDGECNN_FULL_MATRIX=1`` runs them too (docs/parity.md). Every model's fp32 file runs.
+
 One fp32 export per model (the session's ``zoo_onnx``, at the spec's CI-sized input, dynamic
 batch axis), converted to fp16 / int8 as `edgecnn check --precision` does, run through the dynamic
 axis at batch 1 and 3 against the seed-0 eager model. Criteria (edgecnn.export.parity):
@@ -59,7 +64,21 @@ def judged_as(provider: str, precision: str) -> str | None:
     if computed != "fp32":
         return computed if precision == "fp32" else None
     return precision
-CASES = [(name, precision) for name in models.list_models() for precision in PRECISIONS]
+
+
+def family_ends() -> set[str]:
+    """Each family's smallest member and its two largest (by parameters), from the registry."""
+    families: dict[str, list[str]] = {}
+    for name in models.list_models():
+        families.setdefault(models.get_spec(name).family, []).append(name)
+    by_size = [sorted(names, key=lambda n: models.get_spec(n).params) for names in families.values()]
+    return {end for names in by_size for end in (names[0], *names[-2:])}
+
+
+FULL_MATRIX = os.environ.get("EDGECNN_FULL_MATRIX") == "1"
+CONVERTED = set(models.list_models()) if FULL_MATRIX else family_ends()
+CASES = [(name, precision) for name in models.list_models() for precision in PRECISIONS
+         if precision == "fp32" or name in CONVERTED]
 
 
 @functools.lru_cache(maxsize=1)  # the cases run model by model: keep only the current one
