@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
+import os
 
 import numpy as np
 import pytest
@@ -159,6 +161,30 @@ def test_resume_skips_what_the_output_holds_and_drops_a_cut_line(cli, tiny, shot
     assert (summary["resumed"], summary["done"]) == (5, 15)
     assert output.read_text() == "".join(full)
     assert_one_line_error(cli("run", tiny.path, shots, "--resume"), 2, "--resume needs")
+
+
+def test_a_full_disk_mid_run_is_one_line_and_resume_completes(cli, tiny, shots, tmp_path,
+                                                               monkeypatch):
+    from edgecnn.runtime.records import RecordWriter
+
+    complete = tmp_path / "complete.jsonl"
+    assert cli("run", tiny.path, shots, "-o", complete).code == 0
+    output, real, calls = tmp_path / "p.jsonl", RecordWriter.write, []
+
+    def fill_the_disk(self, record):
+        calls.append(record)
+        if len(calls) == 6:  # half a line goes out, then the disk is full
+            self.handle.write('{"image": "sho')
+            self.handle.flush()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(self, record)
+
+    monkeypatch.setattr(RecordWriter, "write", fill_the_disk)
+    result = cli("run", tiny.path, shots, "-o", output)
+    assert_one_line_error(result, 2, "No space left on device", "not an edgecnn bug")
+    monkeypatch.undo()
+    assert cli("run", tiny.path, shots, "-o", output, "--resume").code == 0
+    assert output.read_text() == complete.read_text()
 
 
 def test_ctrl_c_leaves_complete_lines_and_says_how_far(cli, tiny, shots, tmp_path, monkeypatch):

@@ -3,6 +3,7 @@ temporary files of killed runs, and the messages for unusable weights files."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import stat
@@ -79,6 +80,20 @@ def test_a_symlink_to_a_regular_file_is_an_ordinary_target(cli, tmp_path):
     result = cli("export", "lenet", "-o", link, "--no-check")
     assert result.code == 0, result.stderr
     assert link.is_file() and link.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_a_full_or_read_only_disk_while_writing_is_one_line_not_an_internal_error(
+        cli, tmp_path, monkeypatch, code):
+    import onnx
+
+    def the_machine_refuses(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(onnx, "save_model", the_machine_refuses)
+    result = cli("export", "lenet", "-o", tmp_path / "l.onnx", "--no-check")
+    assert_one_line_error(result, 2, os.strerror(code), "not an edgecnn bug")
+    assert _leftovers(tmp_path) == []
 
 
 # ---- 2. signals and the temporary files of killed runs --------------------------------------

@@ -6,6 +6,7 @@ Errors become one line on stderr and an exit code (2: bad input, 1: a failed che
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -29,6 +30,12 @@ BUILD_PACKAGES = ("torch", "onnx", "onnxscript")
 INSTALL_FOR = {**{name: "pip install 'edgecnn[export,cpu]'" for name in BUILD_PACKAGES},
                "onnxruntime": "pip install 'edgecnn[cpu]' (or edgecnn[gpu] with an NVIDIA GPU, "
                               "edgecnn[openvino] for Intel's devices)"}
+
+
+# A write the machine refuses: a full disk or quota, a read-only file system. The atomic
+# writers have removed their temporary files by the time the error reaches main(); a streamed
+# `run --output` keeps the records it wrote (--resume goes on from them).
+MACHINE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 def _fail(message: str, code: int) -> int:
@@ -75,6 +82,10 @@ def _run(argv: list[str] | None) -> int:
         if isinstance(error, ModuleNotFoundError) and error.name in INSTALL_FOR:
             return _fail(f"`edgecnn {next(iter(argv), '')}` needs {error.name}, which this "
                          f"install does not have: {INSTALL_FOR[error.name]}", 2)
+        if isinstance(error, OSError) and error.errno in MACHINE_ERRNOS:
+            where = f" ({error.filename})" if error.filename else ""
+            return _fail(f"{error.strerror}{where}: the machine refused a write (not an "
+                         "edgecnn bug)", 2)
         code = _fail(f"internal error: {type(error).__name__}: {first_line(error)} "
                      "(run again with --debug for the traceback)", 1)
     return code
