@@ -358,3 +358,39 @@ def test_sessions_opened_from_many_threads_leave_stderr_where_it_was(tmp_path):
     after = os.fstat(2)
     assert len(engines) == 8
     assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
+
+
+# What onnxruntime 1.32 raised for a Conv on a fixed 3x16384x16384 input under a 12 GB limit.
+ARENA_FAILURE = ("[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running "
+                 "Conv node. Name:'logits_nchwc' Status Message: /onnxruntime_src/onnxruntime/"
+                 "core/framework/bfc_arena.cc:360 void* onnxruntime::BFCArena::"
+                 "AllocateRawInternal(size_t, bool, onnxruntime::Stream*) Failed to allocate "
+                 "memory for requested buffer of size 17179869184")
+
+
+@pytest.mark.parametrize("failure", ["onnxruntime", "numpy"])
+def test_running_out_of_memory_is_one_line_not_an_internal_error(cli, tmp_path, monkeypatch,
+                                                                 failure):
+    """A file whose fixed axes ask for more memory than the machine has (the feed passes its
+    4 GiB bound, the activations do not fit) fails in onnxruntime's arena or in numpy."""
+    import onnxruntime
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail
+
+    def allocation_fails(*args, **kwargs):
+        if failure == "numpy":
+            raise MemoryError("Unable to allocate 16.0 GiB for an array with shape "
+                              "(1, 16, 16384, 16384) and data type float32")
+        raise Fail(ARENA_FAILURE)
+
+    path, image = _tiny(tmp_path), tmp_path / "photo.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    monkeypatch.setattr(onnxruntime.InferenceSession, "run", allocation_fails)
+    for args in (("bench", path, "--runs", "1", "--warmup", "0"), ("run", path, image)):
+        result = cli(*args)
+        assert_one_line_error(result, 2, "out of memory")
+        assert "internal error" not in result.stderr
+        if failure == "onnxruntime":
+            assert "running its Conv node logits_nchwc" in result.stderr
+            assert "bfc_arena.cc" not in result.stderr
+        else:
+            assert "Unable to allocate 16.0 GiB" in result.stderr

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import sys
 
 import typer
@@ -36,6 +37,25 @@ INSTALL_FOR = {**{name: "pip install 'edgecnn[export,cpu]'" for name in BUILD_PA
 # writers have removed their temporary files by the time the error reaches main(); a streamed
 # `run --output` keeps the records it wrote (--resume goes on from them).
 MACHINE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+# How onnxruntime says that an allocation failed (its arena, or the C++ runtime's bad_alloc).
+ALLOCATION_FAILURES = ("Failed to allocate memory", "bad_alloc", "bad allocation")
+
+
+def _out_of_memory(error: Exception) -> str | None:
+    """The one line for running out of memory (numpy's MemoryError, an onnxruntime allocation
+    that failed), else None."""
+    if isinstance(error, MemoryError):
+        return f"out of memory: {first_line(error) or 'an allocation failed'}"
+    text = str(error)
+    if not (type(error).__module__.startswith("onnxruntime")
+            and any(failure in text for failure in ALLOCATION_FAILURES)):
+        return None
+    node = re.search(r"running (\w+) node\. Name:'([^']*)'", text)
+    where = f" (running its {node[1]} node {node[2]})" if node else ""
+    return (f"out of memory: onnxruntime could not allocate what the model needs{where}; at "
+            "this input and batch size it needs more memory than the machine gives")
 
 
 def _fail(message: str, code: int) -> int:
@@ -82,6 +102,8 @@ def _run(argv: list[str] | None) -> int:
         if isinstance(error, ModuleNotFoundError) and error.name in INSTALL_FOR:
             return _fail(f"`edgecnn {next(iter(argv), '')}` needs {error.name}, which this "
                          f"install does not have: {INSTALL_FOR[error.name]}", 2)
+        if (message := _out_of_memory(error)) is not None:
+            return _fail(message, 2)
         if isinstance(error, OSError) and error.errno in MACHINE_ERRNOS:
             where = f" ({error.filename})" if error.filename else ""
             return _fail(f"{error.strerror}{where}: the machine refused a write (not an "
