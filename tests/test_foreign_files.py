@@ -166,7 +166,7 @@ def test_several_inputs_and_outputs(cli, files, photo):
     assert bench["batch"] == 1 and bench["latency_ms"]["p50"] > 0
 
 
-def test_info_counts_the_external_data(cli, files):
+def test_info_counts_the_external_data(cli, files, tmp_path):
     model = files["dynamo"]
     data = model.parent / "dynamo.onnx.data"
     info = json.loads(cli("info", model, "--json").stdout)
@@ -174,6 +174,13 @@ def test_info_counts_the_external_data(cli, files):
     assert info["external_data"] == ["dynamo.onnx.data"] and info["metadata"] is None
     text = cli("info", model).stdout
     assert "with its external data dynamo.onnx.data" in text and "edgecnn annotate" in text
+    # what edgecnn's exporter does to BatchNorm says nothing of a file another tool wrote,
+    # even once edgecnn's metadata is written into it
+    assert "BatchNorm" not in text and f"{info['parameters']:,} values in" in text
+    annotated = tmp_path / "annotated.onnx"
+    assert cli("annotate", files["legacy"], "-o", annotated).code == 0
+    text = cli("info", annotated).stdout
+    assert "preprocess" in text and "BatchNorm" not in text  # the metadata's rows, no claim
 
 
 @pytest.mark.parametrize("name", ["dynamo", "legacy", "legacy_nhwc"])

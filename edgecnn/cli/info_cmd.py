@@ -56,9 +56,11 @@ def info_command(
         add("custom ops", ", ".join(customs) or "none")
         if info["functions"]:  # the bodies that make custom ops runnable (model-local functions)
             add("functions", ", ".join(info["functions"]))
-        # The exporter folds each BatchNorm into the convolution before it, so the file holds
-        # fewer values than the PyTorch model's parameter count (`edgecnn list`).
-        add("parameters", f"{info['parameters']:,} values in {info['nodes']} nodes (BatchNorm "
-                          "folded into the convolutions: fewer than the PyTorch model has)")
+        # edgecnn's exporter folds each BatchNorm into the convolution before it, so its file
+        # holds fewer values than the PyTorch model's parameter count (`edgecnn list`); of a
+        # file another tool wrote (annotated or not), that says nothing.
+        folded = (" (edgecnn folds BatchNorm into the convolutions: a model with BatchNorm "
+                  "counts fewer than in PyTorch)" if info["producer"].startswith("edgecnn") else "")
+        add("parameters", f"{info['parameters']:,} values in {info['nodes']} nodes{folded}")
     add("producer", info["producer"])
     print_fields(rows)
