@@ -107,7 +107,7 @@ def test_info_explains_why_the_file_has_fewer_values(cli, zoo_onnx):
     result = cli("info", zoo_onnx("resnet18"))
     line = next(line for line in result.stdout.splitlines() if line.startswith("parameters"))
     count = int(line.split()[1].replace(",", ""))
-    assert count < models.get_spec("resnet18").params and "BatchNorm folded" in line
+    assert count < models.get_spec("resnet18").params and "edgecnn folds BatchNorm into the convolutions" in line
 
 
 @pytest.mark.parametrize("details, expected", [
