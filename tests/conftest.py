@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -92,27 +93,28 @@ def resnet18_64(zoo_onnx) -> Path:
 # ---- parallel runs and the parity report ----------------------------------------------------
 
 def pytest_configure(config):
-    """Under pytest-xdist with two workers or more, each worker computes on one thread: torch's
-    and onnxruntime's defaults (a thread per core in each worker) oversubscribe the cores and
-    spin, ~8% slower on the 2-core CI machine (measured on 12 parity-matrix cases). Sessions
-    given a thread count keep it, and the tests that start `edgecnn` as a process run the
-    defaults a user gets."""
+    """Under pytest-xdist with two workers or more, each worker computes on its share of the
+    cores (one on the 2-core CI machine): torch's and onnxruntime's defaults (a thread per core
+    in each worker) oversubscribe the cores and spin, ~8% slower there (measured on 12
+    parity-matrix cases). Sessions given a thread count keep it, and the tests that start
+    `edgecnn` as a process run the defaults a user gets."""
     workers = getattr(config, "workerinput", {}).get("workercount", 1)
     if workers < 2:
         return
     import onnxruntime
     import torch
 
-    torch.set_num_threads(1)
+    share = max(1, (os.cpu_count() or 1) // workers)
+    torch.set_num_threads(share)
     create = onnxruntime.InferenceSession.__init__
 
-    def one_thread_by_default(self, model, sess_options=None, *args, **kwargs):
+    def shared_cores_by_default(self, path_or_bytes, sess_options=None, *args, **kwargs):
         sess_options = sess_options or onnxruntime.SessionOptions()
         if sess_options.intra_op_num_threads == 0:  # onnxruntime's "one per core"
-            sess_options.intra_op_num_threads = 1
-        create(self, model, sess_options, *args, **kwargs)
+            sess_options.intra_op_num_threads = share
+        create(self, path_or_bytes, sess_options, *args, **kwargs)
 
-    onnxruntime.InferenceSession.__init__ = one_thread_by_default
+    onnxruntime.InferenceSession.__init__ = shared_cores_by_default
 
 
 def pytest_collection_modifyitems(config, items):
@@ -138,8 +140,6 @@ def pytest_runtest_logreport(report):
 
 def pytest_sessionfinish(session):
     """EDGECNN_PARITY_REPORT=FILE.md: every recorded parity figure as one table."""
-    import os
-
     path = os.environ.get("EDGECNN_PARITY_REPORT")
     if not path or not _PARITY_ROWS or hasattr(session.config, "workerinput"):
         return
