@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_one_line_error, run_console_script
+from conftest import CONSOLE_SCRIPT, assert_one_line_error, run_console_script
 from edgecnn.cli._signals import SignalsAsInterrupts
 from edgecnn.errors import BadInput
 from edgecnn.runtime.files import atomic_output
@@ -112,9 +112,9 @@ def _private_env(tmp_path: Path) -> tuple[dict, Path]:
 
 # The child's SIGTERM and SIGHUP as a shell gives them: a suite started under nohup passes SIGHUP
 # on ignored, and edgecnn rightly keeps an ignored SIGHUP (the test after these).
-DEFAULT_SIGNALS_CONSOLE_SCRIPT = [
-    sys.executable, "-c", "import signal, sys; from edgecnn.cli import main; "
-    "[signal.signal(s, signal.SIG_DFL) for s in (signal.SIGTERM, signal.SIGHUP)]; sys.exit(main())"]
+DEFAULT_SIGNALS_CONSOLE_SCRIPT = [*CONSOLE_SCRIPT[:-1], "import signal; [signal.signal(s, "
+                                  "signal.SIG_DFL) for s in (signal.SIGTERM, signal.SIGHUP)]; "
+                                  + CONSOLE_SCRIPT[-1]]
 
 
 def _start(*args, env: dict) -> subprocess.Popen:
