@@ -394,3 +394,19 @@ def test_running_out_of_memory_is_one_line_not_an_internal_error(cli, tmp_path, 
             assert "bfc_arena.cc" not in result.stderr
         else:
             assert "Unable to allocate 16.0 GiB" in result.stderr
+
+
+def test_a_node_named_like_an_allocation_failure_is_not_out_of_memory(cli, tmp_path,
+                                                                      monkeypatch):
+    """Only onnxruntime's status message says why a run failed; a node name is the file's."""
+    import onnxruntime
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail
+
+    def fails(*args, **kwargs):
+        raise Fail("[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running "
+                   "Conv node. Name:'bad_alloc' Status Message: Invalid input shape: {3}")
+
+    monkeypatch.setattr(onnxruntime.InferenceSession, "run", fails)
+    result = cli("bench", _tiny(tmp_path), "--runs", "1", "--warmup", "0")
+    assert result.code == 1 and "out of memory" not in result.stderr
+    assert "Invalid input shape" in result.stderr

@@ -49,8 +49,9 @@ def _out_of_memory(error: Exception) -> str | None:
     if isinstance(error, MemoryError):
         return f"out of memory: {first_line(error) or 'an allocation failed'}"
     text = str(error)
+    why = text.rpartition("Status Message:")[2]  # what precedes it names the file's node
     if not (type(error).__module__.startswith("onnxruntime")
-            and any(failure in text for failure in ALLOCATION_FAILURES)):
+            and any(failure in why for failure in ALLOCATION_FAILURES)):
         return None
     node = re.search(r"running (\w+) node\. Name:'([^']*)'", text)
     where = f" (running its {node[1]} node {node[2]})" if node else ""
