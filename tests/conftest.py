@@ -97,8 +97,8 @@ def pytest_configure(config):
     cores (one on the 2-core CI machine): torch's and onnxruntime's defaults (a thread per core
     in each worker) oversubscribe the cores and spin: 12 parity-matrix cases took 118 s with
     them and 110 s with one thread each (0.93x; each setting in its own pytest run, lscpu
-    "AMD EPYC", 2 cores, 2026-12-07; README, "Development"). Sessions given a thread count keep it, and the tests that start
-    `edgecnn` as a process run the defaults a user gets."""
+    "AMD EPYC", 2 cores, 2026-12-07; README, "Development"). Sessions given a thread count
+    keep it, and the tests that start `edgecnn` as a process run the defaults a user gets."""
     workers = getattr(config, "workerinput", {}).get("workercount", 1)
     if workers < 2:
         return
