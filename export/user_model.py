@@ -242,9 +242,13 @@ def program_input_dims(program, path) -> list[int | None]:
 
 
 def _chw(model: str, input_size, in_channels) -> tuple[int, int, int]:
-    if input_size is None or in_channels is None:
-        raise BadInput(f"{model} is not a registered model: give its input size and channels, "
-                       "e.g. input_size=224 in_channels=3")
+    needs = {"input size": "input_size=224", "channels": "in_channels=3"}
+    missing = [what for what, value in zip(needs, (input_size, in_channels)) if value is None]
+    if missing:
+        example = " ".join(needs[what] for what in missing)
+        grayscale = " (in_channels=1 for grayscale)" if in_channels is None else ""
+        raise BadInput(f"{model} is not a registered model: give its {' and '.join(missing)}, "
+                       f"e.g. {example}{grayscale}")
     size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     if len(size) == 1:
         size = size * 2
