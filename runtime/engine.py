@@ -5,6 +5,7 @@
     engine.providers                      # ['CPUExecutionProvider'] (what actually runs)
     engine.run(batch)                     # {'logits': array}; checks dtype, rank, shape, NaN/Inf
     engine.predict("cat.jpg", top_k=5)    # [('tabby', 0.61), ...] preprocessed from metadata
+    engine.scores_are_probabilities       # the graph ends in Softmax: no second softmax in top-k
 
 Torch-free. ``run`` is thread-safe (onnxruntime sessions are), so one Engine can serve several
 threads. Models using the ``ai.edgecnn::DeformConv2d`` custom op get its decomposed lowering at
@@ -24,7 +25,7 @@ import numpy as np
 from edgecnn.errors import BadInput, require_count
 from edgecnn.runtime import providers as provider_lib
 from edgecnn.runtime.metadata import ModelMetadata
-from edgecnn.runtime.model_file import no_outputs
+from edgecnn.runtime.model_file import ends_in_softmax, no_outputs
 from edgecnn.runtime.preprocess_settings import check_settings, metadata_from_settings
 from edgecnn.runtime.session import open_session
 
@@ -123,6 +124,9 @@ class Engine:
             self.metadata.check_graph(graph, self.outputs[0].shape, str(self.path))
         self.check_finite = check_finite
         self._output_names = [spec.name for spec in self.outputs]
+        # a graph that ends in Softmax gives probabilities: predict reports them as they are
+        self.scores_are_probabilities = (len(self.outputs[0].shape) == 2
+                                         and ends_in_softmax(self.path, self._output_names[0]))
         self._checks = [_InputCheck(spec) for spec in self.inputs]
 
     def __repr__(self) -> str:
@@ -195,7 +199,8 @@ class Engine:
                                                      crop_fraction=crop_fraction))
             for start in range(0, len(items), chunk)])
         if metadata.task == "classification":
-            results = postprocess.top_k(scores, top_k, metadata.labels if labelled else None)
+            results = postprocess.top_k(scores, top_k, metadata.labels if labelled else None,
+                                        probabilities=self.scores_are_probabilities)
         else:
             results = postprocess.class_maps(scores)
         return results[0] if single else results

@@ -1,5 +1,5 @@
 """An .onnx file on disk, without the onnx package: is it there, which operator domains it
-imports, what one of its metadata entries says.
+imports, what one of its metadata entries says, whether its output is a Softmax's.
 
 An ONNX file is a protobuf ``ModelProto``. Its top-level ``opset_import`` entries (field 8) name
 every operator domain the graph uses, so the Engine can tell whether a model needs the
@@ -17,7 +17,17 @@ from typing import BinaryIO, Iterator
 from edgecnn.errors import BadInput
 from edgecnn.runtime.files import check_input_file
 
+_GRAPH_FIELD = 7  # ModelProto.graph
 _OPSET_IMPORT_FIELD = 8  # ModelProto.opset_import
+_NODE_FIELD = 1  # GraphProto.node
+_INPUT_FIELD, _OUTPUT_FIELD, _OP_TYPE_FIELD, _ATTRIBUTE_FIELD = 1, 2, 4, 5  # NodeProto
+_NAME_FIELD, _INT_FIELD = 1, 3  # AttributeProto.name, .i
+_MAX_NAME = 4096  # bytes of a tensor name or op type read; no real graph has longer ones
+# Ops between a Softmax and the graph output that keep its values probabilities (a QDQ model
+# quantizes the Softmax's output: QuantizeLinear -> DequantizeLinear).
+_KEEPS_PROBABILITIES = {"Identity", "Cast", "QuantizeLinear", "DequantizeLinear", "Reshape",
+                        "Flatten", "Squeeze"}
+_MAX_HOPS = 8  # nodes walked back from the output
 _DOMAIN_FIELD = 1  # OperatorSetIdProto.domain
 _METADATA_PROPS_FIELD = 14  # ModelProto.metadata_props
 _KEY_FIELD, _VALUE_FIELD = 1, 2  # StringStringEntryProto
@@ -150,6 +160,78 @@ def metadata_value(model: str | os.PathLike | bytes, key: str) -> str | None:
     except (ValueError, OSError):
         return None
     return None
+
+
+def ends_in_softmax(model: str | os.PathLike, output: str) -> bool:
+    """Whether the top-level graph computes ``output`` with a Softmax over axis 1 or -1 (the
+    class axis of an (N, classes) output), through the ops in ``_KEEPS_PROBABILITIES``: the
+    values are probabilities already (Keras classifiers and many published files end so).
+    Walks the nodes like ``opset_domains``, holding one node at a time: one pass over them for
+    each node walked back; False for a file it cannot read."""
+    try:
+        with open(model, "rb") as stream:
+            for _ in range(_MAX_HOPS):
+                producer = _producer(stream, output)
+                if producer is None:
+                    return False
+                op_type, first_input, axis = producer
+                if op_type == "Softmax":
+                    return axis in (None, 1, -1)
+                if op_type not in _KEEPS_PROBABILITIES or not first_input:
+                    return False
+                output = first_input
+    except (ValueError, OSError):
+        return False
+    return False
+
+
+def _producer(stream: BinaryIO, output: str) -> tuple[str, str | None, int | None] | None:
+    """(op type, first input, its ``axis`` attribute) of the top-level node writing ``output``."""
+    stream.seek(0)
+    for field, wire, graph in fields(stream):
+        if field != _GRAPH_FIELD or wire != 2:
+            continue
+        stream.seek(graph[0])
+        for node_field, node_wire, node in fields(stream, graph[0] + graph[1]):
+            if node_field == _NODE_FIELD and node_wire == 2:
+                stream.seek(node[0])
+                found = _node_writing(stream, node[0] + node[1], output)
+                if found is not None:
+                    return found
+    return None
+
+
+def _node_writing(stream: BinaryIO, end: int, output: str):
+    """The node ending at ``end`` as ``_producer`` gives it, or None when it does not write
+    ``output``."""
+    op_type, first_input, axis, writes = "", None, None, False
+    for field, wire, value in fields(stream, end):
+        if wire != 2:
+            continue
+        if field == _ATTRIBUTE_FIELD:
+            stream.seek(value[0])
+            name, number = _attribute(stream, value[0] + value[1])
+            axis = number if name == "axis" else axis
+        elif field in (_INPUT_FIELD, _OUTPUT_FIELD, _OP_TYPE_FIELD) and value[1] <= _MAX_NAME:
+            stream.seek(value[0])
+            text = stream.read(value[1]).decode("utf-8", "replace")
+            if field == _INPUT_FIELD and first_input is None:
+                first_input = text
+            writes = writes or (field == _OUTPUT_FIELD and text == output)
+            op_type = text if field == _OP_TYPE_FIELD else op_type
+    return (op_type, first_input, axis) if writes else None
+
+
+def _attribute(stream: BinaryIO, end: int) -> tuple[str, int | None]:
+    """An attribute's name and integer value (int64, read as signed)."""
+    name, number = "", None
+    for field, wire, value in fields(stream, end):
+        if field == _NAME_FIELD and wire == 2 and value[1] <= _MAX_NAME:
+            stream.seek(value[0])
+            name = stream.read(value[1]).decode("utf-8", "replace")
+        elif field == _INT_FIELD and wire == 0:
+            number = value - 2**64 if value >= 2**63 else value
+    return name, number
 
 
 def check_model_file(path: str | os.PathLike, what: str = "model file") -> Path:

@@ -31,16 +31,19 @@ def usable_labels(labels: Sequence[str] | None, classes: int) -> Sequence[str] |
     return labels if labels is not None and len(labels) == classes else None
 
 
-def top_k(logits: np.ndarray, k: int = 5, labels: Sequence[str] | None = None) -> list[Prediction]:
+def top_k(logits: np.ndarray, k: int = 5, labels: Sequence[str] | None = None, *,
+          probabilities: bool = False) -> list[Prediction]:
     """For each row of (N, classes) logits: the k most likely (label or index, probability).
 
     ``k`` larger than the number of classes gives all classes. Labels replace indices when
-    there are as many labels as classes.
+    there are as many labels as classes. ``probabilities``: the rows are a softmax's output
+    already (``Engine.scores_are_probabilities``), taken as they are.
     """
     require_count("top_k", k, optional=False)
     if logits.ndim != 2:
         raise BadInput(f"expected classification logits of shape (N, classes), got {logits.shape}")
-    probabilities = softmax(logits)
+    probabilities = (logits.astype(np.promote_types(logits.dtype, np.float32), copy=False)
+                     if probabilities else softmax(logits))
     order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
     labels = usable_labels(labels, logits.shape[1])
     return [[(labels[index] if labels else int(index), float(row[index])) for index in ranks]

@@ -49,11 +49,12 @@ def _class_summary(class_map: np.ndarray, labels: Sequence[str] | None) -> list[
             for i in order]
 
 
-def _record(outcome: Outcome, task: str, top_k: int, labels) -> dict:
+def _record(outcome: Outcome, task: str, top_k: int, labels, probabilities: bool) -> dict:
+    """``probabilities``: the scores are a softmax's already (Engine.scores_are_probabilities)."""
     if outcome.error is not None:
         return {"image": str(outcome.path), "error": outcome.error}
     if task == "classification":  # always the index; the label where there is one
-        best = top_k_of(outcome.scores[None], top_k)[0]
+        best = top_k_of(outcome.scores[None], top_k, probabilities=probabilities)[0]
         return {"image": str(outcome.path),
                 "top_k": [{"index": index, **({"label": labels[index]} if labels else {}),
                            "probability": round(probability, 6)} for index, probability in best]}
@@ -68,7 +69,7 @@ def _local_records(engine: Engine, paths, task: str, top_k: int, labels, masks,
     outcomes = stream_scores(engine, paths, **stream)
     with contextlib.closing(outcomes):  # its threads joined on any exit
         for outcome in outcomes:
-            record = _record(outcome, task, top_k, labels)
+            record = _record(outcome, task, top_k, labels, engine.scores_are_probabilities)
             if masks is not None and outcome.scores is not None:
                 write_mask(mask_path(masks, outcome.path), outcome.scores.argmax(axis=0))
             yield record

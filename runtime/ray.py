@@ -105,9 +105,11 @@ class EngineActor:
         outcomes = list(stream_scores(self.engine, paths, batch=len(paths),
                                       **self.stream_options))
         if self.top_k is not None:
-            return {"record": np.array([json.dumps(_record(outcome, self.task, self.top_k,
-                                                           self.labels), ensure_ascii=False)
-                                        for outcome in outcomes], dtype=object)}
+            probabilities = self.engine.scores_are_probabilities
+            records = [_record(outcome, self.task, self.top_k, self.labels, probabilities)
+                       for outcome in outcomes]
+            return {"record": np.array([json.dumps(record, ensure_ascii=False)
+                                        for record in records], dtype=object)}
         classes = self.engine.outputs[0].shape[1]
         return {"path": np.array([str(path) for path in paths], dtype=object),
                 "error": np.array([outcome.error or "" for outcome in outcomes], dtype=object),

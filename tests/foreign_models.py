@@ -17,19 +17,21 @@ CLASSES = 5
 
 
 class TinyClassifier(nn.Module):
-    """conv -> global mean -> linear: any H x W; ``nhwc`` takes (N, H, W, C) input."""
+    """conv -> global mean -> linear: any H x W; ``nhwc`` takes (N, H, W, C) input; ``softmax``
+    ends in a softmax (probabilities out, as Keras classifiers and many published files do)."""
 
-    def __init__(self, channels: int = 3, nhwc: bool = False):
+    def __init__(self, channels: int = 3, nhwc: bool = False, softmax: bool = False):
         super().__init__()
         torch.manual_seed(0)
-        self.nhwc = nhwc
+        self.nhwc, self.softmax = nhwc, softmax
         self.conv = nn.Conv2d(channels, 16, 3, padding=1)
         self.fc = nn.Linear(16, CLASSES)
 
     def forward(self, input):  # `input`: the legacy exporter names it input.1
         if self.nhwc:
             input = input.permute(0, 3, 1, 2)
-        return self.fc(torch.relu(self.conv(input)).mean((2, 3)))
+        logits = self.fc(torch.relu(self.conv(input)).mean((2, 3)))
+        return logits.softmax(1) if self.softmax else logits
 
 
 class TwoInputsTwoOutputs(nn.Module):

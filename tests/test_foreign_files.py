@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from onnx import TensorProto, helper, save
 from PIL import Image
 
 from conftest import assert_one_line_error
@@ -17,6 +18,7 @@ from foreign_models import CLASSES, TinyClassifier, TwoInputsTwoOutputs, export_
 
 from edgecnn.errors import BadInput
 from edgecnn.runtime import Engine, InputInfo
+from edgecnn.runtime.model_file import ends_in_softmax
 from edgecnn.runtime.postprocess import softmax
 from edgecnn.runtime.preprocess import preprocess_images
 
@@ -214,3 +216,82 @@ def test_engine_preprocessing_messages_name_the_setting(files):
     engine = Engine(files["legacy_nhwc"], "cpu", preprocessing={"std": (0.5, 0.5, 0.5)})
     assert engine.metadata.input.layout == "NHWC" and engine.metadata.input.shape == [3, 32, 32]
     assert engine.metadata.task == "classification" and engine.metadata.input.color == "RGB"
+
+
+@pytest.fixture(scope="module")
+def softmax_files(tmp_path_factory, files) -> dict[str, Path]:
+    """Files that end in Softmax: both exporters, and edgecnn's int8 of one (QDQ after it)."""
+    from edgecnn.export.quantize import quantize_model
+
+    folder = tmp_path_factory.mktemp("softmax")
+    x = torch.randn(1, 3, 32, 32)
+    made = {"dynamo": export_dynamo(TinyClassifier(softmax=True), folder / "dynamo.onnx", (x,)),
+            "legacy": export_legacy(TinyClassifier(softmax=True), folder / "legacy.onnx", (x,))}
+    made["int8"] = quantize_model(made["legacy"], folder / "int8.onnx", calibration="random",
+                                  calibration_size=8, check=False).path
+    return made
+
+
+@pytest.mark.parametrize("name", ["dynamo", "legacy", "int8"])
+def test_a_model_that_ends_in_softmax_is_not_softmaxed_again(cli, softmax_files, photo, name):
+    """Its output is probabilities already: run reports them as they are (a second softmax
+    squashed them towards 1/classes: 0.29 became 0.22 here, and 0.9 of 1000 classes 0.0025)."""
+    engine = Engine(softmax_files[name], "cpu", preprocessing={"mean": MEAN, "std": STD})
+    assert engine.scores_are_probabilities
+    expected = engine.scores(preprocess_images([photo], engine.metadata.input))[0]
+    assert abs(expected.sum() - 1) < 0.05  # the file's own softmax
+    best = engine.predict(photo, top_k=CLASSES, labelled=False)
+    assert [index for index, _ in best] == list(np.argsort(-expected, kind="stable"))
+    np.testing.assert_allclose([p for _, p in best], np.sort(expected)[::-1], rtol=1e-6)
+    result = cli("run", softmax_files[name], photo, "--json", "--provider", "cpu",
+                 "--top-k", CLASSES, "--mean", *map(str, MEAN), "--std", *map(str, STD))
+    assert result.code == 0, result.stderr
+    reported = [entry["probability"] for entry in json.loads(result.stdout)["results"][0]["top_k"]]
+    np.testing.assert_allclose(reported, np.sort(expected)[::-1], atol=1e-6)
+
+
+def test_logits_still_become_probabilities(files, photo):
+    engine = Engine(files["legacy"], "cpu", preprocessing={"mean": MEAN, "std": STD})
+    assert not engine.scores_are_probabilities
+    logits = engine.scores(preprocess_images([photo], engine.metadata.input))[0]
+    best = engine.predict(photo, top_k=1, labelled=False)
+    np.testing.assert_allclose(best[0][1], softmax(logits).max(), rtol=1e-6)
+
+
+def _graph_file(tmp_path: Path, nodes, opset: int = 13) -> Path:
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                         [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    path = tmp_path / "g.onnx"
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), path)
+    return path
+
+
+@pytest.mark.parametrize("chain, axis, expected", [
+    (["Softmax"], None, True), (["Softmax"], -1, True), (["Softmax"], 1, True),
+    (["Softmax"], 0, False),  # over the batch: not class probabilities
+    (["Softmax", "Identity", "Flatten"], 1, True),
+    (["LogSoftmax"], 1, False),  # log probabilities: softmax of them is the softmax of the logits
+    (["Softmax", "Relu"], 1, False),
+    (["Softmax"] + ["Identity"] * 8, 1, False),  # walks back 8 nodes at most
+])
+def test_ends_in_softmax_reads_the_graph(tmp_path, chain, axis, expected):
+    names = ["x", *(f"t{k}" for k in range(len(chain) - 1)), "y"]
+    nodes = [helper.make_node(op, [names[k]], [names[k + 1]],
+                              **({"axis": axis} if "Softmax" in op and axis is not None else {}))
+             for k, op in enumerate(chain)]
+    assert ends_in_softmax(_graph_file(tmp_path, nodes), "y") is expected
+
+
+def test_ends_in_softmax_survives_files_it_cannot_read(tmp_path):
+    path = _graph_file(tmp_path, [helper.make_node("Softmax", ["x"], ["y"], axis=1)])
+    whole = path.read_bytes()
+    assert ends_in_softmax(path, "y") and not ends_in_softmax(path, "other")
+    for cut in (whole[:8], b"\xff" * 64, b""):
+        path.write_bytes(cut)
+        assert ends_in_softmax(path, "y") is False
+    assert ends_in_softmax(tmp_path / "missing.onnx", "y") is False
+    long_name = "y" * 5000  # names past 4096 bytes are not read: no match, no large read
+    path = _graph_file(tmp_path, [helper.make_node("Softmax", ["x"], [long_name], axis=1),
+                                  helper.make_node("Identity", [long_name], ["y"])])
+    assert ends_in_softmax(path, "y") is False
