@@ -26,6 +26,7 @@ from edgecnn.errors import BadInput, require_count
 from edgecnn.runtime import providers as provider_lib
 from edgecnn.runtime.metadata import ModelMetadata
 from edgecnn.runtime.model_file import ends_in_softmax, no_outputs
+from edgecnn.runtime.postprocess import class_rows, is_class_vector
 from edgecnn.runtime.preprocess_settings import check_settings, metadata_from_settings
 from edgecnn.runtime.session import open_session
 
@@ -125,8 +126,9 @@ class Engine:
         self.check_finite = check_finite
         self._output_names = [spec.name for spec in self.outputs]
         # a graph that ends in Softmax gives probabilities: predict reports them as they are
-        self.scores_are_probabilities = (len(self.outputs[0].shape) == 2
-                                         and ends_in_softmax(self.path, self._output_names[0]))
+        first = self.outputs[0].shape
+        self.scores_are_probabilities = is_class_vector(first) and ends_in_softmax(
+            self.path, self._output_names[0], rank=len(first))
         self._checks = [_InputCheck(spec) for spec in self.inputs]
 
     def __repr__(self) -> str:
@@ -222,7 +224,12 @@ class Engine:
 
     def scores(self, batch: np.ndarray) -> np.ndarray:
         """The first output for a preprocessed float32 batch of any length (a fixed batch axis
-        takes it in chunks of that size, the last zero-padded and its padding rows dropped)."""
+        takes it in chunks of that size, the last zero-padded and its padding rows dropped); a
+        classifier's as (N, classes), also where the graph gives (N, classes, 1, 1)."""
+        scores = self._first_output(batch)
+        return class_rows(scores) if self.metadata.task == "classification" else scores
+
+    def _first_output(self, batch: np.ndarray) -> np.ndarray:
         spec, fixed = self.image_input(), self.fixed_batch
         if not fixed:
             return self.run({spec.name: batch.astype(spec.dtype, copy=False)})[self._output_names[0]]

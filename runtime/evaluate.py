@@ -24,7 +24,7 @@ import numpy as np
 from edgecnn.errors import BadInput
 from edgecnn.runtime.datasets import existing_source, labelled_files, load_arrays
 from edgecnn.runtime.engine import Engine
-from edgecnn.runtime.postprocess import usable_labels
+from edgecnn.runtime.postprocess import is_class_vector, usable_labels
 from edgecnn.runtime.providers import ProviderRequest
 from edgecnn.runtime.stream import (
     DEFAULT_BATCH, check_stream_options, stream_scores, streaming_session_options,
@@ -88,7 +88,8 @@ class Tally:
 def _classes(engine: Engine) -> int:
     metadata = engine.require_metadata()
     shape = engine.outputs[0].shape
-    if metadata.task != "classification" or len(shape) != 2 or not isinstance(shape[1], int):
+    if metadata.task != "classification" or not is_class_vector(shape) or not isinstance(
+            shape[1], int):
         raise BadInput(f"evaluate measures classification models; {engine.path} is "
                        f"{metadata.task} with output {engine.outputs[0].describe()}")
     return shape[1]

@@ -162,10 +162,12 @@ def metadata_value(model: str | os.PathLike | bytes, key: str) -> str | None:
     return None
 
 
-def ends_in_softmax(model: str | os.PathLike, output: str) -> bool:
-    """Whether the top-level graph computes ``output`` with a Softmax over axis 1 or -1 (the
-    class axis of an (N, classes) output), through the ops in ``_KEEPS_PROBABILITIES``: the
-    values are probabilities already (Keras classifiers and many published files end so).
+def ends_in_softmax(model: str | os.PathLike, output: str, rank: int = 2) -> bool:
+    """Whether the top-level graph computes ``output``, of ``rank`` 2 (N, classes) or 4 (N,
+    classes, 1, 1), with a Softmax over axis 1 (the classes), through the ops in
+    ``_KEEPS_PROBABILITIES``: the values are probabilities already (Keras classifiers and many
+    published files end so). Axis -1 is the classes at rank 2, and so is a Softmax without the
+    attribute (opsets before 13 default to axis 1, later ones to -1).
     Walks the nodes like ``opset_domains``, holding one node at a time: one pass over them for
     each node walked back; False for a file it cannot read."""
     try:
@@ -176,7 +178,7 @@ def ends_in_softmax(model: str | os.PathLike, output: str) -> bool:
                     return False
                 op_type, first_input, axis = producer
                 if op_type == "Softmax":
-                    return axis in (None, 1, -1)
+                    return axis in ((None, 1, -1) if rank == 2 else (1, 1 - rank))
                 if op_type not in _KEEPS_PROBABILITIES or not first_input:
                     return False
                 output = first_input

@@ -18,6 +18,19 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     return shifted / shifted.sum(axis=axis, keepdims=True)
 
 
+def is_class_vector(dims: Sequence) -> bool:
+    """Whether an output of these dims (ints, or None/names for dynamic axes) holds one score per
+    class: (N, classes), or (N, classes, 1, 1) as a model ending in global pooling or a 1x1
+    convolution gives it (SqueezeNet's published files)."""
+    return len(dims) == 2 or (len(dims) == 4 and dims[2] == 1 and dims[3] == 1)
+
+
+def class_rows(scores: np.ndarray) -> np.ndarray:
+    """(N, classes) scores from (N, classes) or (N, classes, 1, 1) ones."""
+    return scores.reshape(scores.shape[:2]) if scores.ndim == 4 and is_class_vector(scores.shape) \
+        else scores
+
+
 def top1_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     """Fraction of rows of (N, classes) ``logits`` whose argmax is the row's label."""
     logits, labels = np.asarray(logits), np.asarray(labels)

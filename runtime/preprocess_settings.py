@@ -6,8 +6,8 @@ A file edgecnn did not write has no metadata; what its graph fixes is read from 
 name when there is one, channels, height and width, the layout when only one axis can hold the
 channels) and the rest comes from the settings or the defaults: classification, RGB for 3
 channels (GRAY otherwise), pixels / 255, ImageNet's mean and std for 3 channels (mean 0, std 1
-otherwise), center-crop fraction 0.875, segmentation when the first output is 4-D (else
-classification). Settings given on a file with metadata replace those fields only. Every value goes through ``ModelMetadata.validate`` and ``check_graph``; messages
+otherwise), center-crop fraction 0.875, segmentation when the first output is 4-D other than
+(N, classes, 1, 1) (else classification). Settings given on a file with metadata replace those fields only. Every value goes through ``ModelMetadata.validate`` and ``check_graph``; messages
 begin with the setting's name (``mean must be a list of one number per channel (3), got
 [0.5]``).
 """
@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 
 from edgecnn.errors import BadInput
 from edgecnn.runtime.files import check_input_file
+from edgecnn.runtime.postprocess import is_class_vector
 from edgecnn.runtime.metadata import (
     MAX_SIDE, InputInfo, ModelMetadata, describe_dims, fixed_size,
 )
@@ -91,7 +92,7 @@ def metadata_from_settings(inputs: Mapping[str, Sequence], output: Sequence,
     fields = asdict(base) if base is not None else {"model": model}
     fields.update(input=info, labels=_as_list(labels),
                   task=pick("task", fields.get("task"),
-                            "segmentation" if len(output) == 4 else "classification"))
+                            "classification" if is_class_vector(output) else "segmentation"))
     metadata = ModelMetadata(**fields)
     metadata.validate(source, SETTING_OF_FIELD)
     metadata.check_graph(inputs, output, source, SETTING_OF_FIELD)

@@ -295,3 +295,55 @@ def test_ends_in_softmax_survives_files_it_cannot_read(tmp_path):
     path = _graph_file(tmp_path, [helper.make_node("Softmax", ["x"], [long_name], axis=1),
                                   helper.make_node("Identity", [long_name], ["y"])])
     assert ends_in_softmax(path, "y") is False
+
+
+def _pooled_classifier(tmp_path: Path, last: list) -> Path:
+    """A SqueezeNet-shaped file: conv -> global pooling, its output (1, 5, 1, 1), then ``last``
+    (nodes from "pooled" to "out")."""
+    from onnx import numpy_helper
+
+    weight = numpy_helper.from_array(
+        np.random.default_rng(0).standard_normal((CLASSES, 3, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["data", "w"], ["conv"], pads=[1, 1, 1, 1]),
+             helper.make_node("GlobalAveragePool", ["conv"], ["pooled"] if last else ["out"]),
+             *last]
+    graph = helper.make_graph(
+        nodes, "pooled", [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, CLASSES, 1, 1])], [weight])
+    path = tmp_path / "pooled.onnx"
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)]), path)
+    return path
+
+
+@pytest.mark.parametrize("last, probabilities", [
+    ([], False), ([helper.make_node("Softmax", ["pooled"], ["out"], axis=1)], True)])
+def test_a_class_vector_of_n_classes_1_1_is_classification(cli, tmp_path, photo, last,
+                                                           probabilities):
+    """(N, classes, 1, 1), as SqueezeNet's published files give it, is one score per class:
+    classification by default, its top-k taken over the classes (was: a 1x1 "segmentation", and
+    --task classification refused the shape)."""
+    path = _pooled_classifier(tmp_path, last)
+    engine = Engine(path, "cpu", preprocessing={"mean": MEAN, "std": STD})
+    assert engine.metadata.task == "classification"
+    assert engine.scores_are_probabilities is probabilities
+    raw = engine.run(preprocess_images([photo], engine.metadata.input))["out"].reshape(CLASSES)
+    expected = np.sort(raw if probabilities else softmax(raw))[::-1]
+    best = engine.predict(photo, top_k=CLASSES, labelled=False)
+    np.testing.assert_allclose([p for _, p in best], expected, rtol=1e-6)
+    for task in ([], ["--task", "classification"]):
+        result = cli("run", path, photo, "--json", "--top-k", CLASSES, "--mean", *map(str, MEAN),
+                     "--std", *map(str, STD), *task)
+        assert result.code == 0, result.stderr
+        top = json.loads(result.stdout)["results"][0]["top_k"]
+        np.testing.assert_allclose([entry["probability"] for entry in top], expected, atol=1e-6)
+    labelled = tmp_path / "labelled"
+    for index in range(CLASSES):  # evaluate takes it too
+        (labelled / str(index)).mkdir(parents=True)
+        (labelled / str(index) / "a.png").write_bytes(photo.read_bytes())
+    annotated = tmp_path / "annotated.onnx"  # evaluate takes files that carry metadata
+    result = cli("annotate", path, "-o", annotated, "--mean", *map(str, MEAN), "--std",
+                 *map(str, STD))
+    assert result.code == 0, result.stderr
+    result = cli("evaluate", annotated, labelled, "--json")
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["models"][0]["samples"] == CLASSES

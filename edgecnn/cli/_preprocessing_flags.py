@@ -47,8 +47,8 @@ ScaleOpt = Annotated[Optional[float], typer.Option(
     "--scale", help="Pixel values (0-255) are divided by this before --mean/--std. Default: 255.")]
 TaskOpt = Annotated[Optional[str], typer.Option(
     "--task", metavar="classification|segmentation",
-    help="What the first output is. Default: segmentation for a 4-D output, else "
-         "classification.")]
+    help="What the first output is. Default: segmentation for a 4-D output other than "
+         "(N, classes, 1, 1), else classification.")]
 CropFractionOpt = Annotated[Optional[float], typer.Option(
     "--crop-fraction",
     help="Share of the resized image the model sees (center crop), in [{min_crop}, 1]. "
