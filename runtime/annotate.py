@@ -20,6 +20,7 @@ from pathlib import Path
 
 from edgecnn.errors import BadInput
 from edgecnn.runtime.external_data import check_external_data
+from edgecnn.runtime.describe import value_type
 from edgecnn.runtime.files import atomic_model_output, check_output_path
 from edgecnn.runtime.metadata import ModelMetadata
 from edgecnn.runtime.preprocess_settings import metadata_from_settings
@@ -56,8 +57,9 @@ def annotate(path: str | os.PathLike, output: str | os.PathLike | None = None, *
         base = None
     inputs = {value.name: onnx_file.dims(value) for value in onnx_file.graph_inputs(model)}
     output_dims = onnx_file.dims(model.graph.output[0]) if model.graph.output else []
+    types = {value.name: value_type(value) for value in onnx_file.graph_inputs(model)}
     metadata = metadata_from_settings(inputs, output_dims, settings, base=base,
-                                      model=source.stem, source=str(source))
+                                      model=source.stem, source=str(source), input_types=types)
     if base is None:
         metadata.edgecnn_version = __version__
         metadata.opset = onnx_file.opset_version(model) or metadata.opset

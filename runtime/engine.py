@@ -27,7 +27,9 @@ from edgecnn.runtime import providers as provider_lib
 from edgecnn.runtime.metadata import ModelMetadata
 from edgecnn.runtime.model_file import ends_in_softmax, no_outputs
 from edgecnn.runtime.postprocess import class_rows, is_class_vector
-from edgecnn.runtime.preprocess_settings import check_settings, metadata_from_settings
+from edgecnn.runtime.preprocess_settings import (
+    check_raw_pixels, check_settings, integer_type, metadata_from_settings,
+)
 from edgecnn.runtime.session import open_session
 
 PREDICT_CHUNK = 16  # images per run() call when the batch axis is dynamic
@@ -117,12 +119,15 @@ class Engine:
         if not self.outputs:
             raise no_outputs(self.path)
         graph = {spec.name: spec.shape for spec in self.inputs}
+        types = {spec.name: spec.dtype.name for spec in self.inputs if spec.dtype is not None}
         if check_settings(preprocessing):  # validated against the graph, like the metadata
             self.metadata = metadata_from_settings(graph, self.outputs[0].shape, preprocessing,
                                                    base=self.metadata, model=self.path.stem,
-                                                   source=str(self.path))
+                                                   source=str(self.path), input_types=types)
         elif self.metadata is not None:  # before anything is allocated from the metadata's shape
             self.metadata.check_graph(graph, self.outputs[0].shape, str(self.path))
+            if integer := integer_type(types.get(self.metadata.input.name)):
+                check_raw_pixels(self.metadata.input, integer, str(self.path))
         self.check_finite = check_finite
         self._output_names = [spec.name for spec in self.outputs]
         # a graph that ends in Softmax gives probabilities: predict reports them as they are

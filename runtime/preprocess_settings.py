@@ -6,7 +6,7 @@ A file edgecnn did not write has no metadata; what its graph fixes is read from 
 name when there is one, channels, height and width, the layout when only one axis can hold the
 channels) and the rest comes from the settings or the defaults: classification, RGB for 3
 channels (GRAY otherwise), pixels / 255, ImageNet's mean and std for 3 channels (mean 0, std 1
-otherwise), center-crop fraction 0.875, segmentation when the first output is 4-D other than
+otherwise; an integer input takes the pixels as they are: scale 1, mean 0, std 1), center-crop fraction 0.875, segmentation when the first output is 4-D other than
 (N, classes, 1, 1) (else classification). Settings given on a file with metadata replace those fields only. Every value goes through ``ModelMetadata.validate`` and ``check_graph``; messages
 begin with the setting's name (``mean must be a list of one number per channel (3), got
 [0.5]``).
@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 from dataclasses import asdict
 from typing import Any, Mapping, Sequence
+
+import numpy as np
 
 from edgecnn.errors import BadInput
 from edgecnn.runtime.files import check_input_file
@@ -46,12 +48,38 @@ def check_settings(settings: Mapping[str, Any] | None) -> dict[str, Any]:
     return given
 
 
+def integer_type(dtype: str | None) -> str | None:
+    """``dtype`` (a numpy name, or what describe.value_type says instead) when it is an
+    integer type, whose image input takes the pixels as they are; else None."""
+    try:
+        return dtype if dtype and np.dtype(dtype).kind in "iu" else None
+    except TypeError:  # "sequence", "unknown type 40", ...
+        return None
+
+
+def check_raw_pixels(info: InputInfo, dtype: str, source: str = "model") -> None:
+    """BadInput unless ``info`` feeds the pixels as they are (scale 1, mean 0, std 1), as an
+    image input of ``dtype`` integers needs: normalized values would be cut to integers."""
+    if dtype == "int8":
+        raise BadInput(f"{source}: input {info.name!r} takes int8, which cannot hold pixels "
+                       "0-255; feed it arrays with Engine.run")
+    if info.scale == 1 and not any(info.mean) and all(value == 1 for value in info.std):
+        return
+    raise BadInput(f"{source}: input {info.name!r} takes {dtype} pixels as they are: its "
+                   f"preprocessing is scale 1, mean 0 and std 1, not scale {info.scale:g}, mean "
+                   f"{info.mean}, std {info.std} (normalized values would be cut to integers)")
+
+
 def metadata_from_settings(inputs: Mapping[str, Sequence], output: Sequence,
                            settings: Mapping[str, Any] | None, *, base: ModelMetadata | None,
-                           model: str, source: str = "model") -> ModelMetadata:
+                           model: str, source: str = "model",
+                           input_types: Mapping[str, str] | None = None) -> ModelMetadata:
     """Metadata for a graph (``inputs``: name -> dims, batch first; ``output``: the first
     output's dims) from ``settings`` (names in SETTINGS), over ``base`` (the file's metadata,
-    or None: the defaults). ``model`` names the model when there is no base."""
+    or None: the defaults). ``model`` names the model when there is no base.
+    ``input_types``: {name: numpy dtype name} of the graph's inputs; an image input of integers
+    takes the pixels as they are (scale 1, mean 0 and std 1 by default, and nothing else:
+    ``check_raw_pixels``)."""
     given = check_settings(settings)
     for setting in ("layout", "color"):  # nhwc, bgr: the metadata's spelling is upper case
         if isinstance(given.get(setting), str):
@@ -71,8 +99,9 @@ def metadata_from_settings(inputs: Mapping[str, Sequence], output: Sequence,
     default_color = "RGB" if channels == 3 else "GRAY"
     if given.get("color") == "GRAY" and channels == 3:  # the metadata allows it (N channels)
         raise BadInput("color must be RGB or BGR for a 3-channel input, got 'GRAY'")
-    mean_std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ([0.0] * channels,
-                                                                     [1.0] * channels)
+    integer = integer_type((input_types or {}).get(name))
+    mean_std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 and not integer else (
+        [0.0] * channels, [1.0] * channels)
     template = old if old is not None and old.channels == channels else None
 
     def pick(setting: str, kept: Any, default: Any) -> Any:
@@ -82,7 +111,7 @@ def metadata_from_settings(inputs: Mapping[str, Sequence], output: Sequence,
     info = InputInfo(
         name=name, shape=[channels, height, width], layout=layout,
         color=pick("color", template and template.color, default_color),
-        scale=pick("scale", old and old.scale, InputInfo.scale),
+        scale=pick("scale", old and old.scale, 1.0 if integer else InputInfo.scale),
         mean=_as_list(pick("mean", template and template.mean, mean_std[0])),
         std=_as_list(pick("std", template and template.std, mean_std[1])),
         crop_fraction=pick("crop_fraction", old and old.crop_fraction, InputInfo.crop_fraction))
@@ -96,6 +125,8 @@ def metadata_from_settings(inputs: Mapping[str, Sequence], output: Sequence,
     metadata = ModelMetadata(**fields)
     metadata.validate(source, SETTING_OF_FIELD)
     metadata.check_graph(inputs, output, source, SETTING_OF_FIELD)
+    if integer:
+        check_raw_pixels(info, integer, source)
     return metadata
 
 

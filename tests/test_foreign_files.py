@@ -347,3 +347,59 @@ def test_a_class_vector_of_n_classes_1_1_is_classification(cli, tmp_path, photo,
     result = cli("evaluate", annotated, labelled, "--json")
     assert result.code == 0, result.stderr
     assert json.loads(result.stdout)["models"][0]["samples"] == CLASSES
+
+
+def _uint8_classifier(tmp_path: Path) -> Path:
+    """A file that takes uint8 NHWC pixels (TensorFlow-converted models do) and casts them."""
+    from onnx import numpy_helper
+
+    weight = numpy_helper.from_array(
+        np.random.default_rng(0).standard_normal((CLASSES, 3, 3, 3)).astype(np.float32) / 50, "w")
+    nodes = [helper.make_node("Cast", ["pixels"], ["float"], to=TensorProto.FLOAT),
+             helper.make_node("Transpose", ["float"], ["nchw"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["nchw", "w"], ["conv"], pads=[1, 1, 1, 1]),
+             helper.make_node("GlobalAveragePool", ["conv"], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], ["out"])]
+    graph = helper.make_graph(
+        nodes, "uint8", [helper.make_tensor_value_info("pixels", TensorProto.UINT8, [1, 32, 32, 3])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, CLASSES])], [weight])
+    path = tmp_path / "uint8.onnx"
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    return path
+
+
+def test_an_integer_input_takes_pixels_as_they_are(cli, tmp_path, photo):
+    """A uint8 input gets the pixels themselves: scale 1, mean 0, std 1 by default (the
+    ImageNet defaults were cast to uint8: negative values wrapped, every image alike)."""
+    path = _uint8_classifier(tmp_path)
+    engine = Engine(path, "cpu", preprocessing={"layout": "NHWC"})
+    info = engine.metadata.input
+    assert (info.scale, info.mean, info.std) == (1.0, [0.0] * 3, [1.0] * 3)
+    pixels = preprocess_images([photo], info)
+    assert pixels.min() >= 0 and pixels.max() > 1 and np.all(pixels == np.rint(pixels))
+    expected = softmax(engine.run(pixels.astype(np.uint8))["out"])[0]
+    best = engine.predict(photo, top_k=CLASSES, labelled=False)
+    np.testing.assert_allclose([p for _, p in best], np.sort(expected)[::-1], rtol=1e-6)
+    annotated = tmp_path / "annotated.onnx"
+    assert cli("annotate", path, "-o", annotated).code == 0
+    assert Engine(annotated, "cpu").metadata.input.scale == 1.0
+
+
+@pytest.mark.parametrize("flags", [["--mean", "0.5", "0.5", "0.5"], ["--scale", "255"],
+                                   ["--std", "2", "2", "2"]])
+def test_normalizing_an_integer_input_is_one_line(cli, tmp_path, photo, flags):
+    path = _uint8_classifier(tmp_path)
+    assert_one_line_error(cli("run", path, photo, *flags), 2, "input 'pixels' takes uint8",
+                          "scale 1, mean 0 and std 1")
+    assert_one_line_error(cli("annotate", path, "-o", tmp_path / "a.onnx", *flags), 2,
+                          "input 'pixels' takes uint8")
+    assert not (tmp_path / "a.onnx").exists()
+
+
+def test_an_int8_image_input_is_refused():
+    from edgecnn.runtime.preprocess_settings import check_raw_pixels
+
+    raw = InputInfo(name="pixels", shape=[3, 8, 8], scale=1.0, mean=[0.0] * 3, std=[1.0] * 3)
+    check_raw_pixels(raw, "uint8")
+    with pytest.raises(BadInput, match="takes int8, which cannot hold pixels 0-255"):
+        check_raw_pixels(raw, "int8")

@@ -27,11 +27,11 @@ MeanOpt = Annotated[Optional[str], typer.Option(
     "--mean", metavar="M [M M]",
     help="Per-channel mean subtracted after --scale, in the model's channel order (space- or "
          "comma-separated). Default: the file's metadata; without it ImageNet's (0.485 0.456 "
-         "0.406) for 3 channels, else 0.")]
+         "0.406) for 3 channels, else 0 (and 0 for an integer input).")]
 StdOpt = Annotated[Optional[str], typer.Option(
     "--std", metavar="S [S S]",
     help="Per-channel std divided by after the mean. Default: the file's metadata; without it "
-         "ImageNet's (0.229 0.224 0.225) for 3 channels, else 1.")]
+         "ImageNet's (0.229 0.224 0.225) for 3 channels, else 1 (and 1 for an integer input).")]
 PreprocessInputSizeOpt = Annotated[Optional[str], typer.Option(
     "--input-size", metavar="H W",
     help="Input height and width: one int (square) or two. Default: the graph's when fixed "
@@ -44,7 +44,8 @@ ColorOpt = Annotated[Optional[str], typer.Option(
     "--color", metavar="RGB|BGR|GRAY",
     help="Channel order the model expects. Default: RGB for 3 channels, GRAY otherwise.")]
 ScaleOpt = Annotated[Optional[float], typer.Option(
-    "--scale", help="Pixel values (0-255) are divided by this before --mean/--std. Default: 255.")]
+    "--scale", help="Pixel values (0-255) are divided by this before --mean/--std. Default: 255 "
+                    "(1 for an integer input, which takes the pixels as they are).")]
 TaskOpt = Annotated[Optional[str], typer.Option(
     "--task", metavar="classification|segmentation",
     help="What the first output is. Default: segmentation for a 4-D output other than "
