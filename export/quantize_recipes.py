@@ -11,19 +11,22 @@ from typing import Callable, ClassVar, Iterator, Sequence
 import numpy as np
 import onnx
 
-from edgecnn.errors import BadInput
+from edgecnn.errors import BadInput, first_line
 from edgecnn.export.calibration import InputSet, calibration_batches
 from edgecnn.export.quantize_input import graph_input
 from edgecnn.export.quiet import silenced
 from edgecnn.export.rgb_stem import DESCRIPTION as RGB_STEM, find_stem, finish, split_stem
 from edgecnn.runtime.onnx_file import (
-    copy_model, drop_initializer_value_info, fixed_batch, is_custom_domain,
+    copy_model, drop_initializer_value_info, fixed_batch, is_custom_domain, opset_version,
 )
 
 METHODS = ("minmax", "entropy", "percentile")
 TARGETS = ("cpu", "openvino")  # the providers a static int8 file is tuned for (Int8Static.target)
 PERCENTILE = 99.999  # the percentile method's clipping point (onnxruntime's default)
 FP16_CHUNK = 1 << 16  # weights mapped to fp16 at a time (float16_weights)
+# onnxruntime's quantizer writes per-channel QDQ (DequantizeLinear's axis) for any opset, but
+# that axis exists from opset 13 on: an older file is converted first (at_least_opset).
+PER_CHANNEL_OPSET = 13
 
 ProgressCallback = Callable[[str, int, int], None]  # (task, done, total)
 
@@ -198,6 +201,23 @@ def _fast_weight_mapping() -> Iterator[None]:
         float16.convert_np_to_float16 = original
 
 
+def at_least_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """``model``, converted by onnx's version converter when its standard opset is older than
+    ``opset`` (the same computation in newer ops); BadInput when the converter cannot."""
+    from onnx import version_converter
+
+    current = opset_version(model)
+    if current is None or current >= opset:
+        return model
+    try:
+        return version_converter.convert_version(model, opset)
+    except Exception as error:  # the converter raises what its adapters raise
+        raise BadInput(f"the model's opset {current} is older than the {opset} per-channel int8 "
+                       f"needs, and onnx could not convert it ({first_line(error)}): quantize "
+                       f"with per_tensor=True, or export the model at opset {opset} or "
+                       "later") from None
+
+
 def to_fp16(model: onnx.ModelProto, exclude: Sequence[str], keep_io_float: bool) -> onnx.ModelProto:
     """onnxruntime's fp16 converter; custom-domain ops (and ``exclude``) stay fp32 behind Casts."""
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
@@ -251,6 +271,8 @@ class Int8Static(Recipe):
         return self.target == "cpu"
 
     def float_model(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        if self.per_channel:
+            model = at_least_opset(model, PER_CHANNEL_OPSET)
         if not self.equalize:
             return model
         from edgecnn.export.equalize import equalize_pairs

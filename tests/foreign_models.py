@@ -64,8 +64,8 @@ def export_dynamo(module: nn.Module, path: Path, example: tuple, dynamic_hw: boo
 
 
 def export_legacy(module: nn.Module, path: Path, example: tuple, *, dynamic_hw: bool = False,
-                  input_names=None, output_names=None) -> Path:
-    """torch.onnx.export(dynamo=False, opset_version=13): weights inside the file; the first
+                  input_names=None, output_names=None, opset: int = 13) -> Path:
+    """torch.onnx.export(dynamo=False, opset_version=opset): weights inside the file; the first
     input is called ``input.1`` unless ``input_names`` says otherwise. ``dynamic_hw``: dynamic
     batch, height and width (axes 1, 2 of an NHWC module's input)."""
     input_names = input_names or ["input.1"]
@@ -73,7 +73,7 @@ def export_legacy(module: nn.Module, path: Path, example: tuple, *, dynamic_hw: 
     axes = {input_names[0]: {0: "n", height: "h", width: "w"}} if dynamic_hw else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), example, str(path), dynamo=False, opset_version=13,
+        torch.onnx.export(module.eval(), example, str(path), dynamo=False, opset_version=opset,
                           input_names=input_names, output_names=output_names,
                           dynamic_axes=axes)
     return path

@@ -109,3 +109,40 @@ def test_a_failed_write_leaves_neither_file(cli, tmp_path, monkeypatch):
     result = cli("export", "lenet", "-o", tmp_path / "lenet.onnx", "--external-data")
     assert result.code == 1 and "planted" in result.stderr
     assert list(tmp_path.iterdir()) == []  # no .onnx, no .data, no temporary folder
+
+
+@pytest.mark.parametrize("opset", [10, 11, 12])
+def test_int8_of_a_file_below_opset_13(cli, files, tmp_path, opset):
+    """Per-channel QDQ needs opset 13: an older file is converted first (onnxruntime's quantizer
+    wrote a DequantizeLinear that no runtime loads: 'cannot load model as an ONNX model')."""
+    source = export_legacy(TinyClassifier(), tmp_path / f"opset{opset}.onnx",
+                           (torch.randn(1, 3, 32, 32),), opset=opset)
+    output = tmp_path / "int8.onnx"
+    result = cli("quantize", source, "-o", output, "--calibration", files["inputs"], "--json")
+    assert result.code == 0, result.stderr
+    assert all(output["passed"] for output in json.loads(result.stdout)["outputs"])
+    assert onnx_file.opset_version(load_model(output)) == 13
+    x = np.random.default_rng(2).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    got = next(iter(Engine(output).run(x).values()))
+    want = next(iter(Engine(source).run(x).values()))
+    np.testing.assert_allclose(got, want, atol=0.05 * np.abs(want).max() + 1e-3)
+
+
+def test_a_file_the_converter_cannot_lift_is_one_line(cli, files, tmp_path, monkeypatch):
+    from onnx import version_converter
+
+    def refuse(model, opset):
+        raise RuntimeError("No Adapter For Upsample\nmore lines")
+
+    monkeypatch.setattr(version_converter, "convert_version", refuse)
+    source = export_legacy(TinyClassifier(), tmp_path / "opset11.onnx",
+                           (torch.randn(1, 3, 32, 32),), opset=11)
+    output = tmp_path / "int8.onnx"
+    assert_one_line_error(cli("quantize", source, "-o", output, "--calibration", files["inputs"]),
+                          2, "opset 11 is older than the 13 per-channel int8 needs",
+                          "No Adapter For Upsample", "quantize with --per-tensor, or export")
+    assert not output.exists()
+    result = cli("quantize", source, "-o", output, "--calibration", files["inputs"],
+                 "--per-tensor")  # per-tensor QDQ is valid at opset 11
+    assert result.code == 0, result.stderr
+    assert onnx_file.opset_version(load_model(output)) == 11

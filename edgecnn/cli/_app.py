@@ -196,12 +196,14 @@ def in_flags(message: str, command, argv: list[str]) -> str:
     words stay as they are."""
     name = next(iter(argv), None)
     sub = command.commands.get(name) if hasattr(command, "commands") else command
-    flags = {param.name: param.opts[0] for param in getattr(sub, "params", ())
-             if param.param_type_name == "option"}
-    flags = {parameter: flag for parameter, flag in flags.items() if flag.startswith("--")}
+    options = [param for param in getattr(sub, "params", ()) if param.param_type_name == "option"]
+    flags = {param.name: param.opts[0] for param in options if param.opts[0].startswith("--")}
+    switches = {param.name for param in options if param.is_flag}
 
     def setting(match: re.Match) -> str:
         flag = flags.get(match[1])
+        if flag and match[1] in switches and match[2] == "True":  # per_tensor=True: --per-tensor
+            return flag
         return f"{flag} {match[2].strip(chr(39))}" if flag else match[0]
 
     # A setting starts a word, or a parenthesis that does: "Node(target=" quoted from another
