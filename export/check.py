@@ -202,9 +202,24 @@ def check_onnx(module: torch.nn.Module, onnx_path: str | os.PathLike, inputs: Se
         if len(names) != 1:
             raise BadInput("bisect compares single-input models only")
         step("bisecting layer by layer")
-        report.bisect = bisecting.bisect(module, load_model(onnx_path), batches_in[0][0],
-                                         verdict.tolerance, session.get_providers())
+        model = load_model(onnx_path)
+        report.bisect = bisecting.bisect(module, model, batches_in[0][0], verdict.tolerance,
+                                         session.get_providers())
+        if not report.bisect.layers:
+            report.notes.append(_nothing_bisected(model))
     return report
+
+
+def _nothing_bisected(model) -> str:
+    """Why bisect found no module output to compare in ``model``."""
+    from edgecnn.export.name_scopes import node_scopes
+
+    if any(node_scopes(node) for node in model.graph.node):
+        return "bisect compared nothing: the module paths the graph's nodes record name none " \
+               "of this module's (was the file exported from another module?)"
+    producer = model.producer_name or "the tool that wrote it"
+    return (f"bisect compared nothing: the graph's nodes record no module path ({producer} did "
+            "not write them; torch.onnx.export(..., dynamo=True) and edgecnn export do)")
 
 
 def _non_finite_note(module, x: np.ndarray, precision: str) -> str:

@@ -80,6 +80,18 @@ def test_check_a_foreign_file_against_its_module(cli, files, kind):
     assert report["passed"] and report["outputs"][0]["rel_l2"] <= 1e-5
 
 
+def test_bisect_says_why_a_file_without_module_paths_compares_nothing(cli, files):
+    """The legacy exporter records no module path on its nodes: bisect has nothing to line up
+    with the module, and says so (was: "0 module outputs compared, none over the tolerance")."""
+    result = cli("check", SPEC, files["legacy"], "--bisect")
+    assert result.code == 0, result.stderr
+    assert "bisect: no module output to compare" in result.stdout
+    assert "record no module path" in result.stderr and "dynamo=True" in result.stderr
+    result = cli("check", SPEC, files["dynamo"], "--bisect")
+    assert result.code == 0 and "module outputs compared, none over" in result.stdout
+    assert "record no module path" not in result.stderr
+
+
 def test_export_and_quantize_write_external_data_together(cli, tmp_path):
     fp32 = tmp_path / "r18.onnx"
     result = cli("export", "resnet18", "--input-size", "64", "-o", fp32, "--external-data",

@@ -32,7 +32,9 @@ def _print_report(report) -> None:
     out.print(table)
     if report.bisect is not None:
         first = report.bisect.first_divergent
-        if first is None:
+        if not report.bisect.layers:
+            out.print("bisect: no module output to compare (see the note)")
+        elif first is None:
             out.print(f"bisect: {len(report.bisect.layers)} module outputs compared, "
                       "none over the tolerance")
         else:
