@@ -123,3 +123,13 @@ def bisect(module: nn.Module, model: onnx.ModelProto, inputs: np.ndarray, tolera
                                       diverged=not metrics.rel_l2 <= tolerance))
     first = next((layer for layer in layers if layer.diverged), None)
     return BisectResult(tolerance=tolerance, layers=layers, first_divergent=first)
+
+
+def why_nothing_compared(model: onnx.ModelProto) -> str:
+    """The note for a bisect of ``model`` that found no module output to compare."""
+    if any(node_scopes(node) for node in model.graph.node):
+        return ("bisect compared nothing: the module paths the graph's nodes record name none "
+                "of this module's (was the file exported from another module?)")
+    producer = model.producer_name or "the tool that wrote it"
+    return (f"bisect compared nothing: the graph's nodes record no module path ({producer} did "
+            "not write them; torch.onnx.export(..., dynamo=True) and edgecnn export do)")

@@ -206,20 +206,9 @@ def check_onnx(module: torch.nn.Module, onnx_path: str | os.PathLike, inputs: Se
         report.bisect = bisecting.bisect(module, model, batches_in[0][0], verdict.tolerance,
                                          session.get_providers())
         if not report.bisect.layers:
-            report.notes.append(_nothing_bisected(model))
+            report.notes.append(bisecting.why_nothing_compared(model))
     return report
 
-
-def _nothing_bisected(model) -> str:
-    """Why bisect found no module output to compare in ``model``."""
-    from edgecnn.export.name_scopes import node_scopes
-
-    if any(node_scopes(node) for node in model.graph.node):
-        return "bisect compared nothing: the module paths the graph's nodes record name none " \
-               "of this module's (was the file exported from another module?)"
-    producer = model.producer_name or "the tool that wrote it"
-    return (f"bisect compared nothing: the graph's nodes record no module path ({producer} did "
-            "not write them; torch.onnx.export(..., dynamo=True) and edgecnn export do)")
 
 
 def _non_finite_note(module, x: np.ndarray, precision: str) -> str:
