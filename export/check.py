@@ -302,7 +302,7 @@ def bf16_providers(providers: ProviderRequest) -> ProviderRequest:
                    f"{providers}: ask for the openvino provider, or for none")
 
 
-def check_parity(name: str, onnx_path: str | os.PathLike | None = None, *,
+def check_parity(name: str | torch.nn.Module, onnx_path: str | os.PathLike | None = None, *,
                  precision: str | None = None, batch: int | None = None, samples: int = 3,
                  images: str | os.PathLike | None = None, providers: ProviderRequest = "cpu",
                  tolerance: float | None = None, min_top1: float | None = None, seed: int = 0,
@@ -312,9 +312,9 @@ def check_parity(name: str, onnx_path: str | os.PathLike | None = None, *,
                  per_layer: bool = False, on_step: StepCallback | None = None) -> CheckReport:
     """Compare eager ``name`` with its ONNX export (or ``onnx_path``) on random inputs.
 
-    ``name``: a registered model, ``package.module:callable``, ``path/file.py:callable`` or a
-    ``.pt2`` file (edgecnn.export.user_model); ``model_options`` are its builder's keyword
-    arguments. Checking a file, a model that is not registered takes the file's input size.
+    ``name``: a registered model, ``package.module:callable``, ``path/file.py:callable``, a
+    ``.pt2`` file or an ``nn.Module`` with its weights (edgecnn.export.user_model);
+    ``model_options`` are its builder's keyword arguments. Checking a file, a model that is not registered takes the file's input size.
 
     Without ``onnx_path`` the model is exported fresh and converted to ``precision`` (int8
     calibrates on ``images`` when given). ``batch``: rows per random input (default 2, or the

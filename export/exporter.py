@@ -31,7 +31,7 @@ from edgecnn.export.deform import (TRANSLATION_TABLE as DEFORM_TRANSLATION_TABLE
 from edgecnn.runtime.files import check_output_path
 from edgecnn.export.parity import ParityMetrics, Verdict, default_bounds, judge
 from edgecnn.export.quiet import silenced
-from edgecnn.export.user_model import carries_weights, resolve_spec
+from edgecnn.export.user_model import carries_weights, is_program, resolve_spec
 from edgecnn.runtime import InputInfo, ModelMetadata, load_session
 from edgecnn.runtime.deform import (
     DEFAULT_LOWERING, NATIVE_MIN_OPSET, check_lowering, model_lowering, set_deform_lowering,
@@ -125,6 +125,9 @@ def _check_arguments(spec: models.ModelSpec, *, batch, seed, channels, height, w
         raise BadInput(f"an input of {channels}x{height}x{width} is too large (at most "
                        f"{MAX_ELEMENTS:,} values per image)")
     check_model_options(model_options, registered=spec.source is None)
+    if model_options and carries_weights(spec):
+        raise BadInput(f"model_options: {spec.source} is built already (pass them to its "
+                       "constructor)")
 
 
 def check_model_options(model_options: Mapping | None, *, registered: bool) -> None:
@@ -313,6 +316,16 @@ def _class_count(spec: models.ModelSpec, num_classes: int | None, first_output) 
     return int(first_output.shape[1]) if first_output.ndim >= 2 else None
 
 
+def state_dict_provenance(module: nn.Module) -> str:
+    """What the metadata records of a module passed in with its weights: "NAME state_dict
+    sha256:HEX" over its state_dict's names, shapes, dtypes and values."""
+    digest = hashlib.sha256()
+    for key, value in module.state_dict().items():
+        digest.update(f"{key} {tuple(value.shape)} {value.dtype}".encode())
+        digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    return f"{type(module).__name__} state_dict sha256:{digest.hexdigest()}"
+
+
 def weights_provenance(weights: str | os.PathLike | None, seed: int) -> str:
     """What the metadata records of the weights: "random (seed N)" or "NAME sha256:HEX"."""
     if weights is None:
@@ -324,8 +337,8 @@ def weights_provenance(weights: str | os.PathLike | None, seed: int) -> str:
     return f"{Path(weights).name} sha256:{digest.hexdigest()}"
 
 
-def export_model(name: str | models.ModelSpec, output: str | os.PathLike | None = None, *,
-                 opset: int | None = None, input_size: int | Sequence[int] | None = None,
+def export_model(name: str | models.ModelSpec | nn.Module,
+                 output: str | os.PathLike | None = None, *, opset: int | None = None, input_size: int | Sequence[int] | None = None,
                  batch: int | None = None, num_classes: int | None = None,
                  in_channels: int | None = None, weights: str | os.PathLike | None = None,
                  seed: int = 0, check: bool = True, labels: str | os.PathLike | None = None,
@@ -336,10 +349,11 @@ def export_model(name: str | models.ModelSpec, output: str | os.PathLike | None 
                  on_step: StepCallback | None = None) -> ExportResult:
     """Export a model to ONNX; see ``edgecnn export --help`` for the options.
 
-    ``name``: a registered model, ``package.module:callable``, ``path/file.py:callable`` or a
-    ``.pt2`` file (edgecnn.export.user_model; those need ``input_size`` and ``in_channels``,
-    and take ``task``). ``mean``, ``std``, ``crop_fraction``: the preprocessing written into the
-    metadata (default: the model's; ImageNet's for a model that is not registered).
+    ``name``: a registered model, ``package.module:callable``, ``path/file.py:callable``, a
+    ``.pt2`` file or an ``nn.Module`` with its weights, left as it is (edgecnn.export.user_model;
+    those need ``input_size`` and ``in_channels``, and take ``task``). ``mean``, ``std``,
+    ``crop_fraction``: the preprocessing written into the metadata (default: the model's;
+    ImageNet's for a model that is not registered).
     ``external_data``: the weights go to ``<output>.data`` beside the file (always for a model
     over protobuf's 2 GB). ``opset`` None means 18, or 19 when the model has deformable
     convolutions exported with
@@ -394,7 +408,9 @@ def export_model(name: str | models.ModelSpec, output: str | os.PathLike | None 
     proto.graph.name = name
     lowering = model_lowering(proto)  # None when the graph has no deformable convolution
     bounds = default_bounds(spec.tolerances)
-    provenance = weights_provenance(spec.source if carries_weights(spec) else weights, seed)
+    provenance = (weights_provenance(spec.source, seed) if is_program(spec)
+                  else state_dict_provenance(module) if carries_weights(spec)
+                  else weights_provenance(weights, seed))
     set_metadata(proto, ModelMetadata(
         model=name, task=spec.task, labels=label_list, precision="fp32", opset=opset,
         edgecnn_version=edgecnn.__version__, deform_lowering=lowering, tolerances=bounds,

@@ -13,6 +13,7 @@ exporter and ``check`` run every model through one path.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import importlib
@@ -39,9 +40,9 @@ DEFAULT_TASK = "classification"
 FAMILY = "your own model"
 
 
-def is_user_model(model: str) -> bool:
-    """A SPEC that names a callable or a .pt2 file rather than a registered model."""
-    return ":" in model or model.endswith(PROGRAM_SUFFIX)
+def is_user_model(model: str | nn.Module) -> bool:
+    """A module, or a SPEC that names a callable or a .pt2 file, rather than a registered model."""
+    return isinstance(model, nn.Module) or ":" in model or model.endswith(PROGRAM_SUFFIX)
 
 
 def model_name(model: str) -> str:
@@ -257,9 +258,11 @@ def _chw(model: str, input_size, in_channels) -> tuple[int, int, int]:
     return in_channels, int(size[0]), int(size[1])
 
 
-def resolve_spec(model: str | ModelSpec, *, input_size: int | Sequence[int] | None = None,
-                 in_channels: int | None = None, task: str | None = None) -> ModelSpec:
-    """The ModelSpec of a registered name, a ``module:callable`` or a ``.pt2`` file.
+def resolve_spec(model: str | ModelSpec | nn.Module, *,
+                 input_size: int | Sequence[int] | None = None, in_channels: int | None = None,
+                 task: str | None = None) -> ModelSpec:
+    """The ModelSpec of a registered name, a ``module:callable``, a ``.pt2`` file or an
+    ``nn.Module`` (taken as it is, weights and all; the exporter works on a copy of it).
 
     A model that is not registered needs ``input_size`` and ``in_channels`` (a .pt2 file
     records them); ``task`` defaults to classification. Its normalization defaults to
@@ -275,6 +278,12 @@ def resolve_spec(model: str | ModelSpec, *, input_size: int | Sequence[int] | No
     task = task or DEFAULT_TASK
     if task not in TASKS:
         raise BadInput(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    if isinstance(model, nn.Module):
+        name = type(model).__name__
+        channels, height, width = _chw(f"the {name} module", input_size, in_channels)
+        return ModelSpec(name=name, builder=lambda: copy.deepcopy(model), task=task,
+                         input_size=(channels, height, width), num_classes=None, params=None,
+                         family=FAMILY, source=f"the {name} module", own_weights=True)
     if model.endswith(PROGRAM_SUFFIX):
         program = load_program(model)
         batch, *recorded = program_input_dims(program, model)
@@ -287,7 +296,7 @@ def resolve_spec(model: str | ModelSpec, *, input_size: int | Sequence[int] | No
         return ModelSpec(name=model_name(model), builder=lambda: ProgramModule(program), task=task,
                          input_size=(channels, height, width), num_classes=None, params=None,
                          family=FAMILY, source=model, fixed_input_size=fixed_size,
-                         fixed_batch=batch)
+                         fixed_batch=batch, own_weights=True)
     factory = load_callable(model)
     channels, height, width = _chw(model, input_size, in_channels)
     return ModelSpec(name=model_name(model), builder=_returning_a_module(model, factory), task=task,
@@ -296,5 +305,9 @@ def resolve_spec(model: str | ModelSpec, *, input_size: int | Sequence[int] | No
 
 
 def carries_weights(spec: ModelSpec) -> bool:
-    """A .pt2 program brings its weights: no random init, no --weights."""
+    """A .pt2 program or a module passed in brings its weights: no random init, no --weights."""
+    return spec.own_weights
+
+
+def is_program(spec: ModelSpec) -> bool:
     return spec.source is not None and spec.source.endswith(PROGRAM_SUFFIX)

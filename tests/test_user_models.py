@@ -205,3 +205,39 @@ def test_a_py_model_exports_byte_identical_files_from_separate_processes(tmp_pat
                                     env={**os.environ, "PYTHONHASHSEED": seed})
         assert result.code == 0, result.stderr
     assert files[0].read_bytes() == files[1].read_bytes()
+
+
+def test_a_module_instance_exports_with_its_own_weights(tmp_path):
+    """export_model(module, ...) takes the module as it is, trained weights and all (was a
+    TypeError: "argument of type 'MixedNet' is not iterable"), and leaves it as it was."""
+    from edgecnn.export import check_parity, export_model
+
+    torch.manual_seed(7)
+    module = user_models.mixed_net().train()
+    before = {key: value.clone() for key, value in module.state_dict().items()}
+    result = export_model(module, tmp_path / "mine.onnx", input_size=32, in_channels=3)
+    assert module.training and all(torch.equal(before[key], value)
+                                   for key, value in module.state_dict().items())
+    metadata = get_metadata(load_model(result.path))
+    assert metadata.model == "MixedNet"
+    assert metadata.weights.startswith("MixedNet state_dict sha256:")
+    x = random_input((2, 3, 32, 32), 3)
+    with torch.no_grad():
+        expected = module.eval()(x).numpy()
+    got = Engine(result.path, "cpu").run(x.numpy())["logits"]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)  # not re-initialized
+    assert check_parity(module, result.path).passed  # the same module against its file
+
+
+@pytest.mark.parametrize("arguments, fragment", [
+    ({}, "give its input size and channels"),
+    ({"input_size": 32, "in_channels": 3, "weights": "w.pt"}, "carries its own weights"),
+    ({"input_size": 32, "in_channels": 3, "model_options": {"width": 8}}, "is built already"),
+])
+def test_a_module_instance_refuses_what_it_cannot_use(tmp_path, arguments, fragment):
+    from edgecnn.errors import BadInput
+    from edgecnn.export import export_model
+
+    with pytest.raises(BadInput, match=fragment):
+        export_model(user_models.mixed_net(), tmp_path / "mine.onnx", **arguments)
+    assert list(tmp_path.iterdir()) == []

@@ -62,6 +62,9 @@ class ModelSpec:
     # file's ``path:callable`` or a .pt2 file; edgecnn.export.user_model); None when registered.
     source: str | None = None
     fixed_batch: int | None = None  # the batch size a .pt2 program was exported with, if fixed
+    # The builder returns the model with its weights (a .pt2 program, or a module passed in):
+    # no random initialization and no weights file.
+    own_weights: bool = False
 
     @property
     def output_name(self) -> str:
