@@ -121,7 +121,8 @@ def metadata_from_settings(inputs: Mapping[str, Sequence], output: Sequence,
     fields = asdict(base) if base is not None else {"model": model}
     fields.update(input=info, labels=_as_list(labels),
                   task=pick("task", fields.get("task"),
-                            "classification" if is_class_vector(output) else "segmentation"))
+                            "segmentation" if len(output) == 4 and not is_class_vector(output)
+                            else "classification"))
     metadata = ModelMetadata(**fields)
     metadata.validate(source, SETTING_OF_FIELD)
     metadata.check_graph(inputs, output, source, SETTING_OF_FIELD)

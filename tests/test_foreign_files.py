@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from onnx import TensorProto, helper, save
+from onnx import TensorProto, helper, load, save
 from PIL import Image
 
 from conftest import assert_one_line_error
@@ -403,3 +403,17 @@ def test_an_int8_image_input_is_refused():
     check_raw_pixels(raw, "uint8")
     with pytest.raises(BadInput, match="takes int8, which cannot hold pixels 0-255"):
         check_raw_pixels(raw, "int8")
+
+
+def test_a_first_output_of_another_rank_is_not_taken_for_segmentation(tmp_path):
+    """Only a 4-D output other than (N, classes, 1, 1) defaults to segmentation, as before."""
+    flatten = helper.make_node("Flatten", ["pooled"], ["flat"])
+    unsqueeze = helper.make_node("Unsqueeze", ["flat"], ["out"], axes=[2])  # (1, 5, 1)
+    path = _pooled_classifier(tmp_path, [flatten, unsqueeze])
+    model = load(path)
+    model.graph.output[0].type.tensor_type.shape.ClearField("dim")
+    for size in (1, CLASSES, 1):
+        model.graph.output[0].type.tensor_type.shape.dim.add().dim_value = size
+    save(model, path)
+    engine = Engine(path, "cpu", preprocessing={"mean": MEAN, "std": STD})
+    assert engine.metadata.task == "classification"
