@@ -17,7 +17,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -125,6 +125,7 @@ def evaluate(models: Sequence[str | os.PathLike], data: str | os.PathLike, *,
              batch: int | None = None, workers: int | None = None,
              provider: ProviderRequest = "auto", threads: int | None = None,
              fallback: bool = True, max_pixels: int | None = None, ray: str | None = None,
+             preprocessing: Mapping | None = None,
              on_progress: Callable[[str, int, int], None] | None = None) -> dict:
     """Accuracy of each model on ``data`` (an ImageFolder folder or an .npz with ``inputs`` and
     ``labels``). The first model sets the classes (its labels name the sub-folders); the others
@@ -134,7 +135,8 @@ def evaluate(models: Sequence[str | os.PathLike], data: str | os.PathLike, *,
     "per_class": [{"class", "samples", "top1"}], "confusion": [[true x predicted]],
     "confusion_cells": None}]}; past DENSE_CONFUSION_CLASSES classes "confusion" is None and
     "confusion_cells" lists the non-zero cells as [true, predicted, count].
-    ``ray``: score an image folder on Ray Data (an address, or ``"local"``; runtime/ray.py)."""
+    ``ray``: score an image folder on Ray Data (an address, or ``"local"``; runtime/ray.py).
+    ``preprocessing``: the settings of ``Engine(preprocessing=...)``, for every model."""
     if not models:
         raise BadInput("models needs at least one .onnx file")
     check_stream_options(batch, workers, max_pixels)
@@ -145,8 +147,10 @@ def evaluate(models: Sequence[str | os.PathLike], data: str | os.PathLike, *,
         import_ray()
         if not path.is_dir():
             raise BadInput(f"ray scores image folders; {path} is an array, which runs here")
-    engines = [Engine(model, provider, threads, fallback,
-                      session_options=streaming_session_options()) for model in models]
+    engine_options = {"provider": provider, "threads": threads, "fallback": fallback,
+                      "preprocessing": preprocessing}
+    engines = [Engine(model, **engine_options, session_options=streaming_session_options())
+               for model in models]
     classes = _classes(engines[0])
     for engine in engines[1:]:
         if _classes(engine) != classes:
@@ -163,8 +167,8 @@ def evaluate(models: Sequence[str | os.PathLike], data: str | os.PathLike, *,
         session = connected(ray) if ray is not None else contextlib.nullcontext()
         with session:
             tallies = [_tally(engine, number, files, labels, report, options, ray,
-                              {"provider": provider, "threads": threads, "fallback": fallback},
-                              on_progress) for number, engine in enumerate(engines)]
+                              engine_options, on_progress)
+                       for number, engine in enumerate(engines)]
         report["samples"] = len(files)
     else:
         tallies = []

@@ -436,3 +436,21 @@ def test_ends_in_softmax_reads_a_bounded_number_of_nodes(tmp_path, monkeypatch):
     reads.clear()
     path = _graph_file(tmp_path, nodes[-6:])  # sorted: a few reads (t5994 is then an input)
     assert ends_in_softmax(path, "y") is False and len(reads) <= 7
+
+
+def test_evaluate_takes_the_preprocessing_flags(cli, files, photo, tmp_path):
+    """evaluate reads a file without metadata from the same flags as run (was: refused, with a
+    message naming run's flags), the same figures as the file annotated with them."""
+    labelled = tmp_path / "labelled"
+    for index in range(CLASSES):
+        (labelled / str(index)).mkdir(parents=True)
+        (labelled / str(index) / "a.png").write_bytes(photo.read_bytes())
+    flags = ["--mean", *map(str, MEAN), "--std", *map(str, STD)]
+    annotated = tmp_path / "annotated.onnx"
+    assert cli("annotate", files["legacy"], "-o", annotated, *flags).code == 0
+    expected = json.loads(cli("evaluate", annotated, labelled, "--json").stdout)["models"][0]
+    result = cli("evaluate", files["legacy"], labelled, "--json", *flags)
+    assert result.code == 0, result.stderr
+    got = json.loads(result.stdout)["models"][0]
+    assert (got["top1"], got["confusion"]) == (expected["top1"], expected["confusion"])
+    assert_one_line_error(cli("evaluate", files["legacy"], labelled), 2, "no edgecnn metadata")

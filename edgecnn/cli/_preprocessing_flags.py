@@ -1,6 +1,6 @@
-"""The preprocessing flags of a file without edgecnn metadata (`run`, `quantize`, `annotate`;
-`bench` takes the shape ones): declared once, validated by edgecnn.runtime.preprocess_settings,
-whose defaults the help texts state."""
+"""The preprocessing flags of a file without edgecnn metadata (`run`, `evaluate`, `quantize`,
+`annotate`; `bench` takes the shape ones): declared once, validated by
+edgecnn.runtime.preprocess_settings, whose defaults the help texts state."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ InputNameOpt = Annotated[Optional[str], typer.Option(
     help="The image input of a model with several inputs. Default: the only input.")]
 
 
-# The preprocessing flags in the order --help lists them (`run`, `quantize`, `annotate`).
+# The preprocessing flags in the order --help lists them (run, evaluate, quantize, annotate).
 PREPROCESSING_FLAGS = {"mean": MeanOpt, "std": StdOpt, "input_size": PreprocessInputSizeOpt,
                        "layout": LayoutOpt, "color": ColorOpt, "scale": ScaleOpt,
                        "labels": LabelsOpt, "task": TaskOpt, "crop_fraction": CropFractionOpt,

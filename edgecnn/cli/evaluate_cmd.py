@@ -12,6 +12,7 @@ from edgecnn.cli._app import (
     JsonOpt, MaxPixelsOpt, ProviderOpt, RayOpt, StreamBatchOpt, ThreadsOpt, WorkersOpt, app, out,
     print_json, print_warning, progress, safe, warnings_as_lines,
 )
+from edgecnn.cli._preprocessing_flags import with_preprocessing_flags
 from edgecnn.errors import BadInput
 
 SHOWN_CLASSES = 50  # per-class rows printed (all of them in --json)
@@ -51,6 +52,7 @@ def _print_report(report: dict) -> None:
 
 
 @app.command("evaluate")
+@with_preprocessing_flags
 def evaluate_command(
     paths: Annotated[list[str], typer.Argument(
         metavar="MODEL.onnx [MODEL2.onnx ...] DATA",
@@ -67,10 +69,12 @@ def evaluate_command(
     provider: ProviderOpt = "auto",
     threads: ThreadsOpt = None,
     json_output: JsonOpt = False,
+    preprocessing: dict | None = None,
 ) -> None:
     """Top-1, top-5, per-class accuracy and the confusion matrix of each model on a labelled
     set, with each model's top-1 agreement with the first. Unreadable images are skipped (a
-    warning line each) for every model alike."""
+    warning line each) for every model alike. The preprocessing flags (for files without
+    edgecnn metadata, or to replace its fields) apply to every model."""
     from edgecnn.runtime.evaluate import evaluate, plot_confusion, require_pyplot
     from edgecnn.runtime.files import check_output_path
 
@@ -82,7 +86,7 @@ def evaluate_command(
     with warnings_as_lines(), progress(enabled=not json_output) as (_, on_progress):
         report = evaluate(paths[:-1], paths[-1], batch=batch, workers=workers, provider=provider,
                           threads=threads, max_pixels=max_pixels, ray=ray,
-                          on_progress=on_progress)
+                          preprocessing=preprocessing, on_progress=on_progress)
     if plot is not None:
         first = report["models"][0]
         plot_confusion(first["confusion"], report["classes"], plot,
