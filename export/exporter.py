@@ -8,8 +8,11 @@ file in onnxruntime against eager, and only then move it atomically onto the out
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +53,7 @@ IMAGE_CHANNELS = (1, 3)  # what an exported file's image preprocessing can produ
 # Node metadata the exporter adds that we drop: source paths of this machine, FX dumps.
 _DROPPED_NODE_METADATA = ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node")
 
-EXPORTER_LOGGERS = ("torch.onnx", "torch.export", "onnxscript")
+EXPORTER_LOGGERS = ("torch.onnx", "torch.export", "torch.fx", "onnxscript")
 
 # export_model's own arguments that a model builder also takes: model_options cannot set them
 # (the CLI has a flag for each, --num-classes and so on).
@@ -191,8 +194,9 @@ def to_onnx(module: nn.Module, example: torch.Tensor, output_name: str | Sequenc
     check_lowering(deform_lowering)
     table = {**DEFORM_TRANSLATION_TABLE, **(custom_translation_table or {})}
     dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
-    try:
-        with silenced(*EXPORTER_LOGGERS), torch.no_grad():
+    try:  # torch.export prints the traced graph to stderr when it fails: kept off it too
+        with silenced(*EXPORTER_LOGGERS), contextlib.redirect_stderr(io.StringIO()), \
+                torch.no_grad():
             program = torch.onnx.export(
                 module.eval(), (example,), None, dynamo=True, opset_version=opset,
                 input_names=["input"],
@@ -207,8 +211,7 @@ def to_onnx(module: nn.Module, example: torch.Tensor, output_name: str | Sequenc
             interrupt = interrupt.__cause__ or interrupt.__context__
         if interrupt is not None:
             raise interrupt from None
-        raise EdgecnnError(f"torch.onnx could not export {type(module).__name__}: "
-                           f"{first_line(error)}") from error
+        raise EdgecnnError(_export_failure(type(module).__name__, error)) from error
     proto = program.model_proto
     # The optimizer folded BatchNorm into the Convs; the deformable ones are ours to fold, before
     # the lowering, so that the decomposed body is built for call sites with a bias.
@@ -335,6 +338,20 @@ def weights_provenance(weights: str | os.PathLike | None, seed: int) -> str:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)
     return f"{Path(weights).name} sha256:{digest.hexdigest()}"
+
+
+def _export_failure(name: str, error: BaseException) -> str:
+    """One line on why torch.onnx failed: the first line of the cause at the bottom of its
+    chain (the top one is the exporter's advice, "... This is step 1/3 of exporting the model
+    to ONNX. Next steps:"), with the step its first sentence names."""
+    cause = error
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    line = first_line(cause)
+    if cause is not error:
+        step = re.sub(r"\x1b\[[0-9;]*m", "", first_line(error)).split(". ")[0].rstrip(".")
+        line += f" ({step})"
+    return f"torch.onnx could not export {name}: {line}"
 
 
 def export_model(name: str | models.ModelSpec | nn.Module,

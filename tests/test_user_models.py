@@ -241,3 +241,19 @@ def test_a_module_instance_refuses_what_it_cannot_use(tmp_path, arguments, fragm
     with pytest.raises(BadInput, match=fragment):
         export_model(user_models.mixed_net(), tmp_path / "mine.onnx", **arguments)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name, cause", [
+    ("BranchesOnValues", "Could not guard on data-dependent expression"),
+    ("NoOnnxOp", "No ONNX function found for <OpOverload(op='aten._linalg_svd'"),
+])
+def test_a_module_torch_onnx_cannot_export_is_one_line_with_the_cause(cli, tmp_path, name,
+                                                                       cause):
+    """The line names the cause at the bottom of the exporter's chain, not its first line
+    ("... This is step 1/3 of exporting the model to ONNX. Next steps:"), and torch's dump of
+    the traced graph stays off stderr (it printed 50 lines)."""
+    result = cli("export", f"{MODELS}:{name}", "-o", tmp_path / "m.onnx", "--input-size", "16",
+                 "--in-channels", "3")
+    assert_one_line_error(result, 1, f"torch.onnx could not export {name}: {cause}")
+    assert "Next steps" not in result.stderr and "\x1b" not in result.stderr
+    assert list(tmp_path.iterdir()) == []

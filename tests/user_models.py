@@ -95,3 +95,27 @@ def not_a_module() -> str:
 
 def raises() -> nn.Module:
     raise RuntimeError("the weights server is down")
+
+
+class BranchesOnValues(nn.Module):
+    """Python control flow on a tensor's value: torch.export cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y.mean((2, 3)) if y.sum() > 0 else y.amax((2, 3))
+
+
+class NoOnnxOp(nn.Module):
+    """An op the ONNX exporter has no translation for (an SVD)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        y = self.conv(x).flatten(1)
+        return torch.linalg.svd(y.T @ y)[1][None]
