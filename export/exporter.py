@@ -282,13 +282,15 @@ def run_eager(model: nn.Module, example: torch.Tensor,
               spec: models.ModelSpec) -> dict[str, np.ndarray]:
     """The eager outputs by name: the task's output name for one tensor; a tuple or list of
     tensors adds ``<name>_1``, ``<name>_2``...; a dict keeps its keys. A failure here means the
-    input size does not suit the model."""
+    input's size (or its batch) does not suit the model."""
     try:
         with torch.no_grad():
             result = model(example)
     except RuntimeError as error:
-        raise BadInput(f"input {list(example.shape[1:])} does not work for {spec.name}: "
-                       f"{first_line(error, 200)}") from None
+        hint = ("; if it takes one batch size only, give it: batch=1" if len(example) > 1
+                else "")
+        raise BadInput(f"input {list(example.shape)} does not work for {spec.name}: "
+                       f"{first_line(error, 200)}{hint}") from None
     if isinstance(result, torch.Tensor):
         named = {spec.output_name: result}
     elif isinstance(result, dict):

@@ -257,3 +257,16 @@ def test_a_module_torch_onnx_cannot_export_is_one_line_with_the_cause(cli, tmp_p
     assert_one_line_error(result, 1, f"torch.onnx could not export {name}: {cause}")
     assert "Next steps" not in result.stderr and "\x1b" not in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_module_of_one_fixed_batch_is_pointed_to_batch(cli, tmp_path):
+    """The export runs the module at batch 2 unless told: a module that takes one image at a
+    time fails there, and the line says which batch and what to give (it blamed the input
+    size alone)."""
+    spec = f"{MODELS}:OneImageAtATime"
+    flags = ["--input-size", "8", "--in-channels", "3"]
+    assert_one_line_error(cli("export", spec, "-o", tmp_path / "m.onnx", *flags), 2,
+                          "input [2, 3, 8, 8] does not work for OneImageAtATime",
+                          "if it takes one batch size only, give it: --batch 1")
+    report = export(cli, spec, tmp_path / "m.onnx", *flags, "--batch", "1")
+    assert report["parity"]["rel_l2"] <= 1e-5

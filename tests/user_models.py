@@ -119,3 +119,15 @@ class NoOnnxOp(nn.Module):
     def forward(self, x):
         y = self.conv(x).flatten(1)
         return torch.linalg.svd(y.T @ y)[1][None]
+
+
+class OneImageAtATime(nn.Module):
+    """Flattens the whole batch (``view(1, -1)``): runs at batch 1 only."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4 * 6 * 6, 5)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).view(1, -1))
