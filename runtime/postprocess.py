@@ -27,8 +27,9 @@ def is_class_vector(dims: Sequence) -> bool:
 
 def class_rows(scores: np.ndarray) -> np.ndarray:
     """(N, classes) scores from (N, classes) or (N, classes, 1, 1) ones."""
-    return scores.reshape(scores.shape[:2]) if scores.ndim == 4 and is_class_vector(scores.shape) \
-        else scores
+    if scores.ndim == 4 and is_class_vector(scores.shape):
+        return scores.reshape(scores.shape[:2])
+    return scores
 
 
 def top1_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:

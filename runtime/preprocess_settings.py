@@ -6,9 +6,10 @@ A file edgecnn did not write has no metadata; what its graph fixes is read from 
 name when there is one, channels, height and width, the layout when only one axis can hold the
 channels) and the rest comes from the settings or the defaults: classification, RGB for 3
 channels (GRAY otherwise), pixels / 255, ImageNet's mean and std for 3 channels (mean 0, std 1
-otherwise; an integer input takes the pixels as they are: scale 1, mean 0, std 1), center-crop fraction 0.875, segmentation when the first output is 4-D other than
-(N, classes, 1, 1) (else classification). Settings given on a file with metadata replace those fields only. Every value goes through ``ModelMetadata.validate`` and ``check_graph``; messages
-begin with the setting's name (``mean must be a list of one number per channel (3), got
+otherwise; an integer input takes the pixels as they are: scale 1, mean 0, std 1), center-crop
+fraction 0.875, segmentation when the first output is 4-D other than (N, classes, 1, 1) (else
+classification). Settings given on a file with metadata replace those fields only. Every value
+goes through ``ModelMetadata.validate`` and ``check_graph``; messages begin with the setting's name (``mean must be a list of one number per channel (3), got
 [0.5]``).
 """
 
