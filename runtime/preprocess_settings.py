@@ -9,8 +9,8 @@ channels (GRAY otherwise), pixels / 255, ImageNet's mean and std for 3 channels 
 otherwise; an integer input takes the pixels as they are: scale 1, mean 0, std 1), center-crop
 fraction 0.875, segmentation when the first output is 4-D other than (N, classes, 1, 1) (else
 classification). Settings given on a file with metadata replace those fields only. Every value
-goes through ``ModelMetadata.validate`` and ``check_graph``; messages begin with the setting's name (``mean must be a list of one number per channel (3), got
-[0.5]``).
+goes through ``ModelMetadata.validate`` and ``check_graph``; messages begin with the setting's
+name (``mean must be a list of one number per channel (3), got [0.5]``).
 """
 
 from __future__ import annotations
