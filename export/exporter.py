@@ -34,7 +34,9 @@ from edgecnn.export.deform import (TRANSLATION_TABLE as DEFORM_TRANSLATION_TABLE
 from edgecnn.runtime.files import check_output_path
 from edgecnn.export.parity import ParityMetrics, Verdict, default_bounds, judge
 from edgecnn.export.quiet import silenced
-from edgecnn.export.user_model import carries_weights, is_program, resolve_spec
+from edgecnn.export.user_model import (
+    carries_weights, check_one_input, is_program, resolve_spec, state_dict_provenance,
+)
 from edgecnn.runtime import InputInfo, ModelMetadata, load_session
 from edgecnn.runtime.deform import (
     DEFAULT_LOWERING, NATIVE_MIN_OPSET, check_lowering, model_lowering, set_deform_lowering,
@@ -283,6 +285,7 @@ def run_eager(model: nn.Module, example: torch.Tensor,
     """The eager outputs by name: the task's output name for one tensor; a tuple or list of
     tensors adds ``<name>_1``, ``<name>_2``...; a dict keeps its keys. A failure here means the
     input's size (or its batch) does not suit the model."""
+    check_one_input(model, spec.name)
     try:
         with torch.no_grad():
             result = model(example)
@@ -319,16 +322,6 @@ def _class_count(spec: models.ModelSpec, num_classes: int | None, first_output) 
     if num_classes or spec.num_classes:
         return num_classes or spec.num_classes
     return int(first_output.shape[1]) if first_output.ndim >= 2 else None
-
-
-def state_dict_provenance(module: nn.Module) -> str:
-    """What the metadata records of a module passed in with its weights: "NAME state_dict
-    sha256:HEX" over its state_dict's names, shapes, dtypes and values."""
-    digest = hashlib.sha256()
-    for key, value in module.state_dict().items():
-        digest.update(f"{key} {tuple(value.shape)} {value.dtype}".encode())
-        digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
-    return f"{type(module).__name__} state_dict sha256:{digest.hexdigest()}"
 
 
 def weights_provenance(weights: str | os.PathLike | None, seed: int) -> str:

@@ -18,6 +18,7 @@ import functools
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import io
 import json
 import logging
@@ -27,6 +28,7 @@ import zipfile
 from pathlib import Path
 from typing import Callable, Sequence
 
+import torch
 from torch import nn
 
 from edgecnn import models
@@ -311,3 +313,28 @@ def carries_weights(spec: ModelSpec) -> bool:
 
 def is_program(spec: ModelSpec) -> bool:
     return spec.source is not None and spec.source.endswith(PROGRAM_SUFFIX)
+
+
+def check_one_input(model: nn.Module, name: str) -> None:
+    """BadInput unless ``model.forward`` can take one image (a forward with more required
+    arguments failed with a TypeError, shown as an internal error)."""
+    try:
+        parameters = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):  # a forward without a signature Python can read
+        return
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    required = [p.name for p in parameters if p.kind in positional and p.default is p.empty]
+    if len(required) > 1:
+        raise BadInput(f"{name} takes {len(required)} inputs ({', '.join(required)}); edgecnn "
+                       "exports models of one image input (N, C, H, W): wrap it in a module "
+                       "whose forward takes the image alone")
+
+
+def state_dict_provenance(module: nn.Module) -> str:
+    """What the metadata records of a module passed in with its weights: "NAME state_dict
+    sha256:HEX" over its state_dict's names, shapes, dtypes and values."""
+    digest = hashlib.sha256()
+    for key, value in module.state_dict().items():
+        digest.update(f"{key} {tuple(value.shape)} {value.dtype}".encode())
+        digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    return f"{type(module).__name__} state_dict sha256:{digest.hexdigest()}"

@@ -155,6 +155,8 @@ def test_int8_of_your_own_model(cli, tmp_path):
     (f"{MODELS}:not_a_module", ["--input-size", "8", "--in-channels", "3"],
      ["returned a str, not an nn.Module"]),
     (f"{MODELS}:IMAGE_SIZE", ["--input-size", "8", "--in-channels", "3"], ["has no 'IMAGE_SIZE'"]),
+    (f"{MODELS}:ImageAndScale", ["--input-size", "8", "--in-channels", "3"],  # was internal
+     ["ImageAndScale takes 2 inputs (image, scale); edgecnn exports models of one image input"]),
     (f"{MODELS}:mixed_net", [], ["not a registered model: give its input size and channels, e.g. --input-size 224 --in-channels 3"]),
     (f"{MODELS}:mixed_net", ["--input-size", "32"],  # says what is missing, not what was given
      ["not a registered model: give its channels, e.g. --in-channels 3 (--in-channels 1 for grayscale)"]),

@@ -131,3 +131,14 @@ class OneImageAtATime(nn.Module):
 
     def forward(self, x):
         return self.fc(self.conv(x).view(1, -1))
+
+
+class ImageAndScale(nn.Module):
+    """Two inputs: edgecnn exports models of one image input."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, image, scale):
+        return self.conv(image).mean((2, 3)) * scale
