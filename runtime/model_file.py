@@ -10,9 +10,8 @@ instead of loading the whole model (the onnx package costs ~40 MB of memory to i
 from __future__ import annotations
 
 import io
-import itertools
 import os
-from array import array
+from collections import deque
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -173,14 +172,13 @@ def ends_in_softmax(model: str | os.PathLike, output: str, rank: int = 2) -> boo
     ``_KEEPS_PROBABILITIES``: the values are probabilities already (Keras classifiers and many
     published files end so). Axis -1 is the classes at rank 2, and so is a Softmax without the
     attribute (opsets before 13 default to axis 1, later ones to -1).
-    Reads like ``opset_domains``: one pass notes where each node lies (16 bytes a node), then
-    the producers are looked for from the last node back, one node read at a time, each
-    further back than the last (a sorted graph writes a tensor before it is read), at most
-    ``_MAX_NODES_READ`` in all. False for a file it cannot read."""
+    Reads like ``opset_domains``: one pass notes where the last ``_MAX_NODES_READ`` nodes lie,
+    then the producers are looked for among them from the last back, one node read at a time,
+    each further back than the one before (a sorted graph writes a tensor before it is read).
+    False for a file it cannot read."""
     try:
         with open(model, "rb") as stream:
-            nodes = _node_spans(stream)
-            spans = itertools.islice(zip(nodes[-2::-2], nodes[::-2]), _MAX_NODES_READ)
+            spans = reversed(_last_node_spans(stream))
             for _ in range(_MAX_HOPS):
                 producer = next((found for start, end in spans
                                  if (found := _node_writing(stream, start, end, output))), None)
@@ -197,16 +195,16 @@ def ends_in_softmax(model: str | os.PathLike, output: str, rank: int = 2) -> boo
     return False
 
 
-def _node_spans(stream: BinaryIO) -> array:
-    """Start and end offsets of the top-level graph's nodes, flat: [start0, end0, start1, ...]."""
-    spans = array("q")
+def _last_node_spans(stream: BinaryIO) -> deque:
+    """(start, end) offsets of the top-level graph's last ``_MAX_NODES_READ`` nodes."""
+    spans: deque = deque(maxlen=_MAX_NODES_READ)
     for field, wire, graph in fields(stream):
         if field != _GRAPH_FIELD or wire != 2:
             continue
         stream.seek(graph[0])
         for node_field, node_wire, node in fields(stream, graph[0] + graph[1]):
             if node_field == _NODE_FIELD and node_wire == 2:
-                spans.extend((node[0], node[0] + node[1]))
+                spans.append((node[0], node[0] + node[1]))
     return spans
 
 

@@ -421,7 +421,8 @@ def test_a_first_output_of_another_rank_is_not_taken_for_segmentation(tmp_path):
 
 def test_ends_in_softmax_reads_a_bounded_number_of_nodes(tmp_path, monkeypatch):
     """An unsorted graph (onnxruntime sorts what it loads) would make every step back a pass
-    over all the nodes: 100,000 took 17 s; the walk reads 4,096 nodes at most."""
+    over all the nodes: 100,000 took 17 s; the walk reads 4,096 nodes at most, and notes where
+    the last 4,096 lie (a file of a billion empty nodes would have taken 16 GB)."""
     from edgecnn.runtime import model_file
 
     names = ["x", *(f"t{k}" for k in range(5999)), "y"]
@@ -433,6 +434,8 @@ def test_ends_in_softmax_reads_a_bounded_number_of_nodes(tmp_path, monkeypatch):
     monkeypatch.setattr(model_file, "_node_writing", lambda *a: reads.append(1) or real(*a))
     assert ends_in_softmax(path, "y") is False
     assert len(reads) <= 4096
+    with open(path, "rb") as stream:  # and holds the offsets of that many, not of all
+        assert len(model_file._last_node_spans(stream)) == 4096
     reads.clear()
     path = _graph_file(tmp_path, nodes[-6:])  # sorted: a few reads (t5994 is then an input)
     assert ends_in_softmax(path, "y") is False and len(reads) <= 7
