@@ -210,7 +210,6 @@ def check_onnx(module: torch.nn.Module, onnx_path: str | os.PathLike, inputs: Se
     return report
 
 
-
 def _non_finite_note(module, x: np.ndarray, precision: str) -> str:
     note = "the ONNX output holds NaN or Inf"
     if precision != "fp16":
@@ -314,7 +313,8 @@ def check_parity(name: str | torch.nn.Module, onnx_path: str | os.PathLike | Non
 
     ``name``: a registered model, ``package.module:callable``, ``path/file.py:callable``, a
     ``.pt2`` file or an ``nn.Module`` with its weights (edgecnn.export.user_model);
-    ``model_options`` are its builder's keyword arguments. Checking a file, a model that is not registered takes the file's input size.
+    ``model_options`` are its builder's keyword arguments. Checking a file, a model that is not
+    registered takes the file's input size.
 
     Without ``onnx_path`` the model is exported fresh and converted to ``precision`` (int8
     calibrates on ``images`` when given). ``batch``: rows per random input (default 2, or the

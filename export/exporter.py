@@ -350,7 +350,8 @@ def _export_failure(name: str, error: BaseException) -> str:
 
 
 def export_model(name: str | models.ModelSpec | nn.Module,
-                 output: str | os.PathLike | None = None, *, opset: int | None = None, input_size: int | Sequence[int] | None = None,
+                 output: str | os.PathLike | None = None, *, opset: int | None = None,
+                 input_size: int | Sequence[int] | None = None,
                  batch: int | None = None, num_classes: int | None = None,
                  in_channels: int | None = None, weights: str | os.PathLike | None = None,
                  seed: int = 0, check: bool = True, labels: str | os.PathLike | None = None,
