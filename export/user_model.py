@@ -38,6 +38,7 @@ from edgecnn.models._registry import TASKS
 from edgecnn.runtime.files import check_input_file
 
 PROGRAM_SUFFIX = ".pt2"
+WEIGHTS_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")  # not a SPEC: say so
 DEFAULT_TASK = "classification"
 FAMILY = "your own model"
 
@@ -45,6 +46,18 @@ FAMILY = "your own model"
 def is_user_model(model: str | nn.Module) -> bool:
     """A module, or a SPEC that names a callable or a .pt2 file, rather than a registered model."""
     return isinstance(model, nn.Module) or ":" in model or model.endswith(PROGRAM_SUFFIX)
+
+
+def _not_a_model_file(model: str) -> None:
+    """BadInput for a SPEC that names a file of weights or an ONNX file, with what to do."""
+    suffix = Path(model).suffix.lower()
+    if suffix in WEIGHTS_SUFFIXES:
+        raise BadInput(f"{model} looks like a file of weights, not a model: give the architecture "
+                       f"(a registered name or path/file.py:callable) with weights={model} (a "
+                       "state_dict), or save a torch.export program as .pt2")
+    if suffix == ".onnx":
+        raise BadInput(f"{model} is an ONNX file already: `edgecnn quantize`, `check SPEC "
+                       f"{model}`, `run`, `bench` and `info` take it as it is")
 
 
 def model_name(model: str) -> str:
@@ -273,6 +286,7 @@ def resolve_spec(model: str | ModelSpec | nn.Module, *,
     if isinstance(model, ModelSpec):
         return model
     if not is_user_model(model):
+        _not_a_model_file(model)
         spec = models.get_spec(model)
         if task is not None and task != spec.task:
             raise BadInput(f"task: {model} is a {spec.task} model, not {task}")

@@ -147,6 +147,8 @@ def test_int8_of_your_own_model(cli, tmp_path):
 @pytest.mark.parametrize("spec, flags, fragments", [
     ("resnt18", [], ["unknown model 'resnt18'", "did you mean resnet18"]),
     ("my_net", [], ["unknown model 'my_net'", "package.module:callable"]),
+    ("net.pth", [], ["net.pth looks like a file of weights", "--weights net.pth"]),
+    ("model.onnx", [], ["model.onnx is an ONNX file already", "edgecnn quantize"]),
     ("nosuch_package.models:net", ["--input-size", "8", "--in-channels", "3"],
      ["module nosuch_package.models does not import", "ModuleNotFoundError"]),
     (f"{MODELS}:missing", ["--input-size", "8", "--in-channels", "3"], ["has no 'missing'"]),
