@@ -22,6 +22,7 @@ import numpy as np
 
 from edgecnn.errors import BadInput, EdgecnnError, require_count
 from edgecnn.runtime.engine import Engine
+from edgecnn.runtime.files import refused_write
 from edgecnn.runtime.model_file import check_model_file
 from edgecnn.runtime.postprocess import top_k as top_k_of, usable_labels
 from edgecnn.runtime.providers import ProviderRequest
@@ -31,6 +32,13 @@ from edgecnn.runtime.stream import (
 )
 
 SOME_FAILED_EXIT_CODE = 3  # `edgecnn run`: some images could not be read, the others ran
+
+
+class WriteRefused(EdgecnnError):
+    """The machine refused a write to ``output`` (a full disk or quota, a read-only file
+    system); the message says how many complete records it holds. The CLI exits with 2."""
+
+    exit_code = 2
 
 
 class Interrupted(EdgecnnError):
@@ -172,6 +180,12 @@ def run_files(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], *,
                  if output is not None else "")
         raise Interrupted(f"interrupted after {summary['done']} of {len(todo)} image(s)"
                           f"{where}") from None
+    except OSError as error:
+        if output is None or (message := refused_write(error, output)) is None:
+            raise
+        held = summary["resumed"] + summary["done"]
+        raise WriteRefused(f"{message}; it holds {held} complete record(s): --resume continues "
+                           "it once there is room") from None
     finally:
         if writer is not None:
             writer.close()

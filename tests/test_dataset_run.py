@@ -181,7 +181,8 @@ def test_a_full_disk_mid_run_is_one_line_and_resume_completes(cli, tiny, shots, 
 
     monkeypatch.setattr(RecordWriter, "write", fill_the_disk)
     result = cli("run", tiny.path, shots, "-o", output)
-    assert_one_line_error(result, 2, "No space left on device", "not an edgecnn bug")
+    assert_one_line_error(result, 2, f"No space left on device ({output})", "not an edgecnn bug",
+                          "it holds 5 complete record(s): --resume continues it")
     monkeypatch.undo()
     assert cli("run", tiny.path, shots, "-o", output, "--resume").code == 0
     assert output.read_text() == complete.read_text()

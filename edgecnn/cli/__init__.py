@@ -6,7 +6,6 @@ Errors become one line on stderr and an exit code (2: bad input, 1: a failed che
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import sys
@@ -17,6 +16,7 @@ from edgecnn.cli._app import app, err, fill_help, in_flags, safe
 from edgecnn.cli._parsing import join_multi_value_flags
 from edgecnn.cli._signals import SignalsAsInterrupts
 from edgecnn.errors import EdgecnnError, first_line
+from edgecnn.runtime.files import refused_write
 
 # Command modules register themselves on `app` when imported, in this (help) order: the build
 # side (list, export, quantize, check), then what runs on a device (annotate, info, run, bench,
@@ -33,10 +33,6 @@ INSTALL_FOR = {**{name: "pip install 'edgecnn[export,cpu]'" for name in BUILD_PA
                               "edgecnn[openvino] for Intel's devices)"}
 
 
-# A write the machine refuses: a full disk or quota, a read-only file system. The atomic
-# writers have removed their temporary files by the time the error reaches main(); a streamed
-# `run --output` keeps the records it wrote (--resume goes on from them).
-MACHINE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 # How onnxruntime says that an allocation failed (its arena, or the C++ runtime's bad_alloc).
@@ -105,10 +101,10 @@ def _run(argv: list[str] | None) -> int:
                          f"install does not have: {INSTALL_FOR[error.name]}", 2)
         if (message := _out_of_memory(error)) is not None:
             return _fail(message, 2)
-        if isinstance(error, OSError) and error.errno in MACHINE_ERRNOS:
-            where = f" ({error.filename})" if error.filename else ""
-            return _fail(f"{error.strerror}{where}: the machine refused a write (not an "
-                         "edgecnn bug)", 2)
+        # The atomic writers have removed their temporary files by the time a refused write
+        # reaches main(); a streamed `run --output` says what it kept (runtime/predict.py).
+        if isinstance(error, OSError) and (message := refused_write(error)) is not None:
+            return _fail(message, 2)
         code = _fail(f"internal error: {type(error).__name__}: {first_line(error)} "
                      "(run again with --debug for the traceback)", 1)
     return code
