@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import io
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ import edgecnn
 from edgecnn import models
 from edgecnn.ops import randomize_offset_predictors, uses_deform_conv
 from edgecnn.errors import (
-    BadInput, CheckFailed, EdgecnnError, first_line, require_count, require_seed,
+    BadInput, CheckFailed, EdgecnnError, first_line, out_of_memory, require_count, require_seed,
 )
 from edgecnn.export.deform import (TRANSLATION_TABLE as DEFORM_TRANSLATION_TABLE,
                                    fold_batchnorm_into_deform)
@@ -290,6 +289,8 @@ def run_eager(model: nn.Module, example: torch.Tensor,
         with torch.no_grad():
             result = model(example)
     except RuntimeError as error:
+        if out_of_memory(error):  # not the input's fault: the CLI says out of memory
+            raise
         hint = ("; if it takes one batch size only, give it: batch=1" if len(example) > 1
                 else "")
         raise BadInput(f"input {list(example.shape)} does not work for {spec.name}: "
@@ -344,7 +345,7 @@ def _export_failure(name: str, error: BaseException) -> str:
         cause = cause.__cause__
     line = first_line(cause)
     if cause is not error:
-        step = re.sub(r"\x1b\[[0-9;]*m", "", first_line(error)).split(". ")[0].rstrip(".")
+        step = first_line(error).split(". ")[0].rstrip(".")  # first_line drops the colours
         line += f" ({step})"
     return f"torch.onnx could not export {name}: {line}"
 

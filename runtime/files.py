@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import os
 import re
@@ -19,19 +18,6 @@ from edgecnn.errors import BadInput
 _FILE_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
                stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
 
-
-# A write the machine refuses: a full disk or quota, a read-only file system.
-REFUSED_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
-
-
-def refused_write(error: OSError, path: str | os.PathLike | None = None) -> str | None:
-    """The line for a write the machine refused (``REFUSED_WRITE_ERRNOS``), naming ``path`` or
-    the error's file; None for any other OSError."""
-    if error.errno not in REFUSED_WRITE_ERRNOS:
-        return None
-    where = path or error.filename
-    return (f"{error.strerror}{f' ({where})' if where else ''}: the machine refused a write "
-            "(not an edgecnn bug)")
 
 
 def file_kind(mode: int) -> str:

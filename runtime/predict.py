@@ -20,9 +20,8 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from edgecnn.errors import BadInput, EdgecnnError, require_count
+from edgecnn.errors import BadInput, EdgecnnError, refused_write, require_count
 from edgecnn.runtime.engine import Engine
-from edgecnn.runtime.files import refused_write
 from edgecnn.runtime.model_file import check_model_file
 from edgecnn.runtime.postprocess import top_k as top_k_of, usable_labels
 from edgecnn.runtime.providers import ProviderRequest

@@ -392,6 +392,7 @@ def test_running_out_of_memory_is_one_line_not_an_internal_error(cli, tmp_path, 
         if failure == "onnxruntime":
             assert "running its Conv node logits_nchwc" in result.stderr
             assert "bfc_arena.cc" not in result.stderr
+            assert "(16.0 GiB more)" in result.stderr  # the size it asked for
         else:
             assert "Unable to allocate 16.0 GiB" in result.stderr
 
@@ -410,3 +411,26 @@ def test_a_node_named_like_an_allocation_failure_is_not_out_of_memory(cli, tmp_p
     result = cli("bench", _tiny(tmp_path), "--runs", "1", "--warmup", "0")
     assert result.code == 1 and "out of memory" not in result.stderr
     assert "Invalid input shape" in result.stderr
+
+
+# What torch 2.13 raised for torch.empty(10**14, dtype=torch.uint8) on this machine.
+TORCH_CPU_FAILURE = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
+                     "allocate memory: you tried to allocate 100000000000000 bytes. Error code 12 "
+                     "(Cannot allocate memory)")
+
+
+@pytest.mark.parametrize("stage", ["export", "check"])
+def test_pytorch_running_out_of_memory_is_one_line(cli, tmp_path, monkeypatch, stage):
+    """PyTorch's allocator failing (an eager run of a model at a huge input size) is out of
+    memory too (it was an internal error in check, and "input ... does not work" in export)."""
+    import torch
+
+    def allocation_fails(self, *args, **kwargs):
+        raise RuntimeError(TORCH_CPU_FAILURE)
+
+    monkeypatch.setattr(torch.nn.Conv2d, "forward", allocation_fails)
+    args = ("export", "lenet5", "-o", tmp_path / "l.onnx") if stage == "export" else (
+        "check", "lenet5")
+    result = cli(*args)
+    assert_one_line_error(result, 2, "out of memory: PyTorch could not allocate 90.9 TiB")
+    assert "alloc_cpu.cpp" not in result.stderr and not (tmp_path / "l.onnx").exists()

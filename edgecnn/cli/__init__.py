@@ -15,8 +15,7 @@ import typer
 from edgecnn.cli._app import app, err, fill_help, in_flags, safe
 from edgecnn.cli._parsing import join_multi_value_flags
 from edgecnn.cli._signals import SignalsAsInterrupts
-from edgecnn.errors import EdgecnnError, first_line
-from edgecnn.runtime.files import refused_write
+from edgecnn.errors import EdgecnnError, first_line, out_of_memory, refused_write
 
 # Command modules register themselves on `app` when imported, in this (help) order: the build
 # side (list, export, quantize, check), then what runs on a device (annotate, info, run, bench,
@@ -33,26 +32,6 @@ INSTALL_FOR = {**{name: "pip install 'edgecnn[export,cpu]'" for name in BUILD_PA
                               "edgecnn[openvino] for Intel's devices)"}
 
 
-
-
-# How onnxruntime says that an allocation failed (its arena, or the C++ runtime's bad_alloc).
-ALLOCATION_FAILURES = ("Failed to allocate memory", "bad_alloc", "bad allocation")
-
-
-def _out_of_memory(error: Exception) -> str | None:
-    """The one line for running out of memory (numpy's MemoryError, an onnxruntime allocation
-    that failed), else None."""
-    if isinstance(error, MemoryError):
-        return f"out of memory: {first_line(error) or 'an allocation failed'}"
-    text = str(error)
-    why = text.rpartition("Status Message:")[2]  # what precedes it names the file's node
-    if not (type(error).__module__.startswith("onnxruntime")
-            and any(failure in why for failure in ALLOCATION_FAILURES)):
-        return None
-    node = re.search(r"running (\w+) node\. Name:'([^']*)'", text)
-    where = f" (running its {node[1]} node {node[2]})" if node else ""
-    return (f"out of memory: onnxruntime could not allocate what the model needs{where}; at "
-            "this input and batch size it needs more memory than the machine gives")
 
 
 def _fail(message: str, code: int) -> int:
@@ -99,7 +78,7 @@ def _run(argv: list[str] | None) -> int:
         if isinstance(error, ModuleNotFoundError) and error.name in INSTALL_FOR:
             return _fail(f"`edgecnn {next(iter(argv), '')}` needs {error.name}, which this "
                          f"install does not have: {INSTALL_FOR[error.name]}", 2)
-        if (message := _out_of_memory(error)) is not None:
+        if (message := out_of_memory(error)) is not None:
             return _fail(message, 2)
         # The atomic writers have removed their temporary files by the time a refused write
         # reaches main(); a streamed `run --output` says what it kept (runtime/predict.py).
