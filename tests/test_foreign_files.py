@@ -458,3 +458,12 @@ def test_evaluate_takes_the_preprocessing_flags(cli, files, photo, tmp_path):
     got = json.loads(result.stdout)["models"][0]
     assert (got["top1"], got["confusion"]) == (expected["top1"], expected["confusion"])
     assert_one_line_error(cli("evaluate", files["legacy"], labelled), 2, "no edgecnn metadata")
+
+
+def test_info_says_when_the_output_is_probabilities(cli, softmax_files, files):
+    result = cli("info", softmax_files["legacy"])
+    assert result.code == 0 and "(probabilities: the graph ends in Softmax)" in result.stdout
+    for path, expected in ((softmax_files["int8"], True), (files["legacy"], False)):
+        report = json.loads(cli("info", path, "--json").stdout)
+        assert report["outputs"][0]["probabilities"] is expected
+    assert "probabilities" not in cli("info", files["legacy"]).stdout
