@@ -63,7 +63,6 @@ def first_line(error: BaseException, limit: int = 300) -> str:
     return text[:limit] or type(error).__name__
 
 
-
 # How onnxruntime says that an allocation failed (its arena, or the C++ runtime's bad_alloc),
 # and how PyTorch does (its CPU allocator; CUDA's is torch.OutOfMemoryError).
 ORT_ALLOCATION_FAILURES = ("Failed to allocate memory", "bad_alloc", "bad allocation")

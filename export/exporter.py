@@ -34,7 +34,7 @@ from edgecnn.runtime.files import check_output_path
 from edgecnn.export.parity import ParityMetrics, Verdict, default_bounds, judge
 from edgecnn.export.quiet import silenced
 from edgecnn.export.user_model import (
-    carries_weights, check_one_input, is_program, resolve_spec, state_dict_provenance,
+    check_one_input, is_program, resolve_spec, state_dict_provenance,
 )
 from edgecnn.runtime import InputInfo, ModelMetadata, load_session
 from edgecnn.runtime.deform import (
@@ -129,7 +129,7 @@ def _check_arguments(spec: models.ModelSpec, *, batch, seed, channels, height, w
         raise BadInput(f"an input of {channels}x{height}x{width} is too large (at most "
                        f"{MAX_ELEMENTS:,} values per image)")
     check_model_options(model_options, registered=spec.source is None)
-    if model_options and carries_weights(spec):
+    if model_options and spec.own_weights:
         raise BadInput(f"model_options: {spec.source} is built already (pass them to its "
                        "constructor)")
 
@@ -259,12 +259,12 @@ def build_model(name: str | models.ModelSpec, *, num_classes: int | None = None,
     spec = resolve_spec(name)
     if in_channels is not None:
         options["in_channels"] = in_channels
-    if weights is not None and carries_weights(spec):
+    if weights is not None and spec.own_weights:
         raise BadInput(f"weights: {spec.source} carries its own weights")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = models.create(spec, num_classes=num_classes, **options)
-    if carries_weights(spec):
+    if spec.own_weights:
         return model.eval()
     if weights is not None:
         models.load_weights(model, weights)
@@ -423,7 +423,7 @@ def export_model(name: str | models.ModelSpec | nn.Module,
     lowering = model_lowering(proto)  # None when the graph has no deformable convolution
     bounds = default_bounds(spec.tolerances)
     provenance = (weights_provenance(spec.source, seed) if is_program(spec)
-                  else state_dict_provenance(module) if carries_weights(spec)
+                  else state_dict_provenance(module) if spec.own_weights
                   else weights_provenance(weights, seed))
     set_metadata(proto, ModelMetadata(
         model=name, task=spec.task, labels=label_list, precision="fp32", opset=opset,

@@ -320,11 +320,6 @@ def resolve_spec(model: str | ModelSpec | nn.Module, *,
                      family=FAMILY, source=model)
 
 
-def carries_weights(spec: ModelSpec) -> bool:
-    """A .pt2 program or a module passed in brings its weights: no random init, no --weights."""
-    return spec.own_weights
-
-
 def is_program(spec: ModelSpec) -> bool:
     return spec.source is not None and spec.source.endswith(PROGRAM_SUFFIX)
 

@@ -55,9 +55,10 @@ def annotate(path: str | os.PathLike, output: str | os.PathLike | None = None, *
         base = onnx_file.get_metadata(model, str(source))
     except BadInput:  # malformed metadata: annotating is how it gets replaced
         base = None
-    inputs = {value.name: onnx_file.dims(value) for value in onnx_file.graph_inputs(model)}
+    values = onnx_file.graph_inputs(model)
+    inputs = {value.name: onnx_file.dims(value) for value in values}
+    types = {value.name: value_type(value) for value in values}
     output_dims = onnx_file.dims(model.graph.output[0]) if model.graph.output else []
-    types = {value.name: value_type(value) for value in onnx_file.graph_inputs(model)}
     metadata = metadata_from_settings(inputs, output_dims, settings, base=base,
                                       model=source.stem, source=str(source), input_types=types)
     if base is None:

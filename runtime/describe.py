@@ -15,7 +15,6 @@ from pathlib import Path
 from edgecnn.runtime.external_data import check_external_data, model_size
 from edgecnn.runtime.metadata import ModelMetadata
 from edgecnn.runtime.model_file import check_model_file, ends_in_softmax
-from edgecnn.runtime.postprocess import is_class_vector
 
 
 def _shape(value_info) -> list:
@@ -92,8 +91,7 @@ def describe_model(path: str | os.PathLike) -> dict:
     metadata = ModelMetadata.from_props(details.pop("props"), str(path))
     if details["outputs"]:  # what `run` reports as they are (Engine.scores_are_probabilities)
         first = details["outputs"][0]
-        first["probabilities"] = is_class_vector(first["shape"]) and ends_in_softmax(
-            path, first["name"], rank=len(first["shape"]))
+        first["probabilities"] = ends_in_softmax(path, first["name"], first["shape"])
     return {"path": str(path),
             "size_bytes": model_size(path),
             "external_data": list(data_files),

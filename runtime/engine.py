@@ -26,7 +26,7 @@ from edgecnn.errors import BadInput, require_count
 from edgecnn.runtime import providers as provider_lib
 from edgecnn.runtime.metadata import ModelMetadata
 from edgecnn.runtime.model_file import ends_in_softmax, no_outputs
-from edgecnn.runtime.postprocess import class_rows, is_class_vector
+from edgecnn.runtime.postprocess import class_rows
 from edgecnn.runtime.preprocess_settings import (
     check_raw_pixels, check_settings, integer_type, metadata_from_settings,
 )
@@ -131,9 +131,8 @@ class Engine:
         self.check_finite = check_finite
         self._output_names = [spec.name for spec in self.outputs]
         # a graph that ends in Softmax gives probabilities: predict reports them as they are
-        first = self.outputs[0].shape
-        self.scores_are_probabilities = is_class_vector(first) and ends_in_softmax(
-            self.path, self._output_names[0], rank=len(first))
+        self.scores_are_probabilities = ends_in_softmax(self.path, self._output_names[0],
+                                                        self.outputs[0].shape)
         self._checks = [_InputCheck(spec) for spec in self.inputs]
 
     def __repr__(self) -> str:

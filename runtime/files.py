@@ -19,7 +19,6 @@ _FILE_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
                stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
 
 
-
 def file_kind(mode: int) -> str:
     """What a file that is not a regular file is, for a message: "a FIFO", "a socket"..."""
     return _FILE_KINDS.get(stat.S_IFMT(mode), "a special file")

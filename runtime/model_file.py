@@ -13,10 +13,11 @@ import io
 import os
 from collections import deque
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterator, Sequence
 
 from edgecnn.errors import BadInput
 from edgecnn.runtime.files import check_input_file
+from edgecnn.runtime.postprocess import is_class_vector
 
 _GRAPH_FIELD = 7  # ModelProto.graph
 _OPSET_IMPORT_FIELD = 8  # ModelProto.opset_import
@@ -166,9 +167,10 @@ def metadata_value(model: str | os.PathLike | bytes, key: str) -> str | None:
     return None
 
 
-def ends_in_softmax(model: str | os.PathLike, output: str, rank: int = 2) -> bool:
-    """Whether the top-level graph computes ``output``, of ``rank`` 2 (N, classes) or 4 (N,
-    classes, 1, 1), with a Softmax over axis 1 (the classes), through the ops in
+def ends_in_softmax(model: str | os.PathLike, output: str, dims: Sequence) -> bool:
+    """Whether ``output``, of ``dims`` (N, classes) or (N, classes, 1, 1)
+    (``postprocess.is_class_vector``; False for other outputs), is computed by the top-level
+    graph with a Softmax over axis 1 (the classes), through the ops in
     ``_KEEPS_PROBABILITIES``: the values are probabilities already (Keras classifiers and many
     published files end so). Axis -1 is the classes at rank 2, and so is a Softmax without the
     attribute (opsets before 13 default to axis 1, later ones to -1).
@@ -176,6 +178,9 @@ def ends_in_softmax(model: str | os.PathLike, output: str, rank: int = 2) -> boo
     then the producers are looked for among them from the last back, one node read at a time,
     each further back than the one before (a sorted graph writes a tensor before it is read).
     False for a file it cannot read."""
+    if not is_class_vector(dims):
+        return False
+    rank = len(dims)
     try:
         with open(model, "rb") as stream:
             spans = reversed(_last_node_spans(stream))

@@ -56,12 +56,12 @@ def top_k(logits: np.ndarray, k: int = 5, labels: Sequence[str] | None = None, *
     require_count("top_k", k, optional=False)
     if logits.ndim != 2:
         raise BadInput(f"expected classification logits of shape (N, classes), got {logits.shape}")
-    probabilities = (logits.astype(np.promote_types(logits.dtype, np.float32), copy=False)
-                     if probabilities else softmax(logits))
-    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    shares = (logits.astype(np.promote_types(logits.dtype, np.float32), copy=False)
+              if probabilities else softmax(logits))
+    order = np.argsort(-shares, axis=1, kind="stable")[:, :k]
     labels = usable_labels(labels, logits.shape[1])
     return [[(labels[index] if labels else int(index), float(row[index])) for index in ranks]
-            for row, ranks in zip(probabilities, order)]
+            for row, ranks in zip(shares, order)]
 
 
 def class_maps(masks: np.ndarray) -> list[np.ndarray]:

@@ -259,6 +259,9 @@ def test_logits_still_become_probabilities(files, photo):
     np.testing.assert_allclose(best[0][1], softmax(logits).max(), rtol=1e-6)
 
 
+GRAPH_DIMS = [1, 4]  # _graph_file's output
+
+
 def _graph_file(tmp_path: Path, nodes, opset: int = 13) -> Path:
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
                                                                          [1, 4])],
@@ -281,21 +284,44 @@ def test_ends_in_softmax_reads_the_graph(tmp_path, chain, axis, expected):
     nodes = [helper.make_node(op, [names[k]], [names[k + 1]],
                               **({"axis": axis} if "Softmax" in op and axis is not None else {}))
              for k, op in enumerate(chain)]
-    assert ends_in_softmax(_graph_file(tmp_path, nodes), "y") is expected
+    assert ends_in_softmax(_graph_file(tmp_path, nodes), "y", GRAPH_DIMS) is expected
+
+
+@pytest.mark.parametrize("dims, axis, expected", [
+    ([1, 4, 1, 1], 1, True), ([1, 4, 1, 1], -3, True),
+    ([1, 4, 1, 1], -1, False),  # over a 1-wide axis: every value 1
+    ([1, 4, 1, 1], None, False),  # axis 1 before opset 13, -1 after: not said
+    ([1, 4, 3], 1, False), ([1, 4, 2, 2], 1, False),  # not one score per class
+])
+def test_ends_in_softmax_takes_the_class_axis_of_the_output_dims(tmp_path, dims, axis,
+                                                                 expected):
+    extra = {} if axis is None else {"axis": axis}
+    path = _graph_file(tmp_path, [helper.make_node("Softmax", ["x"], ["y"], **extra)])
+    assert ends_in_softmax(path, "y", dims) is expected
 
 
 def test_ends_in_softmax_survives_files_it_cannot_read(tmp_path):
     path = _graph_file(tmp_path, [helper.make_node("Softmax", ["x"], ["y"], axis=1)])
     whole = path.read_bytes()
-    assert ends_in_softmax(path, "y") and not ends_in_softmax(path, "other")
+    assert ends_in_softmax(path, "y", GRAPH_DIMS)
+    assert not ends_in_softmax(path, "other", GRAPH_DIMS)
     for cut in (whole[:8], b"\xff" * 64, b""):
         path.write_bytes(cut)
-        assert ends_in_softmax(path, "y") is False
-    assert ends_in_softmax(tmp_path / "missing.onnx", "y") is False
+        assert ends_in_softmax(path, "y", GRAPH_DIMS) is False
+    assert ends_in_softmax(tmp_path / "missing.onnx", "y", GRAPH_DIMS) is False
     long_name = "y" * 5000  # names past 4096 bytes are not read: no match, no large read
     path = _graph_file(tmp_path, [helper.make_node("Softmax", ["x"], [long_name], axis=1),
                                   helper.make_node("Identity", [long_name], ["y"])])
-    assert ends_in_softmax(path, "y") is False
+    assert ends_in_softmax(path, "y", GRAPH_DIMS) is False
+
+
+def _labelled_folder(tmp_path: Path, photo: Path) -> Path:
+    """An ImageFolder of the photo once per class (sub-folders 0 .. CLASSES - 1)."""
+    labelled = tmp_path / "labelled"
+    for index in range(CLASSES):
+        (labelled / str(index)).mkdir(parents=True)
+        (labelled / str(index) / "a.png").write_bytes(photo.read_bytes())
+    return labelled
 
 
 def _pooled_classifier(tmp_path: Path, last: list) -> Path:
@@ -337,10 +363,7 @@ def test_a_class_vector_of_n_classes_1_1_is_classification(cli, tmp_path, photo,
         assert result.code == 0, result.stderr
         top = json.loads(result.stdout)["results"][0]["top_k"]
         np.testing.assert_allclose([entry["probability"] for entry in top], expected, atol=1e-6)
-    labelled = tmp_path / "labelled"
-    for index in range(CLASSES):  # evaluate takes it too
-        (labelled / str(index)).mkdir(parents=True)
-        (labelled / str(index) / "a.png").write_bytes(photo.read_bytes())
+    labelled = _labelled_folder(tmp_path, photo)  # evaluate takes it too
     annotated = tmp_path / "annotated.onnx"  # evaluate takes files that carry metadata
     result = cli("annotate", path, "-o", annotated, "--mean", *map(str, MEAN), "--std",
                  *map(str, STD))
@@ -433,22 +456,19 @@ def test_ends_in_softmax_reads_a_bounded_number_of_nodes(tmp_path, monkeypatch):
     reads = []
     real = model_file._node_writing
     monkeypatch.setattr(model_file, "_node_writing", lambda *a: reads.append(1) or real(*a))
-    assert ends_in_softmax(path, "y") is False
+    assert ends_in_softmax(path, "y", GRAPH_DIMS) is False
     assert len(reads) <= 4096
     with open(path, "rb") as stream:  # and holds the offsets of that many, not of all
         assert len(model_file._last_node_spans(stream)) == 4096
     reads.clear()
     path = _graph_file(tmp_path, nodes[-6:])  # sorted: a few reads (t5994 is then an input)
-    assert ends_in_softmax(path, "y") is False and len(reads) <= 7
+    assert ends_in_softmax(path, "y", GRAPH_DIMS) is False and len(reads) <= 7
 
 
 def test_evaluate_takes_the_preprocessing_flags(cli, files, photo, tmp_path):
     """evaluate reads a file without metadata from the same flags as run (was: refused, with a
     message naming run's flags), the same figures as the file annotated with them."""
-    labelled = tmp_path / "labelled"
-    for index in range(CLASSES):
-        (labelled / str(index)).mkdir(parents=True)
-        (labelled / str(index) / "a.png").write_bytes(photo.read_bytes())
+    labelled = _labelled_folder(tmp_path, photo)
     flags = ["--mean", *map(str, MEAN), "--std", *map(str, STD)]
     annotated = tmp_path / "annotated.onnx"
     assert cli("annotate", files["legacy"], "-o", annotated, *flags).code == 0

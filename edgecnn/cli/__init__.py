@@ -32,8 +32,6 @@ INSTALL_FOR = {**{name: "pip install 'edgecnn[export,cpu]'" for name in BUILD_PA
                               "edgecnn[openvino] for Intel's devices)"}
 
 
-
-
 def _fail(message: str, code: int) -> int:
     err.print(f"[red]error:[/red] {safe(message)}", markup=True, highlight=False, soft_wrap=True)
     return code
