@@ -78,10 +78,10 @@ def random_inputs(engine: Engine, batch: int | None = None, seed: int = 0) -> di
 def _feed_shape(spec: TensorSpec, engine: Engine, batch: int | None) -> list[int]:
     if spec.dtype is None:
         raise BadInput(f"input {spec.name!r} has a type benchmark cannot fill ({spec.describe()})")
-    # [batch, C, H, W] from the metadata sizes the dynamic axes of the image input.
+    # The metadata's sizes, in the input's layout, size the dynamic axes of the image input.
     known = None
     if engine.metadata is not None and engine.metadata.input.name == spec.name:
-        known = [batch or 1, *engine.metadata.input.shape]
+        known = [batch or 1, *engine.metadata.input.sample_shape]
     shape = []
     for axis, size in enumerate(spec.shape):
         if isinstance(size, int) and size == 0:

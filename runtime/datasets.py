@@ -73,14 +73,8 @@ def labelled_files(folder: Path, label_names: Sequence[str] | None,
     return files, labels
 
 
-def input_shape(info: InputInfo) -> list[int]:
-    """One sample's shape in the model's layout: [C, H, W] (NCHW) or [H, W, C] (NHWC)."""
-    channels, height, width = (int(v) for v in info.shape)
-    return [height, width, channels] if info.layout.upper() == "NHWC" else [channels, height, width]
-
-
 def check_inputs(array: np.ndarray, info: InputInfo, where: str) -> np.ndarray:
-    expected = input_shape(info)
+    expected = info.sample_shape
     if array.ndim != 4 or list(array.shape[1:]) != expected:
         raise BadInput(f"{where}: array shape {list(array.shape)} is not the model's input "
                        f"[N, {', '.join(map(str, expected))}]")

@@ -68,6 +68,13 @@ class InputInfo:
     def height_width(self) -> tuple[int, int]:
         return self.shape[1], self.shape[2]
 
+    @property
+    def sample_shape(self) -> list[int]:
+        """One sample's shape in the model's layout: [C, H, W] (NCHW) or [H, W, C] (NHWC)."""
+        channels, height, width = (int(v) for v in self.shape)
+        return ([height, width, channels] if self.layout.upper() == "NHWC"
+                else [channels, height, width])
+
 
 @dataclass
 class ModelMetadata:

@@ -204,6 +204,11 @@ def test_bench_sizes_dynamic_axes_from_the_flags(cli, files):
                "--input-size", "20", "--layout", "NHWC", "--json")
     assert nhwc.code == 0, nhwc.stderr
     assert json.loads(nhwc.stdout)["batch"] == 1
+    from edgecnn.runtime.bench import random_inputs  # H and W where NHWC has them (was 3x20)
+
+    engine = Engine(files["legacy_dynamic_nhwc"], "cpu",
+                    preprocessing={"input_size": [20, 24], "layout": "NHWC"})
+    assert random_inputs(engine, 2)["pixels"].shape == (2, 20, 24, 3)
 
 
 def test_engine_preprocessing_messages_name_the_setting(files):
