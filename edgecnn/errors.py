@@ -54,6 +54,12 @@ def require_seed(seed) -> None:
 _TERMINAL_COLOURS = re.compile(r"\x1b\[[0-9;]*m")
 
 
+def alternatives(names) -> str:
+    """``names`` as a reader lists choices: "a", "a or b", "a, b or c"."""
+    names = [str(name) for name in names]
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+
+
 def first_line(error: BaseException, limit: int = 300) -> str:
     """The first non-empty line of ``error``'s message (at most ``limit`` characters), or its
     type's name when the message is empty: what a one-line report quotes of an exception.

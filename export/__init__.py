@@ -9,10 +9,10 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "ExportResult": "exporter", "build_model": "exporter", "export_model": "exporter",
+    "ExportResult": "exporter", "build_model": "build", "export_model": "exporter",
     "to_onnx": "exporter", "ParityMetrics": "parity", "compare": "parity",
     "QuantizeResult": "quantize", "quantize_model": "quantize",
-    "check_onnx": "check", "check_parity": "check",
+    "check_onnx": "check", "check_parity": "check", "CheckReport": "check_report",
 }
 
 __all__ = sorted(_EXPORTS)

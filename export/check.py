@@ -4,10 +4,8 @@ registered model (docs/design.md, "Any module against any file")."""
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -17,14 +15,14 @@ import torch
 from edgecnn.errors import BadInput, require_count
 from edgecnn.export import bisect as bisecting
 from edgecnn.export.calibration import batches, load_image_folder
-from edgecnn.export.int8_report import Int8Report, int8_report, markdown_tables
-from edgecnn.export.exporter import (
-    StepCallback, build_model, builder_arguments, check_model_options, export_model,
-    random_input, run_eager,
+from edgecnn.export.int8_report import int8_report
+from edgecnn.export.build import (
+    build_model, builder_arguments, check_model_options, random_input, run_eager,
 )
-from edgecnn.runtime.files import atomic_output, check_output_path
+from edgecnn.export.check_report import CheckReport
+from edgecnn.export.exporter import CHECK_BATCH, StepCallback, export_model
 from edgecnn.export.parity import (
-    FP16_MAX, OutputReport, Verdict, activation_peak, check_criteria, check_precision, judge,
+    FP16_MAX, activation_peak, check_criteria, check_precision, judge,
 )
 from edgecnn.export.user_model import is_user_model, resolve_spec
 from edgecnn.runtime import ModelMetadata, openvino
@@ -35,85 +33,6 @@ from edgecnn.runtime.providers import OPENVINO, ProviderRequest
 from edgecnn.runtime.session import open_session
 
 CALIBRATION_SAMPLES = 32  # int8 of a fresh export calibrates on inputs drawn like the checked ones
-
-
-@dataclass
-class CheckReport:
-    model: str
-    onnx_path: str
-    precision: str
-    providers: list[str]  # what the session ran on (the same key as bench's JSON)
-    batch: int
-    samples: int  # input batches compared
-    images: int  # of which rows came from image files
-    rows: int  # input rows compared in all
-    verdict: Verdict
-    bisect: bisecting.BisectResult | None = None
-    notes: list[str] = field(default_factory=list)
-    per_layer: Int8Report | None = None  # where the int8 error comes from (check --per-layer)
-
-    @property
-    def outputs(self) -> list[OutputReport]:
-        return self.verdict.outputs
-
-    @property
-    def tolerance(self) -> float:
-        return self.verdict.tolerance
-
-    @property
-    def passed(self) -> bool:
-        return self.verdict.passed
-
-    def as_dict(self) -> dict:
-        return {"model": self.model, "onnx": self.onnx_path, "precision": self.precision,
-                "providers": self.providers, "batch": self.batch, "samples": self.samples,
-                "images": self.images, "rows": self.rows, "tolerance_rel_l2": self.tolerance,
-                "min_top1": self.verdict.min_top1,
-                "passed": self.passed, "outputs": [o.as_dict() for o in self.outputs],
-                "bisect": self.bisect.as_dict() if self.bisect else None, "notes": self.notes,
-                "per_layer": self.per_layer.as_dict() if self.per_layer else None}
-
-    def to_markdown(self) -> str:
-        lines = [f"# Parity check: {self.model} ({self.precision})", "",
-                 f"- ONNX: `{self.onnx_path}`", f"- providers: {', '.join(self.providers)}",
-                 f"- inputs: {self.samples} batches of {self.batch}"
-                 + (f" ({self.images} rows from images)" if self.images else ""),
-                 f"- criterion: {self.verdict.criterion}",
-                 f"- result: **{'PASS' if self.passed else 'FAIL'}**", "",
-                 "| output | rel_l2 | max_abs | cosine | SQNR dB | top-1 agreement | pass |",
-                 "|---|---|---|---|---|---|---|"]
-        for output in self.outputs:
-            m = output.metrics
-            top1 = "–" if m.top1_agreement is None else f"{m.top1_agreement:.4f}"
-            lines.append(f"| {output.name} | {m.rel_l2:.3e} | {m.max_abs:.3e} | {m.cosine:.8f} "
-                         f"| {m.sqnr_db:.1f} | {top1} | {'yes' if output.passed else 'no'} |")
-        if self.bisect is not None:
-            first = self.bisect.first_divergent
-            lines += ["", f"Bisect over {len(self.bisect.layers)} module outputs: " + (
-                f"first divergence at `{first.module}` (call {first.call}, tensor "
-                f"`{first.tensor}`), rel_l2 {first.metrics.rel_l2:.3e}" if first
-                else "no module output over the tolerance")]
-        lines += [f"- note: {note}" for note in self.notes]
-        if self.per_layer is not None:
-            lines += ["", "## int8 per layer", "", *markdown_tables(self.per_layer)]
-        return "\n".join(lines) + "\n"
-
-
-def check_report_path(path: str | os.PathLike) -> Path:
-    """BadInput unless ``path`` is a writable FILE.md or FILE.json (checked before any work)."""
-    path = Path(path)
-    if path.suffix not in (".md", ".json"):
-        raise BadInput(f"report must end in .md or .json, got {path.name}")
-    return check_output_path(path)
-
-
-def write_report(report: CheckReport, path: str | os.PathLike) -> Path:
-    path = check_report_path(path)
-    text = (json.dumps(report.as_dict(), indent=2) + "\n" if path.suffix == ".json"
-            else report.to_markdown())
-    with atomic_output(path) as temp:
-        temp.write_text(text, encoding="utf-8")
-    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,8 +164,8 @@ def convert_precision(fp32_path: Path, precision: str, output: Path,
     return output
 
 
-def _is_int8(model, metadata: ModelMetadata | None) -> bool:
-    return (metadata.precision if metadata is not None else graph_precision(model)) == "int8"
+def _file_precision(model, metadata: ModelMetadata | None) -> str:
+    return metadata.precision if metadata is not None else graph_precision(model)
 
 
 def _check_architecture(name: str, model, source: str, eager_input: Sequence[int],
@@ -284,7 +203,7 @@ def _batch_size(fixed: int | None, path: Path, requested: int | None) -> int:
     require_count("batch", requested)
     if fixed is not None and requested not in (None, fixed):
         raise BadInput(f"batch must be {fixed}: {path} has a fixed batch size of {fixed}")
-    return fixed or requested or 2
+    return fixed or requested or CHECK_BATCH
 
 
 def bf16_providers(providers: ProviderRequest) -> ProviderRequest:
@@ -363,9 +282,8 @@ def check_parity(name: str | torch.nn.Module, onnx_path: str | os.PathLike | Non
         fixed = fixed_batch(model)
         batch = _batch_size(fixed, path, batch)
         channels, height, width = _input_chw(model, metadata, str(path))
-        if per_layer and not _is_int8(model, metadata):
-            raise BadInput(f"per_layer reports on int8 files; {path} is "
-                           f"{metadata.precision if metadata else 'fp32'}")
+        if per_layer and (file_precision := _file_precision(model, metadata)) != "int8":
+            raise BadInput(f"per_layer reports on int8 files; {path} is {file_precision}")
         if onnx_path is not None:
             spec = spec or resolve_spec(name, input_size=(height, width), in_channels=channels)
             module = build_model(spec, num_classes=num_classes, weights=weights, seed=seed,

@@ -9,33 +9,33 @@ file in onnxruntime against eager, and only then move it atomically onto the out
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
-import numpy as np
 import onnx
 import torch
 from torch import nn
 
 import edgecnn
 from edgecnn import models
-from edgecnn.ops import randomize_offset_predictors, uses_deform_conv
+from edgecnn.ops import uses_deform_conv
 from edgecnn.errors import (
-    BadInput, CheckFailed, EdgecnnError, first_line, out_of_memory, require_count, require_seed,
+    BadInput, CheckFailed, EdgecnnError, first_line, require_count, require_seed,
 )
 from edgecnn.export.deform import (TRANSLATION_TABLE as DEFORM_TRANSLATION_TABLE,
                                    fold_batchnorm_into_deform)
 from edgecnn.runtime.files import check_output_path
 from edgecnn.export.parity import ParityMetrics, Verdict, default_bounds, judge
 from edgecnn.export.quiet import silenced
-from edgecnn.export.user_model import (
-    check_one_input, is_program, resolve_spec, state_dict_provenance,
+from edgecnn.export.build import (
+    build_model, builder_arguments, check_model_options, random_input, run_eager,
+    weights_provenance,
 )
+from edgecnn.export.user_model import resolve_spec
 from edgecnn.runtime import InputInfo, ModelMetadata, load_session
 from edgecnn.runtime.deform import (
     DEFAULT_LOWERING, NATIVE_MIN_OPSET, check_lowering, model_lowering, set_deform_lowering,
@@ -55,10 +55,6 @@ IMAGE_CHANNELS = (1, 3)  # what an exported file's image preprocessing can produ
 _DROPPED_NODE_METADATA = ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node")
 
 EXPORTER_LOGGERS = ("torch.onnx", "torch.export", "torch.fx", "onnxscript")
-
-# export_model's own arguments that a model builder also takes: model_options cannot set them
-# (the CLI has a flag for each, --num-classes and so on).
-OWN_ARGUMENTS = ("num_classes", "in_channels", "weights", "seed")
 
 StepCallback = Callable[[str], None]
 
@@ -132,16 +128,6 @@ def _check_arguments(spec: models.ModelSpec, *, batch, seed, channels, height, w
     if model_options and spec.own_weights:
         raise BadInput(f"model_options: {spec.source} is built already (pass them to its "
                        "constructor)")
-
-
-def check_model_options(model_options: Mapping | None, *, registered: bool) -> None:
-    """BadInput when ``model_options`` sets what is an argument of its own (num_classes...).
-    A model that is not registered takes in_channels, if at all, as one of its own options."""
-    owned = OWN_ARGUMENTS if registered else set(OWN_ARGUMENTS) - {"in_channels"}
-    own = sorted(set(model_options or ()) & set(owned))
-    if own:
-        raise BadInput(f"model_options cannot set {', '.join(own)}: each is an argument of "
-                       "its own")
 
 
 def validate_opset(opset: int, spec: models.ModelSpec | None = None) -> int:
@@ -235,82 +221,6 @@ def read_labels(path: str | os.PathLike, num_classes: int) -> list[str]:
     return labels
 
 
-def builder_arguments(spec: models.ModelSpec, in_channels: int | None,
-                      model_options: Mapping | None) -> dict:
-    """build_model's keyword arguments besides num_classes/weights/seed: a registered builder
-    takes ``in_channels``; for a model that is not registered it describes the input, and
-    ``model_options`` (its builder's own) may hold an ``in_channels`` of its own."""
-    options = dict(model_options or {})
-    return {**options, "in_channels": in_channels} if spec.source is None else options
-
-
-def build_model(name: str | models.ModelSpec, *, num_classes: int | None = None,
-                in_channels: int | None = None, weights: str | os.PathLike | None = None,
-                seed: int = 0, **options) -> nn.Module:
-    """A model in eval mode (a registered name, or a ModelSpec of edgecnn.export.user_model):
-    loaded from ``weights`` or seeded random; a .pt2 program keeps the weights it carries.
-
-    Random models get non-trivial BatchNorm statistics (see randomize_batchnorm_stats) and
-    deformable convolutions random offsets (randomize_offset_predictors) so that a parity check
-    exercises both. ``in_channels`` goes to the builder: a registered one's, or the option of
-    that name of a model that is not registered, for which the input's channels are not an
-    argument (``builder_arguments`` gives the arguments either way).
-    """
-    spec = resolve_spec(name)
-    if in_channels is not None:
-        options["in_channels"] = in_channels
-    if weights is not None and spec.own_weights:
-        raise BadInput(f"weights: {spec.source} carries its own weights")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = models.create(spec, num_classes=num_classes, **options)
-    if spec.own_weights:
-        return model.eval()
-    if weights is not None:
-        models.load_weights(model, weights)
-    else:
-        models.randomize_batchnorm_stats(model, seed)
-        randomize_offset_predictors(model, seed)
-    return model.eval()
-
-
-def random_input(shape: Sequence[int], seed: int = 0) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(tuple(shape), generator=generator)
-
-
-def run_eager(model: nn.Module, example: torch.Tensor,
-              spec: models.ModelSpec) -> dict[str, np.ndarray]:
-    """The eager outputs by name: the task's output name for one tensor; a tuple or list of
-    tensors adds ``<name>_1``, ``<name>_2``...; a dict keeps its keys. A failure here means the
-    input's size (or its batch) does not suit the model."""
-    check_one_input(model, spec.name)
-    try:
-        with torch.no_grad():
-            result = model(example)
-    except RuntimeError as error:
-        if out_of_memory(error):  # not the input's fault: the CLI says out of memory
-            raise
-        hint = ("; if it takes one batch size only, give it: batch=1" if len(example) > 1
-                else "")
-        raise BadInput(f"input {list(example.shape)} does not work for {spec.name}: "
-                       f"{first_line(error, 200)}{hint}") from None
-    if isinstance(result, torch.Tensor):
-        named = {spec.output_name: result}
-    elif isinstance(result, dict):
-        named = {str(key): value for key, value in result.items()}
-    elif isinstance(result, (tuple, list)):
-        named = {spec.output_name if index == 0 else f"{spec.output_name}_{index}": value
-                 for index, value in enumerate(result)}
-    else:
-        named = {"": result}
-    if not named or not all(isinstance(value, torch.Tensor) for value in named.values()):
-        kinds = sorted({type(value).__name__ for value in named.values()}) or ["nothing"]
-        raise BadInput(f"{spec.name} returns {', '.join(kinds)}; edgecnn exports models that "
-                       "return a tensor, or a tuple, list or dict of tensors")
-    return {name: value.numpy() for name, value in named.items()}
-
-
 def check_input_info(info: InputInfo) -> None:
     """The preprocessing given for the metadata, in the API's words (mean, std, crop_fraction)."""
     ModelMetadata(model="model", task="classification", input=info).validate(
@@ -323,17 +233,6 @@ def _class_count(spec: models.ModelSpec, num_classes: int | None, first_output) 
     if num_classes or spec.num_classes:
         return num_classes or spec.num_classes
     return int(first_output.shape[1]) if first_output.ndim >= 2 else None
-
-
-def weights_provenance(weights: str | os.PathLike | None, seed: int) -> str:
-    """What the metadata records of the weights: "random (seed N)" or "NAME sha256:HEX"."""
-    if weights is None:
-        return f"random (seed {seed})"
-    digest = hashlib.sha256()
-    with open(weights, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return f"{Path(weights).name} sha256:{digest.hexdigest()}"
 
 
 def _export_failure(name: str, error: BaseException) -> str:
@@ -422,9 +321,7 @@ def export_model(name: str | models.ModelSpec | nn.Module,
     proto.graph.name = name
     lowering = model_lowering(proto)  # None when the graph has no deformable convolution
     bounds = default_bounds(spec.tolerances)
-    provenance = (weights_provenance(spec.source, seed) if is_program(spec)
-                  else state_dict_provenance(module) if spec.own_weights
-                  else weights_provenance(weights, seed))
+    provenance = weights_provenance(spec, module, weights, seed)
     set_metadata(proto, ModelMetadata(
         model=name, task=spec.task, labels=label_list, precision="fp32", opset=opset,
         edgecnn_version=edgecnn.__version__, deform_lowering=lowering, tolerances=bounds,

@@ -31,7 +31,7 @@ from edgecnn.export.name_scopes import producing_module, quantized_views
 from edgecnn.export.calibration import batches
 from edgecnn.export.parity import INT8_SQNR_FLOOR_DB, sqnr_db
 from edgecnn.export.quiet import silenced
-from edgecnn.runtime.files import atomic_output, check_output_path, work_directory
+from edgecnn.runtime.files import check_report_path, work_directory, write_text
 from edgecnn.runtime.onnx_file import attribute, dims, fixed_batch, graph_inputs, load_model
 
 REPORT_SUFFIXES = (".html", ".md", ".json")
@@ -335,13 +335,7 @@ def int8_report(float_model: str | os.PathLike | onnx.ModelProto,
 
 def check_int8_report_path(path: str | os.PathLike) -> Path:
     """BadInput unless ``path`` is a writable FILE.html, FILE.md or FILE.json (before any work)."""
-    path = Path(path)
-    if path.suffix not in REPORT_SUFFIXES:
-        raise BadInput(f"report must end in {', '.join(REPORT_SUFFIXES)}, got {path.name}")
-    try:
-        return check_output_path(path)
-    except BadInput as error:
-        raise BadInput(f"report cannot be written: {error}") from None
+    return check_report_path(path, REPORT_SUFFIXES)
 
 
 def write_int8_report(report: Int8Report, path: str | os.PathLike) -> Path:
@@ -350,8 +344,6 @@ def write_int8_report(report: Int8Report, path: str | os.PathLike) -> Path:
     from edgecnn.export.int8_report_html import to_html
 
     path = check_int8_report_path(path)
-    text = {".json": lambda: json.dumps(report.as_dict(), indent=2) + "\n",
-            ".md": lambda: to_markdown(report), ".html": lambda: to_html(report)}[path.suffix]()
-    with atomic_output(path) as temp:
-        temp.write_text(text, encoding="utf-8")
-    return path
+    return write_text(path, {".json": lambda: json.dumps(report.as_dict(), indent=2) + "\n",
+                             ".md": lambda: to_markdown(report),
+                             ".html": lambda: to_html(report)}[path.suffix]())

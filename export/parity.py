@@ -20,6 +20,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from edgecnn.errors import BadInput
+from edgecnn.runtime.metadata import TOLERANCE_KEYS
 
 # The default rel_l2 bound per precision. int8 is judged by an SQNR floor, expressed as the rel_l2
 # bound it implies (SQNR = -20 log10(rel_l2)): 20 dB passes every correct zoo model and fails a
@@ -31,7 +32,7 @@ INT8_SQNR_FLOOR_DB = 20.0
 # 8 significant bits to fp16's 11, a unit roundoff 8x coarser, so its bound is 8x the model's fp16
 # bound (docs/openvino.md has the measured figures).
 BF16_PER_FP16 = 8
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+PRECISIONS = TOLERANCE_KEYS  # what a check may judge in; a model's bounds are keyed by them
 # The largest finite float16. An fp16 model whose activations pass it gives inf/NaN wherever the
 # arithmetic is really fp16 (CUDA); onnxruntime's CPU provider computes most fp16 graphs' ops in
 # fp32, so there it goes unnoticed (docs/gpu.md).

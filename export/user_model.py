@@ -28,7 +28,6 @@ import zipfile
 from pathlib import Path
 from typing import Callable, Sequence
 
-import torch
 from torch import nn
 
 from edgecnn import models
@@ -337,13 +336,3 @@ def check_one_input(model: nn.Module, name: str) -> None:
         raise BadInput(f"{name} takes {len(required)} inputs ({', '.join(required)}); edgecnn "
                        "exports models of one image input (N, C, H, W): wrap it in a module "
                        "whose forward takes the image alone")
-
-
-def state_dict_provenance(module: nn.Module) -> str:
-    """What the metadata records of a module passed in with its weights: "NAME state_dict
-    sha256:HEX" over its state_dict's names, shapes, dtypes and values."""
-    digest = hashlib.sha256()
-    for key, value in module.state_dict().items():
-        digest.update(f"{key} {tuple(value.shape)} {value.dtype}".encode())
-        digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
-    return f"{type(module).__name__} state_dict sha256:{digest.hexdigest()}"

@@ -11,9 +11,9 @@ import socket
 import stat
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
-from edgecnn.errors import BadInput
+from edgecnn.errors import BadInput, alternatives
 
 _FILE_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
                stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
@@ -81,6 +81,25 @@ def check_output_path(path: str | os.PathLike) -> Path:
         raise BadInput(f"output directory is not writable: {directory} ({error.strerror})") from None
     os.close(handle)
     os.unlink(probe)
+    return path
+
+
+def check_report_path(path: str | os.PathLike, suffixes: Sequence[str]) -> Path:
+    """A report's path, checked before any work: it ends in one of ``suffixes`` (the format)
+    and can be written (``check_output_path``)."""
+    path = Path(path)
+    if path.suffix not in suffixes:
+        raise BadInput(f"report must end in {alternatives(suffixes)}, got {path.name}")
+    try:
+        return check_output_path(path)
+    except BadInput as error:
+        raise BadInput(f"report cannot be written: {error}") from None
+
+
+def write_text(path: Path, text: str) -> Path:
+    """``text`` as ``path``, complete or not at all (``atomic_output``)."""
+    with atomic_output(path) as temp:
+        temp.write_text(text, encoding="utf-8")
     return path
 
 

@@ -22,9 +22,9 @@ from edgecnn.errors import BadInput
 
 METADATA_KEY = "edgecnn"
 PRECISIONS = ("fp32", "fp16", "int8")  # what a file holds
-# What a file may be judged in: its own precision, or bf16 (the fp32 file run with OpenVINO's
-# bf16 hint, export/parity.py).
-TOLERANCE_KEYS = (*PRECISIONS, "bf16")
+# What a file may be judged in (parity.PRECISIONS): its own precision, or bf16 (the fp32 file
+# run with OpenVINO's bf16 hint, export/parity.py).
+TOLERANCE_KEYS = ("fp32", "fp16", "bf16", "int8")
 LOWERINGS = ("native", "decomposed")
 LAYOUTS = ("NCHW", "NHWC")
 COLORS = ("RGB", "BGR", "GRAY")  # BGR: RGB images with the channels reversed (OpenCV-trained)

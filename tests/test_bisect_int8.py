@@ -52,7 +52,7 @@ def test_int8_blocks_are_compared_on_their_dequantized_outputs(resnet18_int8):
     """The block's closing ReLU is folded into a QuantizeLinear, so its last node (the Add)
     holds the pre-ReLU sum; the block's output is that Q's DequantizeLinear output."""
     from edgecnn.export.bisect import bisect
-    from edgecnn.export.exporter import build_model, random_input
+    from edgecnn.export.build import build_model, random_input
 
     model = onnx.load(str(resnet18_int8))
     dequantized = {node.output[0] for node in model.graph.node

@@ -20,7 +20,7 @@ from onnx.reference.ops import op_deform_conv
 
 from deform_helpers import bare_model, custom_model, eager, random_case, standard_model
 from edgecnn.export.deform import fold_batchnorm_into_deform
-from edgecnn.export.exporter import build_model, random_input
+from edgecnn.export.build import build_model, random_input
 from edgecnn.export.parity import compare
 from edgecnn.ops import DeformConv2d, deform_conv2d
 from edgecnn.runtime import deform, load_session

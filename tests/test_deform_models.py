@@ -19,7 +19,7 @@ from conftest import assert_one_line_error
 from edgecnn import models
 from edgecnn.errors import BadInput
 from edgecnn.export import build_model, compare, export_model
-from edgecnn.export.exporter import random_input
+from edgecnn.export.build import random_input
 from edgecnn.runtime.onnx_file import check_model
 from edgecnn.ops import DeformConv2d
 from edgecnn.runtime import ModelMetadata, deform, load_session

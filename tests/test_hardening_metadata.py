@@ -235,7 +235,7 @@ def test_run_escapes_names_labels_and_image_paths(cli, hostile, digit, tmp_path)
     assert result.code == 0, result.stderr
     assert_no_escape_reaches_the_terminal(result)
     assert result.stdout.startswith("lenet\\x1b[2J\\x9b2J (classification")
-    assert f"seven\\x1b[2J.png" in result.stdout
+    assert "seven\\x1b[2J.png" in result.stdout
     assert sum("digit\\x1b[2J" in line for line in result.stdout.splitlines()) == 10
 
 

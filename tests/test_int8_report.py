@@ -12,6 +12,7 @@ import math
 import xml.etree.ElementTree as ElementTree
 
 import numpy as np
+import onnx
 import pytest
 
 from tiny_models import PLANTED_CHANNEL, PLANTED_NODE, planted_cnn
@@ -97,6 +98,17 @@ def test_check_per_layer_names_modules_by_scope(cli, zoo_onnx, tmp_path):
     assert {row["module"] for row in layers["weights"]} >= {"features.0", "classifier.4"}
     assert all(row["accumulated_sqnr_db"] is not None for row in layers["activations"])
     assert all(math.isfinite(row["sqnr_db"]) for row in layers["activations"][:-1])
+
+
+def test_per_layer_names_the_precision_of_a_file_without_metadata(cli, zoo_onnx, tmp_path):
+    """The refusal names the graph's precision (was 'fp32' for any file without metadata)."""
+    fp16 = tmp_path / "fp16.onnx"
+    assert cli("quantize", zoo_onnx("lenet"), "-o", fp16, "--mode", "fp16").code == 0
+    model = onnx.load(fp16)
+    del model.metadata_props[:]
+    onnx.save(model, fp16)
+    assert_one_line_error(cli("check", "lenet", fp16, "--per-layer"), 2,
+                          "--per-layer reports on int8 files", "is fp16")
 
 
 @pytest.mark.parametrize("case", ["fp32 file", "fresh fp16", "report dir", "report suffix",

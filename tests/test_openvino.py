@@ -144,7 +144,7 @@ def test_check_run_and_bench_on_openvino(cli, resnet18_file):
 
 
 def test_decomposed_deformable_model_on_openvino(cli, tmp_path):
-    from edgecnn.export.exporter import build_model, random_input
+    from edgecnn.export.build import build_model, random_input
 
     path = tmp_path / "dcn.onnx"
     result = cli("export", "resnet18_dcn", "-o", path, "--input-size", "32",

@@ -34,7 +34,7 @@ import torch
 
 from edgecnn import models
 from edgecnn.export import build_model, compare
-from edgecnn.export.exporter import random_input
+from edgecnn.export.build import random_input
 from edgecnn.export.parity import (
     FP16_MAX, INT8_SQNR_FLOOR_DB, REL_L2_TOLERANCE, activation_peak, default_tolerance,
 )

@@ -12,7 +12,7 @@ import torch
 from conftest import REPO, assert_one_line_error
 
 import user_models
-from edgecnn.export.exporter import build_model, random_input
+from edgecnn.export.build import build_model, random_input
 from edgecnn.export.user_model import resolve_spec
 from edgecnn.runtime import Engine
 from edgecnn.runtime.onnx_file import get_metadata, load_model

@@ -7,7 +7,6 @@ Errors become one line on stderr and an exit code (2: bad input, 1: a failed che
 from __future__ import annotations
 
 import os
-import re
 import sys
 
 import typer

@@ -24,6 +24,8 @@ from rich.text import Text
 from rich.table import Table
 from rich.markup import escape
 
+from edgecnn.errors import alternatives
+
 app = typer.Typer(
     name="edgecnn",
     help="Classic CNNs from PyTorch to the edge: export to ONNX, quantize, run, check parity.",
@@ -102,25 +104,20 @@ def _code(module: str, name: str):
 # commands accept, and a command that runs does not import the modules that own the lists.
 HELP_LISTS = {
     "providers": lambda: _providers_list(),
-    "precisions": lambda: _alternatives(_code("edgecnn.export.parity", "PRECISIONS")),
-    "modes": lambda: _alternatives(f"{mode} ({recipe.summary})" for mode, recipe
+    "precisions": lambda: alternatives(_code("edgecnn.export.parity", "PRECISIONS")),
+    "modes": lambda: alternatives(f"{mode} ({recipe.summary})" for mode, recipe
                                    in _code("edgecnn.export.quantize_recipes", "RECIPES").items()),
-    "export_modes": lambda: _alternatives(_code("edgecnn.export.quantize_recipes", "EXPORT_MODES")),
-    "methods": lambda: _alternatives(_code("edgecnn.export.quantize_recipes", "METHODS")),
-    "targets": lambda: _alternatives(_code("edgecnn.export.quantize_recipes", "TARGETS")),
+    "export_modes": lambda: alternatives(_code("edgecnn.export.quantize_recipes", "EXPORT_MODES")),
+    "methods": lambda: alternatives(_code("edgecnn.export.quantize_recipes", "METHODS")),
+    "targets": lambda: alternatives(_code("edgecnn.export.quantize_recipes", "TARGETS")),
     "min_crop": lambda: str(_code("edgecnn.runtime.metadata", "MIN_CROP_FRACTION")),
 }
-
-
-def _alternatives(names) -> str:
-    names = list(names)
-    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
 
 
 def _providers_list() -> str:
     from edgecnn.runtime.providers import SHORT_NAMES
 
-    return _alternatives(["auto", *(short for short in SHORT_NAMES if short != "trt")])
+    return alternatives(["auto", *(short for short in SHORT_NAMES if short != "trt")])
 
 
 def fill_help(command) -> None:

@@ -96,7 +96,8 @@ def check_command(
     json_output: JsonOpt = False,
 ) -> None:
     """Compare eager PyTorch with the ONNX model; exit 1 when a criterion fails."""
-    from edgecnn.export.check import check_parity, check_report_path, write_report
+    from edgecnn.export.check import check_parity
+    from edgecnn.export.check_report import check_report_path, write_report
 
     if onnx_argument is not None and onnx_file is not None:
         raise BadInput(f"give the ONNX file once: {onnx_argument} or --onnx {onnx_file}")
