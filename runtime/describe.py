@@ -14,7 +14,7 @@ from pathlib import Path
 
 from edgecnn.runtime.external_data import check_external_data, model_size
 from edgecnn.runtime.metadata import ModelMetadata
-from edgecnn.runtime.model_file import check_model_file, ends_in_softmax
+from edgecnn.runtime.model_file import check_model_file, probability_op
 
 
 def _shape(value_info) -> list:
@@ -91,7 +91,10 @@ def describe_model(path: str | os.PathLike) -> dict:
     metadata = ModelMetadata.from_props(details.pop("props"), str(path))
     if details["outputs"]:  # what `run` reports as they are (Engine.scores_are_probabilities)
         first = details["outputs"][0]
-        first["probabilities"] = ends_in_softmax(path, first["name"], first["shape"])
+        op = probability_op(path, first["name"], first["shape"])
+        first["probabilities"] = op is not None
+        if op is not None:
+            first["probability_op"] = op
     return {"path": str(path),
             "size_bytes": model_size(path),
             "external_data": list(data_files),

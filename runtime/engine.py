@@ -5,7 +5,7 @@
     engine.providers                      # ['CPUExecutionProvider'] (what actually runs)
     engine.run(batch)                     # {'logits': array}; checks dtype, rank, shape, NaN/Inf
     engine.predict("cat.jpg", top_k=5)    # [('tabby', 0.61), ...] preprocessed from metadata
-    engine.scores_are_probabilities       # the graph ends in Softmax: no second softmax in top-k
+    engine.scores_are_probabilities       # the graph ends in Softmax or Sigmoid: no softmax in top-k
 
 Torch-free. ``run`` is thread-safe (onnxruntime sessions are), so one Engine can serve several
 threads. Models using the ``ai.edgecnn::DeformConv2d`` custom op get its decomposed lowering at
@@ -25,7 +25,7 @@ import numpy as np
 from edgecnn.errors import BadInput, require_count
 from edgecnn.runtime import providers as provider_lib
 from edgecnn.runtime.metadata import ModelMetadata
-from edgecnn.runtime.model_file import ends_in_softmax, no_outputs
+from edgecnn.runtime.model_file import no_outputs, probability_op
 from edgecnn.runtime.postprocess import class_rows
 from edgecnn.runtime.preprocess_settings import (
     check_raw_pixels, check_settings, integer_type, metadata_from_settings,
@@ -130,9 +130,11 @@ class Engine:
                 check_raw_pixels(self.metadata.input, integer, str(self.path))
         self.check_finite = check_finite
         self._output_names = [spec.name for spec in self.outputs]
-        # a graph that ends in Softmax gives probabilities: predict reports them as they are
-        self.scores_are_probabilities = ends_in_softmax(self.path, self._output_names[0],
-                                                        self.outputs[0].shape)
+        # a graph that ends in Softmax or Sigmoid gives probabilities: predict reports them as
+        # they are ("Softmax", "Sigmoid" or None)
+        self.probability_op = probability_op(self.path, self._output_names[0],
+                                             self.outputs[0].shape)
+        self.scores_are_probabilities = self.probability_op is not None
         self._checks = [_InputCheck(spec) for spec in self.inputs]
 
     def __repr__(self) -> str:

@@ -25,8 +25,8 @@ _NODE_FIELD = 1  # GraphProto.node
 _INPUT_FIELD, _OUTPUT_FIELD, _OP_TYPE_FIELD, _ATTRIBUTE_FIELD = 1, 2, 4, 5  # NodeProto
 _NAME_FIELD, _INT_FIELD = 1, 3  # AttributeProto.name, .i
 _MAX_NAME = 4096  # bytes of a tensor name or op type read; no real graph has longer ones
-# Ops between a Softmax and the graph output that keep its values probabilities (a QDQ model
-# quantizes the Softmax's output: QuantizeLinear -> DequantizeLinear).
+# Ops between a Softmax (or Sigmoid) and the graph output that keep its values probabilities
+# (a QDQ model quantizes the Softmax's output: QuantizeLinear -> DequantizeLinear).
 _KEEPS_PROBABILITIES = {"Identity", "Cast", "QuantizeLinear", "DequantizeLinear", "Reshape",
                         "Flatten", "Squeeze"}
 _MAX_HOPS = 8  # nodes walked back from the output
@@ -167,19 +167,20 @@ def metadata_value(model: str | os.PathLike | bytes, key: str) -> str | None:
     return None
 
 
-def ends_in_softmax(model: str | os.PathLike, output: str, dims: Sequence) -> bool:
-    """Whether ``output``, of ``dims`` (N, classes) or (N, classes, 1, 1)
-    (``postprocess.is_class_vector``; False for other outputs), is computed by the top-level
-    graph with a Softmax over axis 1 (the classes), through the ops in
-    ``_KEEPS_PROBABILITIES``: the values are probabilities already (Keras classifiers and many
-    published files end so). Axis -1 is the classes at rank 2, and so is a Softmax without the
-    attribute (opsets before 13 default to axis 1, later ones to -1).
+def probability_op(model: str | os.PathLike, output: str, dims: Sequence) -> str | None:
+    """"Softmax" or "Sigmoid" when ``output``, of ``dims`` (N, classes) or (N, classes, 1, 1)
+    (``postprocess.is_class_vector``; None for other outputs), is computed by the top-level
+    graph with that op, through the ops in ``_KEEPS_PROBABILITIES``: the values are
+    probabilities already (Keras classifiers and many published files end in Softmax,
+    multi-label ones in Sigmoid: one probability per class, each on its own). A Softmax counts
+    over axis 1 (the classes); axis -1 is the classes at rank 2, and so is a Softmax without the
+    attribute (opsets before 13 default to axis 1, later ones to -1). None otherwise.
     Reads like ``opset_domains``: one pass notes where the last ``_MAX_NODES_READ`` nodes lie,
     then the producers are looked for among them from the last back, one node read at a time,
     each further back than the one before (a sorted graph writes a tensor before it is read).
-    False for a file it cannot read."""
+    None for a file it cannot read."""
     if not is_class_vector(dims):
-        return False
+        return None
     rank = len(dims)
     try:
         with open(model, "rb") as stream:
@@ -188,16 +189,19 @@ def ends_in_softmax(model: str | os.PathLike, output: str, dims: Sequence) -> bo
                 producer = next((found for start, end in spans
                                  if (found := _node_writing(stream, start, end, output))), None)
                 if producer is None:
-                    return False
+                    return None
                 op_type, first_input, axis = producer
+                if op_type == "Sigmoid":
+                    return op_type
                 if op_type == "Softmax":
-                    return axis in ((None, 1, -1) if rank == 2 else (1, 1 - rank))
+                    over_classes = axis in ((None, 1, -1) if rank == 2 else (1, 1 - rank))
+                    return op_type if over_classes else None
                 if op_type not in _KEEPS_PROBABILITIES or not first_input:
-                    return False
+                    return None
                 output = first_input
     except (ValueError, OSError):
-        return False
-    return False
+        return None
+    return None
 
 
 def _last_node_spans(stream: BinaryIO) -> deque:

@@ -18,7 +18,6 @@ from foreign_models import CLASSES, TinyClassifier, TwoInputsTwoOutputs, export_
 
 from edgecnn.errors import BadInput
 from edgecnn.runtime import Engine, InputInfo
-from edgecnn.runtime.model_file import ends_in_softmax
 from edgecnn.runtime.postprocess import softmax
 from edgecnn.runtime.preprocess import preprocess_images
 
@@ -264,62 +263,6 @@ def test_logits_still_become_probabilities(files, photo):
     np.testing.assert_allclose(best[0][1], softmax(logits).max(), rtol=1e-6)
 
 
-GRAPH_DIMS = [1, 4]  # _graph_file's output
-
-
-def _graph_file(tmp_path: Path, nodes, opset: int = 13) -> Path:
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                                         [1, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
-    path = tmp_path / "g.onnx"
-    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), path)
-    return path
-
-
-@pytest.mark.parametrize("chain, axis, expected", [
-    (["Softmax"], None, True), (["Softmax"], -1, True), (["Softmax"], 1, True),
-    (["Softmax"], 0, False),  # over the batch: not class probabilities
-    (["Softmax", "Identity", "Flatten"], 1, True),
-    (["LogSoftmax"], 1, False),  # log probabilities: softmax of them is the softmax of the logits
-    (["Softmax", "Relu"], 1, False),
-    (["Softmax"] + ["Identity"] * 8, 1, False),  # walks back 8 nodes at most
-])
-def test_ends_in_softmax_reads_the_graph(tmp_path, chain, axis, expected):
-    names = ["x", *(f"t{k}" for k in range(len(chain) - 1)), "y"]
-    nodes = [helper.make_node(op, [names[k]], [names[k + 1]],
-                              **({"axis": axis} if "Softmax" in op and axis is not None else {}))
-             for k, op in enumerate(chain)]
-    assert ends_in_softmax(_graph_file(tmp_path, nodes), "y", GRAPH_DIMS) is expected
-
-
-@pytest.mark.parametrize("dims, axis, expected", [
-    ([1, 4, 1, 1], 1, True), ([1, 4, 1, 1], -3, True),
-    ([1, 4, 1, 1], -1, False),  # over a 1-wide axis: every value 1
-    ([1, 4, 1, 1], None, False),  # axis 1 before opset 13, -1 after: not said
-    ([1, 4, 3], 1, False), ([1, 4, 2, 2], 1, False),  # not one score per class
-])
-def test_ends_in_softmax_takes_the_class_axis_of_the_output_dims(tmp_path, dims, axis,
-                                                                 expected):
-    extra = {} if axis is None else {"axis": axis}
-    path = _graph_file(tmp_path, [helper.make_node("Softmax", ["x"], ["y"], **extra)])
-    assert ends_in_softmax(path, "y", dims) is expected
-
-
-def test_ends_in_softmax_survives_files_it_cannot_read(tmp_path):
-    path = _graph_file(tmp_path, [helper.make_node("Softmax", ["x"], ["y"], axis=1)])
-    whole = path.read_bytes()
-    assert ends_in_softmax(path, "y", GRAPH_DIMS)
-    assert not ends_in_softmax(path, "other", GRAPH_DIMS)
-    for cut in (whole[:8], b"\xff" * 64, b""):
-        path.write_bytes(cut)
-        assert ends_in_softmax(path, "y", GRAPH_DIMS) is False
-    assert ends_in_softmax(tmp_path / "missing.onnx", "y", GRAPH_DIMS) is False
-    long_name = "y" * 5000  # names past 4096 bytes are not read: no match, no large read
-    path = _graph_file(tmp_path, [helper.make_node("Softmax", ["x"], [long_name], axis=1),
-                                  helper.make_node("Identity", [long_name], ["y"])])
-    assert ends_in_softmax(path, "y", GRAPH_DIMS) is False
-
-
 def _labelled_folder(tmp_path: Path, photo: Path) -> Path:
     """An ImageFolder of the photo once per class (sub-folders 0 .. CLASSES - 1)."""
     labelled = tmp_path / "labelled"
@@ -448,28 +391,6 @@ def test_a_first_output_of_another_rank_is_not_taken_for_segmentation(tmp_path):
     assert engine.metadata.task == "classification"
 
 
-def test_ends_in_softmax_reads_a_bounded_number_of_nodes(tmp_path, monkeypatch):
-    """An unsorted graph (onnxruntime sorts what it loads) would make every step back a pass
-    over all the nodes: 100,000 took 17 s; the walk reads 4,096 nodes at most, and notes where
-    the last 4,096 lie (a file of a billion empty nodes would have taken 16 GB)."""
-    from edgecnn.runtime import model_file
-
-    names = ["x", *(f"t{k}" for k in range(5999)), "y"]
-    nodes = [helper.make_node("Identity", [names[k]], [names[k + 1]]) for k in range(6000)]
-    nodes[0] = helper.make_node("Softmax", ["x"], ["t0"], axis=1)
-    path = _graph_file(tmp_path, nodes[::-1])  # the output's producer first
-    reads = []
-    real = model_file._node_writing
-    monkeypatch.setattr(model_file, "_node_writing", lambda *a: reads.append(1) or real(*a))
-    assert ends_in_softmax(path, "y", GRAPH_DIMS) is False
-    assert len(reads) <= 4096
-    with open(path, "rb") as stream:  # and holds the offsets of that many, not of all
-        assert len(model_file._last_node_spans(stream)) == 4096
-    reads.clear()
-    path = _graph_file(tmp_path, nodes[-6:])  # sorted: a few reads (t5994 is then an input)
-    assert ends_in_softmax(path, "y", GRAPH_DIMS) is False and len(reads) <= 7
-
-
 def test_evaluate_takes_the_preprocessing_flags(cli, files, photo, tmp_path):
     """evaluate reads a file without metadata from the same flags as run (was: refused, with a
     message naming run's flags), the same figures as the file annotated with them."""
@@ -491,4 +412,5 @@ def test_info_says_when_the_output_is_probabilities(cli, softmax_files, files):
     for path, expected in ((softmax_files["int8"], True), (files["legacy"], False)):
         report = json.loads(cli("info", path, "--json").stdout)
         assert report["outputs"][0]["probabilities"] is expected
+        assert report["outputs"][0].get("probability_op") == ("Softmax" if expected else None)
     assert "probabilities" not in cli("info", files["legacy"]).stdout

@@ -49,9 +49,9 @@ def info_command(
                         "flags, or write them into the file with `edgecnn annotate`")
     for kind in ("inputs", "outputs"):
         for value in info[kind]:
-            softmax = (" (probabilities: the graph ends in Softmax)"
+            ends_in = (f" (probabilities: the graph ends in {value['probability_op']})"
                        if value.get("probabilities") else "")
-            add(kind[:-1], f"{value['name']} {value['shape']} {value['dtype']}{softmax}")
+            add(kind[:-1], f"{value['name']} {value['shape']} {value['dtype']}{ends_in}")
     if "opset_imports" in info:
         add("opsets", ", ".join(f"{d} {v}" for d, v in info["opset_imports"].items()))
         customs = [f"{op['domain']}::{op['op']} ×{op['count']}" for op in info["custom_ops"]]
