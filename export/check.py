@@ -29,6 +29,7 @@ from edgecnn.runtime import ModelMetadata, openvino
 from edgecnn.runtime.onnx_file import (
     dims, fixed_batch, get_metadata, graph_inputs, graph_precision, load_model,
 )
+from edgecnn.runtime.preprocess_settings import guess_layout
 from edgecnn.runtime.providers import OPENVINO, ProviderRequest
 from edgecnn.runtime.session import open_session
 
@@ -156,7 +157,7 @@ def convert_precision(fp32_path: Path, precision: str, output: Path,
     recipe = RECIPES[precision]  # the mode named like the precision
     calibration = None
     if recipe.needs_calibration:
-        shape = get_metadata(load_model(fp32_path, external_data=False)).input.shape
+        shape = get_metadata(load_model(fp32_path, external_data=False)).input.sample_shape
         calibration = images if images is not None else np.concatenate(
             [random_input((1, *shape), seed=1000 + k).numpy() for k in range(CALIBRATION_SAMPLES)])
     quantize_model(fp32_path, output, recipe=recipe, calibration=calibration,
@@ -172,7 +173,9 @@ def _check_architecture(name: str, model, source: str, eager_input: Sequence[int
                         eager_outputs: Sequence[Sequence[int]]) -> None:
     """BadInput unless ``model`` has the named model's interface (never a bogus pass)."""
     metadata = get_metadata(model, source)
-    if metadata is not None and metadata.model != name:
+    # An export records its model and weights; `annotate` names a file after itself, which
+    # says nothing of the architecture: its interface and the comparison then decide.
+    if metadata is not None and metadata.weights is not None and metadata.model != name:
         raise BadInput(f"{source} was exported from {metadata.model!r}, not {name!r}")
     inputs, outputs = graph_inputs(model), list(model.graph.output)
     if len(inputs) != 1 or len(outputs) != len(eager_outputs):
@@ -187,15 +190,21 @@ def _check_architecture(name: str, model, source: str, eager_input: Sequence[int
                            f"; {name} gives [N, {', '.join(map(str, wanted))}]: not this architecture")
 
 
-def _input_chw(model, metadata: ModelMetadata | None, source: str) -> tuple[int, int, int]:
+def _input_shape(model, metadata: ModelMetadata | None,
+                 source: str) -> tuple[list[int], tuple[int, int, int]]:
+    """(one input sample's shape as the file takes it, its (C, H, W)): the metadata's, in its
+    layout; or the graph's own axes, NHWC when only the last looks like channels."""
     if metadata is not None:
-        return tuple(metadata.input.shape)
+        return metadata.input.sample_shape, tuple(metadata.input.shape)
     inputs = graph_inputs(model)
     shape = dims(inputs[0]) if inputs else []
     if len(shape) != 4 or not all(shape[1:]):
         raise BadInput(f"cannot tell the input size of {source} (input dims {shape}); it "
                        "carries no edgecnn metadata")
-    return tuple(shape[1:])
+    sample = shape[1:]
+    height, width, channels = sample
+    return sample, ((channels, height, width) if guess_layout(shape) == "NHWC"
+                    else tuple(sample))
 
 
 def _batch_size(fixed: int | None, path: Path, requested: int | None) -> int:
@@ -281,7 +290,7 @@ def check_parity(name: str | torch.nn.Module, onnx_path: str | os.PathLike | Non
         metadata = get_metadata(model, str(path))
         fixed = fixed_batch(model)
         batch = _batch_size(fixed, path, batch)
-        channels, height, width = _input_chw(model, metadata, str(path))
+        sample, (channels, height, width) = _input_shape(model, metadata, str(path))
         if per_layer and (file_precision := _file_precision(model, metadata)) != "int8":
             raise BadInput(f"per_layer reports on int8 files; {path} is {file_precision}")
         if onnx_path is not None:
@@ -289,7 +298,7 @@ def check_parity(name: str | torch.nn.Module, onnx_path: str | os.PathLike | Non
             module = build_model(spec, num_classes=num_classes, weights=weights, seed=seed,
                                  **builder_arguments(spec, channels if channels !=
                                                      spec.input_size[0] else None, options))
-        inputs = [random_input((batch, channels, height, width), seed + 1 + k).numpy()
+        inputs = [random_input((batch, *sample), seed + 1 + k).numpy()
                   for k in range(samples)]
         image_rows, notes = 0, []
         if images is not None:

@@ -91,7 +91,7 @@ def metadata_from_settings(inputs: Mapping[str, Sequence], output: Sequence,
         raise BadInput(f"{source}: input {name!r} has rank {len(dims)}, not an image batch "
                        "([N, C, H, W] or [N, H, W, C]); feed arrays to Engine.run instead")
     old = base.input if base is not None and base.input.name == name else None
-    layout = given.get("layout") or (old.layout if old else _layout_of(dims))
+    layout = given.get("layout") or (old.layout if old else guess_layout(dims))
     channels = _channels(dims, layout, given, old)
     if not 1 <= channels <= MAX_SIDE:
         raise BadInput(f"{source}: input {name!r} has {channels:,} channels as {layout}; "
@@ -171,7 +171,7 @@ def _input_name(inputs: Mapping[str, Sequence], wanted: str | None,
     return next(iter(inputs))
 
 
-def _layout_of(dims: Sequence) -> str:
+def guess_layout(dims: Sequence) -> str:
     """NHWC when only the last axis looks like channels (1 or 3, fixed), else NCHW."""
     looks = [fixed_size(dims[axis]) in (1, 3) for axis in (1, 3)]
     return "NHWC" if looks == [False, True] else "NCHW"

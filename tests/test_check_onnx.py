@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from foreign_models import export_dynamo
+from foreign_models import TinyClassifier, export_dynamo, export_legacy
 
 from edgecnn.errors import BadInput
-from edgecnn.export import check_onnx
+from edgecnn.export import check_onnx, check_parity
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -119,3 +119,17 @@ def test_a_quantized_file_without_metadata_is_judged_at_its_precision(tmp_path, 
     assert_parity(module, target, x, precision=precision)
     with pytest.raises(BadInput, match=f"holds a {precision} model, not fp32"):
         check_onnx(module, target, [x], precision="fp32")
+
+
+def test_check_feeds_an_nhwc_file_in_its_layout(cli, tmp_path):
+    """A file annotated NHWC gets (N, H, W, C) inputs (was: (N, C, H, W) from the metadata's
+    C, H, W, which the module refused), as the same file without metadata does."""
+    module = TinyClassifier(nhwc=True)
+    path = export_legacy(module, tmp_path / "nhwc.onnx", (torch.randn(1, 16, 20, 3),))
+    annotated = tmp_path / "annotated.onnx"
+    assert cli("annotate", path, "-o", annotated, "--layout", "NHWC").code == 0
+    for file in (path, annotated):
+        report = check_parity(module, file, samples=2)
+        assert report.passed and report.rows == 2, (file, report.notes)
+        assert report.outputs[0].metrics.rel_l2 < 1e-5
+
