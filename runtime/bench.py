@@ -15,6 +15,7 @@ import numpy as np
 
 from edgecnn.errors import BadInput, require_count
 from edgecnn.runtime.engine import Engine, TensorSpec, check_feed_bytes
+from edgecnn.runtime.metadata import fixed_size
 from edgecnn.runtime.providers import ProviderRequest, short_name
 
 
@@ -87,7 +88,7 @@ def _feed_shape(spec: TensorSpec, engine: Engine, batch: int | None) -> list[int
         if isinstance(size, int) and size == 0:
             raise BadInput(f"input {spec.name!r} has an axis of size 0 ({spec.describe()}): "
                            "there is nothing to feed it")
-        fixed = isinstance(size, int) and size > 0
+        fixed = fixed_size(size) is not None
         if axis == 0 and batch is not None and fixed and size != batch:
             raise BadInput(f"input {spec.name!r}: expected batch {size} (fixed in the model), "
                            f"got --batch {batch}")

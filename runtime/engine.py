@@ -24,7 +24,7 @@ import numpy as np
 
 from edgecnn.errors import BadInput, require_count
 from edgecnn.runtime import providers as provider_lib
-from edgecnn.runtime.metadata import ModelMetadata
+from edgecnn.runtime.metadata import ModelMetadata, fixed_size
 from edgecnn.runtime.model_file import no_outputs, probability_op
 from edgecnn.runtime.postprocess import class_rows
 from edgecnn.runtime.preprocess_settings import (
@@ -52,11 +52,10 @@ class TensorSpec:
     @property
     def fixed_axes(self) -> tuple[tuple[int, int], ...]:
         return tuple((axis, size) for axis, size in enumerate(self.shape)
-                     if isinstance(size, int) and size > 0)
+                     if fixed_size(size) is not None)
 
     def describe(self) -> str:
-        dims = ", ".join(str(size) if isinstance(size, int) and size > 0 else str(size or "?")
-                         for size in self.shape)
+        dims = ", ".join(str(fixed_size(size) or size or "?") for size in self.shape)
         return f"{self.dtype} [{dims}]"
 
     @classmethod
@@ -226,7 +225,7 @@ class Engine:
     def fixed_batch(self) -> int | None:
         """The image input's batch size when the graph fixes it, else None."""
         shape = self._input_spec(self.require_metadata().input.name).shape
-        return shape[0] if shape and isinstance(shape[0], int) and shape[0] > 0 else None
+        return fixed_size(shape[0]) if shape else None
 
     def scores(self, batch: np.ndarray) -> np.ndarray:
         """The first output for a preprocessed float32 batch of any length (a fixed batch axis
