@@ -285,7 +285,7 @@ class Int8Static(Recipe):
                                              job.progress)
         if not self.bias_correction:
             return quantized
-        from edgecnn.export.equalize import correct_biases
+        from edgecnn.export.bias_correction import correct_biases
 
         return correct_biases(float_model, quantized, job.calibration.inputs, job.progress)
 
