@@ -29,7 +29,7 @@ from edgecnn.errors import (
 from edgecnn.export.deform import (TRANSLATION_TABLE as DEFORM_TRANSLATION_TABLE,
                                    fold_batchnorm_into_deform)
 from edgecnn.runtime.files import check_output_path
-from edgecnn.export.parity import ParityMetrics, Verdict, default_bounds, judge
+from edgecnn.export.parity import ParityMetrics, Verdict, model_bounds, judge
 from edgecnn.export.quiet import silenced
 from edgecnn.export.build import (
     build_model, builder_arguments, check_model_options, random_input, run_eager,
@@ -320,7 +320,7 @@ def export_model(name: str | models.ModelSpec | nn.Module,
                     deform_lowering=deform_lowering)
     proto.graph.name = name
     lowering = model_lowering(proto)  # None when the graph has no deformable convolution
-    bounds = default_bounds(spec.tolerances)
+    bounds = model_bounds(spec.tolerances)
     provenance = weights_provenance(spec, module, weights, seed)
     set_metadata(proto, ModelMetadata(
         model=name, task=spec.task, labels=label_list, precision="fp32", opset=opset,

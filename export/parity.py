@@ -50,16 +50,16 @@ def check_precision(precision: str) -> str:
     return precision
 
 
-def default_bounds(overrides: Mapping[str, float] | None = None) -> dict[str, float]:
+def model_bounds(overrides: Mapping[str, float] | None = None) -> dict[str, float]:
     """The rel_l2 bound of every precision: the defaults, with a model's ``overrides``."""
     bounds = {**REL_L2_TOLERANCE, "int8": sqnr_to_rel_l2(INT8_SQNR_FLOOR_DB), **(overrides or {})}
     bounds.setdefault("bf16", BF16_PER_FP16 * bounds["fp16"])
     return bounds
 
 
-def default_tolerance(precision: str, spec=None) -> float:
+def model_bound(precision: str, spec=None) -> float:
     """The rel_l2 bound for ``precision``; a model spec may loosen it, with a written reason."""
-    return default_bounds(spec.tolerances if spec is not None else None)[check_precision(precision)]
+    return model_bounds(spec.tolerances if spec is not None else None)[check_precision(precision)]
 
 
 @dataclass(frozen=True)
@@ -227,7 +227,7 @@ def judge(references: Sequence[np.ndarray], candidates: Sequence[np.ndarray], pr
     if len(references) != len(candidates):
         raise BadInput(f"the ONNX model has {len(candidates)} outputs, the reference "
                        f"{len(references)}")
-    bound = tolerance if tolerance is not None else default_bounds(bounds)[precision]
+    bound = tolerance if tolerance is not None else model_bounds(bounds)[precision]
     names = list(names) if names is not None else [f"output {k}" for k in range(len(references))]
     outputs = []
     for name, reference, candidate in zip(names, references, candidates):

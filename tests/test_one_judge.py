@@ -95,8 +95,8 @@ def test_the_same_int8_recipe_without_the_error_passes_all_three(cli, zoo_onnx, 
 def test_bf16_bound_is_eight_times_the_fp16_bound():
     """bf16 keeps 8 significant bits to fp16's 11: its bound follows a model's fp16 bound."""
     from edgecnn import models
-    from edgecnn.export.parity import default_bounds, default_tolerance
+    from edgecnn.export.parity import model_bounds, model_bound
 
-    assert default_bounds()["bf16"] == pytest.approx(8 * 5e-3)
-    assert default_tolerance("bf16", models.get_spec("mobilenet_v2")) == pytest.approx(8 * 2e-2)
-    assert default_bounds({"bf16": 1e-2})["bf16"] == 1e-2  # a model may set its own
+    assert model_bounds()["bf16"] == pytest.approx(8 * 5e-3)
+    assert model_bound("bf16", models.get_spec("mobilenet_v2")) == pytest.approx(8 * 2e-2)
+    assert model_bounds({"bf16": 1e-2})["bf16"] == 1e-2  # a model may set its own

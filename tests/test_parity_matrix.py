@@ -36,7 +36,7 @@ from edgecnn import models
 from edgecnn.export import build_model, compare
 from edgecnn.export.build import random_input
 from edgecnn.export.parity import (
-    FP16_MAX, INT8_SQNR_FLOOR_DB, REL_L2_TOLERANCE, activation_peak, default_tolerance,
+    FP16_MAX, INT8_SQNR_FLOOR_DB, REL_L2_TOLERANCE, activation_peak, model_bound,
 )
 from edgecnn.export.check import convert_precision
 from edgecnn.runtime import load_session, openvino
@@ -104,7 +104,7 @@ def test_onnx_matches_eager(name, precision, zoo_onnx, tmp_path, record_property
         judged = judged_as(provider, precision)
         if judged is None:
             continue
-        bound = default_tolerance(judged, spec)
+        bound = model_bound(judged, spec)
         session = load_session(path, providers=providers)
         for batch, (x, eager) in eager_reference(name).items():
             candidate = session.run(None, {"input": x})[0]
@@ -123,7 +123,7 @@ def test_onnx_matches_eager(name, precision, zoo_onnx, tmp_path, record_property
         # The outputs depend on the input enough that this check would catch a graph ignoring
         # it (answering the batch mean for every sample): a sigmoid LeNet's differ by ~1e-4.
         ignoring_input = np.broadcast_to(eager.mean(axis=0, keepdims=True), eager.shape)
-        assert compare(eager, ignoring_input).rel_l2 > 10 * default_tolerance("fp32", spec), name
+        assert compare(eager, ignoring_input).rel_l2 > 10 * model_bound("fp32", spec), name
     else:
         path.unlink()  # the VGGs are hundreds of MB
 
@@ -153,7 +153,7 @@ def test_int8_floor_catches_one_broken_layer(zoo_onnx, tmp_path):
     import onnx
     from onnx import numpy_helper
 
-    assert default_tolerance("int8") == pytest.approx(10 ** (-INT8_SQNR_FLOOR_DB / 20))
+    assert model_bound("int8") == pytest.approx(10 ** (-INT8_SQNR_FLOOR_DB / 20))
     path = convert_precision(zoo_onnx("resnet18"), "int8", tmp_path / "resnet18.int8.onnx")
     x, eager = eager_reference("resnet18")[3]
     intact = compare(eager, load_session(path).run(None, {"input": x})[0])
