@@ -34,7 +34,7 @@ from edgecnn.runtime.external_data import model_size
 from edgecnn.runtime.files import check_output_path, work_directory
 from edgecnn.export.parity import ParityMetrics, Verdict, judge
 from edgecnn.export.quantize_input import (
-    graph_input, load_float_model, name_unnamed_nodes, resolve_keep_float, resolve_metadata,
+    load_float_model, name_unnamed_nodes, resolve_keep_float, resolve_metadata, the_only_input,
 )
 from edgecnn.export.quantize_recipes import (
     EXPORT_MODES, Int8Static, ProgressCallback, QuantizeJob, Recipe, get_recipe,
@@ -140,7 +140,7 @@ def _finish(quantized: onnx.ModelProto, source: onnx.ModelProto,
     """Metadata in (None: a file without it stays so), names checked, oldest IR: the file must
     stand in for the fp32 one."""
     def names(graph_model: onnx.ModelProto) -> list[str]:
-        return [graph_input(graph_model).name] + [v.name for v in graph_model.graph.output]
+        return [the_only_input(graph_model).name] + [v.name for v in graph_model.graph.output]
 
     if names(quantized) != names(source):
         raise CheckFailed(f"quantization renamed the inputs/outputs {names(source)} -> "

@@ -33,14 +33,15 @@ def load_float_model(path: str | os.PathLike) -> onnx.ModelProto:
                        "quantize the fp32 model instead")
     if has_fp16_weights(model):
         raise BadInput(f"{path} already has fp16 weights; quantize the fp32 model instead")
-    kind = value_type(graph_input(model))
+    kind = value_type(the_only_input(model))
     if kind != "float32":
         raise BadInput(f"{path}: its input is {kind}; quantize takes models whose input is "
                        "float32 (an image tensor)")
     return model
 
 
-def graph_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
+def the_only_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
+    """The graph's one input; BadInput for several, or for a negative or 0-sized axis."""
     inputs = graph_inputs(model)
     if len(inputs) != 1:
         raise BadInput(f"only single-input models can be quantized; this one has {len(inputs)} "
@@ -62,7 +63,7 @@ def resolve_metadata(model: onnx.ModelProto, path: Path,
     layout, ...: edgecnn.runtime.preprocess_settings) applied on top, and whether it describes
     the model: False for a file edgecnn did not write, given no settings, whose metadata is
     only the defaults (enough to size random inputs, not to preprocess images)."""
-    value = graph_input(model)
+    value = the_only_input(model)
     inputs = {value.name: dims(value)}
     output = dims(model.graph.output[0])
     metadata = get_metadata(model, str(path))

@@ -13,7 +13,7 @@ import onnx
 
 from edgecnn.errors import BadInput, first_line
 from edgecnn.export.calibration import InputSet, calibration_batches
-from edgecnn.export.quantize_input import graph_input
+from edgecnn.export.quantize_input import the_only_input
 from edgecnn.export.quiet import silenced
 from edgecnn.export.rgb_stem import DESCRIPTION as RGB_STEM, find_stem, finish, split_stem
 from edgecnn.runtime.onnx_file import (
@@ -121,7 +121,7 @@ def int8_static(model: onnx.ModelProto, calibration: InputSet, recipe: Int8Stati
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
-    name = graph_input(model).name
+    name = the_only_input(model).name
     stem = _stem_to_split(model, exclude, recipe)
     if stem is not None:  # other tensors: calibrated (and cached) apart
         model, cache = split_stem(model, stem), cache.with_name(f"{cache.stem}-split{cache.suffix}")
