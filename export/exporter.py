@@ -35,7 +35,7 @@ from edgecnn.export.build import (
     build_model, builder_arguments, check_model_options, random_input, run_eager,
     weights_provenance,
 )
-from edgecnn.export.user_model import resolve_spec
+from edgecnn.export.user_model import height_width, resolve_spec
 from edgecnn.runtime import InputInfo, ModelMetadata, load_session
 from edgecnn.runtime.deform import (
     DEFAULT_LOWERING, NATIVE_MIN_OPSET, check_lowering, model_lowering, set_deform_lowering,
@@ -94,12 +94,7 @@ def resolve_input_size(spec: models.ModelSpec,
     """(H, W) from None (the spec's default), one int, or a pair; BadInput when unusable."""
     if input_size is None:
         return tuple(spec.input_size[1:])
-    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
-    if len(size) == 1:
-        size = (size[0], size[0])
-    if len(size) != 2 or any(isinstance(v, bool) or int(v) != v for v in size):
-        raise BadInput(f"input_size takes one int or two (H, W), got {list(size)}")
-    height, width = (int(v) for v in size)
+    height, width = height_width(input_size)
     if spec.fixed_input_size and (height, width) != tuple(spec.input_size[1:]):
         raise BadInput(f"{spec.name} only works at {spec.input_size[1]}x{spec.input_size[2]}, "
                        f"got input_size {height}x{width}")

@@ -20,13 +20,16 @@ import importlib
 import importlib.util
 import inspect
 import io
+import itertools
 import json
 import logging
+import numbers
 import os
+import reprlib
 import sys
 import zipfile
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from torch import nn
 
@@ -264,12 +267,25 @@ def _chw(model: str, input_size, in_channels) -> tuple[int, int, int]:
         grayscale = " (in_channels=1 for grayscale)" if in_channels is None else ""
         raise BadInput(f"{model} is not a registered model: give its {' and '.join(missing)}, "
                        f"e.g. {example}{grayscale}")
-    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
-    if len(size) == 1:
-        size = size * 2
-    if len(size) != 2 or any(isinstance(v, bool) or int(v) != v or v < 1 for v in size):
-        raise BadInput(f"input_size takes one positive int or two (H, W), got {list(size)}")
-    return in_channels, int(size[0]), int(size[1])
+    height, width = height_width(input_size)
+    if height < 1 or width < 1:
+        raise BadInput(f"input_size {height}x{width} is too small")
+    return in_channels, height, width
+
+
+def height_width(input_size: int | Sequence[int]) -> tuple[int, int]:
+    """(H, W) of ``input_size``: one int (a square) or two; BadInput for anything else."""
+    if isinstance(input_size, numbers.Number):
+        size = (input_size, input_size)
+    elif isinstance(input_size, Iterable) and not isinstance(input_size, (str, bytes)):
+        size = tuple(itertools.islice(input_size, 3))  # a third is one too many
+        size = size * 2 if len(size) == 1 else size
+    else:
+        size = ()
+    if len(size) != 2 or not all((isinstance(v, numbers.Integral) and not isinstance(v, bool))
+                                 or (isinstance(v, float) and v.is_integer()) for v in size):
+        raise BadInput(f"input_size takes one int or two (H, W), got {reprlib.repr(input_size)}")
+    return int(size[0]), int(size[1])
 
 
 def resolve_spec(model: str | ModelSpec | nn.Module, *,

@@ -75,3 +75,19 @@ def test_api_messages_show_the_flag_of_their_parameter(cli, tmp_path):
     assert_one_line_error(cli("export", "lenet", "--seed", "1180591620717411303424",
                               "-o", tmp_path / "x.onnx"), 2, "--seed must be an integer in")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("input_size", [
+    "a", "64", (1, 2, 3), (3.5, 2), (True, 2), [64, "x"], (2.0 ** 0.5, 4), float("inf"),
+    range(10 ** 9),  # read as far as the third item: a tuple of it held gigabytes
+])
+def test_an_input_size_that_is_no_size_is_bad_input_in_the_api(tmp_path, input_size):
+    """One BadInput naming the parameter (a string gave a ValueError from int(), inf a
+    TypeError)."""
+    from edgecnn.errors import BadInput
+    from edgecnn.export import export_model
+
+    for model, channels in (("lenet", None), ("user_models:MixedNet", 3)):
+        with pytest.raises(BadInput, match=r"^input_size takes one int or two \(H, W\), got "):
+            export_model(model, tmp_path / "x.onnx", input_size=input_size, in_channels=channels)
+    assert list(tmp_path.iterdir()) == []
