@@ -27,7 +27,10 @@ PRECISIONS = ("fp32", "fp16", "int8")  # what a file holds
 TOLERANCE_KEYS = ("fp32", "fp16", "bf16", "int8")
 LOWERINGS = ("native", "decomposed")
 LAYOUTS = ("NCHW", "NHWC")
-COLORS = ("RGB", "BGR", "GRAY")  # BGR: RGB images with the channels reversed (OpenCV-trained)
+# The channels an image of each color gives (BGR: RGB images with the channels reversed, as
+# OpenCV-trained models take them).
+COLOR_CHANNELS = {"RGB": 3, "BGR": 3, "GRAY": 1}
+COLORS = tuple(COLOR_CHANNELS)
 # Far above any CNN input, far below what breaks a machine: one fp32 image of MAX_ELEMENTS is
 # 512 MB, and preprocessing or calibration holds a few of them.
 MAX_SIDE = 16384

@@ -26,13 +26,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from edgecnn.errors import BadInput, first_line, require_count
 from edgecnn.runtime.files import file_kind
-from edgecnn.runtime.metadata import MIN_CROP_FRACTION, InputInfo
+from edgecnn.runtime.metadata import COLOR_CHANNELS, MIN_CROP_FRACTION, InputInfo
 
 # Resizing the whole image first (torchvision's order) up to this many pixels (48 MB of RGB).
 MAX_RESIZED_PIXELS = 2**24
 DEFAULT_CROP_FRACTION = InputInfo.crop_fraction  # ImageNet eval: Resize(256) + CenterCrop(224)
 PIL_MODES = {"RGB": "RGB", "BGR": "RGB", "GRAY": "L"}  # BGR: RGB, channels reversed after
-CHANNELS = {"RGB": 3, "BGR": 3, "GRAY": 1}
 SIXTEEN_BIT = ("PNG", "PPM")  # formats whose "I" images hold at most 16 bits
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # 89,478,485 (Pillow's; about 9459 x 9459)
 # _open refuses images over max_pixels itself, so Pillow's warning between its limit and twice
@@ -215,7 +214,7 @@ def preprocess_images(images: ImageLike | Iterable[ImageLike], input_info: Input
     if crop_fraction is None:
         crop_fraction = input_info.crop_fraction
     color = input_info.color.upper()
-    if CHANNELS.get(color) != input_info.channels:
+    if COLOR_CHANNELS.get(color) != input_info.channels:
         raise BadInput(f"metadata input has {input_info.channels} channels but color "
                        f"{input_info.color!r}; expected RGB or BGR (3) or GRAY (1)")
     layout = input_info.layout.upper()

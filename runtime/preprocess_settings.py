@@ -25,7 +25,7 @@ from edgecnn.errors import BadInput
 from edgecnn.runtime.files import check_input_file
 from edgecnn.runtime.postprocess import is_class_vector
 from edgecnn.runtime.metadata import (
-    MAX_SIDE, InputInfo, ModelMetadata, describe_dims, fixed_size,
+    COLOR_CHANNELS, MAX_SIDE, InputInfo, ModelMetadata, describe_dims, fixed_size,
 )
 
 MAX_LABELS_BYTES = 2**26  # 64 MiB: a million class names of 64 characters
@@ -187,8 +187,8 @@ def _channels(dims: Sequence, layout: str, given: Mapping[str, Any],
         if isinstance(given.get(setting), (list, tuple)):
             return len(given[setting])
     color = given.get("color")
-    if color in ("RGB", "BGR", "GRAY"):
-        return 1 if color == "GRAY" else 3
+    if color in COLOR_CHANNELS:
+        return COLOR_CHANNELS[color]
     return old.channels if old else 3
 
 
