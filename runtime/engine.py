@@ -232,6 +232,10 @@ class Engine:
         takes it in chunks of that size, the last zero-padded and its padding rows dropped); a
         classifier's as (N, classes), also where the graph gives (N, classes, 1, 1)."""
         scores = self._first_output(batch)
+        if len(scores) != len(batch):  # a graph that reshapes the batch away
+            raise BadInput(f"{self.path}: its first output {self._output_names[0]!r} has "
+                           f"{len(scores)} rows for {len(batch)} image(s): its first axis is "
+                           "not the batch, which edgecnn needs (one row of scores per image)")
         return class_rows(scores) if self.metadata.task == "classification" else scores
 
     def _first_output(self, batch: np.ndarray) -> np.ndarray:

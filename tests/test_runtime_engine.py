@@ -234,3 +234,31 @@ def test_counts_without_a_default_refuse_none(resnet_engine):
         top_k(np.zeros((1, 10), np.float32), k=None)
     with pytest.raises(BadInput, match=r"^top_k must be an integer >= 1, got None$"):
         resnet_engine.predict(random_images(1, 8, 8)[0], top_k=None)
+
+
+def test_an_output_whose_first_axis_is_not_the_batch_is_one_line(cli, tmp_path):
+    """A graph that reshapes its scores to (2, -1) gives 2 rows for any batch: run said
+    "internal error: generator raised StopIteration" for 3 images, and gave 1 record of a
+    2-row output for one image."""
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    from conftest import assert_one_line_error
+
+    shape = numpy_helper.from_array(np.array([2, -1], np.int64), "shape")
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["image", "shape"], ["scores"])], "rows",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [2, None])], [shape])
+    path = tmp_path / "rows.onnx"
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    images = []
+    for index in range(3):
+        images.append(tmp_path / f"{index}.png")
+        Image.fromarray(random_images(1, 8, 8)[0]).save(images[-1])
+    flags = ["--mean", "0.5", "0.5", "0.5", "--std", "0.2", "0.2", "0.2"]
+    for given in (images, images[:1]):
+        assert_one_line_error(cli("run", path, *given, "--batch", "3", *flags), 2,
+                              "'scores' has 2 rows for", "its first axis is not the batch")
+    engine = Engine(path, "cpu", preprocessing={"mean": [0.5] * 3, "std": [0.2] * 3})
+    with pytest.raises(BadInput, match="has 2 rows for 1 image"):
+        engine.predict(images[0])
