@@ -93,7 +93,8 @@ def module_calls(model: onnx.ModelProto, module_names: set[str]) -> list[ModuleC
 
 def bisect(module: nn.Module, model: onnx.ModelProto, inputs: np.ndarray, tolerance: float,
            providers: list | None = None) -> BisectResult:
-    """Compare every module call's output eager vs ONNX; name the first over ``tolerance``."""
+    """Compare every module call's output eager vs ONNX; name the first over ``tolerance``.
+    ``module`` runs as it is: in eval mode for a check (``check_onnx`` sets it)."""
     module_names = {name for name, _ in module.named_modules() if name}
     calls = module_calls(model, module_names)
     session = load_session(with_outputs(model, [c.tensor for c in calls]).SerializeToString(),
@@ -107,7 +108,7 @@ def bisect(module: nn.Module, model: onnx.ModelProto, inputs: np.ndarray, tolera
         eager[name].append(output.detach().clone().numpy() if isinstance(output, torch.Tensor)
                            else None)
 
-    module_outputs(module.eval(), torch.from_numpy(inputs), record, {c.module for c in calls})
+    module_outputs(module, torch.from_numpy(inputs), record, {c.module for c in calls})
     layers = []
     for call in calls:
         eager_calls = eager.get(call.module, [])

@@ -4,10 +4,11 @@ and what the metadata records of the weights."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -69,6 +70,19 @@ def build_model(name: str | models.ModelSpec, *, num_classes: int | None = None,
         models.randomize_batchnorm_stats(model, seed)
         randomize_offset_predictors(model, seed)
     return model.eval()
+
+
+@contextlib.contextmanager
+def in_eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in eval mode inside; on the way out every submodule gets its own mode back (a
+    check inside a training loop leaves training on, and a part frozen in eval stays so)."""
+    modes = [(part, part.training) for part in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for part, training in modes:
+            part.training = training
 
 
 def random_input(shape: Sequence[int], seed: int = 0) -> torch.Tensor:

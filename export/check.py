@@ -17,7 +17,7 @@ from edgecnn.export import bisect as bisecting
 from edgecnn.export.calibration import batches, load_image_folder
 from edgecnn.export.int8_report import int8_report
 from edgecnn.export.build import (
-    build_model, builder_arguments, check_model_options, random_input, run_eager,
+    build_model, builder_arguments, check_model_options, in_eval_mode, random_input, run_eager,
 )
 from edgecnn.export.check_report import CheckReport
 from edgecnn.export.exporter import CHECK_BATCH, StepCallback, export_model
@@ -26,6 +26,7 @@ from edgecnn.export.parity import (
 )
 from edgecnn.export.user_model import is_user_model, resolve_spec
 from edgecnn.runtime import ModelMetadata, openvino
+from edgecnn.runtime.engine import InputCheck, TensorSpec
 from edgecnn.runtime.onnx_file import (
     dims, fixed_batch, get_metadata, graph_inputs, graph_precision, load_model,
 )
@@ -81,6 +82,8 @@ def check_onnx(module: torch.nn.Module, onnx_path: str | os.PathLike, inputs: Se
     """
     step = on_step or (lambda message: None)
     check_criteria(tolerance, min_top1)
+    if isinstance(inputs, (np.ndarray, torch.Tensor)):
+        inputs = [inputs]  # one batch
     if not inputs:
         raise BadInput("inputs holds no batch to compare on")
     opened = open_session(onnx_path, providers, fallback=False, tf32=False)
@@ -100,10 +103,16 @@ def check_onnx(module: torch.nn.Module, onnx_path: str | os.PathLike, inputs: Se
     if any(len(batch) != len(names) for batch in batches_in):
         raise BadInput(f"{onnx_path} takes {len(names)} inputs ({', '.join(names)}); a batch "
                        f"has {len(batches_in[0])}")
+    checks = [InputCheck(TensorSpec.from_node_arg(value)) for value in session.get_inputs()]
+    for batch in batches_in:
+        for check, array in zip(checks, batch):
+            try:
+                check(array, check_finite=False)
+            except BadInput as error:
+                raise BadInput(f"inputs: {error}") from None
     step("running eager PyTorch")
-    with torch.no_grad():
-        references = [_as_arrays(module.eval()(*map(torch.from_numpy, batch)))
-                      for batch in batches_in]
+    with torch.no_grad(), in_eval_mode(module):
+        references = [_as_arrays(module(*map(torch.from_numpy, batch))) for batch in batches_in]
     step("running onnxruntime")
     candidates = [session.run(None, dict(zip(names, batch))) for batch in batches_in]
     outputs = [value.name for value in session.get_outputs()]
@@ -117,14 +126,16 @@ def check_onnx(module: torch.nn.Module, onnx_path: str | os.PathLike, inputs: Se
                          images=image_rows, rows=sum(len(batch[0]) for batch in batches_in),
                          verdict=verdict)
     if not all(np.isfinite(c).all() for run in candidates for c in run):
-        report.notes.append(_non_finite_note(module, batches_in[0][0], file_precision))
+        with in_eval_mode(module):
+            report.notes.append(_non_finite_note(module, batches_in[0][0], file_precision))
     if bisect:
         if len(names) != 1:
             raise BadInput("bisect compares single-input models only")
         step("bisecting layer by layer")
         model = load_model(onnx_path)
-        report.bisect = bisecting.bisect(module, model, batches_in[0][0], verdict.tolerance,
-                                         session.get_providers())
+        with in_eval_mode(module):
+            report.bisect = bisecting.bisect(module, model, batches_in[0][0], verdict.tolerance,
+                                             session.get_providers())
         if not report.bisect.layers:
             report.notes.append(bisecting.why_nothing_compared(model))
     return report

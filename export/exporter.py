@@ -32,7 +32,7 @@ from edgecnn.runtime.files import check_output_path
 from edgecnn.export.parity import ParityMetrics, Verdict, model_bounds, judge
 from edgecnn.export.quiet import silenced
 from edgecnn.export.build import (
-    build_model, builder_arguments, check_model_options, random_input, run_eager,
+    build_model, builder_arguments, check_model_options, in_eval_mode, random_input, run_eager,
     weights_provenance,
 )
 from edgecnn.export.user_model import height_width, resolve_spec
@@ -163,7 +163,7 @@ def to_onnx(module: nn.Module, example: torch.Tensor, output_name: str | Sequenc
             *, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True,
             custom_translation_table: dict | None = None,
             deform_lowering: str = DEFAULT_LOWERING) -> onnx.ModelProto:
-    """Export ``module`` (eval mode) with the dynamo exporter: input ``input``, outputs named
+    """Export ``module`` (in eval mode; its own modes are given back) with the dynamo exporter: input ``input``, outputs named
     ``output_name`` (a list for a model with several).
 
     The batch axis is named ``batch`` and dynamic unless ``dynamic_batch`` is False. Each
@@ -178,9 +178,9 @@ def to_onnx(module: nn.Module, example: torch.Tensor, output_name: str | Sequenc
     dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
     try:  # torch.export prints the traced graph to stderr when it fails: kept off it too
         with silenced(*EXPORTER_LOGGERS), contextlib.redirect_stderr(io.StringIO()), \
-                torch.no_grad():
+                torch.no_grad(), in_eval_mode(module):
             program = torch.onnx.export(
-                module.eval(), (example,), None, dynamo=True, opset_version=opset,
+                module, (example,), None, dynamo=True, opset_version=opset,
                 input_names=["input"],
                 output_names=[output_name] if isinstance(output_name, str) else list(output_name),
                 dynamic_shapes=dynamic_shapes, optimize=True, verbose=False,

@@ -134,7 +134,7 @@ class Engine:
         self.probability_op = probability_op(self.path, self._output_names[0],
                                              self.outputs[0].shape)
         self.scores_are_probabilities = self.probability_op is not None
-        self._checks = [_InputCheck(spec) for spec in self.inputs]
+        self._checks = [InputCheck(spec) for spec in self.inputs]
 
     def __repr__(self) -> str:
         model = self.metadata.model if self.metadata else "no metadata"
@@ -273,7 +273,7 @@ class Engine:
                        f"{[spec.name for spec in self.inputs]}")
 
 
-class _InputCheck:
+class InputCheck:
     """Engine.run's checks of one input; a shape seen before costs one set lookup."""
 
     MAX_SHAPES = 64  # remembered accepted shapes (dynamic axes can produce many)

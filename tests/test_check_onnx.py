@@ -133,3 +133,50 @@ def test_check_feeds_an_nhwc_file_in_its_layout(cli, tmp_path):
         assert report.passed and report.rows == 2, (file, report.notes)
         assert report.outputs[0].metrics.rel_l2 < 1e-5
 
+
+
+class Dropping(SmallNet):
+    """SmallNet with Dropout and BatchNorm, whose modes matter."""
+
+    def __init__(self):
+        super().__init__()
+        self.body.append(nn.BatchNorm2d(8))
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x):
+        return self.head(self.drop(self.body(x).mean((2, 3))))
+
+
+def test_a_check_leaves_the_modules_training_mode_as_it_was(tmp_path, inputs):
+    """A parity check inside a training loop compares in eval mode and gives the module back
+    training (to_onnx, check_onnx and assert_parity left it in eval mode: no Dropout, frozen
+    BatchNorm statistics for the rest of training); a submodule frozen in eval stays so."""
+    from edgecnn.export import to_onnx
+    from edgecnn.export.parity import assert_parity
+
+    module = Dropping().train()
+    module.body[0].eval()
+    modes = {name: part.training for name, part in module.named_modules()}
+    path = tmp_path / "net.onnx"
+    onnx.save(to_onnx(module, torch.from_numpy(inputs[0])), path)
+    assert {name: part.training for name, part in module.named_modules()} == modes
+    assert check_onnx(module, path, inputs).passed
+    assert {name: part.training for name, part in module.named_modules()} == modes
+    assert_parity(module, path, inputs[0])
+    assert {name: part.training for name, part in module.named_modules()} == modes
+
+
+def test_inputs_are_checked_against_the_graph_in_the_apis_words(tmp_path, inputs):
+    """One array is one batch (it was 'the truth value of an array ... is ambiguous'); a float64
+    batch or one of another size is BadInput naming the input (were torch's and
+    onnxruntime's own errors)."""
+    module = SmallNet().eval()
+    path = tmp_path / "net.onnx"
+    export_dynamo(module, path, (torch.randn(2, 3, 16, 16),))
+    assert check_onnx(module, path, inputs[0]).passed
+    assert check_onnx(module, path, torch.from_numpy(inputs[0])).passed
+    with pytest.raises(BadInput, match=r"^inputs: input '\w+': expected float32 .*, got float64"):
+        check_onnx(module, path, [inputs[0].astype(np.float64)])
+    with pytest.raises(BadInput, match=r"^inputs: input '\w+': expected float32 .*, got "
+                                       r"float32 \[2, 3, 16, 8\]"):
+        check_onnx(module, path, [inputs[0][..., :8]])
