@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
+import numpy as np
 import onnx
 import torch
 from torch import nn
@@ -54,7 +56,9 @@ IMAGE_CHANNELS = (1, 3)  # what an exported file's image preprocessing can produ
 # Node metadata the exporter adds that we drop: source paths of this machine, FX dumps.
 _DROPPED_NODE_METADATA = ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node")
 
-EXPORTER_LOGGERS = ("torch.onnx", "torch.export", "torch.fx", "onnxscript")
+# What torch.onnx logs, its errors included (a failed export logs the traceback of each shape
+# it could not trace, 40 lines for one bad matmul): the failure is raised as one line instead.
+EXPORTER_LOGGERS = ("torch.onnx", "torch.export", "torch.fx", "torch._subclasses", "onnxscript")
 
 StepCallback = Callable[[str], None]
 
@@ -174,10 +178,15 @@ def to_onnx(module: nn.Module, example: torch.Tensor, output_name: str | Sequenc
     torch.onnx cannot export the module.
     """
     check_lowering(deform_lowering)
+    if isinstance(example, np.ndarray):
+        example = torch.from_numpy(example)
+    if not isinstance(example, torch.Tensor):
+        raise BadInput(f"example must be a tensor or a numpy array, got {type(example).__name__}")
     table = {**DEFORM_TRANSLATION_TABLE, **(custom_translation_table or {})}
     dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
     try:  # torch.export prints the traced graph to stderr when it fails: kept off it too
-        with silenced(*EXPORTER_LOGGERS), contextlib.redirect_stderr(io.StringIO()), \
+        with silenced(*EXPORTER_LOGGERS, level=logging.CRITICAL), \
+                contextlib.redirect_stderr(io.StringIO()), \
                 torch.no_grad(), in_eval_mode(module):
             program = torch.onnx.export(
                 module, (example,), None, dynamo=True, opset_version=opset,

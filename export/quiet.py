@@ -10,15 +10,15 @@ from typing import Iterator
 
 
 @contextlib.contextmanager
-def silenced(*logger_names: str) -> Iterator[None]:
+def silenced(*logger_names: str, level: int = logging.ERROR) -> Iterator[None]:
     """Swallow warnings and Python-level prints on stdout, and raise the named loggers ("" is
-    the root logger) to ERROR, for the duration of the block. The exporter (torch.onnx,
+    the root logger) to ``level``, for the duration of the block. The exporter (torch.onnx,
     onnxscript) and onnxruntime's quantizers log advice and progress meant for their own
     developers."""
     loggers = [logging.getLogger(name) for name in logger_names]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
-        logger.setLevel(logging.ERROR)
+        logger.setLevel(level)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")

@@ -300,6 +300,10 @@ def resolve_spec(model: str | ModelSpec | nn.Module, *,
     """
     if isinstance(model, ModelSpec):
         return model
+    if not isinstance(model, (str, nn.Module)):
+        raise BadInput("model must be a registered name, a SPEC ('package.module:callable', "
+                       "'path/file.py:callable', a .pt2 file) or an nn.Module, got "
+                       f"{type(model).__name__}")
     if not is_user_model(model):
         _not_a_model_file(model)
         spec = models.get_spec(model)

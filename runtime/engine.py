@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -25,7 +24,7 @@ import numpy as np
 from edgecnn.errors import BadInput, require_count
 from edgecnn.runtime import providers as provider_lib
 from edgecnn.runtime.metadata import ModelMetadata, fixed_size
-from edgecnn.runtime.model_file import no_outputs, probability_op
+from edgecnn.runtime.model_file import check_model_file, no_outputs, probability_op
 from edgecnn.runtime.postprocess import class_rows
 from edgecnn.runtime.preprocess_settings import (
     check_raw_pixels, check_settings, integer_type, metadata_from_settings,
@@ -105,7 +104,7 @@ class Engine:
                  fp16: bool = False, cache_dir: str | os.PathLike | None = None,
                  tf32: bool = True, check_finite: bool = True, session_options=None,
                  preprocessing: Mapping | None = None):
-        self.path = Path(path)
+        self.path = check_model_file(path)
         opened = open_session(self.path, provider, threads=threads, fallback=fallback,
                               options=session_options, device_id=device_id, fp16=fp16,
                               cache_dir=cache_dir, tf32=tf32)

@@ -28,6 +28,8 @@ def check_input_file(path: str | os.PathLike, what: str, expected: str = "a file
     """``path`` as a Path; BadInput naming ``what`` when it is missing, a directory
     ("..., not <expected>"), empty, or not a regular file (a FIFO would block the first read
     forever, /dev/zero never ends)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise BadInput(f"{what} must be a path, got {type(path).__name__}")
     path = Path(path)
     try:
         status = path.stat()  # follows symlinks

@@ -91,3 +91,25 @@ def test_an_input_size_that_is_no_size_is_bad_input_in_the_api(tmp_path, input_s
         with pytest.raises(BadInput, match=r"^input_size takes one int or two \(H, W\), got "):
             export_model(model, tmp_path / "x.onnx", input_size=input_size, in_channels=channels)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_arguments_of_another_type_are_bad_input_in_the_api(tmp_path):
+    """Each names its parameter (were TypeErrors from inside: "argument of type 'int' is not
+    iterable", "expected str, bytes or os.PathLike object, not int"); to_onnx takes a numpy
+    example as it takes a tensor (was torch.export's dynamic_shapes message)."""
+    import numpy as np
+    import torch
+
+    from edgecnn.errors import BadInput
+    from edgecnn.export import export_model, to_onnx
+    from edgecnn.runtime import Engine
+
+    with pytest.raises(BadInput, match=r"^model must be a registered name, a SPEC .* got int$"):
+        export_model(42, tmp_path / "x.onnx", input_size=32, in_channels=3)
+    with pytest.raises(BadInput, match=r"^model file must be a path, got int$"):
+        Engine(5)
+    conv = torch.nn.Conv2d(3, 4, 3)
+    assert to_onnx(conv, np.zeros((1, 3, 8, 8), np.float32)).graph.node
+    with pytest.raises(BadInput, match=r"^example must be a tensor or a numpy array, got str$"):
+        to_onnx(conv, "x")
+    assert list(tmp_path.iterdir()) == []
