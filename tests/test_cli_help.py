@@ -113,3 +113,16 @@ def test_arguments_of_another_type_are_bad_input_in_the_api(tmp_path):
     with pytest.raises(BadInput, match=r"^example must be a tensor or a numpy array, got str$"):
         to_onnx(conv, "x")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_to_onnx_is_one_error_and_nothing_on_stderr(capfd):
+    """torch's fake-tensor tracing logged 40 lines of traceback at ERROR before the failure."""
+    import torch
+
+    from edgecnn.errors import EdgecnnError
+    from edgecnn.export import to_onnx
+
+    flat = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 2))
+    with pytest.raises(EdgecnnError, match="^torch.onnx could not export Sequential: "):
+        to_onnx(flat, torch.zeros(3, 8, 8))  # a 3-D example: its batch axis is the channels
+    assert capfd.readouterr().err == ""
