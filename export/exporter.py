@@ -13,7 +13,7 @@ import io
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -43,6 +43,7 @@ from edgecnn.runtime.deform import (
     DEFAULT_LOWERING, NATIVE_MIN_OPSET, check_lowering, model_lowering, set_deform_lowering,
 )
 from edgecnn.runtime.metadata import MAX_ELEMENTS, MAX_SIDE
+from edgecnn.runtime.postprocess import is_class_vector
 from edgecnn.runtime.onnx_file import set_metadata, set_minimal_ir_version, writing_model
 from edgecnn.runtime.preprocess_settings import SETTING_OF_FIELD, read_labels_file
 
@@ -313,7 +314,16 @@ def export_model(name: str | models.ModelSpec | nn.Module,
                              **builder_arguments(spec, in_channels, model_options))
     example = random_input((batch or CHECK_BATCH, channels, height, width), seed)
     references = run_eager(module, example, spec)
-    classes = _class_count(spec, num_classes, next(iter(references.values())))
+    first = next(iter(references.values()))
+    if (spec.source is not None and spec.task == "classification" and first.ndim == 4
+            and not is_class_vector(first.shape)):  # a model not registered (the zoo's are right)
+        if task is not None:
+            raise BadInput(f"task classification takes (N, classes) scores; the first output "
+                           f"is {list(first.shape)}: give task=segmentation for a map of "
+                           "class scores")
+        spec = replace(spec, task="segmentation")  # as the Engine reads a file without metadata
+        references = run_eager(module, example, spec)  # its outputs named for the task
+    classes = _class_count(spec, num_classes, first)
     # no labels file: ImageNet's names for a 1000-class checkpoint (edgecnn.labels), else none
     label_list = (read_labels(labels, classes) if labels is not None
                   else default_labels(classes, weights))

@@ -171,6 +171,10 @@ def test_int8_of_your_own_model(cli, tmp_path):
     (f"{MODELS}:mixed_net", ["--input-size", "32", "--in-channels", "3", "--task", "detection"],
      ["--task must be one of classification, segmentation"]),
     ("resnet18", ["--task", "segmentation"], ["resnet18 is a classification model"]),
+    (f"{MODELS}:SuperResolution", ["--input-size", "16", "--in-channels", "1", "--task",
+                                   "classification"],  # was written, and run refused it
+     ["task classification takes (N, classes) scores; the first output is [2, 4, 16, 16]",
+      "--task segmentation"]),
     (str(REPO / "tests" / "nothere.py") + ":net", [], ["model file not found"]),
 ])
 def test_bad_specs_are_one_line_and_write_nothing(cli, tmp_path, spec, flags, fragments):
@@ -274,3 +278,16 @@ def test_a_module_of_one_fixed_batch_is_pointed_to_batch(cli, tmp_path):
                           "if it takes one batch size only, give it: --batch 1")
     report = export(cli, spec, tmp_path / "m.onnx", *flags, "--batch", "1")
     assert report["parity"]["rel_l2"] <= 1e-5
+
+
+def test_a_dense_first_output_makes_a_segmentation_model_by_default(cli, tmp_path):
+    """Without --task, an (N, C, H, W) first output is segmentation, as the Engine reads a file
+    without metadata (was classification: run then refused the file it had written)."""
+    path = tmp_path / "dense.onnx"
+    export(cli, f"{MODELS}:SuperResolution", path, "--input-size", "16", "--in-channels", "1")
+    metadata = get_metadata(load_model(path))
+    assert metadata.task == "segmentation"
+    assert [spec.name for spec in Engine(path).outputs] == ["masks"]
+    class_map = Engine(path).predict(np.zeros((16, 16), np.uint8))
+    assert class_map.shape == (16, 16)
+
