@@ -54,8 +54,9 @@ def export_command(
              "registered needs it and --input-size (a .pt2 file records both).")] = None,
     task: Annotated[Optional[str], typer.Option(
         metavar="classification|segmentation",
-        help="What the output is (default: the model's; classification for your own). It "
-             "names the output: logits or masks.")] = None,
+        help="What the output is (default: the model's; for your own, segmentation when its "
+             "first output is (N, C, H, W), else classification). It names the output: logits "
+             "or masks.")] = None,
     mean: Annotated[Optional[str], typer.Option(
         "--mean", metavar="M [M M]",
         help="Per-channel mean (0-1 scale) written into the metadata (default: the model's; "
