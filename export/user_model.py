@@ -295,8 +295,9 @@ def resolve_spec(model: str | ModelSpec | nn.Module, *,
     ``nn.Module`` (taken as it is, weights and all; the exporter works on a copy of it).
 
     A model that is not registered needs ``input_size`` and ``in_channels`` (a .pt2 file
-    records them); ``task`` defaults to classification (export_model makes it segmentation for an (N, C, H, W) first output). Its normalization defaults to
-    ImageNet's mean/std (their average for one channel), as for the zoo.
+    records them); ``task`` defaults to classification (``export_model`` makes it segmentation
+    for an (N, C, H, W) first output). Its normalization defaults to ImageNet's mean/std (their
+    average for one channel), as for the zoo.
     """
     if isinstance(model, ModelSpec):
         return model
