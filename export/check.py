@@ -27,8 +27,9 @@ from edgecnn.export.parity import (
 from edgecnn.export.user_model import is_user_model, resolve_spec
 from edgecnn.runtime import ModelMetadata, openvino
 from edgecnn.runtime.engine import InputCheck, TensorSpec
+from edgecnn.runtime.model_file import graph_precision
 from edgecnn.runtime.onnx_file import (
-    dims, fixed_batch, get_metadata, graph_inputs, graph_precision, load_model,
+    dims, fixed_batch, get_metadata, graph_inputs, load_model,
 )
 from edgecnn.runtime.preprocess_settings import guess_layout
 from edgecnn.runtime.providers import OPENVINO, ProviderRequest
@@ -91,8 +92,7 @@ def check_onnx(module: torch.nn.Module, onnx_path: str | os.PathLike, inputs: Se
     metadata = ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map,
                                         str(onnx_path))
     # a file without metadata (quantized from arrays, or by another tool): its graph says
-    file_precision = computed = (metadata.precision if metadata else
-                                 graph_precision(load_model(onnx_path, external_data=False)))
+    file_precision = computed = metadata.precision if metadata else graph_precision(onnx_path)
     name, options = opened.requested[0]
     if name == OPENVINO and file_precision == "fp32":
         computed = openvino.compute_precision(options)
@@ -176,8 +176,8 @@ def convert_precision(fp32_path: Path, precision: str, output: Path,
     return output
 
 
-def _file_precision(model, metadata: ModelMetadata | None) -> str:
-    return metadata.precision if metadata is not None else graph_precision(model)
+def _file_precision(path: Path, metadata: ModelMetadata | None) -> str:
+    return metadata.precision if metadata is not None else graph_precision(path)
 
 
 def _check_architecture(name: str, model, source: str, eager_input: Sequence[int],
@@ -302,7 +302,7 @@ def check_parity(name: str | torch.nn.Module, onnx_path: str | os.PathLike | Non
         fixed = fixed_batch(model)
         batch = _batch_size(fixed, path, batch)
         sample, (channels, height, width) = _input_shape(model, metadata, str(path))
-        if per_layer and (file_precision := _file_precision(model, metadata)) != "int8":
+        if per_layer and (file_precision := _file_precision(path, metadata)) != "int8":
             raise BadInput(f"per_layer reports on int8 files; {path} is {file_precision}")
         if onnx_path is not None:
             spec = spec or resolve_spec(name, input_size=(height, width), in_channels=channels)

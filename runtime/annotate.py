@@ -23,6 +23,7 @@ from edgecnn.runtime.external_data import check_external_data
 from edgecnn.runtime.describe import value_type
 from edgecnn.runtime.files import atomic_model_output, check_output_path
 from edgecnn.runtime.metadata import ModelMetadata
+from edgecnn.runtime.model_file import graph_precision
 from edgecnn.runtime.preprocess_settings import metadata_from_settings
 
 
@@ -37,8 +38,6 @@ def annotate(path: str | os.PathLike, output: str | os.PathLike | None = None, *
              in_place: bool = False, **settings) -> AnnotateResult:
     """Validate ``settings`` against ``path``'s graph and write the file with the metadata to
     ``output`` (or over ``path`` itself with ``in_place``)."""
-    import onnx
-
     from edgecnn import __version__
     from edgecnn.runtime import onnx_file
 
@@ -60,13 +59,11 @@ def annotate(path: str | os.PathLike, output: str | os.PathLike | None = None, *
     types = {value.name: value_type(value) for value in values}
     output_dims = onnx_file.dims(model.graph.output[0]) if model.graph.output else []
     metadata = metadata_from_settings(inputs, output_dims, settings, base=base,
-                                      model=source.stem, source=str(source), input_types=types)
+                                      model=source.stem, source=str(source), input_types=types,
+                                      precision=graph_precision(source))
     if base is None:
         metadata.edgecnn_version = __version__
         metadata.opset = onnx_file.opset_version(model) or metadata.opset
-        image = next(value for value in model.graph.input if value.name == metadata.input.name)
-        if image.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16:
-            metadata.precision = "fp16"
     onnx_file.set_metadata(model, metadata)
     payload = model.SerializeToString()
     copies = {}

@@ -24,7 +24,9 @@ import numpy as np
 from edgecnn.errors import BadInput, require_count
 from edgecnn.runtime import providers as provider_lib
 from edgecnn.runtime.metadata import ModelMetadata, fixed_size
-from edgecnn.runtime.model_file import check_model_file, no_outputs, probability_op
+from edgecnn.runtime.model_file import (
+    check_model_file, graph_precision, no_outputs, probability_op,
+)
 from edgecnn.runtime.postprocess import class_rows
 from edgecnn.runtime.preprocess_settings import (
     check_raw_pixels, check_settings, integer_type, metadata_from_settings,
@@ -119,9 +121,10 @@ class Engine:
         graph = {spec.name: spec.shape for spec in self.inputs}
         types = {spec.name: spec.dtype.name for spec in self.inputs if spec.dtype is not None}
         if check_settings(preprocessing):  # validated against the graph, like the metadata
-            self.metadata = metadata_from_settings(graph, self.outputs[0].shape, preprocessing,
-                                                   base=self.metadata, model=self.path.stem,
-                                                   source=str(self.path), input_types=types)
+            self.metadata = metadata_from_settings(
+                graph, self.outputs[0].shape, preprocessing, base=self.metadata,
+                model=self.path.stem, source=str(self.path), input_types=types,
+                precision="fp32" if self.metadata else graph_precision(self.path))
         elif self.metadata is not None:  # before anything is allocated from the metadata's shape
             self.metadata.check_graph(graph, self.outputs[0].shape, str(self.path))
             if integer := integer_type(types.get(self.metadata.input.name)):

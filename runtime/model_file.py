@@ -24,6 +24,12 @@ _OPSET_IMPORT_FIELD = 8  # ModelProto.opset_import
 _NODE_FIELD = 1  # GraphProto.node
 _INPUT_FIELD, _OUTPUT_FIELD, _OP_TYPE_FIELD, _ATTRIBUTE_FIELD = 1, 2, 4, 5  # NodeProto
 _NAME_FIELD, _INT_FIELD = 1, 3  # AttributeProto.name, .i
+_INITIALIZER_FIELD = 5  # GraphProto.initializer
+_DATA_TYPE_FIELD, _FLOAT16 = 2, 10  # TensorProto.data_type, TensorProto.FLOAT16
+# Operators of a quantized graph: QDQ (static int8), the dynamic quantizer's, the QOperator ones.
+QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
+                           "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
+                           "QGemm", "QLinearAdd", "DynamicQuantizeMatMul", "MatMulNBits"})
 _MAX_NAME = 4096  # bytes of a tensor name or op type read; no real graph has longer ones
 # Ops between a Softmax (or Sigmoid) and the graph output that keep its values probabilities
 # (a QDQ model quantizes the Softmax's output: QuantizeLinear -> DequantizeLinear).
@@ -165,6 +171,47 @@ def metadata_value(model: str | os.PathLike | bytes, key: str) -> str | None:
     except (ValueError, OSError):
         return None
     return None
+
+
+def graph_precision(model: str | os.PathLike) -> str:
+    """What a file without edgecnn metadata computes in, read from its top-level graph like
+    ``opset_domains`` (the weights' bytes are skipped): "int8" with a ``QUANTIZED_OPS``
+    operator, "fp16" with fp16 weights, else "fp32" (also for a file it cannot read)."""
+    fp16 = False
+    try:
+        with open(model, "rb") as stream:
+            for field, wire, graph in fields(stream):
+                if field != _GRAPH_FIELD or wire != 2:
+                    continue
+                stream.seek(graph[0])
+                for item, item_wire, (start, length) in (
+                        found for found in fields(stream, graph[0] + graph[1]) if found[1] == 2):
+                    if item == _NODE_FIELD and _text_field(stream, start, start + length,
+                                                           _OP_TYPE_FIELD) in QUANTIZED_OPS:
+                        return "int8"
+                    if item == _INITIALIZER_FIELD and not fp16:
+                        fp16 = _varint_field(stream, start, start + length,
+                                             _DATA_TYPE_FIELD) == _FLOAT16
+    except (ValueError, OSError):
+        return "fp32"
+    return "fp16" if fp16 else "fp32"
+
+
+def _text_field(stream: BinaryIO, start: int, end: int, wanted: int) -> str | None:
+    """The first string field ``wanted`` of the message from ``start`` to ``end`` (names past
+    ``_MAX_NAME`` bytes are not read)."""
+    stream.seek(start)
+    for field, wire, value in fields(stream, end):
+        if field == wanted and wire == 2 and value[1] <= _MAX_NAME:
+            stream.seek(value[0])
+            return stream.read(value[1]).decode("utf-8", "replace")
+    return None
+
+
+def _varint_field(stream: BinaryIO, start: int, end: int, wanted: int) -> int | None:
+    stream.seek(start)
+    return next((value for field, wire, value in fields(stream, end)
+                 if field == wanted and wire == 0), None)
 
 
 def probability_op(model: str | os.PathLike, output: str, dims: Sequence) -> str | None:

@@ -19,7 +19,7 @@ from edgecnn.errors import BadInput, EdgecnnError, first_line
 from edgecnn.runtime.external_data import check_external_data
 from edgecnn.runtime.files import atomic_model_output
 from edgecnn.runtime.metadata import METADATA_KEY, ModelMetadata
-from edgecnn.runtime.model_file import check_model_file, no_outputs
+from edgecnn.runtime.model_file import QUANTIZED_OPS, check_model_file, no_outputs
 
 # The operator domains the ONNX standard defines; anything else is a custom op.
 STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training"})
@@ -116,25 +116,13 @@ def is_custom_domain(domain: str) -> bool:
     return domain not in STANDARD_DOMAINS
 
 
-# Operators of a quantized graph (QDQ, QOperator, integer and 4-bit kernels).
-QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
-                           "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
-                           "QGemm", "QLinearAdd", "DynamicQuantizeMatMul", "MatMulNBits"})
-
-
 def quantized_ops(model: onnx.ModelProto) -> list[str]:
-    """The QUANTIZED_OPS the main graph uses, sorted."""
+    """The ``model_file.QUANTIZED_OPS`` the main graph uses, sorted."""
     return sorted({node.op_type for node in model.graph.node if node.op_type in QUANTIZED_OPS})
 
 
 def has_fp16_weights(model: onnx.ModelProto) -> bool:
     return any(init.data_type == onnx.TensorProto.FLOAT16 for init in model.graph.initializer)
-
-
-def graph_precision(model: onnx.ModelProto) -> str:
-    """What a file without edgecnn metadata computes in, read from its graph: "int8" with
-    quantized operators, "fp16" with fp16 weights, else "fp32"."""
-    return "int8" if quantized_ops(model) else "fp16" if has_fp16_weights(model) else "fp32"
 
 
 def get_metadata(model: onnx.ModelProto, source: str = "model") -> ModelMetadata | None:

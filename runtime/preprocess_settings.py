@@ -74,10 +74,12 @@ def check_raw_pixels(info: InputInfo, dtype: str, source: str = "model") -> None
 def metadata_from_settings(inputs: Mapping[str, Sequence], output: Sequence,
                            settings: Mapping[str, Any] | None, *, base: ModelMetadata | None,
                            model: str, source: str = "model",
-                           input_types: Mapping[str, str] | None = None) -> ModelMetadata:
+                           input_types: Mapping[str, str] | None = None,
+                           precision: str = "fp32") -> ModelMetadata:
     """Metadata for a graph (``inputs``: name -> dims, batch first; ``output``: the first
     output's dims) from ``settings`` (names in SETTINGS), over ``base`` (the file's metadata,
-    or None: the defaults). ``model`` names the model when there is no base.
+    or None: the defaults). ``model`` and ``precision`` (``model_file.graph_precision``) name the
+    model and what it computes in when there is no base.
     ``input_types``: {name: numpy dtype name} of the graph's inputs; an image input of integers
     takes the pixels as they are (scale 1, mean 0 and std 1 by default, and nothing else:
     ``check_raw_pixels``)."""
@@ -119,7 +121,7 @@ def metadata_from_settings(inputs: Mapping[str, Sequence], output: Sequence,
     labels = given.get("labels", base.labels if base else None)
     if isinstance(labels, (str, os.PathLike)):
         labels = read_labels_file(labels)
-    fields = asdict(base) if base is not None else {"model": model}
+    fields = asdict(base) if base is not None else {"model": model, "precision": precision}
     fields.update(input=info, labels=_as_list(labels),
                   task=pick("task", fields.get("task"),
                             "segmentation" if len(output) == 4 and not is_class_vector(output)

@@ -158,3 +158,24 @@ def test_a_file_the_converter_cannot_lift_is_one_line(cli, files, tmp_path, monk
                  "--per-tensor")  # per-tensor QDQ is valid at opset 11
     assert result.code == 0, result.stderr
     assert onnx_file.opset_version(load_model(output)) == 11
+
+
+@pytest.mark.parametrize("mode, calibration, precision", [
+    ("fp16", None, "fp16"), ("int8-dynamic", None, "int8"), ("int8", "inputs", "int8")])
+def test_a_quantized_file_without_metadata_is_named_by_its_graph(cli, files, tmp_path, mode,
+                                                                 calibration, precision):
+    """run, evaluate and annotate read the precision from the graph (QDQ or integer ops, fp16
+    weights) where no metadata says it: they said fp32, and annotate wrote fp32 into the file."""
+    from edgecnn.runtime.model_file import graph_precision
+
+    output = tmp_path / "out.onnx"
+    extra = ["--calibration", files[calibration]] if calibration else []
+    assert cli("quantize", files["legacy"], "-o", output, "--mode", mode, *extra).code == 0
+    assert graph_precision(output) == precision and graph_precision(files["legacy"]) == "fp32"
+    flags = ["--mean", "0.5", "0.5", "0.5", "--std", "0.25", "0.25", "0.25"]
+    image = next(files["images"].iterdir())
+    result = cli("run", output, image, *flags)
+    assert result.code == 0 and f"(classification, {precision})" in result.stdout, result.stdout
+    annotated = tmp_path / "annotated.onnx"
+    assert cli("annotate", output, "-o", annotated, *flags).code == 0
+    assert get_metadata(load_model(annotated)).precision == precision
