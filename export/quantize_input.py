@@ -61,8 +61,9 @@ def resolve_metadata(model: onnx.ModelProto, path: Path,
                      settings: Mapping | None = None) -> tuple[ModelMetadata, bool]:
     """The model's edgecnn metadata with the preprocessing ``settings`` (input_size, mean, std,
     layout, ...: edgecnn.runtime.preprocess_settings) applied on top, and whether it describes
-    the model: False for a file edgecnn did not write, given no settings, whose metadata is
-    only the defaults (enough to size random inputs, not to preprocess images)."""
+    the model: False for a file edgecnn did not write, given no settings but input_size,
+    whose metadata is only the defaults (enough to size random inputs, not to preprocess
+    images)."""
     value = the_only_input(model)
     inputs = {value.name: dims(value)}
     output = dims(model.graph.output[0])
@@ -75,7 +76,8 @@ def resolve_metadata(model: onnx.ModelProto, path: Path,
         resolved = replace(metadata_from_settings(inputs, output, given, base=metadata,
                                                   model=model.graph.name or path.stem,
                                                   source=str(path)), opset=opset_version(model))
-        describes = metadata is not None or bool(given)
+        # input_size alone sizes the comparison's inputs: it says nothing of preprocessing
+        describes = metadata is not None or bool(set(given) - {"input_size"})
     if (batch := inputs[value.name][0]) is not None:  # every run pads to it (calibration.batches)
         check_feed_bytes({value.name: ([batch, *resolved.input.shape], np.float32)},
                          "export the model with a dynamic (or smaller) batch axis",

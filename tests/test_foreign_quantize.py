@@ -179,3 +179,20 @@ def test_a_quantized_file_without_metadata_is_named_by_its_graph(cli, files, tmp
     annotated = tmp_path / "annotated.onnx"
     assert cli("annotate", output, "-o", annotated, *flags).code == 0
     assert get_metadata(load_model(annotated)).precision == precision
+
+
+@pytest.mark.parametrize("mode, calibration", [("fp16", None), ("int8", "inputs")])
+def test_an_input_size_for_the_comparison_writes_no_metadata(cli, files, tmp_path, mode,
+                                                              calibration):
+    """A file with a dynamic height and width needs --input-size to size the comparison with
+    fp32; that alone says nothing of the preprocessing (it wrote ImageNet's, which run then
+    applied as if the user had given them)."""
+    source = export_legacy(TinyClassifier(), tmp_path / "dynamic.onnx",
+                           (torch.randn(1, 3, 32, 32),), dynamic_hw=True)
+    output = tmp_path / "out.onnx"
+    extra = ["--calibration", files[calibration]] if calibration else []
+    result = cli("quantize", source, "-o", output, "--mode", mode, "--input-size", "32", *extra)
+    assert result.code == 0, result.stderr
+    assert get_metadata(load_model(output)) is None
+    assert_one_line_error(cli("run", output, next(files["images"].iterdir())), 2,
+                          "no edgecnn metadata")
