@@ -18,6 +18,12 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     return shifted / shifted.sum(axis=axis, keepdims=True)
 
 
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """1 / (1 + e^-x) in float32 (float64 inputs stay float64), without overflow warnings."""
+    logits = logits.astype(np.promote_types(logits.dtype, np.float32), copy=False)
+    return np.exp(-np.logaddexp(0, -logits))
+
+
 def is_class_vector(dims: Sequence) -> bool:
     """Whether an output of these dims (ints, or None/names for dynamic axes) holds one score per
     class: (N, classes), or (N, classes, 1, 1) as a model ending in global pooling or a 1x1
@@ -51,13 +57,16 @@ def top_k(logits: np.ndarray, k: int = 5, labels: Sequence[str] | None = None, *
 
     ``k`` larger than the number of classes gives all classes. Labels replace indices when
     there are as many labels as classes. ``probabilities``: the rows are a softmax's output
-    already (``Engine.scores_are_probabilities``), taken as they are.
+    already (``Engine.scores_are_probabilities``), taken as they are. One logit per row is a
+    binary classifier's: its probability is the logit's sigmoid.
     """
     require_count("top_k", k, optional=False)
     if logits.ndim != 2:
         raise BadInput(f"expected classification logits of shape (N, classes), got {logits.shape}")
-    shares = (logits.astype(np.promote_types(logits.dtype, np.float32), copy=False)
-              if probabilities else softmax(logits))
+    if probabilities:
+        shares = logits.astype(np.promote_types(logits.dtype, np.float32), copy=False)
+    else:  # one logit is a binary classifier's: its sigmoid (a softmax of one class is 1)
+        shares = sigmoid(logits) if logits.shape[1] == 1 else softmax(logits)
     order = np.argsort(-shares, axis=1, kind="stable")[:, :k]
     labels = usable_labels(labels, logits.shape[1])
     return [[(labels[index] if labels else int(index), float(row[index])) for index in ranks]

@@ -142,3 +142,15 @@ def test_a_multi_label_model_reports_its_sigmoid_probabilities(cli, tmp_path):
     assert info.code == 0 and "(probabilities: the graph ends in Sigmoid)" in info.stdout
     first = json.loads(cli("info", path, "--json").stdout)["outputs"][0]
     assert first["probabilities"] is True and first["probability_op"] == "Sigmoid"
+
+
+def test_one_logit_is_a_binary_classifiers_probability():
+    """A single-logit head (binary, BCEWithLogits-trained) reports sigmoid(logit): a softmax over
+    one class said 1.0 for every image."""
+    from edgecnn.runtime.postprocess import top_k
+
+    logits = np.array([[2.0], [-1.0]], np.float32)
+    assert [row[0][0] for row in top_k(logits, 5)] == [0, 0]
+    np.testing.assert_allclose([row[0][1] for row in top_k(logits, 5)],
+                               1 / (1 + np.exp(-logits[:, 0])), rtol=1e-6)
+    np.testing.assert_allclose(top_k(logits, 1, probabilities=True)[1][0][1], -1.0)  # as given
