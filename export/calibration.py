@@ -181,7 +181,11 @@ def load_calibration(source, info: InputInfo,
         inputs, _ = load_arrays(path, info, with_labels=False)
         location = str(path)
     picked = np.sort(_order(len(inputs), size, seed)[:size])
-    return InputSet(inputs[picked], "array", location, len(inputs))
+    chosen = inputs[picked]
+    if chosen.size and (low := chosen.min()) == chosen.max():
+        warn(f"calibration data is constant (every value {low:g}): the int8 scales fit nothing "
+             "the model will see; give real inputs")
+    return InputSet(chosen, "array", location, len(inputs))
 
 
 def load_validation(source: str | os.PathLike, info: InputInfo,

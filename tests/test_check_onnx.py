@@ -180,3 +180,20 @@ def test_inputs_are_checked_against_the_graph_in_the_apis_words(tmp_path, inputs
     with pytest.raises(BadInput, match=r"^inputs: input '\w+': expected float32 .*, got "
                                        r"float32 \[2, 3, 16, 8\]"):
         check_onnx(module, path, [inputs[0][..., :8]])
+
+
+def test_an_int8_file_that_fails_on_check_inputs_says_why(tmp_path):
+    """int8 calibrated on 0..0.1 data passes quantize's comparison on that data and fails check's
+    standard-normal inputs: the report says so and how to compare on real inputs (it asked
+    whether the file had the same --seed/--weights, which a module passed in does not have)."""
+    from edgecnn.export import quantize_model, to_onnx
+
+    module = TinyClassifier().eval()
+    source, int8 = tmp_path / "tiny.onnx", tmp_path / "tiny_int8.onnx"
+    onnx.save(to_onnx(module, torch.randn(2, 3, 32, 32)), source)
+    narrow = (np.random.default_rng(0).random((32, 3, 32, 32)) * 0.1).astype(np.float32)
+    assert quantize_model(source, int8, calibration=narrow).verdict.passed
+    report = check_parity(module, int8)
+    assert not report.passed
+    assert any("standard-normal inputs" in note and "images=" in note for note in report.notes)
+    assert not any("--seed" in note for note in report.notes), report.notes

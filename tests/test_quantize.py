@@ -439,3 +439,17 @@ def test_validation_sources(tmp_path):
     np.savez(tmp_path / "bad.npz", inputs=by_order.inputs, labels=np.zeros(3, np.int64))
     with pytest.raises(BadInput, match="labels must be 5 integers"):
         load_validation(tmp_path / "bad.npz", info)
+
+
+def test_constant_calibration_data_warns(zoo_onnx):
+    """All-zero (or any constant) calibration fits the scales to nothing the model will see;
+    quantize's comparison on the same rows then passes (it said nothing)."""
+    warnings = []
+    info = metadata_of(zoo_onnx("lenet5")).input
+    load_calibration(np.zeros((8, 1, 28, 28), np.float32), info, warn=warnings.append)
+    assert warnings == ["calibration data is constant (every value 0): the int8 scales fit "
+                        "nothing the model will see; give real inputs"]
+    warnings.clear()
+    load_calibration(RNG.standard_normal((8, 1, 28, 28)).astype(np.float32), info,
+                     warn=warnings.append)
+    assert warnings == []

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from edgecnn.cli._app import (
     InputSizeOpt, JsonOpt, ModelOptionOpt, NumClassesOpt, WeightsOpt, app, err, out,
-    print_int8_report, print_json, progress, safe,
+    in_flags, print_int8_report, print_json, progress, safe,
 )
 from edgecnn.cli._parsing import parse_input_size, parse_model_options
 from edgecnn.errors import BadInput
@@ -43,8 +43,9 @@ def _print_report(report) -> None:
                       f"rel_l2 {first.metrics.rel_l2:.3e}, max_abs {first.metrics.max_abs:.3e}")
     if report.per_layer is not None:
         print_int8_report(report.per_layer)
+    command = typer.main.get_command(app)  # notes are in the API's words: shown as flags
     for note in report.notes:
-        err.print(f"note: {safe(note)}")
+        err.print(f"note: {safe(in_flags(note, command, ['check']))}")
 
 
 @app.command("check")
