@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from edgecnn.errors import BadInput
-from edgecnn.runtime.model_file import MAX_NESTING, check_model_file, fields, read_varint
+from edgecnn.runtime.model_file import MAX_PROTOBUF_NESTING, check_model_file, fields, read_varint
 
 # Message -> (field -> what it holds): the parts of an ONNX model that can hold tensors.
 _GRAPH_FIELDS = {"model": {7: "graph", 20: "training", 25: "function"},
@@ -62,8 +62,8 @@ def external_tensors(model: str | os.PathLike | bytes) -> list[ExternalTensor]:
 
 def _walk(stream: BinaryIO, message: str, end: int | None,
           depth: int) -> Iterator[ExternalTensor]:
-    if depth > MAX_NESTING:  # what protobuf parsers refuse (and Python's recursion limit)
-        raise ValueError(f"messages nested more than {MAX_NESTING} deep")
+    if depth > MAX_PROTOBUF_NESTING:  # what protobuf parsers refuse (and Python's recursion limit)
+        raise ValueError(f"messages nested more than {MAX_PROTOBUF_NESTING} deep")
     nested = _GRAPH_FIELDS[message]
     for field, wire, value in fields(stream, end):
         if wire != 2 or field not in nested:

@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 from edgecnn.errors import BadInput
 
 METADATA_KEY = "edgecnn"
-PRECISIONS = ("fp32", "fp16", "int8")  # what a file holds
+FILE_PRECISIONS = ("fp32", "fp16", "int8")  # what a file holds
 # What a file may be judged in (parity.PRECISIONS): its own precision, or bf16 (the fp32 file
 # run with OpenVINO's bf16 hint, export/parity.py).
 TOLERANCE_KEYS = ("fp32", "fp16", "bf16", "int8")
@@ -41,7 +41,7 @@ FLOAT32_MAX, FLOAT32_TINY = 3.4028234663852886e38, 1.1754943508222875e-38  # lar
 # The smallest center-crop share: the image is resized to 1 / crop_fraction of the input size
 # first (20x at this bound); real ones are 0.875 to 1.
 MIN_CROP_FRACTION = 0.05
-MAX_NESTING = 16  # JSON levels: what edgecnn writes has 3; deeper is a hostile file
+MAX_JSON_NESTING = 16  # JSON levels: what edgecnn writes has 3; deeper is a hostile file
 
 _short = reprlib.Repr()
 _short.maxstring, _short.maxother, _short.maxlist, _short.maxdict = 60, 60, 6, 6
@@ -102,7 +102,7 @@ class ModelMetadata:
     @classmethod
     def from_json(cls, text: str, source: str = "model") -> "ModelMetadata":
         """Parse and ``validate``; BadInput naming ``source`` and the field when malformed."""
-        too_deep = BadInput(f"{source}: edgecnn metadata is nested more than {MAX_NESTING} "
+        too_deep = BadInput(f"{source}: edgecnn metadata is nested more than {MAX_JSON_NESTING} "
                             "levels deep")
         try:
             data = json.loads(text)
@@ -110,7 +110,7 @@ class ModelMetadata:
             raise BadInput(f"{source}: edgecnn metadata is not valid JSON ({error})") from None
         except RecursionError:  # '[' * 100000
             raise too_deep from None
-        if _nesting(data) > MAX_NESTING:  # asdict and printing would recurse
+        if _nesting(data) > MAX_JSON_NESTING:  # asdict and printing would recurse
             raise too_deep
         check = _Fields(source)
         check.expect(isinstance(data, dict), "", "a JSON object", data)
@@ -135,7 +135,7 @@ class ModelMetadata:
         check = _Fields(source, parameters)
         check.string("model", self.model)
         check.expect(self.task in TASKS, "task", f"one of {', '.join(TASKS)}", self.task)
-        check.choice("precision", self.precision, PRECISIONS)
+        check.choice("precision", self.precision, FILE_PRECISIONS)
         check.integer("opset", self.opset, 1, 10_000)
         check.string("edgecnn_version", self.edgecnn_version)
         if self.deform_lowering is not None:
@@ -271,7 +271,7 @@ def _nesting(data: Any) -> int:
         value, depth = pending.pop()
         if isinstance(value, (list, dict)):
             deepest = max(deepest, depth)
-            if depth <= MAX_NESTING:
+            if depth <= MAX_JSON_NESTING:
                 pending.extend((item, depth + 1) for item in
                                (value.values() if isinstance(value, dict) else value))
     return deepest

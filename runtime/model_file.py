@@ -43,7 +43,7 @@ _DOMAIN_FIELD = 1  # OperatorSetIdProto.domain
 _METADATA_PROPS_FIELD = 14  # ModelProto.metadata_props
 _KEY_FIELD, _VALUE_FIELD = 1, 2  # StringStringEntryProto
 _FIXED_SIZES = {1: 8, 5: 4}  # wire types 1 (64-bit) and 5 (32-bit)
-MAX_NESTING = 100  # protobuf's default recursion limit (messages and groups)
+MAX_PROTOBUF_NESTING = 100  # protobuf's default recursion limit (messages and groups)
 _MAX_LENGTH = 2**31 - 1  # protobuf's limit on a serialized message
 
 
@@ -123,7 +123,7 @@ def _skip_group(stream: BinaryIO, field: int) -> None:
         field, wire = _key(key)
         if wire == 3:
             open_groups.append(field)
-            if len(open_groups) > MAX_NESTING:
+            if len(open_groups) > MAX_PROTOBUF_NESTING:
                 raise ValueError("protobuf groups nested too deeply")
         elif wire == 4:
             if open_groups.pop() != field:

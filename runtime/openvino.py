@@ -36,7 +36,7 @@ INSTALL = "pip install 'edgecnn[openvino]'"
 PLUGIN_API = ("register_execution_provider_library", "get_ep_devices")
 DEFAULT_DEVICE = "CPU"
 # What a user may write -> OpenVINO's INFERENCE_PRECISION_HINT value.
-PRECISIONS = {"f32": "f32", "fp32": "f32", "bf16": "bf16", "f16": "f16", "fp16": "f16"}
+PRECISION_HINTS = {"f32": "f32", "fp32": "f32", "bf16": "bf16", "f16": "f16", "fp16": "f16"}
 DEFAULT_PRECISION = "f32"
 OPTIONS = ("device", "precision", "cache_dir")  # what edgecnn takes for this provider
 # The parity precision an fp32 file computes in under each hint (export/parity.py's bounds).
@@ -84,7 +84,7 @@ def parse_options(text: str) -> dict:
     provider's name): each part is a precision or else a device name."""
     options = {}
     for part in filter(None, text.split(":")):
-        key = "precision" if part.lower() in PRECISIONS else "device"
+        key = "precision" if part.lower() in PRECISION_HINTS else "device"
         if key in options:
             raise BadInput(f"provider openvino:{text} names two {key}s ({options[key]}, {part})")
         options[key] = part.lower() if key == "precision" else part.upper()
@@ -97,8 +97,8 @@ def check_options(options: dict) -> dict:
     if unknown:
         raise BadInput(f"unknown OpenVINO option {', '.join(unknown)} (use {', '.join(OPTIONS)})")
     precision = str(options.get("precision", DEFAULT_PRECISION)).lower()
-    if precision not in PRECISIONS:
-        raise BadInput(f"OpenVINO precision must be one of {', '.join(PRECISIONS)}, "
+    if precision not in PRECISION_HINTS:
+        raise BadInput(f"OpenVINO precision must be one of {', '.join(PRECISION_HINTS)}, "
                        f"got {options['precision']!r}")
     checked = {"device": str(options.get("device", DEFAULT_DEVICE)).upper(), "precision": precision}
     return checked if options.get("cache_dir") is None else {**checked, "cache_dir": options["cache_dir"]}
@@ -106,7 +106,7 @@ def check_options(options: dict) -> dict:
 
 def compute_precision(options: dict) -> str:
     """"fp32", "bf16" or "fp16": what an fp32 model computes in with these (checked) options."""
-    return COMPUTE_PRECISION[PRECISIONS[options["precision"]]]
+    return COMPUTE_PRECISION[PRECISION_HINTS[options["precision"]]]
 
 
 def _writable_directory(path: str | os.PathLike) -> str:
@@ -153,8 +153,8 @@ def add_to_session(options: ort.SessionOptions, *, device: str = DEFAULT_DEVICE,
         raise BadInput(f"provider openvino {no_device_reason()}")
     if device not in available:
         raise BadInput(f"OpenVINO device {device} is not on this machine (devices: "
-                       f"{', '.join(available)}; precisions: {', '.join(PRECISIONS)})")
-    config = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision]}
+                       f"{', '.join(available)}; precisions: {', '.join(PRECISION_HINTS)})")
+    config = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision]}
     if threads is not None:
         config["INFERENCE_NUM_THREADS"] = str(threads)
     if cache_dir is not None:
