@@ -23,6 +23,7 @@ from edgecnn.ops import randomize_offset_predictors
 # (the CLI has a flag for each, --num-classes and so on).
 OWN_ARGUMENTS = ("num_classes", "in_channels", "weights", "seed")
 
+
 def check_model_options(model_options: Mapping | None, *, registered: bool) -> None:
     """BadInput when ``model_options`` sets what is an argument of its own (num_classes...).
     A model that is not registered takes in_channels, if at all, as one of its own options."""

@@ -24,7 +24,7 @@ from edgecnn.export.exporter import CHECK_BATCH, StepCallback, export_model
 from edgecnn.export.parity import (
     FP16_MAX, activation_peak, check_criteria, check_precision, judge,
 )
-from edgecnn.export.user_model import is_user_model, resolve_spec
+from edgecnn.export.user_model import is_user_model, require_model, resolve_spec
 from edgecnn.runtime import ModelMetadata, openvino
 from edgecnn.runtime.engine import InputCheck, TensorSpec
 from edgecnn.runtime.model_file import graph_precision
@@ -263,6 +263,7 @@ def check_parity(name: str | torch.nn.Module, onnx_path: str | os.PathLike | Non
     ``per_layer``: an int8 file's per-layer report (export/int8_report.py) against a fresh fp32
     export of the same model, on the same inputs.
     """
+    require_model(name)
     step = on_step or (lambda message: None)
     # a model that is not registered learns its input size from the file, once it is read
     spec = (None if onnx_path is not None and is_user_model(name) else
@@ -340,10 +341,12 @@ def check_parity(name: str | torch.nn.Module, onnx_path: str | os.PathLike | Non
     if report.passed or onnx_path is None or any("NaN" in n for n in report.notes):
         return report
     if report.precision == "int8" and images is None:
+        first = "" if metadata is not None else (
+            "write its preprocessing into the file with `edgecnn annotate`, then ")
         report.notes.append("int8 is compared on standard-normal inputs here; a file calibrated "
                             "on data of another range (0..1 arrays, other preprocessing) can "
-                            "fit them badly and its own data well: compare on real inputs "
-                            "with images=FOLDER")
+                            "fit them badly and its own data well: "
+                            f"{first}compare on real inputs with images=FOLDER")
     if not spec.own_weights:
         report.notes.append("was the file exported with the same --seed/--weights/"
                             "--num-classes? the eager model is rebuilt from them")

@@ -168,8 +168,9 @@ def to_onnx(module: nn.Module, example: torch.Tensor, output_name: str | Sequenc
             *, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True,
             custom_translation_table: dict | None = None,
             deform_lowering: str = DEFAULT_LOWERING) -> onnx.ModelProto:
-    """Export ``module`` (in eval mode; its own modes are given back) with the dynamo exporter: input ``input``, outputs named
-    ``output_name`` (a list for a model with several).
+    """Export ``module`` (in eval mode; its own modes are given back) with the dynamo
+    exporter: input ``input``, outputs named ``output_name`` (a list for a model with several).
+    ``example``: a batch, a tensor or a numpy array.
 
     The batch axis is named ``batch`` and dynamic unless ``dynamic_batch`` is False. Each
     edgecnn deformable convolution becomes one ai.edgecnn::DeformConv2d node whose function

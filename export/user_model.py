@@ -275,6 +275,8 @@ def _chw(model: str, input_size, in_channels) -> tuple[int, int, int]:
 
 def height_width(input_size: int | Sequence[int]) -> tuple[int, int]:
     """(H, W) of ``input_size``: one int (a square) or two; BadInput for anything else."""
+    if getattr(input_size, "ndim", None) == 0 and hasattr(input_size, "item"):
+        input_size = input_size.item()  # a 0-d array or tensor is its number
     if isinstance(input_size, numbers.Number):
         size = (input_size, input_size)
     elif isinstance(input_size, Iterable) and not isinstance(input_size, (str, bytes)):
@@ -286,6 +288,14 @@ def height_width(input_size: int | Sequence[int]) -> tuple[int, int]:
                                  or (isinstance(v, float) and v.is_integer()) for v in size):
         raise BadInput(f"input_size takes one int or two (H, W), got {reprlib.repr(input_size)}")
     return int(size[0]), int(size[1])
+
+
+def require_model(model) -> None:
+    """BadInput unless ``model`` is something ``resolve_spec`` takes."""
+    if not isinstance(model, (str, ModelSpec, nn.Module)):
+        raise BadInput("model must be a registered name, a SPEC ('package.module:callable', "
+                       "'path/file.py:callable', a .pt2 file) or an nn.Module, got "
+                       f"{type(model).__name__}")
 
 
 def resolve_spec(model: str | ModelSpec | nn.Module, *,
@@ -301,10 +311,7 @@ def resolve_spec(model: str | ModelSpec | nn.Module, *,
     """
     if isinstance(model, ModelSpec):
         return model
-    if not isinstance(model, (str, nn.Module)):
-        raise BadInput("model must be a registered name, a SPEC ('package.module:callable', "
-                       "'path/file.py:callable', a .pt2 file) or an nn.Module, got "
-                       f"{type(model).__name__}")
+    require_model(model)
     if not is_user_model(model):
         _not_a_model_file(model)
         spec = models.get_spec(model)

@@ -60,7 +60,7 @@ def annotate(path: str | os.PathLike, output: str | os.PathLike | None = None, *
     output_dims = onnx_file.dims(model.graph.output[0]) if model.graph.output else []
     metadata = metadata_from_settings(inputs, output_dims, settings, base=base,
                                       model=source.stem, source=str(source), input_types=types,
-                                      precision=graph_precision(source))
+                                      precision="fp32" if base else graph_precision(source))
     if base is None:
         metadata.edgecnn_version = __version__
         metadata.opset = onnx_file.opset_version(model) or metadata.opset

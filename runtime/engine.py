@@ -5,7 +5,7 @@
     engine.providers                      # ['CPUExecutionProvider'] (what actually runs)
     engine.run(batch)                     # {'logits': array}; checks dtype, rank, shape, NaN/Inf
     engine.predict("cat.jpg", top_k=5)    # [('tabby', 0.61), ...] preprocessed from metadata
-    engine.scores_are_probabilities       # the graph ends in Softmax or Sigmoid: no softmax in top-k
+    engine.scores_are_probabilities       # it ends in Softmax or Sigmoid: no softmax in top-k
 
 Torch-free. ``run`` is thread-safe (onnxruntime sessions are), so one Engine can serve several
 threads. Models using the ``ai.edgecnn::DeformConv2d`` custom op get its decomposed lowering at
@@ -234,9 +234,10 @@ class Engine:
         takes it in chunks of that size, the last zero-padded and its padding rows dropped); a
         classifier's as (N, classes), also where the graph gives (N, classes, 1, 1)."""
         scores = self._first_output(batch)
-        if len(scores) != len(batch):  # a graph that reshapes the batch away
+        rows = len(scores) if scores.ndim else 0
+        if rows != len(batch):  # a graph that reshapes (or reduces) the batch away
             raise BadInput(f"{self.path}: its first output {self._output_names[0]!r} has "
-                           f"{len(scores)} rows for {len(batch)} image(s): its first axis is "
+                           f"{rows} rows for {len(batch)} image(s): its first axis is "
                            "not the batch, which edgecnn needs (one row of scores per image)")
         return class_rows(scores) if self.metadata.task == "classification" else scores
 

@@ -1,5 +1,7 @@
 """An .onnx file on disk, without the onnx package: is it there, which operator domains it
-imports, what one of its metadata entries says, whether its output is a Softmax's.
+imports, what one of its metadata entries says, whether its output is a Softmax's or a
+Sigmoid's (``probability_op``), and what it computes in (``graph_precision``: int8 with one of
+``QUANTIZED_OPS``, fp16 with fp16 weights).
 
 An ONNX file is a protobuf ``ModelProto``. Its top-level ``opset_import`` entries (field 8) name
 every operator domain the graph uses, so the Engine can tell whether a model needs the
@@ -176,7 +178,8 @@ def metadata_value(model: str | os.PathLike | bytes, key: str) -> str | None:
 def graph_precision(model: str | os.PathLike) -> str:
     """What a file without edgecnn metadata computes in, read from its top-level graph like
     ``opset_domains`` (the weights' bytes are skipped): "int8" with a ``QUANTIZED_OPS``
-    operator, "fp16" with fp16 weights, else "fp32" (also for a file it cannot read)."""
+    operator, "fp16" with fp16 weights, else "fp32" (also for a file it cannot read: from what
+    it read before the damage)."""
     fp16 = False
     try:
         with open(model, "rb") as stream:
@@ -193,7 +196,7 @@ def graph_precision(model: str | os.PathLike) -> str:
                         fp16 = _varint_field(stream, start, start + length,
                                              _DATA_TYPE_FIELD) == _FLOAT16
     except (ValueError, OSError):
-        return "fp32"
+        pass  # what was read says what it can
     return "fp16" if fp16 else "fp32"
 
 

@@ -56,9 +56,10 @@ def top_k(logits: np.ndarray, k: int = 5, labels: Sequence[str] | None = None, *
     """For each row of (N, classes) logits: the k most likely (label or index, probability).
 
     ``k`` larger than the number of classes gives all classes. Labels replace indices when
-    there are as many labels as classes. ``probabilities``: the rows are a softmax's output
-    already (``Engine.scores_are_probabilities``), taken as they are. One logit per row is a
-    binary classifier's: its probability is the logit's sigmoid.
+    there are as many labels as classes. ``probabilities``: the rows are probabilities already,
+    a Softmax's or a Sigmoid's (``Engine.scores_are_probabilities``), taken as they are. One
+    logit per row is a binary classifier's: class 0 with the logit's sigmoid, the probability
+    of the positive class (which may be under 0.5).
     """
     require_count("top_k", k, optional=False)
     if logits.ndim != 2:

@@ -57,7 +57,8 @@ def _class_summary(class_map: np.ndarray, labels: Sequence[str] | None) -> list[
 
 
 def _record(outcome: Outcome, task: str, top_k: int, labels, probabilities: bool) -> dict:
-    """``probabilities``: the scores are a softmax's already (Engine.scores_are_probabilities)."""
+    """``probabilities``: the scores are probabilities already, a Softmax's or a Sigmoid's
+    (Engine.scores_are_probabilities)."""
     if outcome.error is not None:
         return {"image": str(outcome.path), "error": outcome.error}
     if task == "classification":  # always the index; the label where there is one

@@ -189,7 +189,7 @@ def _channels(dims: Sequence, layout: str, given: Mapping[str, Any],
         if isinstance(given.get(setting), (list, tuple)):
             return len(given[setting])
     color = given.get("color")
-    if color in COLOR_CHANNELS:
+    if isinstance(color, str) and color in COLOR_CHANNELS:
         return COLOR_CHANNELS[color]
     return old.channels if old else 3
 

@@ -134,7 +134,6 @@ def test_check_feeds_an_nhwc_file_in_its_layout(cli, tmp_path):
         assert report.outputs[0].metrics.rel_l2 < 1e-5
 
 
-
 class Dropping(SmallNet):
     """SmallNet with Dropout and BatchNorm, whose modes matter."""
 
@@ -195,5 +194,7 @@ def test_an_int8_file_that_fails_on_check_inputs_says_why(tmp_path):
     assert quantize_model(source, int8, calibration=narrow).verdict.passed
     report = check_parity(module, int8)
     assert not report.passed
-    assert any("standard-normal inputs" in note and "images=" in note for note in report.notes)
+    # images need the preprocessing the file does not carry: annotate first
+    assert any("standard-normal inputs" in note and "`edgecnn annotate`" in note
+               and "images=" in note for note in report.notes), report.notes
     assert not any("--seed" in note for note in report.notes), report.notes

@@ -3,6 +3,7 @@ precisions), so adding a recipe or a provider changes the help without touching 
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from edgecnn.export import quantize_recipes
@@ -80,6 +81,7 @@ def test_api_messages_show_the_flag_of_their_parameter(cli, tmp_path):
 @pytest.mark.parametrize("input_size", [
     "a", "64", (1, 2, 3), (3.5, 2), (True, 2), [64, "x"], (2.0 ** 0.5, 4), float("inf"),
     range(10 ** 9),  # read as far as the third item: a tuple of it held gigabytes
+    np.array([64, 64, 64]), np.array("64"),
 ])
 def test_an_input_size_that_is_no_size_is_bad_input_in_the_api(tmp_path, input_size):
     """One BadInput naming the parameter (a string gave a ValueError from int(), inf a
@@ -91,6 +93,13 @@ def test_an_input_size_that_is_no_size_is_bad_input_in_the_api(tmp_path, input_s
         with pytest.raises(BadInput, match=r"^input_size takes one int or two \(H, W\), got "):
             export_model(model, tmp_path / "x.onnx", input_size=input_size, in_channels=channels)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_0_d_array_is_one_size(tmp_path):
+    """np.array(28) is a size as 28 is (islice raised a TypeError on it)."""
+    from edgecnn.export.user_model import height_width
+
+    assert height_width(np.array(28)) == (28, 28) == height_width(np.int64(28))
 
 
 def test_arguments_of_another_type_are_bad_input_in_the_api(tmp_path):
@@ -108,6 +117,10 @@ def test_arguments_of_another_type_are_bad_input_in_the_api(tmp_path):
         export_model(42, tmp_path / "x.onnx", input_size=32, in_channels=3)
     with pytest.raises(BadInput, match=r"^model file must be a path, got int$"):
         Engine(5)
+    from edgecnn.export import check_parity
+
+    with pytest.raises(BadInput, match=r"^model must be a registered name, a SPEC .* got int$"):
+        check_parity(42, tmp_path / "x.onnx")
     conv = torch.nn.Conv2d(3, 4, 3)
     assert to_onnx(conv, np.zeros((1, 3, 8, 8), np.float32)).graph.node
     with pytest.raises(BadInput, match=r"^example must be a tensor or a numpy array, got str$"):

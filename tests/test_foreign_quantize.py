@@ -87,6 +87,7 @@ def test_bisect_says_why_a_file_without_module_paths_compares_nothing(cli, files
     assert result.code == 0, result.stderr
     assert "bisect: no module output to compare" in result.stdout
     assert "record no module path" in result.stderr and "dynamo=True" in result.stderr
+    assert "note: bisect compared nothing" in result.stderr  # a word, not the --bisect flag
     result = cli("check", SPEC, files["dynamo"], "--bisect")
     assert result.code == 0 and "module outputs compared, none over" in result.stdout
     assert "record no module path" not in result.stderr

@@ -154,3 +154,20 @@ def test_one_logit_is_a_binary_classifiers_probability():
     np.testing.assert_allclose([row[0][1] for row in top_k(logits, 5)],
                                1 / (1 + np.exp(-logits[:, 0])), rtol=1e-6)
     np.testing.assert_allclose(top_k(logits, 1, probabilities=True)[1][0][1], -1.0)  # as given
+
+
+def test_graph_precision_survives_files_it_cannot_read(tmp_path):
+    from edgecnn.runtime.model_file import graph_precision
+
+    fp16 = helper.make_graph(
+        [helper.make_node("Add", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1, 4])],
+        [numpy_helper.from_array(np.ones((1, 4), np.float16), "w")])
+    path = tmp_path / "fp16.onnx"
+    save(helper.make_model(fp16, opset_imports=[helper.make_opsetid("", 13)]), path)
+    assert graph_precision(path) == "fp16"
+    for cut in (b"\xff" * 64, b"", path.read_bytes()[:20]):
+        path.write_bytes(cut)
+        assert graph_precision(path) == "fp32"
+    assert graph_precision(tmp_path / "missing.onnx") == "fp32"

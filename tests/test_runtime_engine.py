@@ -262,3 +262,34 @@ def test_an_output_whose_first_axis_is_not_the_batch_is_one_line(cli, tmp_path):
     engine = Engine(path, "cpu", preprocessing={"mean": [0.5] * 3, "std": [0.2] * 3})
     with pytest.raises(BadInput, match="has 2 rows for 1 image"):
         engine.predict(images[0])
+
+
+def test_a_scalar_first_output_is_one_line(tmp_path):
+    """A graph that reduces its input to a scalar: BadInput naming the shape (len() of the 0-d
+    scores was a TypeError)."""
+    from onnx import TensorProto, helper, save
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["image"], ["score"], keepdims=0)], "scalar",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, [])])
+    path = tmp_path / "scalar.onnx"
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    engine = Engine(path, "cpu", preprocessing={"mean": [0.5] * 3, "std": [0.2] * 3})
+    with pytest.raises(BadInput, match="has 0 rows for 1 image"):
+        engine.predict(random_images(1, 8, 8)[0])
+
+
+@pytest.mark.parametrize("color", [["RGB"], {"RGB": 1}])
+def test_a_color_of_another_type_is_bad_input(tmp_path, color):
+    """An unhashable color was a TypeError where the channel axis is dynamic."""
+    from onnx import TensorProto, helper, save
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["image"], ["score"], axes=[2, 3])], "dynamic",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", "C", 8, 8])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N", "C"])])
+    path = tmp_path / "dynamic.onnx"
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    with pytest.raises(BadInput, match="color"):
+        Engine(path, "cpu", preprocessing={"color": color})

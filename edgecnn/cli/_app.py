@@ -185,12 +185,13 @@ CalibrationSizeOpt = Annotated[int, typer.Option(
     "--calibration-size", metavar="N", help="Calibration samples to use (a seeded subset).")]
 
 
-def in_flags(message: str, command, argv: list[str]) -> str:
+def in_flags(message: str, command, argv: list[str], *, leading: bool = True) -> str:
     """An API message in the words of the command line that was run: a leading parameter name
     ("batch must be an integer >= 1") becomes its flag ("--batch must be an integer >= 1"),
     and a setting written as a keyword argument ("use opset=19 or deform_lowering='decomposed'")
     becomes the flag and its value ("use --opset 19 or --deform-lowering decomposed"). Other
-    words stay as they are."""
+    words stay as they are; ``leading=False`` leaves the first word too (a note is a sentence:
+    "bisect compared nothing" is not about the --bisect flag)."""
     name = next(iter(argv), None)
     sub = command.commands.get(name) if hasattr(command, "commands") else command
     options = [param for param in getattr(sub, "params", ()) if param.param_type_name == "option"]
@@ -207,7 +208,7 @@ def in_flags(message: str, command, argv: list[str]) -> str:
     # tool's error is its own text, not a flag of this command.
     message = re.sub(r"(?:^|(?<=\s)|(?<=\s\())([a-z_]+)=('[^']*'|[^\s,;:)]+)", setting, message)
     parameter = message.split(" ", 1)[0]
-    flag = flags.get(parameter)
+    flag = flags.get(parameter) if leading else None
     return flag + message[len(parameter):] if flag else message
 
 

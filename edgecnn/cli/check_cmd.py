@@ -45,7 +45,7 @@ def _print_report(report) -> None:
         print_int8_report(report.per_layer)
     command = typer.main.get_command(app)  # notes are in the API's words: shown as flags
     for note in report.notes:
-        err.print(f"note: {safe(in_flags(note, command, ['check']))}")
+        err.print(f"note: {safe(in_flags(note, command, ['check'], leading=False))}")
 
 
 @app.command("check")
