@@ -44,7 +44,7 @@ from edgecnn.runtime.deform import (
 )
 from edgecnn.runtime.metadata import MAX_ELEMENTS, MAX_SIDE
 from edgecnn.runtime.postprocess import is_class_vector
-from edgecnn.runtime.onnx_file import set_metadata, set_minimal_ir_version, writing_model
+from edgecnn.runtime.onnx_file import dims, set_metadata, set_minimal_ir_version, writing_model
 from edgecnn.runtime.preprocess_settings import SETTING_OF_FIELD, read_labels_file
 
 if TYPE_CHECKING:
@@ -334,6 +334,12 @@ def export_model(name: str | models.ModelSpec | nn.Module,
     proto = to_onnx(module, example, list(references), opset=opset, dynamic_batch=batch is None,
                     deform_lowering=deform_lowering)
     proto.graph.name = name
+    first_axis = ((dims(proto.graph.output[0]) or [None])[0]
+                  if batch is None and proto.graph.output else None)
+    if isinstance(first_axis, int):
+        raise BadInput(f"the first output {proto.graph.output[0].name!r} has a first axis of "
+                       f"{first_axis} whatever the batch: edgecnn reads one row per image; keep "
+                       f"the batch axis in the model, or export a fixed batch (batch={first_axis})")
     lowering = model_lowering(proto)  # None when the graph has no deformable convolution
     bounds = model_bounds(spec.tolerances)
     provenance = weights_provenance(spec, module, weights, seed)

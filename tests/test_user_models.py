@@ -291,3 +291,28 @@ def test_a_dense_first_output_makes_a_segmentation_model_by_default(cli, tmp_pat
     class_map = Engine(path).predict(np.zeros((16, 16), np.uint8))
     assert class_map.shape == (16, 16)
 
+
+
+class RowsOfTwo(torch.nn.Module):
+    """Reshapes its scores to (2, -1): the batch axis is gone from the output."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        return self.conv(x).reshape(2, -1)
+
+
+def test_an_output_without_the_batch_axis_is_refused_at_export(tmp_path):
+    """It exported with parity 'ok' at batch 2 and a dynamic batch axis; run then found 2 rows
+    for any number of images. A fixed batch exports it as it is."""
+    from edgecnn.errors import BadInput
+    from edgecnn.export import export_model
+
+    with pytest.raises(BadInput, match=r"first output 'logits' has a first axis of 2 whatever "
+                                       r"the batch: .*\(batch=2\)"):
+        export_model(RowsOfTwo(), tmp_path / "rows.onnx", input_size=16, in_channels=3)
+    assert list(tmp_path.iterdir()) == []
+    assert export_model(RowsOfTwo(), tmp_path / "rows.onnx", input_size=16, in_channels=3,
+                        batch=2).verdict.passed
