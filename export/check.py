@@ -92,7 +92,7 @@ def check_onnx(module: torch.nn.Module, onnx_path: str | os.PathLike, inputs: Se
     metadata = ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map,
                                         str(onnx_path))
     # a file without metadata (quantized from arrays, or by another tool): its graph says
-    file_precision = computed = metadata.precision if metadata else graph_precision(onnx_path)
+    file_precision = computed = _file_precision(onnx_path, metadata)
     name, options = opened.requested[0]
     if name == OPENVINO and file_precision == "fp32":
         computed = openvino.compute_precision(options)
@@ -110,35 +110,34 @@ def check_onnx(module: torch.nn.Module, onnx_path: str | os.PathLike, inputs: Se
                 check(array, check_finite=False)
             except BadInput as error:
                 raise BadInput(f"inputs: {error}") from None
-    step("running eager PyTorch")
-    with torch.no_grad(), in_eval_mode(module):
-        references = [_as_arrays(module(*map(torch.from_numpy, batch))) for batch in batches_in]
-    step("running onnxruntime")
-    candidates = [session.run(None, dict(zip(names, batch))) for batch in batches_in]
-    outputs = [value.name for value in session.get_outputs()]
-    verdict = judge([np.concatenate(column) for column in zip(*references)],
-                    [np.concatenate(column) for column in zip(*candidates)],
-                    computed, bounds=metadata.tolerances if metadata else None,
-                    tolerance=tolerance, names=outputs, min_top1=min_top1)
-    report = CheckReport(model=model_name or type(module).__name__, onnx_path=str(onnx_path),
-                         precision=computed, providers=list(session.get_providers()),
-                         batch=len(batches_in[0][0]), samples=len(batches_in),
-                         images=image_rows, rows=sum(len(batch[0]) for batch in batches_in),
-                         verdict=verdict)
-    if not all(np.isfinite(c).all() for run in candidates for c in run):
-        with in_eval_mode(module):
+    with in_eval_mode(module):  # every eager run below; the caller's modes come back
+        step("running eager PyTorch")
+        with torch.no_grad():
+            references = [_as_arrays(module(*map(torch.from_numpy, batch))) for batch in batches_in]
+        step("running onnxruntime")
+        candidates = [session.run(None, dict(zip(names, batch))) for batch in batches_in]
+        outputs = [value.name for value in session.get_outputs()]
+        verdict = judge([np.concatenate(column) for column in zip(*references)],
+                        [np.concatenate(column) for column in zip(*candidates)],
+                        computed, bounds=metadata.tolerances if metadata else None,
+                        tolerance=tolerance, names=outputs, min_top1=min_top1)
+        report = CheckReport(model=model_name or type(module).__name__, onnx_path=str(onnx_path),
+                             precision=computed, providers=list(session.get_providers()),
+                             batch=len(batches_in[0][0]), samples=len(batches_in),
+                             images=image_rows, rows=sum(len(batch[0]) for batch in batches_in),
+                             verdict=verdict)
+        if not all(np.isfinite(c).all() for run in candidates for c in run):
             report.notes.append(_non_finite_note(module, batches_in[0][0], file_precision))
-    if bisect:
-        if len(names) != 1:
-            raise BadInput("bisect compares single-input models only")
-        step("bisecting layer by layer")
-        model = load_model(onnx_path)
-        with in_eval_mode(module):
+        if bisect:
+            if len(names) != 1:
+                raise BadInput("bisect compares single-input models only")
+            step("bisecting layer by layer")
+            model = load_model(onnx_path)
             report.bisect = bisecting.bisect(module, model, batches_in[0][0], verdict.tolerance,
                                              session.get_providers())
-        if not report.bisect.layers:
-            report.notes.append(bisecting.why_nothing_compared(model))
-    return report
+            if not report.bisect.layers:
+                report.notes.append(bisecting.why_nothing_compared(model))
+        return report
 
 
 def _non_finite_note(module, x: np.ndarray, precision: str) -> str:

@@ -135,8 +135,11 @@ class Engine:
         # they are ("Softmax", "Sigmoid" or None)
         self.probability_op = probability_op(self.path, self._output_names[0],
                                              self.outputs[0].shape)
-        self.scores_are_probabilities = self.probability_op is not None
         self._checks = [InputCheck(spec) for spec in self.inputs]
+
+    @property
+    def scores_are_probabilities(self) -> bool:
+        return self.probability_op is not None
 
     def __repr__(self) -> str:
         model = self.metadata.model if self.metadata else "no metadata"

@@ -201,14 +201,20 @@ def graph_precision(model: str | os.PathLike) -> str:
 
 
 def _text_field(stream: BinaryIO, start: int, end: int, wanted: int) -> str | None:
-    """The first string field ``wanted`` of the message from ``start`` to ``end`` (names past
-    ``_MAX_NAME`` bytes are not read)."""
+    """The first string field ``wanted`` of the message from ``start`` to ``end``."""
     stream.seek(start)
-    for field, wire, value in fields(stream, end):
-        if field == wanted and wire == 2 and value[1] <= _MAX_NAME:
-            stream.seek(value[0])
-            return stream.read(value[1]).decode("utf-8", "replace")
-    return None
+    return next((text for field, wire, value in fields(stream, end)
+                 if field == wanted and wire == 2 and (text := _name(stream, value)) is not None),
+                None)
+
+
+def _name(stream: BinaryIO, span: tuple[int, int]) -> str | None:
+    """The text at ``span`` (offset, length) of a name or op type field; None past
+    ``_MAX_NAME`` bytes, which no real graph has (and which are not read)."""
+    if span[1] > _MAX_NAME:
+        return None
+    stream.seek(span[0])
+    return stream.read(span[1]).decode("utf-8", "replace")
 
 
 def _varint_field(stream: BinaryIO, start: int, end: int, wanted: int) -> int | None:
@@ -279,9 +285,8 @@ def _node_writing(stream: BinaryIO, start: int, end: int, output: str):
             stream.seek(value[0])
             name, number = _attribute(stream, value[0] + value[1])
             axis = number if name == "axis" else axis
-        elif field in (_INPUT_FIELD, _OUTPUT_FIELD, _OP_TYPE_FIELD) and value[1] <= _MAX_NAME:
-            stream.seek(value[0])
-            text = stream.read(value[1]).decode("utf-8", "replace")
+        elif field in (_INPUT_FIELD, _OUTPUT_FIELD, _OP_TYPE_FIELD) and (
+                text := _name(stream, value)) is not None:
             if field == _INPUT_FIELD and first_input is None:
                 first_input = text
             writes = writes or (field == _OUTPUT_FIELD and text == output)
@@ -293,9 +298,8 @@ def _attribute(stream: BinaryIO, end: int) -> tuple[str, int | None]:
     """An attribute's name and integer value (int64, read as signed)."""
     name, number = "", None
     for field, wire, value in fields(stream, end):
-        if field == _NAME_FIELD and wire == 2 and value[1] <= _MAX_NAME:
-            stream.seek(value[0])
-            name = stream.read(value[1]).decode("utf-8", "replace")
+        if field == _NAME_FIELD and wire == 2 and (text := _name(stream, value)) is not None:
+            name = text
         elif field == _INT_FIELD and wire == 0:
             number = value - 2**64 if value >= 2**63 else value
     return name, number

@@ -83,6 +83,11 @@ def _local_records(engine: Engine, paths, task: str, top_k: int, labels, masks,
             yield record
 
 
+def _held(summary: dict) -> int:
+    """The complete records the output holds: those resumed past and those written now."""
+    return summary["resumed"] + summary["done"]
+
+
 def run_files(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], *,
               output: str | os.PathLike | None = None, resume: bool = False,
               strict: bool = False, masks: str | os.PathLike | None = None, top_k: int = 5,
@@ -175,7 +180,7 @@ def run_files(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], *,
         summary["seconds"] = round(seconds, 3)
         summary["images_per_second"] = round(summary["done"] / seconds, 2) if seconds else None
     except KeyboardInterrupt:
-        held = summary["resumed"] + summary["done"]
+        held = _held(summary)
         where = (f"; {output} holds {held} complete record(s), --resume continues it"
                  if output is not None else "")
         raise Interrupted(f"interrupted after {summary['done']} of {len(todo)} image(s)"
@@ -183,9 +188,8 @@ def run_files(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], *,
     except OSError as error:
         if output is None or (message := refused_write(error, output)) is None:
             raise
-        held = summary["resumed"] + summary["done"]
-        raise WriteRefused(f"{message}; it holds {held} complete record(s): --resume continues "
-                           "it once there is room") from None
+        raise WriteRefused(f"{message}; it holds {_held(summary)} complete record(s): --resume "
+                           "continues it once there is room") from None
     finally:
         if writer is not None:
             writer.close()

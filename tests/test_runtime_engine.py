@@ -291,5 +291,5 @@ def test_a_color_of_another_type_is_bad_input(tmp_path, color):
         [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N", "C"])])
     path = tmp_path / "dynamic.onnx"
     save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
-    with pytest.raises(BadInput, match="color"):
+    with pytest.raises(BadInput, match=r"^color must be one of RGB, BGR, GRAY, got "):
         Engine(path, "cpu", preprocessing={"color": color})
