@@ -113,8 +113,8 @@ def out_of_memory(error: BaseException) -> str | None:
             "at this input and batch size it needs more memory than the machine gives")
 
 
-# A write the machine refuses: a full disk or quota, a read-only file system.
-REFUSED_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+# A write the machine refuses: a full disk or quota, a read-only file system, a file-size limit.
+REFUSED_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
 
 
 def refused_write(error: OSError, path: str | os.PathLike | None = None) -> str | None:

@@ -1,8 +1,8 @@
 """The files `edgecnn run --output` writes: one complete line per image, .jsonl or .csv.
 
-Lines are written whole (one ``write`` of the finished line, flushed), so Ctrl-C leaves only
-complete records; a line cut short by a killed process (SIGKILL, power loss) is dropped when
-the file is resumed. ``RecordWriter(path, task, top_k, resume=True)`` reads the images already
+Lines are written whole (the finished line, unbuffered), so Ctrl-C leaves only complete
+records, and a line a full disk takes part of is cut off again; a line cut short by a killed
+process (SIGKILL, power loss) is dropped when the file is resumed. ``RecordWriter(path, task, top_k, resume=True)`` reads the images already
 recorded (``done``) and appends after them.
 """
 
@@ -92,38 +92,52 @@ def _recorded(path: Path, task: str, top_k: int, csv_format: bool) -> tuple[set[
 
 
 class RecordWriter:
-    """Appends records to ``path`` (.jsonl or .csv), one flushed line each."""
+    """Appends records to ``path`` (.jsonl or .csv), one whole line each, straight to the file.
+    A line the machine refuses part of (a full disk, a file-size limit) is cut off again
+    before the error goes on: the file holds complete records only (``length`` bytes)."""
 
     def __init__(self, path: str | os.PathLike, task: str, top_k: int, resume: bool = False):
         self.path = check_record_path(path)
         self.task, self.top_k = task, top_k
         self.csv = self.path.suffix.lower() == ".csv"
+        self.errors = _NAME_BYTES if self.csv else "backslashreplace"
         resuming = resume and self.path.is_file() and self.path.stat().st_size > 0
-        self.done, length = (_recorded(self.path, task, top_k, self.csv) if resuming
-                             else (set(), 0))
-        self.handle = open(self.path, "r+" if resuming else "w", encoding="utf-8", newline="",
-                           errors=_NAME_BYTES if self.csv else "backslashreplace")
+        self.done, self.length = (_recorded(self.path, task, top_k, self.csv) if resuming
+                                  else (set(), 0))
+        self.handle = open(self.path, "r+b" if resuming else "wb", buffering=0)
         if resuming:
-            self.handle.truncate(length)  # a line a killed run cut short
-            self.handle.seek(length)
-        if self.csv and not length:
-            self._write_line(_csv_header(task, top_k))
+            self.handle.truncate(self.length)  # a line a killed run cut short
+            self.handle.seek(self.length)
+        if self.csv and not self.length:
+            try:
+                self._write_line(_csv_line(_csv_header(task, top_k)))
+            except OSError:  # not even the header: no empty file is left
+                self.handle.close()
+                self.path.unlink()
+                raise
 
-    def _write_line(self, row: list) -> None:
-        buffer = io.StringIO()
-        csv.writer(buffer, lineterminator="\n").writerow(row)
-        self.handle.write(buffer.getvalue())
-        self.handle.flush()
+    def _write_line(self, line: str) -> None:
+        data = memoryview(line.encode("utf-8", self.errors))
+        try:
+            while data:  # an unbuffered write may take part of it
+                data = data[self.handle.write(data):]
+        except OSError:
+            self.handle.truncate(self.length)
+            raise
+        self.length += len(data.obj)
 
     def write(self, record: dict) -> None:
-        if self.csv:
-            self._write_line(_csv_row(record, self.task, self.top_k))
-        else:
-            self.handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-            self.handle.flush()
+        self._write_line(_csv_line(_csv_row(record, self.task, self.top_k)) if self.csv
+                         else json.dumps(record, ensure_ascii=False) + "\n")
 
     def close(self) -> None:
         self.handle.close()
+
+
+def _csv_line(row: list) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(row)
+    return buffer.getvalue()
 
 
 def mask_path(folder: str | os.PathLike, image: Path) -> Path:

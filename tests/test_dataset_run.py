@@ -6,10 +6,11 @@ import csv
 import errno
 import json
 import os
+import subprocess
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error
+from conftest import CONSOLE_SCRIPT, CliResult, assert_one_line_error
 from PIL import Image
 from tiny_models import tiny_model
 
@@ -174,8 +175,7 @@ def test_a_full_disk_mid_run_is_one_line_and_resume_completes(cli, tiny, shots, 
     def fill_the_disk(self, record):
         calls.append(record)
         if len(calls) == 6:  # half a line goes out, then the disk is full
-            self.handle.write('{"image": "sho')
-            self.handle.flush()
+            self.handle.write(b'{"image": "sho')
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real(self, record)
 
@@ -186,6 +186,32 @@ def test_a_full_disk_mid_run_is_one_line_and_resume_completes(cli, tiny, shots, 
     monkeypatch.undo()
     assert cli("run", tiny.path, shots, "-o", output, "--resume").code == 0
     assert output.read_text() == complete.read_text()
+
+
+def test_a_file_size_limit_mid_run_keeps_complete_lines_only(tiny, shots, tmp_path):
+    """A real refused write (RLIMIT_FSIZE: the kernel writes part of a line, then EFBIG), in a
+    process of its own: the output keeps whole records only and the one line says how many."""
+    import resource
+
+    def run_limited(output, size):
+        def limit_file_size():
+            resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+
+        done = subprocess.run([*CONSOLE_SCRIPT, "run", str(tiny.path), str(shots), "-o",
+                               str(output)], capture_output=True, text=True, timeout=300,
+                              preexec_fn=limit_file_size)
+        return CliResult(done.returncode, done.stdout, done.stderr)
+
+    no_header = run_limited(tmp_path / "p.csv", 10)  # not even the CSV header: no empty file
+    assert_one_line_error(no_header, 2, "File too large")
+    assert not (tmp_path / "p.csv").exists()
+    output = tmp_path / "p.jsonl"
+    result = run_limited(output, 1500)
+    held = len(output.read_text().splitlines())
+    assert 0 < held < 20 and output.read_text().endswith("\n"), output.read_text()[-80:]
+    assert_one_line_error(result, 2, "File too large", "not an edgecnn bug",
+                          f"it holds {held} complete record(s): --resume continues it")
+    assert len(read_jsonl(output)) == held
 
 
 def test_ctrl_c_leaves_complete_lines_and_says_how_far(cli, tiny, shots, tmp_path, monkeypatch):
