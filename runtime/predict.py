@@ -23,6 +23,7 @@ import numpy as np
 from edgecnn.errors import BadInput, EdgecnnError, refused_write, require_count
 from edgecnn.runtime.engine import Engine
 from edgecnn.runtime.model_file import check_model_file
+from edgecnn.runtime.preprocess import check_image_channels
 from edgecnn.runtime.postprocess import top_k as top_k_of, usable_labels
 from edgecnn.runtime.providers import ProviderRequest
 from edgecnn.runtime.records import RecordWriter, check_record_path, mask_path, write_mask
@@ -136,6 +137,7 @@ def run_files(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], *,
     metadata = engine.require_metadata()
     if metadata.task not in ("classification", "segmentation"):
         raise BadInput(f"run does not know task {metadata.task!r}")
+    check_image_channels(metadata.input, str(model))  # once, not as each image's error
     if masks is not None and metadata.task != "segmentation":
         raise BadInput(f"masks are class maps of a segmentation model; {model} is "
                        f"{metadata.task}")

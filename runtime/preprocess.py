@@ -204,6 +204,14 @@ def resize_and_crop(picture: Image.Image, height: int, width: int,
     return picture.crop((left, top, left + width, top + height))
 
 
+def check_image_channels(input_info: InputInfo, source: str = "model") -> None:
+    """BadInput unless images can feed ``input_info``: RGB or BGR for 3 channels, GRAY for 1."""
+    if COLOR_CHANNELS.get(input_info.color.upper()) != input_info.channels:
+        raise BadInput(f"{source}: input {input_info.name!r} takes {input_info.channels} "
+                       f"channels ({input_info.color}), and images give RGB or BGR (3) or GRAY "
+                       "(1); feed it arrays (Engine.run) instead")
+
+
 def preprocess_images(images: ImageLike | Iterable[ImageLike], input_info: InputInfo, *,
                       crop_fraction: float | None = None,
                       max_pixels: int | None = None) -> np.ndarray:
@@ -213,10 +221,8 @@ def preprocess_images(images: ImageLike | Iterable[ImageLike], input_info: Input
     """
     if crop_fraction is None:
         crop_fraction = input_info.crop_fraction
+    check_image_channels(input_info)
     color = input_info.color.upper()
-    if COLOR_CHANNELS.get(color) != input_info.channels:
-        raise BadInput(f"metadata input has {input_info.channels} channels but color "
-                       f"{input_info.color!r}; expected RGB or BGR (3) or GRAY (1)")
     layout = input_info.layout.upper()
     if layout not in ("NCHW", "NHWC"):
         raise BadInput(f"unsupported layout {input_info.layout!r} in the model metadata")

@@ -95,6 +95,12 @@ def metadata_from_settings(inputs: Mapping[str, Sequence], output: Sequence,
     old = base.input if base is not None and base.input.name == name else None
     layout = given.get("layout") or (old.layout if old else guess_layout(dims))
     channels = _channels(dims, layout, given, old)
+    if "layout" in given and channels not in COLOR_CHANNELS.values():
+        other = "NCHW" if layout == "NHWC" else "NHWC"
+        if (others := _channels(dims, other, given, old)) in COLOR_CHANNELS.values():
+            shape = ", ".join("N" if dim is None else str(dim) for dim in dims)
+            raise BadInput(f"layout {layout} reads input {name!r} [{shape}] as {channels} "
+                           f"channels, which no image has; as {other} it has {others}")
     if not 1 <= channels <= MAX_SIDE:
         raise BadInput(f"{source}: input {name!r} has {channels:,} channels as {layout}; "
                        f"input.shape takes [C, H, W] of integers in [1, {MAX_SIDE}]")

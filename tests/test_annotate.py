@@ -176,6 +176,22 @@ def test_bad_values_are_one_line_and_write_nothing(cli, dynamo, tmp_path, args, 
     assert _files(dynamo.parent) == {"model.onnx", "model.onnx.data"}
 
 
+def test_a_layout_that_reads_the_channels_wrong_is_refused(cli, dynamo, photo, tmp_path):
+    """[1, 3, 32, 32] read as NHWC has 32 channels, which no image gives: one line naming
+    --layout, from annotate, run and quantize alike (run called each image unreadable)."""
+    target = tmp_path / "out.onnx"
+    fragment = "--layout NHWC reads input"
+    assert_one_line_error(cli("annotate", dynamo, "-o", target, "--layout", "NHWC"), 2, fragment,
+                          "as NCHW it has 3")
+    assert not target.exists()
+    assert_one_line_error(cli("run", dynamo, photo, "--layout", "NHWC"), 2, fragment)
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(photo, images / "a.png")
+    assert_one_line_error(cli("quantize", dynamo, "-o", target, "--calibration", images,
+                              "--layout", "NHWC"), 2, fragment)
+
+
 def test_dynamic_sizes_need_an_input_size(cli, exported, tmp_path):
     target = tmp_path / "out.onnx"
     assert_one_line_error(cli("annotate", exported["dynamic"], "-o", target), 2,

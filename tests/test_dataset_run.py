@@ -214,6 +214,14 @@ def test_a_file_size_limit_mid_run_keeps_complete_lines_only(tiny, shots, tmp_pa
     assert len(read_jsonl(output)) == held
 
 
+def test_a_model_images_cannot_feed_is_refused_once(cli, shots, tmp_path):
+    """A 5-channel input (GRAY in the metadata) is one line before any image, not 20
+    'skipped' records blaming the images."""
+    model = tiny_model(tmp_path / "five.onnx", channels=5).path
+    assert_one_line_error(cli("run", model, shots), 2,
+                          f"error: {model}: input 'input' takes 5 channels (GRAY)", "images give RGB or BGR (3) or GRAY (1)")
+
+
 def test_ctrl_c_leaves_complete_lines_and_says_how_far(cli, tiny, shots, tmp_path, monkeypatch):
     output = tmp_path / "p.jsonl"
     seen = []
