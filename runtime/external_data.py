@@ -25,7 +25,7 @@ from edgecnn.runtime.model_file import MAX_PROTOBUF_NESTING, check_model_file, f
 # Message -> (field -> what it holds): the parts of an ONNX model that can hold tensors.
 _GRAPH_FIELDS = {"model": {7: "graph", 20: "training", 25: "function"},
                  "training": {1: "graph", 2: "graph"},
-                 "function": {7: "node"},
+                 "function": {7: "node", 11: "attribute"},  # 11: attribute defaults
                  "graph": {1: "node", 5: "tensor", 15: "sparse"},
                  "node": {5: "attribute"},
                  "attribute": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse",

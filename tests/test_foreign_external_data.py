@@ -106,6 +106,54 @@ def test_a_location_outside_the_folder_is_refused_before_it_is_read(tmp_path, dy
     assert all("must be beside the model" in line for line in errors), done.stderr
 
 
+def _function_default_model(path, location: str) -> None:
+    """A graph calling a local function whose body is Constant(value=@value): the default of
+    ``value`` (FunctionProto.attribute_proto) is a tensor in external data at ``location``,
+    which onnxruntime reads when it inlines the call."""
+    from onnx import TensorProto, helper
+
+    constant = helper.make_node("Constant", [], ["c"])
+    constant.attribute.append(onnx.AttributeProto(name="value", ref_attr_name="value",
+                                                  type=onnx.AttributeProto.TENSOR))
+    function = helper.make_function("my.domain", "Leak", [], ["y"],
+                                    [constant, helper.make_node("Cast", ["c"], ["y"], to=1)],
+                                    [helper.make_opsetid("", 18)])
+    default = onnx.AttributeProto(name="value", type=onnx.AttributeProto.TENSOR)
+    default.t.name, default.t.data_type = "leak", TensorProto.UINT8
+    default.t.dims.append(8)
+    default.t.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", "8")):
+        default.t.external_data.add(key=key, value=value)
+    function.attribute_proto.append(default)
+    graph = helper.make_graph(
+        [helper.make_node("Leak", [], ["raw"], domain="my.domain"),
+         helper.make_node("ReduceSum", ["input"], ["total"], keepdims=0),
+         helper.make_node("Add", ["raw", "total"], ["logits"])], "leak",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [8])])
+    model = helper.make_model(graph, functions=[function], opset_imports=[
+        helper.make_opsetid("", 18), helper.make_opsetid("my.domain", 1)])
+    model.ir_version = 9
+    onnx.save(model, path)
+
+
+def test_a_function_attribute_default_in_external_data_is_vetted(tmp_path):
+    """FunctionProto.attribute_proto holds tensors too: the walk refused locations on the
+    graph's tensors and the nodes' attributes, and let this one through (onnxruntime 1.17 read
+    the file it named)."""
+    from edgecnn.errors import BadInput
+    from edgecnn.runtime.external_data import check_external_data
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.data").write_bytes(b"root:x:0:0:root")
+    folder = tmp_path / "models"
+    folder.mkdir()
+    _function_default_model(folder / "model.onnx", "../outside/secret.data")
+    with pytest.raises(BadInput, match="goes up out of the model's folder"):
+        check_external_data(folder / "model.onnx")
+
+
 def test_each_escaping_form_names_what_is_wrong(tmp_path, dynamo_model):
     from edgecnn.errors import BadInput
     from edgecnn.runtime.external_data import check_external_data
