@@ -24,6 +24,7 @@ import numpy as np
 
 from edgecnn.errors import BadInput, first_line, require_count
 from edgecnn.runtime.engine import check_feed_bytes
+from edgecnn.runtime.files import check_input_file
 from edgecnn.runtime.preprocess import preprocess_images
 
 # What a folder given to `run` or `evaluate` (or an int8 calibration folder) is searched for.
@@ -68,11 +69,9 @@ def _folder(folder: Path) -> list[Path]:
 
 
 def _list_file(argument: str) -> list[Path]:
-    path = Path(argument[1:])
+    path = check_input_file(argument[1:], "list file")  # a FIFO or /dev/zero: refused
     try:
         text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BadInput(f"list file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as error:
         raise BadInput(f"cannot read list file {path}: {first_line(error)}") from None
     entries = [Path(line.strip()) for line in text.splitlines() if line.strip()]

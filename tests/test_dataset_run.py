@@ -63,12 +63,17 @@ def text_folder(folder):
     (lambda tmp: (tmp / "empty").mkdir() or tmp / "empty", "is empty"),
     (lambda tmp: text_folder(tmp / "t"), "has no image files"),
     (lambda tmp: f"@{tmp / 'missing.txt'}", "list file not found"),
+    (lambda tmp: os.mkfifo(tmp / "list.fifo") or f"@{tmp / 'list.fifo'}",
+     "list file is a FIFO, not a regular file"),  # the read blocked forever
+    (lambda tmp: f"@{tmp}", "list file is a directory"),
     (lambda tmp: f"{tmp}/*.jpg", "no files match"),
 ])
 def test_bad_inputs_are_one_line_and_write_nothing(cli, tiny, tmp_path, make, fragment):
     output = tmp_path / "preds.jsonl"
     assert_one_line_error(cli("run", tiny.path, make(tmp_path), "-o", output), 2, fragment)
     assert not output.exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) in ([], ["empty"], ["t"],
+                                                                ["list.fifo"])
 
 
 @pytest.mark.parametrize("output, fragment", [
