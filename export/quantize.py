@@ -30,7 +30,7 @@ from edgecnn.export.int8_report import (
     Int8Report, check_int8_report_path, int8_report, write_int8_report,
 )
 from edgecnn.runtime.engine import check_feed_bytes
-from edgecnn.runtime.external_data import model_size
+from edgecnn.runtime.external_data import model_size, refuse_overwriting
 from edgecnn.runtime.files import check_output_path, work_directory
 from edgecnn.export.parity import ParityMetrics, Verdict, judge
 from edgecnn.export.quantize_input import (
@@ -250,9 +250,7 @@ def quantize_model(model_path: str | os.PathLike, output_path: str | os.PathLike
         report = check_int8_report_path(report)
     source_path = Path(model_path)
     output = check_output_path(output_path or default_output(source_path, recipe.mode))
-    if output.resolve() == source_path.resolve():
-        raise BadInput(f"the output would overwrite the input model {source_path}; give another "
-                       "output path")
+    refuse_overwriting(source_path, [output, output.with_name(f"{output.name}.data")])
     step("reading the model")
     model = load_float_model(source_path)
     name_unnamed_nodes(model)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgecnn.errors import BadInput
-from edgecnn.runtime.external_data import check_external_data
+from edgecnn.runtime.external_data import check_external_data, refuse_overwriting
 from edgecnn.runtime.describe import value_type
 from edgecnn.runtime.files import atomic_model_output, check_output_path
 from edgecnn.runtime.metadata import ModelMetadata
@@ -49,6 +49,8 @@ def annotate(path: str | os.PathLike, output: str | os.PathLike | None = None, *
     source = onnx_file.check_model_file(path)
     target = source if in_place else check_output_path(output)
     locations = check_external_data(source)
+    if target.resolve() != source.resolve():  # -o the file itself rewrites it, like in_place
+        refuse_overwriting(source, [target])
     model = onnx_file.load_model(source, external_data=False)
     try:
         base = onnx_file.get_metadata(model, str(source))

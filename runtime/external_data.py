@@ -155,6 +155,17 @@ def check_external_data(model: str | os.PathLike | bytes) -> dict[str, Path]:
     return files
 
 
+def refuse_overwriting(model: str | os.PathLike, targets: list[Path]) -> None:
+    """BadInput when writing ``targets`` (an output model and the files written with it)
+    would replace ``model`` or a data file it reads: the weights being read."""
+    read = {Path(model).resolve(), *(data.resolve() for data in check_external_data(model).values())}
+    for target in targets:
+        if target.resolve() in read:
+            what = "model" if target.resolve() == Path(model).resolve() else "model's data file"
+            raise BadInput(f"the output would overwrite the input {what} {target}; give "
+                           "another output path")
+
+
 def model_size(path: str | os.PathLike) -> int:
     """Bytes of the model at ``path`` and of the external data files it reads (checked)."""
     data_files = set(check_external_data(path).values())

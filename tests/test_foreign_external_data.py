@@ -154,6 +154,28 @@ def test_a_function_attribute_default_in_external_data_is_vetted(tmp_path):
         check_external_data(folder / "model.onnx")
 
 
+@pytest.mark.parametrize("command", [["quantize", "--mode", "fp16"], ["annotate"]])
+@pytest.mark.parametrize("target", ["model.onnx", "model.onnx.data", "other.onnx"])
+def test_an_output_over_the_input_or_its_data_is_refused(cli, tmp_path, dynamo_model, command,
+                                                         target):
+    """Writing the output as the model's own data file replaced the weights being read (the
+    model then ran on garbage); ``other.onnx`` would get its data as other.onnx.data, so it
+    names the data file the input reads when that is other.onnx.data. annotate writes the
+    model alone (its data stays shared), so only the data file's own name is refused there."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    location = "other.onnx.data" if target == "other.onnx" else "model.onnx.data"
+    model = _with_location(dynamo_model, folder / "model.onnx", location)
+    shutil.copy(dynamo_model.parent / "model.onnx.data", folder / location)
+    if command[0] == "annotate" and target != "model.onnx.data":  # writes the model only
+        assert cli("annotate", model, "-o", folder / target).code == 0  # (sharing the data)
+        return
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+    result = cli(command[0], model, "-o", folder / target, *command[1:])
+    assert_one_line_error(result, 2, "would overwrite", "give another output path")
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
+
+
 def test_each_escaping_form_names_what_is_wrong(tmp_path, dynamo_model):
     from edgecnn.errors import BadInput
     from edgecnn.runtime.external_data import check_external_data
