@@ -158,7 +158,8 @@ def check_external_data(model: str | os.PathLike | bytes) -> dict[str, Path]:
 def refuse_overwriting(model: str | os.PathLike, targets: list[Path]) -> None:
     """BadInput when writing ``targets`` (an output model and the files written with it)
     would replace ``model`` or a data file it reads: the weights being read."""
-    read = {Path(model).resolve(), *(data.resolve() for data in check_external_data(model).values())}
+    data_files = check_external_data(model).values()
+    read = {Path(model).resolve(), *(data.resolve() for data in data_files)}
     for target in targets:
         if target.resolve() in read:
             what = "model" if target.resolve() == Path(model).resolve() else "model's data file"
