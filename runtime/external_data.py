@@ -134,13 +134,13 @@ def check_external_data(model: str | os.PathLike | bytes) -> dict[str, Path]:
     location stays inside the model's folder (no absolute path, no ``..`` out of it, no symlink
     pointing outside) and the file holds every tensor's bytes. BadInput in one line otherwise,
     before any data file is opened. Serialized bytes have no folder: external data is refused."""
+    path = None if isinstance(model, bytes) else check_model_file(model)  # a FIFO blocks a read
     tensors = external_tensors(model)
     if not tensors:
         return {}
-    if isinstance(model, bytes):
+    if path is None:
         raise BadInput(f"the model refers to external data ({tensors[0].entries.get('location')!r}"
                        "); open it from its file so the data is found beside it")
-    path = check_model_file(model)
     folder = path.parent.resolve()
     files: dict[str, Path] = {}
     needed: dict[Path, int] = {}

@@ -189,7 +189,7 @@ def graph_precision(model: str | os.PathLike) -> str:
                 stream.seek(graph[0])
                 for item, item_wire, (start, length) in (
                         found for found in fields(stream, graph[0] + graph[1]) if found[1] == 2):
-                    if item == _NODE_FIELD and _text_field(stream, start, start + length,
+                    if item == _NODE_FIELD and text_field(stream, start, start + length,
                                                            _OP_TYPE_FIELD) in QUANTIZED_OPS:
                         return "int8"
                     if item == _INITIALIZER_FIELD and not fp16:
@@ -200,7 +200,7 @@ def graph_precision(model: str | os.PathLike) -> str:
     return "fp16" if fp16 else "fp32"
 
 
-def _text_field(stream: BinaryIO, start: int, end: int, wanted: int) -> str | None:
+def text_field(stream: BinaryIO, start: int, end: int, wanted: int) -> str | None:
     """The first string field ``wanted`` of the message from ``start`` to ``end``."""
     stream.seek(start)
     return next((text for field, wire, value in fields(stream, end)

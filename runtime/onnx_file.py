@@ -17,6 +17,7 @@ import onnx
 
 from edgecnn.errors import BadInput, EdgecnnError, first_line
 from edgecnn.runtime.external_data import check_external_data
+from edgecnn.runtime.function_calls import check_function_calls
 from edgecnn.runtime.files import atomic_model_output
 from edgecnn.runtime.metadata import METADATA_KEY, ModelMetadata
 from edgecnn.runtime.model_file import QUANTIZED_OPS, check_model_file, no_outputs
@@ -34,6 +35,7 @@ def load_model(path: str | os.PathLike, *, external_data: bool = True) -> onnx.M
     path = check_model_file(path)
     if external_data:
         check_external_data(path)
+    check_function_calls(path)  # onnxruntime (the quantizer's sessions too) would inline them
     try:
         model = onnx.load(str(path), load_external_data=external_data)
     except Exception as error:  # protobuf DecodeError, truncated files, missing external data

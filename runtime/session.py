@@ -25,6 +25,7 @@ from edgecnn.errors import BadInput, first_line
 from edgecnn.runtime import deform, openvino
 from edgecnn.runtime import providers as provider_lib
 from edgecnn.runtime.external_data import check_external_data
+from edgecnn.runtime.function_calls import check_function_calls
 from edgecnn.runtime.metadata import METADATA_KEY
 from edgecnn.runtime.model_file import check_model_file, metadata_value, opset_domains
 
@@ -192,6 +193,7 @@ def model_source(path: str | os.PathLike) -> tuple[str | bytes, bool]:
     """
     path = check_model_file(path)
     external = check_external_data(path)
+    check_function_calls(path)  # before onnxruntime inlines them
     as_is = deform.DOMAIN not in opset_domains(path) or deform.onnxruntime_has_deformconv()
     if as_is and _utf8(str(path)):
         return str(path), False

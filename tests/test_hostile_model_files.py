@@ -158,6 +158,49 @@ def test_graphs_nested_past_protobufs_limit_are_one_line(tmp_path, image, comman
                     "nested", tmp_path=tmp_path)
 
 
+def _fanout(path: Path, depth: int) -> Path:
+    """Local functions F0 .. F{depth-1}, each calling the next twice (the last: Identity),
+    called once on the image: 2**(depth-1) nodes once onnxruntime inlines them (+2: pool, flatten)."""
+    opsets = [helper.make_opsetid("", 18), helper.make_opsetid("local", 1)]
+    functions = [helper.make_function(
+        "local", f"F{level}", ["x"], ["y"],
+        [helper.make_node(f"F{level + 1}", ["x"], ["a"], domain="local"),
+         helper.make_node(f"F{level + 1}", ["a"], ["y"], domain="local")]
+        if level < depth - 1 else [helper.make_node("Identity", ["x"], ["y"])], opsets)
+        for level in range(depth)]
+    graph = helper.make_graph(
+        [helper.make_node("F0", ["input"], ["x"], domain="local"),
+         helper.make_node("GlobalAveragePool", ["x"], ["pooled"]),
+         helper.make_node("Flatten", ["pooled"], ["scores"])], "fanout",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 3])])
+    model = helper.make_model(graph, opset_imports=opsets, functions=functions)
+    model.ir_version = 9
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("command", ["run", "bench", "evaluate", "quantize"])
+def test_functions_that_inline_to_2_39_nodes_are_refused_before_a_session(tmp_path, image,
+                                                                        labelled_set, command):
+    """A 2.5 KB file; onnxruntime inlined it forever, in native code that no signal stops."""
+    model = _fanout(tmp_path / "fanout.onnx", 40)
+    _assert_refused(_commands(model, image, labelled_set, tmp_path)[command], str(model),
+                    "expand to 549,755,813,890 nodes once inlined", tmp_path=tmp_path)
+
+
+def test_functions_a_real_model_calls_are_counted_and_run(tmp_path):
+    from edgecnn.runtime import Engine
+    from edgecnn.runtime.function_calls import _inlined_nodes
+
+    model = _fanout(tmp_path / "small.onnx", 4)  # 8 Identity nodes, once inlined
+    with open(model, "rb") as stream:
+        assert _inlined_nodes(stream) == 8 + 2
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8), dtype=np.float32)
+    (scores,) = Engine(model, "cpu").run(x).values()
+    np.testing.assert_allclose(scores, x.mean(axis=(2, 3)), rtol=1e-5)
+
+
 # ---- lengths and names beyond the file and the file system ---------------------------------
 
 @pytest.mark.parametrize("command", ["info", "run", "bench"])
