@@ -105,6 +105,35 @@ def write_text(path: Path, text: str) -> Path:
     return path
 
 
+# The temporary files and folders of the writes under way, for an exit that cannot unwind
+# (edgecnn.cli._signals: a signal while onnxruntime runs native code for good).
+_UNDER_WAY: set[Path] = set()
+
+
+@contextlib.contextmanager
+def _under_way(path: Path) -> Iterator[Path]:
+    _UNDER_WAY.add(path)
+    try:
+        yield path
+    finally:
+        _UNDER_WAY.discard(path)
+
+
+def remove_temporaries_under_way() -> None:
+    """Remove what the writes under way have written so far (their targets are untouched)."""
+    for path in list(_UNDER_WAY):
+        _remove(path)
+
+
+def _remove(path: Path) -> None:
+    """A temporary file, or folder (atomic_model_output's, work_directory's), gone."""
+    with contextlib.suppress(OSError):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
 @contextlib.contextmanager
 def work_directory(prefix: str) -> Iterator[Path]:
     """A temporary folder that also receives the temporary files of the libraries called inside.
@@ -113,7 +142,7 @@ def work_directory(prefix: str) -> Iterator[Path]:
     temporary directory; pointing ``tempfile`` here for the duration makes the one clean-up of
     this folder remove them too, however the work ends.
     """
-    with tempfile.TemporaryDirectory(prefix=prefix) as work:
+    with tempfile.TemporaryDirectory(prefix=prefix) as work, _under_way(Path(work)):
         previous, tempfile.tempdir = tempfile.tempdir, work
         try:
             yield Path(work)
@@ -153,11 +182,7 @@ def _remove_stale_temporaries(path: Path) -> None:
         for sibling in path.parent.iterdir():
             match = pattern.fullmatch(sibling.name)
             if match and not _process_exists(int(match.group(1))):
-                with contextlib.suppress(OSError):
-                    if sibling.is_dir() and not sibling.is_symlink():  # atomic_model_output's
-                        shutil.rmtree(sibling)
-                    else:
-                        sibling.unlink()
+                _remove(sibling)
 
 
 @contextlib.contextmanager
@@ -176,7 +201,8 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     os.close(handle)
     temp_path = Path(temp_name)
     try:
-        yield temp_path
+        with _under_way(temp_path):
+            yield temp_path
         with open(temp_path, "rb") as written:
             os.fsync(written.fileno())
         os.chmod(temp_path, 0o666 & ~_current_umask())  # mkstemp makes it 0600
@@ -200,7 +226,8 @@ def atomic_model_output(path: str | os.PathLike) -> Iterator[Path]:
                                  suffix=".tmp", dir=path.parent))
     placed: list[Path] = []
     try:
-        yield work
+        with _under_way(work):
+            yield work
         model = work / path.name
         written = sorted((file for file in work.rglob("*") if file.is_file()),
                          key=lambda file: file == model)  # the model last

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import onnx
 import pytest
 
 from conftest import CONSOLE_SCRIPT, assert_one_line_error, run_console_script
@@ -174,6 +175,63 @@ def test_sigterm_during_quantize_removes_onnxruntime_temporaries(tmp_path, resne
     assert lines[-1] == "error: interrupted; nothing was written"
     assert all(line.startswith("warning: ") for line in lines[:-1]), lines  # random calibration
     assert _leftovers(out) == [] and _leftovers(temp, *SHARED_TMPDIR_FILES) == []
+
+
+def _endless_loop(path: Path) -> Path:
+    """A Loop of 2**62 iterations (an empty body) over the image: onnxruntime never returns."""
+    from onnx import TensorProto, helper
+
+    scalar = [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+              helper.make_tensor_value_info("go", TensorProto.BOOL, [])]
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["go"], ["go_on"]), helper.make_node("Identity", ["v"], ["w"])],
+        "body", [*scalar, helper.make_tensor_value_info("v", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("go_on", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("w", TensorProto.FLOAT, None)])
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["trips", "start", "input"], ["scores"], body=body)], "endless",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor("trips", TensorProto.INT64, [], [2**62]),
+         helper.make_tensor("start", TensorProto.BOOL, [], [True])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_onnxruntime_never_returns_still_ends_the_command(tmp_path, signum):
+    """Python's handlers wait for native code to return: SIGTERM, SIGINT and SIGHUP were
+    ignored for as long as the graph ran (for good here); the watcher ends it."""
+    from edgecnn.cli._signals import GRACE_SECONDS
+
+    env, _ = _private_env(tmp_path)
+    process = _start("bench", _endless_loop(tmp_path / "endless.onnx"), "--runs", "1",
+                     "--warmup", "0", env=env)
+    time.sleep(8)  # imported, and inside session.run
+    assert process.poll() is None, process.communicate()
+    started = time.monotonic()
+    code, lines = _interrupt(process, signum)
+    assert code == 128 + signum and time.monotonic() - started < GRACE_SECONDS + 20, lines
+    assert len(lines) == 1 and lines[0].startswith("error: interrupted (") and (
+        f"did not return within {GRACE_SECONDS:g} s" in lines[0]), lines
+
+
+def test_what_an_unfinished_write_made_is_removed_by_the_last_resort(tmp_path):
+    from edgecnn.runtime.files import (atomic_model_output, atomic_output,
+                                       remove_temporaries_under_way)
+
+    with atomic_output(tmp_path / "a.txt") as temporary, \
+            atomic_model_output(tmp_path / "m.onnx") as work:
+        temporary.write_text("half")
+        (work / "m.onnx.data").write_bytes(b"half")
+        remove_temporaries_under_way()
+        assert list(tmp_path.iterdir()) == []
+        (work).mkdir()  # for the clean exit of the writers below
+        (work / "m.onnx").write_bytes(b"x")
+        temporary.write_text("done")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a.txt", "m.onnx"]
 
 
 def test_an_ignored_sighup_stays_ignored_and_comes_back_after_the_command():
