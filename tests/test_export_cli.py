@@ -243,9 +243,11 @@ def test_reader_closing_stdout_is_not_an_error(args):
     assert process.wait(timeout=120) == 0 and stderr == ""
 
 
-def test_debug_shows_traceback(tmp_path):
+def test_debug_shows_traceback_and_keeps_the_exit_code(tmp_path):
+    """--debug adds the traceback; bad input still exits 2 (it exited 1, "a check failed")."""
     result = run_console_script("export", "resnet81", "--debug", timeout=120)
-    assert result.code != 0 and "Traceback" in result.stderr
+    assert result.code == 2 and "Traceback" in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("error: unknown model")
 
 
 def test_console_script_error_contract(tmp_path):

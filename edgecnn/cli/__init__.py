@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 
 import typer
 
@@ -64,14 +65,14 @@ def _run(argv: list[str] | None) -> int:
         code = _fail("interrupted; nothing was written", 130)
     except EdgecnnError as error:
         if debug:
-            raise
+            traceback.print_exc()  # then the line and the exit code as without --debug
         code = _fail(in_flags(str(error), command, argv), error.exit_code)
     except BrokenPipeError:  # whoever read stdout stopped (`edgecnn list | head`): not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no 2nd error at exit
         code = 0
     except Exception as error:  # a bug: say so in one line, keep the traceback for --debug
         if debug:
-            raise
+            traceback.print_exc()
         if isinstance(error, ModuleNotFoundError) and error.name in INSTALL_FOR:
             return _fail(f"`edgecnn {next(iter(argv), '')}` needs {error.name}, which this "
                          f"install does not have: {INSTALL_FOR[error.name]}", 2)
