@@ -3,6 +3,7 @@ edgecnn metadata (or the preprocessing settings for a model without it), --keep-
 
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -95,10 +96,12 @@ def resolve_keep_float(model: onnx.ModelProto, keep_float: Sequence[str]) -> lis
     for entry in keep_float:
         matches = [entry] if entry in names else by_type.get(entry)
         if not matches:
-            examples = ", ".join(names[:4])
+            close = difflib.get_close_matches(entry, [*names, *by_type], n=3)
+            examples = ", ".join(close or names[:4])
             raise BadInput(f"--keep-float {entry!r} is neither a node name nor an op type of "
-                           f"the model (op types: {', '.join(sorted(by_type))}; nodes: "
-                           f"{examples}, ...; see `edgecnn info`)")
+                           f"the model (op types: {', '.join(sorted(by_type))}; "
+                           f"{'close names' if close else 'nodes'}: {examples}"
+                           f"{'' if close else ', ...'})")
         selected += [name for name in matches if name not in selected]
     return selected
 

@@ -316,6 +316,7 @@ def bad_inputs(tmp_path_factory):
     (["--calibration", "{root}/unreadable"], ["none of the 2 image files could be read"]),
     (["--calibration", "{root}/wrong.npy"], ["array shape [4, 3, 32, 32] is not the model's input [N, 3, 64, 64]"]),
     (["--calibration", "random", "--keep-float", "NoSuchOp"], ["neither a node name nor an op type"]),
+    (["--calibration", "random", "--keep-float", "Conw"], ["close names: Conv"]),
     (["--mode", "int4"], ["--mode must be one of int8, int8-dynamic, fp16"]),
     ([], ["int8 needs calibration data"]),
     (["--calibration", "random", "--accuracy-budget", "1"], ["--accuracy-budget needs a validation set"]),
