@@ -118,6 +118,11 @@ class Engine:
         self.outputs = [TensorSpec.from_node_arg(arg) for arg in self.session.get_outputs()]
         if not self.outputs:
             raise no_outputs(self.path)
+        for spec in self.inputs:  # onnxruntime takes no array there: a bad export
+            if zero := next((axis for axis, size in enumerate(spec.shape) if size == 0), None):
+                raise BadInput(f"{self.path}: input {spec.name!r} declares axis {zero} of size 0 "
+                               f"({spec.describe()}); re-export it with a fixed size or a "
+                               "dynamic axis there")
         graph = {spec.name: spec.shape for spec in self.inputs}
         types = {spec.name: spec.dtype.name for spec in self.inputs if spec.dtype is not None}
         if check_settings(preprocessing):  # validated against the graph, like the metadata
@@ -237,9 +242,16 @@ class Engine:
         takes it in chunks of that size, the last zero-padded and its padding rows dropped); a
         classifier's as (N, classes), also where the graph gives (N, classes, 1, 1)."""
         scores = self._first_output(batch)
+        name = self._output_names[0]
+        if scores.dtype.kind not in "fiu":  # bool, strings: no probabilities to read
+            what = "strings" if scores.dtype.kind in "OUS" else f"{scores.dtype} values"
+            raise BadInput(f"{self.path}: its first output {name!r} holds {what}, not scores")
+        if scores.ndim > 1 and scores.shape[1] == 0:
+            raise BadInput(f"{self.path}: its first output {name!r} has 0 classes "
+                           f"(shape {list(scores.shape)})")
         rows = len(scores) if scores.ndim else 0
         if rows != len(batch):  # a graph that reshapes (or reduces) the batch away
-            raise BadInput(f"{self.path}: its first output {self._output_names[0]!r} has "
+            raise BadInput(f"{self.path}: its first output {name!r} has "
                            f"{rows} rows for {len(batch)} image(s): its first axis is "
                            "not the batch, which edgecnn needs (one row of scores per image)")
         return class_rows(scores) if self.metadata.task == "classification" else scores

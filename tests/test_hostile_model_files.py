@@ -201,6 +201,44 @@ def test_functions_a_real_model_calls_are_counted_and_run(tmp_path):
     np.testing.assert_allclose(scores, x.mean(axis=(2, 3)), rtol=1e-5)
 
 
+def _zero_axis(model: onnx.ModelProto) -> None:
+    model.graph.input[0].type.tensor_type.shape.dim[2].dim_value = 0
+
+
+def _string_output(model: onnx.ModelProto) -> None:
+    last = model.graph.output[0]
+    model.graph.node.append(helper.make_node("Cast", [last.name], ["words"],
+                                             to=TensorProto.STRING))
+    last.name, last.type.tensor_type.elem_type = "words", TensorProto.STRING
+
+
+def _no_classes(model: onnx.ModelProto) -> None:
+    last = model.graph.output[0]
+    model.graph.initializer.extend([helper.make_tensor(name, TensorProto.INT64, [1], [value])
+                                    for name, value in (("zero", 0), ("one", 1))])
+    model.graph.node.append(helper.make_node("Slice", [last.name, "zero", "zero", "one"],
+                                             ["none"]))
+    last.name = "none"
+    last.type.tensor_type.shape.dim[1].dim_value = 0
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (_zero_axis, "input 'input' declares axis 2 of size 0"),
+    (_string_output, "its first output 'words' holds strings, not scores"),
+    (_no_classes, "its first output 'none' has 0 classes"),
+])
+@pytest.mark.parametrize("command", ["run", "evaluate"])
+def test_graphs_that_load_but_cannot_score_images_are_bad_input(tmp_path, image, labelled_set,
+                                                                 edit, fragment, command):
+    """They were internal errors (exit 1): onnxruntime's invalid dimensions, numpy's str
+    subtraction, a maximum of an empty array (evaluate refuses 0 classes for 4 folders)."""
+    if edit is _no_classes and command == "evaluate":
+        fragment = "and the model 0 classes"
+    model = _edited(_tiny(tmp_path), tmp_path / "edited.onnx", edit)
+    _assert_refused(_commands(model, image, labelled_set, tmp_path)[command], fragment,
+                    tmp_path=tmp_path)
+
+
 # ---- lengths and names beyond the file and the file system ---------------------------------
 
 @pytest.mark.parametrize("command", ["info", "run", "bench"])
