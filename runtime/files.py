@@ -129,9 +129,19 @@ def _remove(path: Path) -> None:
     """A temporary file, or folder (atomic_model_output's, work_directory's), gone."""
     with contextlib.suppress(OSError):
         if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
+            shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink()
+
+
+def _remove_even_if_interrupted(path: Path) -> None:
+    """``_remove``, finished even when Ctrl-C (or SIGTERM, raised as it) comes in the middle
+    of it: a folder half removed would stay behind; the interrupt goes on afterwards."""
+    try:
+        _remove(path)
+    except KeyboardInterrupt:
+        _remove(path)
+        raise
 
 
 @contextlib.contextmanager
@@ -209,7 +219,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         refuse_irregular_target(path)  # it may have become one during the work
         os.replace(temp_path, path)
     finally:
-        temp_path.unlink(missing_ok=True)
+        _remove_even_if_interrupted(temp_path)
 
 
 @contextlib.contextmanager
@@ -243,10 +253,11 @@ def atomic_model_output(path: str | os.PathLike) -> Iterator[Path]:
             os.replace(file, target)
             if not existed:
                 placed.append(target)
+        _remove_even_if_interrupted(work)  # here, an interrupt undoes the output like any other
     except BaseException:
         for target in placed:
             with contextlib.suppress(OSError):
                 target.unlink()
         raise
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        _remove_even_if_interrupted(work)

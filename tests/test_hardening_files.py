@@ -234,6 +234,30 @@ def test_what_an_unfinished_write_made_is_removed_by_the_last_resort(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["a.txt", "m.onnx"]
 
 
+def test_an_interrupt_during_the_clean_up_still_removes_the_temporary_folder(tmp_path,
+                                                                             monkeypatch):
+    """SIGTERM just as a finished export removed its temporary folder: the interrupt stopped
+    the removal, and the half-removed folder stayed (seen once in CI under load)."""
+    import shutil
+
+    import edgecnn.runtime.files as files
+
+    real, calls = shutil.rmtree, []
+
+    def interrupted_once(path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 1:
+            raise KeyboardInterrupt("SIGTERM")
+        real(path, *args, **kwargs)
+
+    monkeypatch.setattr(files.shutil, "rmtree", interrupted_once)
+    with pytest.raises(KeyboardInterrupt):
+        with files.atomic_model_output(tmp_path / "m.onnx") as work:
+            (work / "m.onnx").write_bytes(b"model")
+            (work / "m.onnx.data").write_bytes(b"weights")
+    assert len(calls) == 2 and sorted(path.name for path in tmp_path.iterdir()) == []
+
+
 def test_an_ignored_sighup_stays_ignored_and_comes_back_after_the_command():
     """nohup's SIG_IGN for SIGHUP is kept (the command runs on); SIGTERM still interrupts."""
     before = {signal.SIGHUP: signal.signal(signal.SIGHUP, signal.SIG_IGN),
