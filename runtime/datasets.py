@@ -6,6 +6,7 @@ maps to classes, and an array is checked, the same way everywhere. Torch-free.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import zipfile
@@ -83,9 +84,12 @@ def check_inputs(array: np.ndarray, info: InputInfo, where: str) -> np.ndarray:
                        "(give raw images as a folder instead)")
     if len(array) == 0:
         raise BadInput(f"{where}: the array holds no samples")
-    if not np.all(np.isfinite(array)):
+    # The extremes alone tell (max and min carry a NaN through), so no array-sized temporary
+    # is made: an .npz of zeros may inflate to gigabytes.
+    low, high = float(array.min()), float(array.max())
+    if not (math.isfinite(low) and math.isfinite(high)):
         raise BadInput(f"{where}: the array contains NaN or Inf")
-    largest = float(np.abs(array).max())
+    largest = max(-low, high)
     if largest > FLOAT32_MAX:  # finite in float64, inf once cast to the model's float32
         raise BadInput(f"{where}: values up to {largest:.3g} are beyond float32 (at most "
                        f"{FLOAT32_MAX:.3g}), in which the model computes")
@@ -125,9 +129,28 @@ def _check_declared_size(stream, available: int, where: str) -> None:
     except ARRAY_READ_ERRORS as error:
         raise _cannot_read(where, error) from None
     declared = math.prod(shape) * dtype.itemsize
+    says = f"cannot read {where}: its header declares {dtype} {list(shape)} ({declared:,} bytes)"
     if declared > available - stream.tell():
-        raise BadInput(f"cannot read {where}: its header declares {dtype} {list(shape)} "
-                       f"({declared:,} bytes), more than the file holds")
+        raise BadInput(f"{says}, more than the file holds")
+    memory = available_memory()  # deflate lets a 3 MB member hold a 3 GB array of zeros
+    if memory is not None and declared > memory:
+        raise BadInput(f"{says}, more than the {memory:,} bytes of memory available")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the process can still take: /proc/meminfo's MemAvailable, lowered to
+    what a cgroup v2 limit (a container's) leaves; None where the system does not say."""
+    found = []
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/meminfo") as meminfo:
+            found += [int(line.split()[1]) * 1024 for line in meminfo
+                      if line.startswith("MemAvailable:")]
+    with contextlib.suppress(OSError, ValueError):
+        cgroup = Path("/sys/fs/cgroup")
+        limit = (cgroup / "memory.max").read_text().strip()
+        if limit != "max":
+            found.append(int(limit) - int((cgroup / "memory.current").read_text()))
+    return max(0, min(found)) if found else None
 
 
 def _npz_member(arrays, key: str, where: str) -> np.ndarray:

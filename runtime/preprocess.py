@@ -93,17 +93,37 @@ def _to_8_bit(picture: Image.Image) -> Image.Image:
     versions as "I"); 16-bit PGMs as "I". A PNG or PGM holds at most 16 bits, so an "I" one is
     16-bit too."""
     if picture.mode.startswith("I;16") or (picture.mode == "I" and picture.format in SIXTEEN_BIT):
-        values = np.asarray(picture).astype(np.uint32)
-        return Image.fromarray(((values + 128) // 257).astype(np.uint8))  # round(v / 257)
+        return _band_by_band(picture, _16_bit_to_8)
     if picture.mode in ("I", "F"):
-        values = np.asarray(picture)
-        low, high = values.min(), values.max()
+        low, high = picture.getextrema()
         if not (low >= 0 and high <= 255):  # NaN fails too
             raise BadInput(f"expected 8-bit or 16-bit pixel values, got a 32-bit image "
                            f"(mode {picture.mode}) with values {low}..{high} outside 0..255; "
                            "scale it to 8 bits first")
-        return Image.fromarray(np.rint(values).astype(np.uint8))
+        return _band_by_band(picture, np.rint)
     return picture
+
+
+def _16_bit_to_8(values: np.ndarray) -> np.ndarray:
+    wide = values.astype(np.uint32)
+    wide += 128
+    wide //= 257
+    return wide  # round(v / 257)
+
+
+_BAND_PIXELS = 2**18  # a band of rows at a time: a 9400 x 9400 image needs no wide copy
+
+
+def _band_by_band(picture: Image.Image, to_0_255) -> Image.Image:
+    """An "L" image of ``to_0_255`` applied to ``picture``'s values, a band of rows at a time,
+    so the wider (16- or 32-bit) copies numpy makes stay a band's size."""
+    width, height = picture.size
+    rows = max(1, _BAND_PIXELS // width)
+    eight_bit = np.empty((height, width), np.uint8)
+    for top in range(0, height, rows):
+        band = np.asarray(picture.crop((0, top, width, min(top + rows, height))))
+        eight_bit[top:top + rows] = to_0_255(band)
+    return Image.fromarray(eight_bit)
 
 
 def _refuse_over(path, size: tuple[int, int] | None, limit: int) -> None:

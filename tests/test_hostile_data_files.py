@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import tracemalloc
 import warnings
 import zipfile
 from pathlib import Path
@@ -20,8 +21,10 @@ from PIL import Image, TiffImagePlugin
 from conftest import assert_one_line_error, run_console_script
 from tiny_models import tiny_model
 
-from edgecnn.runtime import InputInfo
-from edgecnn.runtime.preprocess import preprocess_images
+from edgecnn.errors import BadInput
+from edgecnn.runtime import InputInfo, datasets
+from edgecnn.runtime.datasets import check_inputs
+from edgecnn.runtime.preprocess import _to_8_bit, preprocess_images
 
 QUICK = 60  # seconds: a FIFO that is opened blocks; the test fails instead of hanging CI
 
@@ -144,3 +147,63 @@ def test_a_16_bit_grey_image_is_scaled_to_8_bits(tmp_path, suffix):
     expected = preprocess_images(tmp_path / "eight.png", info)
     np.testing.assert_array_equal(preprocess_images(tmp_path / f"sixteen{suffix}", info),
                                   expected)
+
+
+def _peak_bytes(function, *args) -> int:
+    """The most memory ``function(*args)`` held at once beyond what it returns (numpy reports
+    its arrays to tracemalloc)."""
+    tracemalloc.start()
+    try:
+        function(*args)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_checking_an_array_of_inputs_makes_no_full_size_copy():
+    """A 3 MB .npz of zeros inflates to a 3 GB array: checking it for NaN and float32 range
+    must not need a second and third array of that size on top."""
+    inputs = np.zeros((160, 3, 128, 128), np.float32)  # 31 MB
+    info = InputInfo(name="input", shape=[3, 128, 128])
+    assert _peak_bytes(check_inputs, inputs, info, "set") < inputs.nbytes / 8
+
+
+def test_scaling_a_16_bit_image_to_8_bits_makes_no_wide_copies():
+    picture = Image.fromarray(np.full((2048, 4096), 40000, np.uint16))  # 16 MB as "I;16"
+    eight_bit = np.full((2048, 4096), 156, np.uint8)  # round(40000 / 257)
+    assert _peak_bytes(_to_8_bit, picture) < 2 * eight_bit.nbytes
+    np.testing.assert_array_equal(np.asarray(_to_8_bit(picture)), eight_bit)
+
+
+def test_an_array_larger_than_the_memory_available_is_refused_from_its_header(
+        tmp_path, monkeypatch):
+    """An .npz member of 64 MB of zeros deflates to 64 KB; where the machine has less memory
+    free than the array needs, the header alone refuses it (numpy would allocate it first)."""
+    path = tmp_path / "zeros.npz"
+    np.savez_compressed(path, inputs=np.zeros((512, 3, 128, 64), np.float32))
+    assert path.stat().st_size < 200_000
+    monkeypatch.setattr(datasets, "available_memory", lambda: 16 * 2**20)
+    info = InputInfo(name="input", shape=[3, 128, 64])
+    with pytest.raises(BadInput, match=r"array 'inputs'.*50,331,648 bytes.*more than the "
+                                       r"16,777,216 bytes of memory available"):
+        datasets.load_arrays(path, info, with_labels=False)
+    monkeypatch.setattr(datasets, "available_memory", lambda: 2**40)
+    assert datasets.load_arrays(path, info, with_labels=False)[0].shape == (512, 3, 128, 64)
+
+
+def test_the_memory_available_is_read_from_the_machine():
+    available = datasets.available_memory()
+    assert available is None or 0 < available <= os.sysconf("SC_PHYS_PAGES") * os.sysconf(
+        "SC_PAGE_SIZE")
+
+
+def test_32_bit_images_in_0_255_are_rounded_and_others_refused():
+    values = np.random.default_rng(2).uniform(0, 255, (700, 900)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(_to_8_bit(Image.fromarray(values))),
+                                  np.rint(values).astype(np.uint8))
+    integers = values.astype(np.int32)
+    np.testing.assert_array_equal(np.asarray(_to_8_bit(Image.fromarray(integers))),
+                                  integers.astype(np.uint8))
+    for bad in (np.full((3, 3), np.nan, np.float32), np.full((3, 3), 300.0, np.float32)):
+        with pytest.raises(BadInput, match="outside 0..255; scale it to 8 bits first"):
+            _to_8_bit(Image.fromarray(bad))
