@@ -6,8 +6,9 @@
 Records (docs/runtime.md, "Dataset runs"): ``{"image": path, "top_k": [{"index", "label"?,
 "probability"}, ...]}`` for classification, ``{"image", "shape", "classes": [{"index",
 "label"?, "pixels", "fraction"}, ...]}`` for segmentation, ``{"image", "error"}`` for a file
-that could not be read. The output file (``records.py``) is written one complete line a
-record, so an interrupted run leaves whole records and ``resume`` carries on after them.
+that could not be read or that the model scored NaN or Inf. The output file (``records.py``)
+is written one complete line a record, so an interrupted run leaves whole records and
+``resume`` carries on after them.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from edgecnn.runtime.stream import (
     Outcome, check_stream_options, expand_inputs, stream_scores, streaming_session_options,
 )
 
-SOME_FAILED_EXIT_CODE = 3  # `edgecnn run`: some images could not be read, the others ran
+SOME_FAILED_EXIT_CODE = 3  # `edgecnn run`: some images failed, the others ran
 
 
 class WriteRefused(EdgecnnError):

@@ -147,6 +147,15 @@ def _preprocess_one(path: Path, info, crop_fraction, max_pixels) -> np.ndarray |
         return f"cannot read image {path}: {type(error).__name__}: {first_line(error)}"
 
 
+def _scored(path: Path, scores: np.ndarray) -> Outcome:
+    """The image's Outcome: its scores, or an error where they hold NaN or Inf (a record of
+    NaN probabilities would not even be JSON)."""
+    if np.isfinite(scores).all():
+        return Outcome(path, scores=scores)
+    return Outcome(path, error=f"the model's scores for {path} hold NaN or Inf (the image was "
+                              "read; the model computed a non-finite result)")
+
+
 def check_stream_options(batch: int | None, workers: int | None,
                          max_pixels: int | None = None) -> None:
     require_count("batch", batch)
@@ -161,9 +170,10 @@ def stream_scores(engine, paths: Iterable[Path], *, batch: int | None = None,
 
     ``batch`` images per session call (default: the model's fixed batch, else 16; a fixed
     batch axis gets its size whatever is asked); ``workers`` decode threads (default
-    ``default_workers()``). A file that cannot be read is an Outcome with its ``error``
-    (``strict``: BadInput instead). Closing the iterator (or an exception in the caller,
-    KeyboardInterrupt included) cancels the images queued and waits for those being decoded.
+    ``default_workers()``). A file that cannot be read, or that the model scores NaN or Inf,
+    is an Outcome with its ``error`` (``strict``: BadInput instead). Closing the iterator (or
+    an exception in the caller, KeyboardInterrupt included) cancels the images queued and
+    waits for those being decoded.
     """
     check_stream_options(batch, workers, max_pixels)
     metadata = engine.require_metadata()
@@ -202,6 +212,9 @@ def stream_scores(engine, paths: Iterable[Path], *, batch: int | None = None,
                         raise BadInput(tensor)
                     yield Outcome(path, error=tensor)
                 else:
-                    yield Outcome(path, scores=next(scores))
+                    outcome = _scored(path, next(scores))
+                    if strict and outcome.error is not None:
+                        raise BadInput(outcome.error)
+                    yield outcome
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import CONSOLE_SCRIPT, CliResult, assert_one_line_error
 from PIL import Image
-from tiny_models import tiny_model
+from tiny_models import square_root_first, tiny_model
 
 from edgecnn.runtime import Engine
 from edgecnn.runtime.predict import Interrupted, run_files
@@ -39,8 +39,13 @@ def shots(tmp_path_factory):
     return folder
 
 
+def _not_json(constant: str):
+    raise ValueError(f"{constant} is not JSON")
+
+
 def read_jsonl(path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    """The records, read as strict JSON (Python's json takes NaN, jq and browsers do not)."""
+    return [json.loads(line, parse_constant=_not_json) for line in path.read_text().splitlines()]
 
 
 def test_inputs_are_files_folders_globs_and_lists(shots, tmp_path):
@@ -151,9 +156,24 @@ def test_bad_images_are_recorded_and_skipped(cli, tiny, shots, tmp_path):
     assert [("error" in record) for record in records] == [False, True, False, True]
     assert "cannot read image" in records[1]["error"] and "image not found" in records[3]["error"]
     assert "b.jpg" in result.stderr and "gone.jpg" in result.stderr
-    assert "wrote 4 record(s)" in result.stdout and "2 image(s) could not be read" in result.stdout
+    assert "wrote 4 record(s)" in result.stdout and "2 image(s) failed" in result.stdout
     assert_one_line_error(cli("run", tiny.path, folder, "--strict", "-o", output), 2, "b.jpg")
     assert_one_line_error(cli("run", tiny.path, folder / "b.jpg"), 2, "cannot read image")
+
+
+def test_an_image_the_model_scores_nan_is_a_failed_record_not_nan_json(cli, tiny, tmp_path):
+    model = square_root_first(tiny.path, tmp_path / "sqrt.onnx")
+    for name, value in (("dark.png", 0), ("light.png", 255)):
+        Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(tmp_path / name)
+    output = tmp_path / "p.jsonl"
+    result = cli("run", model, tmp_path / "dark.png", tmp_path / "light.png", "-o", output)
+    assert result.code == 3, result.stderr
+    dark, light = read_jsonl(output)
+    assert "NaN or Inf" in dark["error"] and "dark.png" in dark["error"] and "top_k" not in dark
+    assert len(light["top_k"]) == 4 and "error" not in light
+    assert "dark.png" in result.stderr and "1 image(s) failed" in result.stdout
+    assert_one_line_error(cli("run", model, tmp_path / "dark.png", "--json"), 2, "NaN or Inf")
+    assert_one_line_error(cli("run", model, tmp_path, "--strict"), 2, "dark.png", "NaN or Inf")
 
 
 def test_resume_skips_what_the_output_holds_and_drops_a_cut_line(cli, tiny, shots, tmp_path):

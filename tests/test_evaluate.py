@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import assert_one_line_error
 from PIL import Image
-from tiny_models import tiny_model
+from tiny_models import square_root_first, tiny_model
 
 from edgecnn.runtime import Engine
 from edgecnn.runtime.evaluate import evaluate
@@ -73,6 +73,16 @@ def test_npz_gives_the_figures_of_the_folder(models, image_folder, tmp_path):
     assert from_array["source"] == "array" and from_folder["source"] == "images"
     for key in ("top1", "top5", "confusion", "per_class"):
         assert from_array["models"][0][key] == from_folder["models"][0][key]
+
+
+def test_an_array_the_model_scores_nan_is_one_line_not_a_figure(cli, models, tmp_path):
+    """argmax takes NaN for the largest score: the figures would be wrong without a word."""
+    model = square_root_first(models[0].path, tmp_path / "sqrt.onnx")
+    inputs = np.ones((6, *models[0].info.shape), np.float32)
+    inputs[4] = -1.0
+    np.savez(tmp_path / "val.npz", inputs=inputs, labels=np.zeros(6, np.int64))
+    assert_one_line_error(cli("evaluate", model, tmp_path / "val.npz"), 2,
+                          "sample 4 of", "val.npz", "NaN or Inf")
 
 
 def test_cli_table_json_and_unreadable_images(cli, models, image_folder, tmp_path):

@@ -76,6 +76,16 @@ def tiny_model(path: Path, *, task: str = "classification", batch: int | str = "
     return TinyModel(path, weight, bias, task, info, labels)
 
 
+def square_root_first(model_path: Path, path: Path) -> Path:
+    """``model_path`` with Sqrt on its input, saved as ``path``: NaN scores for an input with
+    a negative value (a dark image, once normalized), finite ones otherwise."""
+    model = onnx.load(model_path)
+    model.graph.node[0].input[0] = "rooted"
+    model.graph.node.insert(0, helper.make_node("Sqrt", ["input"], ["rooted"]))
+    onnx.save(model, str(path))
+    return path
+
+
 def normalize(images: np.ndarray, info: InputInfo) -> np.ndarray:
     """NHWC uint8 images already at the model's size -> the NCHW input, by the formula."""
     mean = np.asarray(info.mean, dtype=np.float64)

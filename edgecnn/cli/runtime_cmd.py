@@ -104,7 +104,7 @@ def run_command(
     if failed and failed == summary["done"] and not summary["resumed"]:
         first = summary["failures"][0]["error"]
         raise BadInput(first if failed == 1 else
-                       f"none of the {failed} images could be read (the first: {first})")
+                       f"none of the {failed} images could be scored (the first: {first})")
     if json_output:
         print_json(summary if output is not None else {**summary, "results": collected})
     elif output is not None:
@@ -112,7 +112,7 @@ def run_command(
             print_warning(failure["error"])
         out.print(f"wrote {summary['done']} record(s) to {safe(output)}"
                   + (f" after the {summary['resumed']} already there" if resume else "")
-                  + (f"; {failed} image(s) could not be read" if failed else ""),
+                  + (f"; {failed} image(s) failed" if failed else ""),
                   soft_wrap=True)
     return SOME_FAILED_EXIT_CODE if failed else 0
 
