@@ -65,6 +65,14 @@ def _json_number(value: float | None) -> float | None:
     return None if value is None or math.isinf(value) or math.isnan(value) else round(value, 3)
 
 
+def format_db(value: float | None) -> str:
+    return "–" if value is None else ("inf" if math.isinf(value) else f"{value:.1f}")
+
+
+def _channel(index: int | None) -> str:
+    return "–" if index is None else str(index)
+
+
 class RatedRow:
     """A row of the report: rated by the lower of its SQNR and its worst channel's."""
 
@@ -94,6 +102,15 @@ class ActivationRow(RatedRow):
     accumulated_sqnr_db: float | None  # fp32 run against int8 run at this tensor (None: no match)
     consumers: list[str] = field(default_factory=list)  # the nodes reading its dequantized value
 
+    COLUMNS = ("module", "tensor", "op", "own SQNR dB", "worst channel dB", "channel",
+               "accumulated dB")
+
+    def cells(self) -> list[str]:
+        """The row as the reports' tables show it (COLUMNS)."""
+        return [self.module, self.tensor, self.op_type, format_db(self.sqnr_db),
+                format_db(self.worst_channel_sqnr_db), _channel(self.worst_channel),
+                format_db(self.accumulated_sqnr_db)]
+
 
 @dataclass
 class WeightRow(RatedRow):
@@ -106,6 +123,15 @@ class WeightRow(RatedRow):
     minimum: float
     maximum: float
     per_channel: bool
+
+    COLUMNS = ("module", "weight", "SQNR dB", "worst channel dB", "channel", "min", "max",
+               "scales")
+
+    def cells(self) -> list[str]:
+        return [self.module, self.name, format_db(self.sqnr_db),
+                format_db(self.worst_channel_sqnr_db), _channel(self.worst_channel),
+                f"{self.minimum:.4g}", f"{self.maximum:.4g}",
+                "per channel" if self.per_channel else "per tensor"]
 
 
 @dataclass
@@ -150,27 +176,18 @@ class Int8Report:
                 "keep_float_suggestions": self.keep_float_suggestions()}
 
 
-def format_db(value: float | None) -> str:
-    return "–" if value is None else ("inf" if math.isinf(value) else f"{value:.1f}")
+def _markdown_table(rows: list[ActivationRow] | list[WeightRow], columns) -> list[str]:
+    return [f"| {' | '.join(columns)} |", "|" + "---|" * len(columns),
+            *(f"| {' | '.join(row.cells())} |" for row in rows)]
 
 
 def markdown_tables(report: Int8Report) -> list[str]:
     """The report's tables as Markdown lines (the .md report and ``check --per-layer``'s)."""
-    lines = [f"Activations ({len(report.activations)}), worst first: own SQNR is the tensor "
-             "against its QDQ rounding; accumulated is fp32 against int8 at that tensor.", "",
-             "| module | tensor | op | own SQNR dB | worst channel dB (channel) | accumulated dB |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {row.module} | `{row.tensor}` | {row.op_type} | {format_db(row.sqnr_db)} "
-              f"| {format_db(row.worst_channel_sqnr_db)} ({row.worst_channel}) "
-              f"| {format_db(row.accumulated_sqnr_db)} |" for row in report.activations]
-    lines += ["", f"Weights ({len(report.weights)}), worst first:", "",
-              "| module | weight | SQNR dB | worst channel dB (channel) | range | scales |",
-              "|---|---|---|---|---|---|"]
-    lines += [f"| {row.module} | `{row.name}` | {format_db(row.sqnr_db)} "
-              f"| {format_db(row.worst_channel_sqnr_db)} ({row.worst_channel}) "
-              f"| [{row.minimum:.4g}, {row.maximum:.4g}] "
-              f"| {'per channel' if row.per_channel else 'per tensor'} |" for row in report.weights]
-    return lines
+    return [f"Activations ({len(report.activations)}), worst first: own SQNR is the tensor "
+            "against its QDQ rounding; accumulated is fp32 against int8 at that tensor.", "",
+            *_markdown_table(report.activations, ActivationRow.COLUMNS),
+            "", f"Weights ({len(report.weights)}), worst first:", "",
+            *_markdown_table(report.weights, WeightRow.COLUMNS)]
 
 
 def to_markdown(report: Int8Report) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from html import escape
 
-from edgecnn.export.int8_report import Int8Report, format_db
+from edgecnn.export.int8_report import ActivationRow, Int8Report, WeightRow, format_db
 
 WIDTH, HEIGHT, MARGIN = 900, 320, 48
 SERIES = (("own SQNR", "sqnr_db", "#1f77b4"),
@@ -64,28 +64,19 @@ def sqnr_plot(report: Int8Report) -> str:
     return "\n".join(parts)
 
 
-def _table(headers: list[str], rows: list[tuple[bool, list[str]]]) -> str:
-    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
-    body = "\n".join(f'<tr{" class=bad" if bad else ""}>'
-                     + "".join(f"<td>{escape(cell)}</td>" for cell in cells) + "</tr>"
-                     for bad, cells in rows)
+def _table(rows: list[ActivationRow] | list[WeightRow], columns, floor: float) -> str:
+    """The rows as an HTML table, those under the SQNR floor shaded."""
+    head = "".join(f"<th>{escape(column)}</th>" for column in columns)
+    body = "\n".join(f'<tr{" class=bad" if row.score < floor else ""}>'
+                     + "".join(f"<td>{escape(cell)}</td>" for cell in row.cells()) + "</tr>"
+                     for row in rows)
     return f"<table><tr>{head}</tr>\n{body}</table>"
 
 
 def to_html(report: Int8Report) -> str:
     floor = report.floor_db
-    activations = _table(
-        ["module", "tensor", "op", "own SQNR dB", "worst channel dB", "channel", "accumulated dB"],
-        [(row.score < floor, [row.module, row.tensor, row.op_type, format_db(row.sqnr_db),
-                              format_db(row.worst_channel_sqnr_db), str(row.worst_channel),
-                              format_db(row.accumulated_sqnr_db)]) for row in report.activations])
-    weights = _table(
-        ["module", "weight", "SQNR dB", "worst channel dB", "channel", "min", "max", "scales"],
-        [(row.score < floor, [row.module, row.name, format_db(row.sqnr_db),
-                              format_db(row.worst_channel_sqnr_db), str(row.worst_channel),
-                              f"{row.minimum:.4g}", f"{row.maximum:.4g}",
-                              "per channel" if row.per_channel else "per tensor"])
-         for row in report.weights])
+    activations = _table(report.activations, ActivationRow.COLUMNS, floor)
+    weights = _table(report.weights, WeightRow.COLUMNS, floor)
     suggestions = "".join(f"<li><code>--keep-float {escape(','.join(s['nodes']))}</code> "
                           f"({escape(s['module'])}: {escape(s['reason'])})</li>"
                           for s in report.keep_float_suggestions())

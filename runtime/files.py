@@ -196,35 +196,8 @@ def _remove_stale_temporaries(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success rename it onto ``path``.
-
-    On any exception (including KeyboardInterrupt) the temporary file is removed and the
-    target is left as it was. The temporary file lives in the target directory so the final
-    rename is atomic on POSIX file systems. The target must be a regular file or absent, when
-    the work starts and again at the rename (BadInput otherwise).
-    """
-    path = check_output_path(path)
-    _remove_stale_temporaries(path)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-{_host_tag()}.",
-                                         suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    temp_path = Path(temp_name)
-    try:
-        with _under_way(temp_path):
-            yield temp_path
-        with open(temp_path, "rb") as written:
-            os.fsync(written.fileno())
-        os.chmod(temp_path, 0o666 & ~_current_umask())  # mkstemp makes it 0600
-        refuse_irregular_target(path)  # it may have become one during the work
-        os.replace(temp_path, path)
-    finally:
-        _remove_even_if_interrupted(temp_path)
-
-
-@contextlib.contextmanager
 def atomic_model_output(path: str | os.PathLike) -> Iterator[Path]:
-    """``atomic_output`` for a model written with files beside it (its external data): yield a
+    """A model written with files beside it (its external data), whole or not at all: yield a
     temporary folder next to ``path``, to write the model into as ``path.name`` and its data
     files by their locations (subfolders too). On success each file is moved into ``path``'s
     folder, the model last; on any failure the files moved so far that were not there before
@@ -261,3 +234,14 @@ def atomic_model_output(path: str | os.PathLike) -> Iterator[Path]:
         raise
     finally:
         _remove_even_if_interrupted(work)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path`` (in ``atomic_model_output``'s folder); on
+    success it is renamed onto ``path``, atomically on POSIX file systems. On any exception
+    (KeyboardInterrupt included) it is removed and the target is left as it was, as it is
+    when nothing was written. The target must be a regular file or absent, when the work
+    starts and again at the rename (BadInput otherwise)."""
+    with atomic_model_output(path) as work:
+        yield work / Path(path).name

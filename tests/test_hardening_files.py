@@ -228,7 +228,8 @@ def test_what_an_unfinished_write_made_is_removed_by_the_last_resort(tmp_path):
         (work / "m.onnx.data").write_bytes(b"half")
         remove_temporaries_under_way()
         assert list(tmp_path.iterdir()) == []
-        (work).mkdir()  # for the clean exit of the writers below
+        work.mkdir()  # for the clean exit of the writers below
+        temporary.parent.mkdir()
         (work / "m.onnx").write_bytes(b"x")
         temporary.write_text("done")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["a.txt", "m.onnx"]
