@@ -4,6 +4,7 @@ each choice; docs/contributing.md says how to add a mode (nothing else lists the
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, ClassVar, Iterator, Sequence
@@ -25,7 +26,7 @@ TARGETS = ("cpu", "openvino")  # the providers a static int8 file is tuned for (
 PERCENTILE = 99.999  # the percentile method's clipping point (onnxruntime's default)
 FP16_CHUNK = 1 << 16  # weights mapped to fp16 at a time (float16_weights)
 # onnxruntime's quantizer writes per-channel QDQ (DequantizeLinear's axis) for any opset, but
-# that axis exists from opset 13 on: an older file is converted first (at_least_opset).
+# that axis exists from opset 13 on: an older file is converted first (int8_opset).
 PER_CHANNEL_OPSET = 13
 
 ProgressCallback = Callable[[str, int, int], None]  # (task, done, total)
@@ -201,21 +202,54 @@ def _fast_weight_mapping() -> Iterator[None]:
         float16.convert_np_to_float16 = original
 
 
-def at_least_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
-    """``model``, converted by onnx's version converter when its standard opset is older than
-    ``opset`` (the same computation in newer ops); BadInput when the converter cannot."""
+@functools.cache
+def newest_int8_opset() -> int:
+    """The newest standard opset at which onnxruntime's CPU kernels run QuantizeLinear and
+    DequantizeLinear (onnxruntime 1.32: 27, while onnx defines 28), found by loading a
+    two-node model at each opset from onnx's newest down."""
+    import onnxruntime
+
+    from onnx import TensorProto, helper
+
+    for opset in range(onnx.defs.onnx_opset_version(), PER_CHANNEL_OPSET, -1):
+        graph = helper.make_graph(
+            [helper.make_node("QuantizeLinear", ["x", "scale", "zero"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "scale", "zero"], ["y"])], "probe",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+            [helper.make_tensor("scale", TensorProto.FLOAT, [], [1.0]),
+             helper.make_tensor("zero", TensorProto.UINT8, [], [0])])
+        probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+        with contextlib.suppress(Exception):  # NOT_IMPLEMENTED, or an opset it does not know
+            onnxruntime.InferenceSession(probe.SerializeToString(),
+                                         providers=["CPUExecutionProvider"])
+            return opset
+    return PER_CHANNEL_OPSET
+
+
+def int8_opset(model: onnx.ModelProto, per_channel: bool) -> onnx.ModelProto:
+    """``model`` at an opset its int8 QDQ file can be written and run at: from 13 for
+    per-channel weights (PER_CHANNEL_OPSET) up to ``newest_int8_opset()``. Converted by
+    onnx's version converter (the same computation in other op versions) when outside;
+    BadInput when the converter cannot."""
     from onnx import version_converter
 
     current = opset_version(model)
-    if current is None or current >= opset:
+    lowest, highest = (PER_CHANNEL_OPSET if per_channel else 0), newest_int8_opset()
+    if current is None or lowest <= current <= highest:
         return model
     try:
-        return version_converter.convert_version(model, opset)
+        return version_converter.convert_version(model, min(max(current, lowest), highest))
     except Exception as error:  # the converter raises what its adapters raise
-        raise BadInput(f"the model's opset {current} is older than the {opset} per-channel int8 "
-                       f"needs, and onnx could not convert it ({first_line(error)}): quantize "
-                       f"with per_tensor=True, or export the model at opset {opset} or "
-                       "later") from None
+        if current < lowest:
+            raise BadInput(f"the model's opset {current} is older than the {lowest} per-channel "
+                           f"int8 needs, and onnx could not convert it ({first_line(error)}): "
+                           f"quantize with per_tensor=True, or export the model at opset "
+                           f"{lowest} or later") from None
+        raise BadInput(f"the model's opset {current} is newer than the {highest} onnxruntime "
+                       f"runs int8 (QuantizeLinear) at, and onnx could not convert it "
+                       f"({first_line(error)}): export the model at opset {highest} or "
+                       "older") from None
 
 
 def to_fp16(model: onnx.ModelProto, exclude: Sequence[str], keep_io_float: bool) -> onnx.ModelProto:
@@ -271,8 +305,7 @@ class Int8Static(Recipe):
         return self.target == "cpu"
 
     def float_model(self, model: onnx.ModelProto) -> onnx.ModelProto:
-        if self.per_channel:
-            model = at_least_opset(model, PER_CHANNEL_OPSET)
+        model = int8_opset(model, self.per_channel)
         if not self.equalize:
             return model
         from edgecnn.export.equalize import equalize_pairs

@@ -141,6 +141,22 @@ def test_int8_of_a_file_below_opset_13(cli, files, tmp_path, opset):
     np.testing.assert_allclose(got, want, atol=0.05 * np.abs(want).max() + 1e-3)
 
 
+def test_int8_of_a_file_newer_than_onnxruntimes_int8_kernels(cli, tmp_path):
+    """onnxruntime 1.32 runs QuantizeLinear up to opset 27: the int8 file its quantizer made of
+    an opset-28 export did not load ('Could not find an implementation for QuantizeLinear(28)');
+    the float model is converted down to the newest opset those kernels run at first."""
+    from edgecnn.export.quantize_recipes import newest_int8_opset
+
+    source = tmp_path / "lenet28.onnx"
+    assert cli("export", "lenet", "--opset", "28", "-o", source, "--no-check").code == 0
+    output = tmp_path / "int8.onnx"
+    result = cli("quantize", source, "-o", output, "--calibration", "random", "--json")
+    assert result.code == 0, result.stderr
+    assert onnx_file.opset_version(load_model(output)) == newest_int8_opset() <= 28
+    x = np.random.default_rng(2).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    assert next(iter(Engine(output).run(x).values())).shape == (2, 10)
+
+
 def test_a_file_the_converter_cannot_lift_is_one_line(cli, files, tmp_path, monkeypatch):
     from onnx import version_converter
 
