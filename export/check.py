@@ -5,6 +5,7 @@ registered model (docs/design.md, "Any module against any file")."""
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Sequence
@@ -18,6 +19,7 @@ from edgecnn.export.calibration import batches, load_image_folder
 from edgecnn.export.int8_report import int8_report
 from edgecnn.export.build import (
     build_model, builder_arguments, check_model_options, in_eval_mode, random_input, run_eager,
+    weights_provenance,
 )
 from edgecnn.export.check_report import CheckReport
 from edgecnn.export.exporter import CHECK_BATCH, StepCallback, export_model
@@ -347,6 +349,22 @@ def check_parity(name: str | torch.nn.Module, onnx_path: str | os.PathLike | Non
                             "fit them badly and its own data well: "
                             f"{first}compare on real inputs with images=FOLDER")
     if not spec.own_weights:
-        report.notes.append("was the file exported with the same --seed/--weights/"
-                            "--num-classes? the eager model is rebuilt from them")
+        note = _weights_note(metadata, weights_provenance(spec, module, weights, seed))
+        report.notes += [note] if note else []
     return report
+
+
+def _weights_note(metadata: ModelMetadata | None, eager: str) -> str | None:
+    """Why a failed file may hold other weights than the eager model, from what its metadata
+    records of them ("random (seed N)" or "NAME sha256:HEX"); None when they are the same."""
+    held = metadata.weights if metadata is not None else None
+    if held is None:
+        return ("was the file exported with the same --seed/--weights/--num-classes? the "
+                "eager model is rebuilt from them")
+    digest = held.rsplit(" ", 1)[-1]
+    if digest == eager.rsplit(" ", 1)[-1]:
+        return None
+    seed = re.fullmatch(r"random \(seed (-?\d+)\)", held)
+    return (f"the file holds {held.replace('random', 'random weights')}, the eager model "
+            f"{eager.replace('random', 'random weights')}: check with "
+            + (f"seed={seed[1]}" if seed else "the weights it was exported from (weights=FILE)"))

@@ -102,9 +102,27 @@ def test_bisect_function_on_the_planted_model():
 
 
 def test_seed_mismatch_fails_instead_of_passing(cli, resnet18_64):
+    """The file's metadata says its weights: the note names the seed to give (it asked
+    whether the file had the same --seed/--weights)."""
     result = cli("check", "resnet18", "--onnx", resnet18_64, "--seed", "1", "--samples", "1")
     assert result.code == 1 and "FAIL" in result.stdout
-    assert "same --seed" in result.stderr
+    assert ("holds random weights (seed 0), the eager model random weights (seed 1): check "
+            "with --seed 0") in " ".join(result.stderr.split())
+
+
+def test_a_file_without_weights_in_its_metadata_gets_the_question(cli, resnet18_64, tmp_path):
+    from dataclasses import replace
+
+    import onnx
+
+    from edgecnn.runtime.onnx_file import get_metadata, load_model, set_metadata
+
+    model = load_model(resnet18_64)
+    set_metadata(model, replace(get_metadata(model), weights=None))
+    stripped = tmp_path / "stripped.onnx"
+    onnx.save(model, stripped)
+    result = cli("check", "resnet18", "--onnx", stripped, "--seed", "1", "--samples", "1")
+    assert result.code == 1 and "same --seed" in result.stderr
 
 
 def test_wrong_architecture_is_an_error(cli, resnet18_64, tmp_path):
