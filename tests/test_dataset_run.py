@@ -15,7 +15,7 @@ from PIL import Image
 from tiny_models import square_root_first, tiny_model
 
 from edgecnn.runtime import Engine
-from edgecnn.runtime.predict import Interrupted, run_files
+from edgecnn.runtime.predict import Interrupted, predict_files, run_files
 from edgecnn.runtime.stream import expand_inputs, stream_scores
 
 
@@ -110,6 +110,14 @@ def test_jsonl_and_csv_records_match_the_engine(cli, tiny, shots, tmp_path):
     assert list(rows[0]) == ["image", "error", "top1", "p1", "top2", "p2"]
     assert [(row["image"], row["top1"]) for row in rows] == [
         (record["image"], record["top_k"][0]["label"]) for record in records]
+
+
+def test_predict_files_collects_the_records_run_writes(tiny, shots, tmp_path):
+    files = expand_inputs([shots])[:4]
+    run_files(tiny.path, files, output=tmp_path / "p.jsonl", top_k=2)
+    collected = predict_files(tiny.path, files, top_k=2, batch=3)
+    assert (collected["images"], collected["done"], collected["output"]) == (4, 4, None)
+    assert collected["results"] == read_jsonl(tmp_path / "p.jsonl")
 
 
 def test_workers_batches_and_a_fixed_batch_give_the_same_scores(tiny, shots, tmp_path):
