@@ -27,7 +27,9 @@ from edgecnn.runtime.model_file import check_model_file
 from edgecnn.runtime.preprocess import check_image_channels
 from edgecnn.runtime.postprocess import top_k as top_k_of, usable_labels
 from edgecnn.runtime.providers import ProviderRequest
-from edgecnn.runtime.records import RecordWriter, check_record_path, mask_path, write_mask
+from edgecnn.runtime.records import (
+    RecordWriter, RunShape, check_record_path, mask_path, write_mask,
+)
 from edgecnn.runtime.stream import (
     Outcome, check_stream_options, expand_inputs, stream_scores, streaming_session_options,
 )
@@ -149,9 +151,12 @@ def run_files(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], *,
                "providers": engine.providers, "images": len(paths), "done": 0, "failed": 0,
                "resumed": 0, "output": None if output is None else str(output), "failures": [],
                **({"ray": ray} if ray is not None else {})}
+    classes = engine.outputs[0].shape[1] if len(engine.outputs[0].shape) > 1 else 1
+    shape = RunShape(metadata.task, top_k, min(top_k, classes) if isinstance(classes, int)
+                     else None, labels)
+    writer = RecordWriter(output, shape, resume) if output is not None else None
     if on_start is not None:
         on_start(summary)
-    writer = RecordWriter(output, metadata.task, top_k, resume) if output is not None else None
     try:
         todo = [path for path in paths if writer is None or str(path) not in writer.done]
         summary["resumed"] = len(paths) - len(todo)

@@ -2,8 +2,9 @@
 
 Lines are written whole (the finished line, unbuffered), so Ctrl-C leaves only complete
 records, and a line a full disk takes part of is cut off again; a line cut short by a killed
-process (SIGKILL, power loss) is dropped when the file is resumed. ``RecordWriter(path, task, top_k, resume=True)`` reads the images already
-recorded (``done``) and appends after them.
+process (SIGKILL, power loss) is dropped when the file is resumed.
+``RecordWriter(path, RunShape(task, top_k, ...), resume=True)`` reads the images already
+recorded (``done``), refuses records of another model or top_k, and appends after them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import csv
 import io
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -64,7 +67,49 @@ def _csv_row(record: dict, task: str, top_k: int) -> list:
     return row + [""] * (len(_csv_header(task, top_k)) - len(row))  # an error row: blanks
 
 
-def _recorded(path: Path, task: str, top_k: int, csv_format: bool) -> tuple[set[str], int]:
+@dataclass(frozen=True)
+class RunShape:
+    """What the records of one run look like, so that ``--resume`` adds to its own records
+    only: the task, ``top_k`` (the CSV's columns), ``entries`` (the classes a classification
+    record lists: top_k, or fewer classes; None: not known) and the model's ``labels``."""
+
+    task: str
+    top_k: int
+    entries: int | None = None
+    labels: Sequence[str] | None = None
+
+    def mismatch(self, record: dict) -> str | None:
+        """Why ``record`` is not one this run writes (another model's, another top_k's)."""
+        if "error" in record:
+            return None
+        listed = record.get("top_k" if self.task == "classification" else "classes")
+        if not isinstance(listed, list) or not all(isinstance(e, dict) for e in listed):
+            return f"it is not a {self.task} record"
+        if self.task == "classification" and self.entries not in (None, len(listed)):
+            return (f"it lists {len(listed)} classes where this run, top_k={self.top_k}, lists "
+                    f"{self.entries}")
+        names = [entry.get("label") for entry in listed]
+        if self.labels and not all(name in self.labels for name in names):
+            return "its classes are not named by this model's labels"
+        if not self.labels and any(name is not None for name in names):
+            return "its classes are named by labels, and this model is without labels"
+        return None
+
+    def csv_record(self, row: list[str]) -> dict:
+        """A CSV row as the record it was written from (as far as ``mismatch`` reads it)."""
+        if len(row) > 1 and row[1]:
+            return {"image": row[0], "error": row[1]}
+        if self.task == "classification":
+            names = [name for name in row[2::2] if name != ""]
+        else:
+            names = [pair.rpartition("=")[0] for pair in row[2].split(";") if pair] if len(
+                row) > 2 else []
+        key = "label" if self.labels or not all(name.isdigit() for name in names) else "index"
+        return {"image": row[0], ("top_k" if self.task == "classification" else "classes"):
+                [{key: name} for name in names]}
+
+
+def _recorded(path: Path, shape: RunShape, csv_format: bool) -> tuple[set[str], int]:
     """The images an existing output holds, and the length of its complete lines. A file that
     is not the records of this kind of run is BadInput ("cannot resume ...")."""
     data = path.read_bytes()
@@ -73,22 +118,29 @@ def _recorded(path: Path, task: str, top_k: int, csv_format: bool) -> tuple[set[
     # os.fsdecode gives (see RecordWriter), so a resumed run matches them.
     text = complete.decode("utf-8", errors="surrogateescape")
     lines = text.split("\n")[:-1]  # records end in "\n" only; names may hold U+2028 and kin
+    header = _csv_header(shape.task, shape.top_k)
     try:
         if csv_format:
             rows = list(csv.reader(lines))
-            if rows and rows[0] != _csv_header(task, top_k):
-                raise ValueError(f"its header is not the one this run writes "
-                                 f"({','.join(_csv_header(task, top_k))})")
-            return {row[0] for row in rows[1:] if row}, len(complete)
-        images = set()
-        for number, line in enumerate(lines, 1):
-            try:
-                images.add(json.loads(line)["image"])
-            except (ValueError, KeyError, TypeError, RecursionError):
-                raise ValueError(f"line {number} is not a record of `edgecnn run`") from None
+            if rows and rows[0] != header:
+                raise ValueError(f"its header is not the one this run, top_k={shape.top_k}, "
+                                 f"writes ({','.join(header)})")
+            records = [shape.csv_record(row) for row in rows[1:] if row]
+        else:
+            records = []
+            for number, line in enumerate(lines, 1):
+                try:
+                    records.append(json.loads(line))
+                    records[-1]["image"]
+                except (ValueError, KeyError, TypeError, RecursionError):
+                    raise ValueError(f"line {number} is not a record of `edgecnn run`") from None
+        for number, record in enumerate(records, 1):
+            if (why := shape.mismatch(record)) is not None:
+                raise ValueError(f"record {number} is not one this run writes ({why}): another "
+                                 "model, or another top_k, wrote it; write a new output")
     except (ValueError, csv.Error) as error:
         raise BadInput(f"cannot resume {path}: {first_line(error)}") from None
-    return images, len(complete)
+    return {record["image"] for record in records}, len(complete)
 
 
 class RecordWriter:
@@ -96,13 +148,13 @@ class RecordWriter:
     A line the machine refuses part of (a full disk, a file-size limit) is cut off again
     before the error goes on: the file holds complete records only (``length`` bytes)."""
 
-    def __init__(self, path: str | os.PathLike, task: str, top_k: int, resume: bool = False):
+    def __init__(self, path: str | os.PathLike, shape: RunShape, resume: bool = False):
         self.path = check_record_path(path)
-        self.task, self.top_k = task, top_k
+        self.task, self.top_k = shape.task, shape.top_k
         self.csv = self.path.suffix.lower() == ".csv"
         self.errors = _NAME_BYTES if self.csv else "backslashreplace"
         resuming = resume and self.path.is_file() and self.path.stat().st_size > 0
-        self.done, self.length = (_recorded(self.path, task, top_k, self.csv) if resuming
+        self.done, self.length = (_recorded(self.path, shape, self.csv) if resuming
                                   else (set(), 0))
         self.handle = open(self.path, "r+b" if resuming else "wb", buffering=0)
         if resuming:
@@ -110,7 +162,7 @@ class RecordWriter:
             self.handle.seek(self.length)
         if self.csv and not self.length:
             try:
-                self._write_line(_csv_line(_csv_header(task, top_k)))
+                self._write_line(_csv_line(_csv_header(self.task, self.top_k)))
             except OSError:  # not even the header: no empty file is left
                 self.handle.close()
                 self.path.unlink()

@@ -197,6 +197,24 @@ def test_resume_skips_what_the_output_holds_and_drops_a_cut_line(cli, tiny, shot
     assert_one_line_error(cli("run", tiny.path, shots, "--resume"), 2, "--resume needs")
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_resume_refuses_records_of_another_model_or_top_k(cli, tiny, shots, tmp_path, suffix):
+    """--resume appended this run's records after another model's (other labels) or another
+    --top-k's without a word: the file mixed two runs."""
+    output = tmp_path / f"p{suffix}"
+    first = sorted(shots.glob("a/*"))[:3]
+    assert cli("run", tiny.path, *first, "-o", output, "--top-k", "3").code == 0
+    held = output.read_bytes()
+    unlabelled = tiny_model(tmp_path / "other.onnx", seed=1).path
+    for model, flags, fragment in ((unlabelled, ["--top-k", "3"], "without labels"),
+                                   (tiny.path, ["--top-k", "2"], "--top-k 2")):
+        result = cli("run", model, shots, "-o", output, "--resume", *flags)
+        assert_one_line_error(result, 2, "cannot resume", str(output), fragment)
+        assert output.read_bytes() == held
+    result = cli("run", tiny.path, shots, "-o", output, "--resume", "--top-k", "3", "--json")
+    assert result.code == 0 and json.loads(result.stdout)["resumed"] == 3, result.stderr
+
+
 def test_a_full_disk_mid_run_is_one_line_and_resume_completes(cli, tiny, shots, tmp_path,
                                                                monkeypatch):
     from edgecnn.runtime.records import RecordWriter
