@@ -91,6 +91,18 @@ def random_input(shape: Sequence[int], seed: int = 0) -> torch.Tensor:
     return torch.randn(tuple(shape), generator=generator)
 
 
+def _input_hint(model: nn.Module, example: torch.Tensor) -> str:
+    """What to give when the module fails on ``example``: the channels its first convolution
+    takes, when they are not the input's; else batch 1, for a module of one image at a time."""
+    first = next(((name, layer) for name, layer in model.named_modules()
+                  if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d))), None)
+    if first is not None and example.ndim > 1 and first[1].in_channels != example.shape[1]:
+        channels = first[1].in_channels
+        return (f"; its first convolution, {first[0]}, takes {channels} channels: give "
+                f"in_channels={channels}")
+    return "; if it takes one batch size only, give it: batch=1" if len(example) > 1 else ""
+
+
 def run_eager(model: nn.Module, example: torch.Tensor,
               spec: models.ModelSpec) -> dict[str, np.ndarray]:
     """The eager outputs by name: the task's output name for one tensor; a tuple or list of
@@ -103,8 +115,7 @@ def run_eager(model: nn.Module, example: torch.Tensor,
     except RuntimeError as error:
         if out_of_memory(error):  # not the input's fault: the CLI says out of memory
             raise
-        hint = ("; if it takes one batch size only, give it: batch=1" if len(example) > 1
-                else "")
+        hint = _input_hint(model, example)
         raise BadInput(f"input {list(example.shape)} does not work for {spec.name}: "
                        f"{first_line(error, 200)}{hint}") from None
     if isinstance(result, torch.Tensor):

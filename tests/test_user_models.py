@@ -280,6 +280,16 @@ def test_a_module_of_one_fixed_batch_is_pointed_to_batch(cli, tmp_path):
     assert report["parity"]["rel_l2"] <= 1e-5
 
 
+def test_a_module_given_other_channels_is_pointed_to_in_channels(cli, tmp_path):
+    """Its first convolution says how many channels it takes; the line named --batch 1."""
+    result = cli("export", f"{MODELS}:MixedNet", "-o", tmp_path / "m.onnx", "--input-size",
+                 "16", "--in-channels", "1")
+    assert_one_line_error(result, 2, "input [2, 1, 16, 16] does not work for MixedNet",
+                          "its first convolution, stem.0, takes 3 channels: give "
+                          "--in-channels 3")
+    assert "--batch" not in result.stderr and list(tmp_path.iterdir()) == []
+
+
 def test_a_dense_first_output_makes_a_segmentation_model_by_default(cli, tmp_path):
     """Without --task, an (N, C, H, W) first output is segmentation, as the Engine reads a file
     without metadata (was classification: run then refused the file it had written)."""
