@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from edgecnn.errors import BadInput, require_count
-from edgecnn.runtime.engine import Engine, TensorSpec, check_feed_bytes
+from edgecnn.runtime.engine import FIXED_BATCH_ADVICE, Engine, TensorSpec, check_feed_bytes
 from edgecnn.runtime.metadata import fixed_size
 from edgecnn.runtime.providers import ProviderRequest, short_name
 
@@ -70,8 +70,12 @@ def random_inputs(engine: Engine, batch: int | None = None, seed: int = 0) -> di
     """A random feed for every input: batch axis from ``batch``, other dynamic axes from the
     metadata's input shape; BadInput when a size is unknown or contradicts a fixed axis."""
     shapes = {spec.name: _feed_shape(spec, engine, batch) for spec in engine.inputs}
+    fixed = batch is None and any(spec.shape and fixed_size(spec.shape[0]) not in (None, 1)
+                                  for spec in engine.inputs)
     check_feed_bytes({spec.name: (shapes[spec.name], spec.dtype) for spec in engine.inputs},
-                     "use a smaller --batch", prefix=f"--batch {batch}: " if batch else "")
+                     FIXED_BATCH_ADVICE if fixed else "use a smaller --batch",
+                     prefix="the fixed batch of " if fixed else f"--batch {batch}: " if batch
+                     else "")
     rng = np.random.default_rng(seed)
     return {spec.name: _random_array(spec, shapes[spec.name], rng) for spec in engine.inputs}
 

@@ -65,6 +65,9 @@ class TensorSpec:
         return cls(arg.name, tuple(arg.shape), None if dtype is None else np.dtype(dtype))
 
 
+FIXED_BATCH_ADVICE = "export the model with a dynamic (or smaller) batch axis"
+
+
 def check_feed_bytes(arrays: Mapping[str, tuple[Sequence[int], object]], advice: str,
                      prefix: str = "") -> None:
     """BadInput when the inputs ``arrays`` ({name: (shape, dtype)}) edgecnn is to build would
@@ -261,8 +264,7 @@ class Engine:
         if not fixed:
             return self.run({spec.name: batch.astype(spec.dtype, copy=False)})[self._output_names[0]]
         check_feed_bytes({spec.name: ((fixed, *batch.shape[1:]), spec.dtype or batch.dtype)},
-                         "export the model with a dynamic (or smaller) batch axis",
-                         prefix="the fixed batch of ")
+                         FIXED_BATCH_ADVICE, prefix="the fixed batch of ")
         outputs = []
         for start in range(0, len(batch), fixed):
             chunk = batch[start:start + fixed]

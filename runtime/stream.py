@@ -23,7 +23,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from edgecnn.errors import BadInput, first_line, require_count
-from edgecnn.runtime.engine import check_feed_bytes
+from edgecnn.runtime.engine import FIXED_BATCH_ADVICE, check_feed_bytes
 from edgecnn.runtime.files import check_input_file
 from edgecnn.runtime.preprocess import preprocess_images
 
@@ -182,8 +182,11 @@ def stream_scores(engine, paths: Iterable[Path], *, batch: int | None = None,
     workers = workers or default_workers()
     lookahead = 2 * size + workers
     # The decoded images waiting for the session: bounded like one batch of the Engine's.
+    fixed = engine.fixed_batch is not None
     check_feed_bytes({metadata.input.name: ((lookahead, *metadata.input.shape), np.float32)},
-                     "give a smaller batch", prefix=f"batch {size}: {lookahead} decoded images, ")
+                     FIXED_BATCH_ADVICE if fixed else "give a smaller batch",
+                     prefix=f"{'the fixed batch of' if fixed else 'batch'} {size}: {lookahead} "
+                            "decoded images, ")
     todo = iter(paths)
     pending: deque[tuple[Path, Future]] = deque()
     pool = ThreadPoolExecutor(workers, thread_name_prefix="edgecnn-decode")
