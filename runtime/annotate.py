@@ -16,7 +16,7 @@ import filecmp
 import os
 import shutil
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from edgecnn.errors import BadInput
 from edgecnn.runtime.external_data import check_external_data, refuse_overwriting
@@ -70,6 +70,7 @@ def annotate(path: str | os.PathLike, output: str | os.PathLike | None = None, *
     payload = model.SerializeToString()
     copies = {}
     if not in_place and target.parent.resolve() != source.parent.resolve():
+        _check_copyable(locations, source, target)
         copies = {location: data for location, data in locations.items()
                   if not _same_file(target.parent / location, data, target)}
     with atomic_model_output(target) as work:
@@ -78,6 +79,21 @@ def annotate(path: str | os.PathLike, output: str | os.PathLike | None = None, *
             shutil.copyfile(data, work / location)
         (work / target.name).write_bytes(payload)
     return AnnotateResult(target, metadata, list(locations))
+
+
+def _check_copyable(locations: dict[str, Path], source: Path, target: Path) -> None:
+    """BadInput unless each data file can be copied beside ``target`` under its own name: a
+    location is the file's to choose, and one in a sub-folder (".ssh/authorized_keys") would
+    write there, inside the output folder; one named like the output would be overwritten by
+    the model itself."""
+    for location in locations:
+        if PurePosixPath(location.replace("\\", "/")).name != location:
+            raise BadInput(f"{source}'s external data {location!r} is in a sub-folder; annotate "
+                           "copies only the data files beside the model: write the output into "
+                           f"{source.parent}, or use in_place")
+        if location == target.name:
+            raise BadInput(f"{source}'s external data is named {location!r}, the output's own "
+                           "name: give the output another name")
 
 
 def _same_file(destination: Path, data: Path, target: Path) -> bool:

@@ -111,6 +111,45 @@ def test_other_weights_in_the_output_folder_are_not_overwritten(cli, dynamo, tmp
     assert _files(elsewhere) == {"model.onnx.data"}
 
 
+def _relocated(dynamo: Path, folder: Path, location: str) -> Path:
+    """``dynamo``'s model in ``folder``, its external data moved to ``location`` there."""
+    model = onnx.load(dynamo, load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+    (folder / location).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(dynamo.parent / "model.onnx.data", folder / location)
+    onnx.save(model, folder / "model.onnx")
+    return folder / "model.onnx"
+
+
+@pytest.mark.parametrize("location", [".ssh/authorized_keys", "sub/w.data"])
+def test_data_in_a_sub_folder_is_not_copied_into_the_output_folder(cli, dynamo, tmp_path,
+                                                                   location):
+    """A copy writes the file's locations under the output folder: a location of
+    .ssh/authorized_keys planted that file in a home folder given as the output's."""
+    (tmp_path / "pkg").mkdir()
+    source = _relocated(dynamo, tmp_path / "pkg", location)
+    home = tmp_path / "home"
+    home.mkdir()
+    assert_one_line_error(cli("annotate", source, "-o", home / "model.onnx"), 2, location,
+                          "sub-folder", "annotate copies only the data files beside the model")
+    assert _files(home) == set()
+    in_place = cli("annotate", source, "--in-place")  # nothing is copied: fine
+    assert in_place.code == 0, in_place.stderr
+
+
+def test_data_named_like_the_output_is_refused(cli, dynamo, tmp_path):
+    """The copied data and the model written over it: run read the model's bytes as weights."""
+    (tmp_path / "pkg").mkdir()
+    source = _relocated(dynamo, tmp_path / "pkg", "out.onnx")
+    (tmp_path / "o").mkdir()
+    assert_one_line_error(cli("annotate", source, "-o", tmp_path / "o" / "out.onnx"), 2,
+                          "out.onnx", "the output's own name")
+    assert _files(tmp_path / "o") == set()
+
+
 def test_a_failed_write_leaves_nothing(cli, dynamo, tmp_path, monkeypatch):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
