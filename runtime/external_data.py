@@ -31,6 +31,10 @@ _GRAPH_FIELDS = {"model": {7: "graph", 20: "training", 25: "function"},
                  "attribute": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse",
                                23: "sparse"},
                  "sparse": {1: "tensor", 2: "tensor"}}
+# The fields above that hold one message, not a list: protobuf merges all the occurrences of
+# such a field into one message (as if their bytes were one), so they are walked together.
+_SINGULAR = {("model", 7), ("training", 1), ("training", 2), ("attribute", 5),
+             ("attribute", 6), ("attribute", 22), ("sparse", 1), ("sparse", 2)}
 _TENSOR_DIMS, _TENSOR_TYPE, _TENSOR_NAME = 1, 2, 8
 _TENSOR_EXTERNAL_DATA, _TENSOR_LOCATION = 13, 14
 _EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
@@ -54,46 +58,64 @@ def external_tensors(model: str | os.PathLike | bytes) -> list[ExternalTensor]:
     reads)."""
     try:
         with io.BytesIO(model) if isinstance(model, bytes) else open(model, "rb") as stream:
-            return list(_walk(stream, "model", None, 0))
+            return list(_walk(stream, "model", [(0, None)], 0))
     except ValueError as error:
         name = "the model" if isinstance(model, bytes) else str(model)
         raise BadInput(f"cannot load {name} as an ONNX model: not protobuf ({error})") from None
 
 
-def _walk(stream: BinaryIO, message: str, end: int | None,
+Ranges = list[tuple[int, int | None]]  # the (start, end) of each occurrence of one message
+
+
+def _walk(stream: BinaryIO, message: str, ranges: Ranges,
           depth: int) -> Iterator[ExternalTensor]:
+    """The external tensors of one message, written as the occurrences ``ranges``."""
     if depth > MAX_PROTOBUF_NESTING:  # what protobuf parsers refuse (and Python's recursion limit)
         raise ValueError(f"messages nested more than {MAX_PROTOBUF_NESTING} deep")
     nested = _GRAPH_FIELDS[message]
-    for field, wire, value in fields(stream, end):
-        if wire != 2 or field not in nested:
-            continue
-        offset, length = value
-        stream.seek(offset)
-        if nested[field] == "tensor":
-            tensor = _tensor(stream, offset + length)
-            if tensor is not None:
-                yield tensor
-        else:
-            yield from _walk(stream, nested[field], offset + length, depth + 1)
+    singular: dict[int, Ranges] = {}
+    for start, end in ranges:
+        stream.seek(start)
+        for field, wire, value in fields(stream, end):
+            if wire != 2 or field not in nested:
+                continue
+            offset, length = value
+            if (message, field) in _SINGULAR:
+                singular.setdefault(field, []).append((offset, offset + length))
+            else:
+                yield from _child(stream, nested[field], [(offset, offset + length)], depth)
+    for field, occurrences in singular.items():
+        yield from _child(stream, nested[field], occurrences, depth)
 
 
-def _tensor(stream: BinaryIO, end: int) -> ExternalTensor | None:
+def _child(stream: BinaryIO, message: str, ranges: Ranges,
+           depth: int) -> Iterator[ExternalTensor]:
+    if message != "tensor":
+        yield from _walk(stream, message, ranges, depth + 1)
+    elif (tensor := _tensor(stream, ranges)) is not None:
+        yield tensor
+
+
+def _tensor(stream: BinaryIO, ranges: Ranges) -> ExternalTensor | None:
+    """The tensor the occurrences ``ranges`` merge into, when it is external: the last of a
+    single value, every element of a list (the location entries too: the last one counts)."""
     name, entries, dims, data_type, location = "", {}, [], None, 0
-    for field, wire, value in fields(stream, end):
-        if field == _TENSOR_LOCATION and wire == 0:
-            location = value
-        elif field == _TENSOR_TYPE and wire == 0:
-            data_type = value
-        elif field == _TENSOR_DIMS and wire == 0:
-            dims.append(value)
-        elif field == _TENSOR_DIMS and wire == 2:  # packed
-            dims.extend(_packed_varints(stream, *value))
-        elif field == _TENSOR_NAME and wire == 2:
-            name = _text(stream, value)
-        elif field == _TENSOR_EXTERNAL_DATA and wire == 2:
-            key, text = _entry(stream, value)
-            entries[key] = text
+    for start, end in ranges:
+        stream.seek(start)
+        for field, wire, value in fields(stream, end):
+            if field == _TENSOR_LOCATION and wire == 0:
+                location = value
+            elif field == _TENSOR_TYPE and wire == 0:
+                data_type = value
+            elif field == _TENSOR_DIMS and wire == 0:
+                dims.append(value)
+            elif field == _TENSOR_DIMS and wire == 2:  # packed
+                dims.extend(_packed_varints(stream, *value))
+            elif field == _TENSOR_NAME and wire == 2:
+                name = _text(stream, value)
+            elif field == _TENSOR_EXTERNAL_DATA and wire == 2:
+                key, text = _entry(stream, value)
+                entries[key] = text
     if location != _EXTERNAL:
         return None
     size = _ITEM_SIZES.get(data_type)

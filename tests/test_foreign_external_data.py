@@ -154,6 +154,63 @@ def test_a_function_attribute_default_in_external_data_is_vetted(tmp_path):
         check_external_data(folder / "model.onnx")
 
 
+def _length_field(number: int, payload: bytes) -> bytes:
+    tag, size = number << 3 | 2, len(payload)
+    varints = b""
+    for value in (tag, size):
+        while value >= 0x80:
+            varints += bytes([value & 0x7F | 0x80])
+            value >>= 7
+        varints += bytes([value])
+    return varints + payload
+
+
+def _split_constant_model(path, location: str) -> None:
+    """Constant(value=t) whose tensor t is written as two occurrences of the singular field
+    AttributeProto.t: the first external at good.data, the second holding only a location.
+    protobuf merges them into one tensor whose last location, ``location``, is read."""
+    from onnx import TensorProto, helper
+
+    first = TensorProto(name="c", data_type=TensorProto.FLOAT, dims=[1, 4],
+                        data_location=TensorProto.EXTERNAL)
+    for key, value in (("location", "good.data"), ("offset", "0"), ("length", "16")):
+        first.external_data.add(key=key, value=value)
+    second = TensorProto()
+    second.external_data.add(key="location", value=location)
+    attribute = (helper.make_attribute("value", first).SerializeToString()
+                 + _length_field(5, second.SerializeToString()))
+    node = _length_field(2, b"logits") + _length_field(4, b"Constant") + _length_field(5, attribute)
+    rest = helper.make_graph([], "g", [helper.make_tensor_value_info(
+        "input", TensorProto.FLOAT, [1, 3, 8, 8])], [helper.make_tensor_value_info(
+            "logits", TensorProto.FLOAT, [1, 4])]).SerializeToString()
+    model = helper.make_model(onnx.GraphProto(), opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    model.ClearField("graph")
+    path.write_bytes(model.SerializeToString() + _length_field(7, _length_field(1, node) + rest))
+
+
+def test_a_tensor_split_over_two_occurrences_is_vetted_as_protobuf_merges_it(tmp_path):
+    """The walk checked each occurrence alone: the first named good.data, the second was not
+    external, and onnxruntime 1.17 read the merged tensor from ../outside/secret.data."""
+    from edgecnn.errors import BadInput
+    from edgecnn.runtime.external_data import check_external_data
+
+    outside, folder = tmp_path / "outside", tmp_path / "models"
+    outside.mkdir()
+    folder.mkdir()
+    (outside / "secret.data").write_bytes(np.arange(4, dtype=np.float32).tobytes())
+    (folder / "good.data").write_bytes(bytes(16))
+    _split_constant_model(folder / "model.onnx", "../outside/secret.data")
+    merged = onnx.load(folder / "model.onnx", load_external_data=False)
+    tensor = merged.graph.node[0].attribute[0].t
+    assert [entry.value for entry in tensor.external_data if entry.key == "location"][-1] == (
+        "../outside/secret.data")  # what a reader sees: the second location, last
+    with pytest.raises(BadInput, match="goes up out of the model's folder"):
+        check_external_data(folder / "model.onnx")
+    _split_constant_model(folder / "model.onnx", "good.data")
+    assert list(check_external_data(folder / "model.onnx")) == ["good.data"]
+
+
 @pytest.mark.parametrize("command", [["quantize", "--mode", "fp16"], ["annotate"]])
 @pytest.mark.parametrize("target", ["model.onnx", "model.onnx.data", "other.onnx"])
 def test_an_output_over_the_input_or_its_data_is_refused(cli, tmp_path, dynamo_model, command,
