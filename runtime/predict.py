@@ -122,7 +122,7 @@ def run_files(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], *,
     require_count("top_k", top_k, optional=False)
     check_stream_options(batch, workers, max_pixels)
     if resume and output is None:
-        raise BadInput("resume needs output (the file to continue)")
+        raise BadInput("resume needs output=FILE (the file to continue)")
     check_model_file(model)  # the first argument's error first, before the images are listed
     paths = expand_inputs(inputs)
     if ray is not None:
@@ -157,6 +157,7 @@ def run_files(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], *,
     writer = RecordWriter(output, shape, resume) if output is not None else None
     if on_start is not None:
         on_start(summary)
+    all_failed = False
     try:
         todo = [path for path in paths if writer is None or str(path) not in writer.done]
         summary["resumed"] = len(paths) - len(todo)
@@ -184,13 +185,20 @@ def run_files(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], *,
                     on_record(record)
                 if on_progress is not None:
                     on_progress(summary["resumed"] + summary["done"], len(paths))
+        failed = summary["failed"]
+        if failed and failed == summary["done"] and not summary["resumed"]:
+            all_failed, first = True, summary["failures"][0]["error"]
+            raise BadInput(first if failed == 1 else
+                           f"none of the {failed} images could be scored (the first: {first})")
         seconds = time.perf_counter() - started
         summary["seconds"] = round(seconds, 3)
         summary["images_per_second"] = round(summary["done"] / seconds, 2) if seconds else None
     except KeyboardInterrupt:
-        held = _held(summary)
-        where = (f"; {output} holds {held} complete record(s), --resume continues it"
-                 if output is not None else "")
+        where = ""
+        if writer is not None:
+            where = (f"; {output} holds {_held(summary)} complete record(s), --resume continues "
+                     "it" if writer.opened or summary["done"] else
+                     f"; nothing was written to {output}")
         raise Interrupted(f"interrupted after {summary['done']} of {len(todo)} image(s)"
                           f"{where}") from None
     except OSError as error:
@@ -199,8 +207,8 @@ def run_files(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], *,
         raise WriteRefused(f"{message}; it holds {_held(summary)} complete record(s): --resume "
                            "continues it once there is room") from None
     finally:
-        if writer is not None:
-            writer.close()
+        if writer is not None:  # the records of a run of failures only are not kept
+            writer.close(keep_held=not all_failed)
     return summary
 
 

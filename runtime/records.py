@@ -146,21 +146,41 @@ def _recorded(path: Path, shape: RunShape, csv_format: bool) -> tuple[set[str], 
 class RecordWriter:
     """Appends records to ``path`` (.jsonl or .csv), one whole line each, straight to the file.
     A line the machine refuses part of (a full disk, a file-size limit) is cut off again
-    before the error goes on: the file holds complete records only (``length`` bytes)."""
+    before the error goes on: the file holds complete records only (``length`` bytes).
+
+    A new output is opened at the first record scored (or the first ``HELD_FAILURES`` failed
+    ones): a run that stops before, on bad input, leaves the file there as it was, or none.
+    A symbolic link is replaced by the file, not written through; ``resume`` refuses one."""
+
+    HELD_FAILURES = 10_000
 
     def __init__(self, path: str | os.PathLike, shape: RunShape, resume: bool = False):
         self.path = check_record_path(path)
         self.task, self.top_k = shape.task, shape.top_k
         self.csv = self.path.suffix.lower() == ".csv"
         self.errors = _NAME_BYTES if self.csv else "backslashreplace"
+        if resume and self.path.is_symlink():
+            raise BadInput(f"resume continues a regular file, and {self.path} is a symbolic link")
         resuming = resume and self.path.is_file() and self.path.stat().st_size > 0
         self.done, self.length = (_recorded(self.path, shape, self.csv) if resuming
                                   else (set(), 0))
-        self.handle = open(self.path, "r+b" if resuming else "wb", buffering=0)
+        self.handle, self.held = None, []
         if resuming:
+            self.handle = open(self.path, "r+b", buffering=0)
             self.handle.truncate(self.length)  # a line a killed run cut short
             self.handle.seek(self.length)
-        if self.csv and not self.length:
+
+    @property
+    def opened(self) -> bool:
+        return self.handle is not None
+
+    def _open(self) -> None:
+        if self.path.is_symlink():
+            self.path.unlink()
+        self.handle = os.fdopen(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+                                        | getattr(os, "O_NOFOLLOW", 0), 0o666), "wb",
+                                buffering=0)
+        if self.csv:
             try:
                 self._write_line(_csv_line(_csv_header(self.task, self.top_k)))
             except OSError:  # not even the header: no empty file is left
@@ -179,11 +199,30 @@ class RecordWriter:
         self.length += len(data.obj)
 
     def write(self, record: dict) -> None:
+        if self.handle is None:
+            self.held.append(record)
+            if "error" in record and len(self.held) < self.HELD_FAILURES:
+                return
+            self._open()
+            held, self.held = self.held, []
+            for earlier in held:
+                self._write(earlier)
+        else:
+            self._write(record)
+
+    def _write(self, record: dict) -> None:
         self._write_line(_csv_line(_csv_row(record, self.task, self.top_k)) if self.csv
                          else json.dumps(record, ensure_ascii=False) + "\n")
 
-    def close(self) -> None:
-        self.handle.close()
+    def close(self, keep_held: bool = True) -> None:
+        """Close the file; failed records still held are written first with ``keep_held``
+        (a run that ended), dropped without it (a run that failed: nothing is written)."""
+        if self.handle is None and self.held and keep_held:
+            self._open()
+            for record in self.held:
+                self._write(record)
+        if self.handle is not None:
+            self.handle.close()
 
 
 def _csv_line(row: list) -> str:

@@ -165,8 +165,50 @@ def test_bad_images_are_recorded_and_skipped(cli, tiny, shots, tmp_path):
     assert "cannot read image" in records[1]["error"] and "image not found" in records[3]["error"]
     assert "b.jpg" in result.stderr and "gone.jpg" in result.stderr
     assert "wrote 4 record(s)" in result.stdout and "2 image(s) failed" in result.stdout
+    listed = cli("run", tiny.path, folder, "--json")  # stdout is JSON: the warnings go to stderr
+    assert listed.code == 3 and json.loads(listed.stdout)["failed"] == 1
+    assert listed.stderr.startswith("warning: cannot read image") and "b.jpg" in listed.stderr
     assert_one_line_error(cli("run", tiny.path, folder, "--strict", "-o", output), 2, "b.jpg")
     assert_one_line_error(cli("run", tiny.path, folder / "b.jpg"), 2, "cannot read image")
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_a_run_that_writes_no_record_leaves_the_old_output_as_it_was(cli, tiny, shots, tmp_path,
+                                                                     suffix):
+    """The output was emptied when the run opened it: --strict stopping at a bad first image
+    destroyed the records of an earlier run (or left an empty file where there was none)."""
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    other = tmp_path / "other.jpg"
+    other.write_text("not a jpeg")
+    good = sorted(shots.glob("a/*"))[0]
+    output, fresh = tmp_path / f"old{suffix}", tmp_path / f"new{suffix}"
+    output.write_text("precious\n")
+    for target in (output, fresh):
+        result = cli("run", tiny.path, bad, good, "-o", target, "--strict")
+        assert_one_line_error(result, 2, "bad.png")
+        result = cli("run", tiny.path, bad, other, "-o", target)  # every image failed: exit 2
+        assert_one_line_error(result, 2, "none of the 2 images could be scored", "bad.png")
+    assert output.read_text() == "precious\n" and not fresh.exists()
+
+
+def test_an_output_that_is_a_symlink_is_replaced_not_written_through(cli, tiny, shots,
+                                                                     tmp_path):
+    """As export and quantize do: the link's target, elsewhere, was overwritten by records."""
+    elsewhere = tmp_path / "elsewhere.txt"
+    elsewhere.write_text("someone else's file\n")
+    link = tmp_path / "out" / "link.jsonl"
+    link.parent.mkdir()
+    link.symlink_to(elsewhere)
+    good = sorted(shots.glob("a/*"))[0]
+    assert cli("run", tiny.path, good, "-o", link).code == 0
+    assert elsewhere.read_text() == "someone else's file\n"
+    assert not link.is_symlink() and read_jsonl(link)[0]["image"] == str(good)
+    link.unlink()
+    link.symlink_to(elsewhere)
+    assert_one_line_error(cli("run", tiny.path, good, "-o", link, "--resume"), 2,
+                          "is a symbolic link", "--resume")
+    assert elsewhere.read_text() == "someone else's file\n"
 
 
 def test_an_image_the_model_scores_nan_is_a_failed_record_not_nan_json(cli, tiny, tmp_path):
@@ -194,7 +236,8 @@ def test_resume_skips_what_the_output_holds_and_drops_a_cut_line(cli, tiny, shot
     summary = json.loads(result.stdout)
     assert (summary["resumed"], summary["done"]) == (5, 15)
     assert output.read_text() == "".join(full)
-    assert_one_line_error(cli("run", tiny.path, shots, "--resume"), 2, "--resume needs")
+    assert_one_line_error(cli("run", tiny.path, shots, "--resume"), 2,
+                          "--resume needs --output FILE")
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv"])

@@ -101,15 +101,12 @@ def run_command(
             on_start=None if json_output else _print_header, on_record=on_record,
             on_progress=on_progress and (lambda done, total: on_progress("images", done, total)))
     failed = summary["failed"]
-    if failed and failed == summary["done"] and not summary["resumed"]:
-        first = summary["failures"][0]["error"]
-        raise BadInput(first if failed == 1 else
-                       f"none of the {failed} images could be scored (the first: {first})")
+    if json_output or output is not None:  # no listing on stdout shows the failures
+        for failure in summary["failures"]:
+            print_warning(failure["error"])
     if json_output:
         print_json(summary if output is not None else {**summary, "results": collected})
     elif output is not None:
-        for failure in summary["failures"]:
-            print_warning(failure["error"])
         out.print(f"wrote {summary['done']} record(s) to {safe(output)}"
                   + (f" after the {summary['resumed']} already there" if resume else "")
                   + (f"; {failed} image(s) failed" if failed else ""),
