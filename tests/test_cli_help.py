@@ -53,6 +53,25 @@ def test_check_help_lists_the_precisions_and_export_the_export_modes(cli):
     assert " or ".join(quantize_recipes.EXPORT_MODES) in export and not _placeholders(export)
 
 
+@pytest.mark.parametrize("command", [[], ["run"], ["quantize"], ["check"]])
+def test_help_on_the_device_install_without_onnx_or_torch(cli, monkeypatch, command):
+    """`pip install edgecnn[cpu]` has neither: every --help crashed with a traceback, as
+    filling in the recipe lists imported onnx."""
+    from edgecnn.cli import _app
+
+    def missing(module: str, name: str):
+        if module.startswith("edgecnn.export"):
+            raise ModuleNotFoundError("No module named 'onnx'", name="onnx")
+        return real(module, name)
+
+    real = _app._code
+    monkeypatch.setattr(_app, "_code", missing)
+    text = _help(cli, *command)
+    assert "Usage: edgecnn" in text and not _placeholders(text)
+    if command == ["quantize"]:
+        assert "(the list needs onnx: pip install 'edgecnn[export,cpu]')" in text
+
+
 def test_version_and_debug_are_in_the_help(cli):
     from edgecnn import __version__
 

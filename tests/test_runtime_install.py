@@ -94,6 +94,9 @@ def test_device_install_has_no_pytorch_and_runs_models(tmp_path, resnet18_64, zo
                                                  zoo_onnx("deform_testnet"))
     # onnxruntime's own DeformConv kernel runs the op: probing for it needs no onnx package
     assert seen["swapped"] is False and seen["torch"] is False
+    edgecnn = python.parent / "edgecnn"
+    for command in ([], ["run"], ["quantize"]):  # the help crashed: its lists imported onnx
+        assert "Usage: edgecnn" in sh(edgecnn, *command, "--help").stdout
 
 
 def test_oldest_supported_onnxruntime_runs_models(tmp_path, resnet18_64, zoo_onnx):

@@ -12,7 +12,7 @@ import traceback
 
 import typer
 
-from edgecnn.cli._app import app, err, fill_help, in_flags, safe
+from edgecnn.cli._app import INSTALL_FOR, app, err, fill_help, in_flags, safe
 from edgecnn.cli._parsing import join_multi_value_flags
 from edgecnn.cli._signals import SignalsAsInterrupts
 from edgecnn.errors import EdgecnnError, first_line, out_of_memory, refused_write
@@ -22,14 +22,6 @@ from edgecnn.errors import EdgecnnError, first_line, out_of_memory, refused_writ
 # evaluate).
 from edgecnn.cli import models_cmd, export_cmd, quantize_cmd, check_cmd  # noqa: E402,F401,I001
 from edgecnn.cli import annotate_cmd, info_cmd, runtime_cmd, evaluate_cmd  # noqa: E402,F401,I001
-
-
-# What the build-side commands (list, export, quantize, check) need beyond the runtime install,
-# and the extras that bring what a module missing from this install is part of.
-BUILD_PACKAGES = ("torch", "onnx", "onnxscript")
-INSTALL_FOR = {**{name: "pip install 'edgecnn[export,cpu]'" for name in BUILD_PACKAGES},
-               "onnxruntime": "pip install 'edgecnn[cpu]' (or edgecnn[gpu] with an NVIDIA GPU, "
-                              "edgecnn[openvino] for Intel's devices)"}
 
 
 def _fail(message: str, code: int) -> int:

@@ -99,6 +99,14 @@ def _code(module: str, name: str):
     return getattr(importlib.import_module(module), name)
 
 
+# What the build-side commands (list, export, quantize, check) need beyond the runtime install,
+# and the extras that bring what a module missing from this install is part of.
+BUILD_PACKAGES = ("torch", "onnx", "onnxscript")
+INSTALL_FOR = {**{name: "pip install 'edgecnn[export,cpu]'" for name in BUILD_PACKAGES},
+               "onnxruntime": "pip install 'edgecnn[cpu]' (or edgecnn[gpu] with an NVIDIA GPU, "
+                              "edgecnn[openvino] for Intel's devices)"}
+
+
 # Help texts may name lists that the code owns ({modes}, {providers}, ...): they are filled in
 # from the code when help is shown (``fill_help``), so the help can never drift from what the
 # commands accept, and a command that runs does not import the modules that own the lists.
@@ -127,8 +135,19 @@ def fill_help(command) -> None:
         for param in sub.params:
             text = getattr(param, "help", None)
             if text and "{" in text:
-                param.help = text.format(**{key: value() for key, value in HELP_LISTS.items()
+                param.help = text.format(**{key: _help_list(key) for key in HELP_LISTS
                                             if "{" + key + "}" in text})
+
+
+def _help_list(key: str) -> str:
+    """The list a help text names, or, on an install without the module that owns it (the
+    device install has no onnx), how to get it."""
+    try:
+        return HELP_LISTS[key]()
+    except ModuleNotFoundError as error:
+        if error.name not in INSTALL_FOR:
+            raise
+        return f"(the list needs {error.name}: {INSTALL_FOR[error.name]})"
 
 
 # Options shared by several commands (docs/contributing.md, "A CLI command").
