@@ -346,7 +346,7 @@ def export_model(name: str | models.ModelSpec | nn.Module,
     set_metadata(proto, ModelMetadata(
         model=name, task=spec.task, labels=label_list, precision="fp32", opset=opset,
         edgecnn_version=edgecnn.__version__, deform_lowering=lowering, tolerances=bounds,
-        weights=provenance, input=info))
+        weights=provenance, options=dict(model_options) if model_options else None, input=info))
     step("writing and checking the graph (onnx.checker, shape inference)")
     with writing_model(proto, output, external_data) as (temp_path, size):
         verdict = None

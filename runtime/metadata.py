@@ -95,6 +95,8 @@ class ModelMetadata:
     tolerances: dict[str, float] | None = None
     # Where the weights came from, e.g. "random (seed 0)" or "<file> sha256:<hex>".
     weights: str | None = None
+    # The builder's own options the model was exported with (export --option), for check.
+    options: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
@@ -154,6 +156,9 @@ class ModelMetadata:
                 check.positive(f"tolerances.{precision}", bound)
         if self.weights is not None:
             check.string("weights", self.weights)
+        check.expect(self.options is None or (isinstance(self.options, dict) and all(
+            isinstance(value, (bool, int, float, str)) for value in self.options.values())),
+            "options", "an object of numbers, booleans and strings, or null", self.options)
         _validate_input(self.input, check)
 
     def check_graph(self, inputs: Mapping[str, Sequence], output: Sequence,

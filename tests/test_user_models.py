@@ -94,6 +94,12 @@ def test_options_labels_weights_and_preprocessing(cli, tmp_path):
         expected = trained(x).numpy()
     np.testing.assert_allclose(Engine(path).run(x.numpy())["logits"], expected,
                                rtol=1e-4, atol=1e-5)  # the checkpoint's weights, not random ones
+    # check rebuilds the eager model with the options the file records (it took the builder's
+    # defaults, width 16, and failed with a note naming --seed/--weights/--num-classes)
+    assert metadata.options == {"width": 8}
+    result = cli("check", spec, path, "--num-classes", "3", "--weights", tmp_path / "trained.pt",
+                 "--samples", "1")
+    assert result.code == 0, result.stdout + result.stderr
 
 
 def test_a_module_path_imports_like_python(cli, tmp_path, monkeypatch):

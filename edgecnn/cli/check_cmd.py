@@ -45,7 +45,8 @@ def _print_report(report) -> None:
         print_int8_report(report.per_layer)
     command = typer.main.get_command(app)  # notes are in the API's words: shown as flags
     for note in report.notes:
-        err.print(f"note: {safe(in_flags(note, command, ['check'], leading=False))}")
+        err.print(f"note: {safe(in_flags(note, command, ['check'], leading=False))}",
+                  highlight=False, soft_wrap=True)  # one line, whatever the width
 
 
 @app.command("check")

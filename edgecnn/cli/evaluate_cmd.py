@@ -92,7 +92,7 @@ def evaluate_command(
         plot_confusion(first["confusion"], report["classes"], plot,
                        f"{first['name']} ({first['precision']}): top-1 {first['top1']:.2%}")
     for failure in report["unreadable"]:
-        print_warning(f"skipped {failure['error']}")
+        print_warning(f"skipped: {failure['error']}")
     if json_output:
         print_json(report)
     else:
