@@ -34,6 +34,11 @@ DEFAULT_CROP_FRACTION = InputInfo.crop_fraction  # ImageNet eval: Resize(256) + 
 PIL_MODES = {"RGB": "RGB", "BGR": "RGB", "GRAY": "L"}  # BGR: RGB, channels reversed after
 SIXTEEN_BIT = ("PNG", "PPM")  # formats whose "I" images hold at most 16 bits
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # 89,478,485 (Pillow's; about 9459 x 9459)
+# The formats decoded: those whose header gives the size of what decoding makes, so that
+# max_pixels holds (.ico: _icon_size). Pillow also opens ICNS, BLP and others, whose inner
+# image it decodes at full size whatever their header said.
+DECODED_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "TGA", "ICO",
+                   "AVIF")
 # _open refuses images over max_pixels itself, so Pillow's warning between its limit and twice
 # it (then Image.open raises) would only add a second line to that error.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
@@ -171,7 +176,7 @@ def _open(path: str | os.PathLike, max_pixels: int | None = None) -> Image.Image
     try:
         _refuse_over(path, _icon_size(path), limit)  # Pillow decodes an icon in Image.open
         # Image.open reads the header only (and raises past twice Pillow's own limit).
-        with Image.open(path) as picture:
+        with Image.open(path, formats=_decoded_formats()) as picture:
             _refuse_over(path, picture.size, limit)
             picture.load()  # decode now (frame 0), so a truncated file fails here with its name
             ImageOps.exif_transpose(picture, in_place=True)
@@ -180,9 +185,28 @@ def _open(path: str | os.PathLike, max_pixels: int | None = None) -> Image.Image
         raise
     except FileNotFoundError:
         raise BadInput(f"image not found: {path}") from None
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError,
-            ValueError) as error:
+    except UnidentifiedImageError as error:
+        raise BadInput(f"cannot read image {path}: {_other_format(path) or first_line(error)}"
+                       ) from None
+    except (Image.DecompressionBombError, OSError, SyntaxError, ValueError) as error:
         raise BadInput(f"cannot read image {path}: {first_line(error)}") from None
+
+
+def _decoded_formats() -> list[str]:
+    Image.init()  # registers the plugins of this Pillow
+    return [name for name in DECODED_FORMATS if name in Image.OPEN]
+
+
+def _other_format(path) -> str | None:
+    """What an image of a format edgecnn does not decode is (its header read, nothing
+    decoded), or None for a file no format identifies."""
+    try:
+        with Image.open(path) as picture:
+            name = picture.format
+    except Exception:  # noqa: BLE001 - any plugin's failure: no format identifies it
+        return None
+    return (f"{name} is not a format edgecnn decodes (it decodes "
+            f"{', '.join(_decoded_formats())})")
 
 
 def _from_array(array: np.ndarray) -> Image.Image:

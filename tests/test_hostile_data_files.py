@@ -125,6 +125,38 @@ def test_an_honest_icon_still_runs(cli, model, tmp_path):
     assert result.code == 0 and not result.stderr, result.stderr
 
 
+def _lying_icns(path: Path, side: int) -> Path:
+    """An .icns (named .png: Pillow goes by the content) whose header says 128x128 and whose
+    one icon is a ``side`` x ``side`` PNG, decoded at full size when the image loads."""
+    png = io.BytesIO()
+    Image.new("RGB", (side, side), (1, 2, 3)).save(png, format="PNG")
+    icon = b"ic07" + struct.pack(">I", 8 + len(png.getvalue())) + png.getvalue()
+    path.write_bytes(b"icns" + struct.pack(">I", 8 + len(icon)) + icon)
+    return path
+
+
+def _lying_blp(path: Path, side: int) -> Path:
+    """A BLP1 whose header says 16x16 and whose JPEG is ``side`` x ``side``."""
+    jpeg = io.BytesIO()
+    Image.new("RGB", (side, side)).save(jpeg, format="JPEG")
+    header = b"BLP1" + struct.pack("<iIIIii", 0, 0, 16, 16, 5, 0)
+    path.write_bytes(header + struct.pack("<16I", 160, *[0] * 15)
+                     + struct.pack("<16I", len(jpeg.getvalue()), *[0] * 15)
+                     + struct.pack("<I", 0) + jpeg.getvalue())
+    return path
+
+
+@pytest.mark.parametrize("make, name", [(_lying_icns, "ICNS"), (_lying_blp, "BLP")])
+def test_formats_whose_header_does_not_bound_the_pixels_are_not_decoded(cli, model, tmp_path,
+                                                                        make, name):
+    """Pillow decodes the inner image of an ICNS or BLP at load, whatever its header said:
+    13000x13000 pixels got past --max-pixels (746 MB); a BLP was scored, exit 0."""
+    image = make(tmp_path / "icon.png", 300)
+    result = cli("run", model, image, "--strict", "--max-pixels", "1000")
+    assert_one_line_error(result, 2, "icon.png", f"{name} is not a format edgecnn decodes",
+                          "JPEG, PNG")
+
+
 def test_pillows_warnings_about_an_image_add_no_line(cli, model, tmp_path):
     """Pillow warns of a corrupt EXIF block or an icon of another size than declared; the image
     decodes, and a warning naming no file would only add a line to the run's output."""
