@@ -157,8 +157,8 @@ def _npz_member(arrays, key: str, where: str) -> np.ndarray:
     """One array of an .npz; np.load reads the members lazily, so their errors come here."""
     where = f"{where} (array {key!r})"
     try:
-        names = arrays.zip.namelist()
-        info = arrays.zip.getinfo(f"{key}.npy" if f"{key}.npy" in names else key)
+        names = arrays.zip.namelist()  # numpy reads the member named ``key`` first, if any
+        info = arrays.zip.getinfo(key if key in names else f"{key}.npy")
         packed = info.compress_size * (_DEFLATE_RATIO if info.compress_type else 1)
         member = arrays.zip.open(info)
     except ARRAY_READ_ERRORS as error:

@@ -223,6 +223,20 @@ def test_an_array_larger_than_the_memory_available_is_refused_from_its_header(
     assert datasets.load_arrays(path, info, with_labels=False)[0].shape == (512, 3, 128, 64)
 
 
+def test_an_npz_member_is_checked_where_numpy_reads_it(tmp_path):
+    """A zip holding 'inputs.npy' (small) and 'inputs' (declaring 768 GB): the check read the
+    first, numpy loads the second."""
+    path = tmp_path / "twins.npz"
+    small = io.BytesIO()
+    np.save(small, np.zeros((2, 3, 8, 8), np.float32))
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("inputs.npy", small.getvalue())
+        archive.writestr("inputs", _npy_declaring((10 ** 9, 3, 8, 8)))
+    info = InputInfo(name="input", shape=[3, 8, 8])
+    with pytest.raises(BadInput, match=r"array 'inputs'.*768,000,000,000 bytes"):
+        datasets.load_arrays(path, info, with_labels=False)
+
+
 def test_the_memory_available_is_read_from_the_machine():
     available = datasets.available_memory()
     assert available is None or 0 < available <= os.sysconf("SC_PHYS_PAGES") * os.sysconf(
