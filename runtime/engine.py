@@ -252,6 +252,12 @@ class Engine:
         if scores.ndim > 1 and scores.shape[1] == 0:
             raise BadInput(f"{self.path}: its first output {name!r} has 0 classes "
                            f"(shape {list(scores.shape)})")
+        declared = self.outputs[0].shape
+        if (scores.ndim > 1 and len(declared) > 1 and isinstance(declared[1], int)
+                and declared[1] > 0 and scores.shape[1] != declared[1]):  # labels index by it
+            raise BadInput(f"{self.path}: its first output {name!r} computes {scores.shape[1]} "
+                           f"classes where the file declares {declared[1]} (shape "
+                           f"{list(scores.shape)}, declared {list(declared)})")
         rows = len(scores) if scores.ndim else 0
         if rows != len(batch):  # a graph that reshapes (or reduces) the batch away
             raise BadInput(f"{self.path}: its first output {name!r} has "
