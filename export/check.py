@@ -29,7 +29,7 @@ from edgecnn.export.parity import (
 from edgecnn.export.user_model import is_user_model, require_model, resolve_spec
 from edgecnn.runtime import ModelMetadata, openvino
 from edgecnn.runtime.engine import InputCheck, TensorSpec
-from edgecnn.runtime.model_file import graph_precision
+from edgecnn.runtime.model_file import graph_precision, metadata_props
 from edgecnn.runtime.onnx_file import (
     dims, fixed_batch, get_metadata, graph_inputs, load_model,
 )
@@ -91,8 +91,7 @@ def check_onnx(module: torch.nn.Module, onnx_path: str | os.PathLike, inputs: Se
         raise BadInput("inputs holds no batch to compare on")
     opened = open_session(onnx_path, providers, fallback=False, tf32=False)
     session = opened.session
-    metadata = ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map,
-                                        str(onnx_path))
+    metadata = ModelMetadata.from_props(metadata_props(onnx_path), str(onnx_path))
     # a file without metadata (quantized from arrays, or by another tool): its graph says
     file_precision = computed = _file_precision(onnx_path, metadata)
     name, options = opened.requested[0]

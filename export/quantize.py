@@ -10,6 +10,7 @@ All the numerics are onnxruntime's. ``quantize_model`` is load (``quantize_input
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -148,7 +149,9 @@ def _finish(quantized: onnx.ModelProto, source: onnx.ModelProto,
     if metadata is not None:
         set_metadata(quantized, replace(metadata, opset=opset_version(quantized)))
     # onnxruntime's quantizer signs the file as its own; the metadata says what was done.
-    quantized.producer_name, quantized.producer_version = source.producer_name, source.producer_version
+    with contextlib.suppress(UnicodeDecodeError):  # a name that is not UTF-8 is not copied
+        quantized.producer_name, quantized.producer_version = (source.producer_name,
+                                                               source.producer_version)
     set_minimal_ir_version(quantized)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from edgecnn.runtime.external_data import check_external_data, model_size
 from edgecnn.runtime.metadata import ModelMetadata
-from edgecnn.runtime.model_file import check_model_file, probability_op
+from edgecnn.runtime.model_file import check_model_file, metadata_props, probability_op
 
 
 def _shape(value_info) -> list:
@@ -73,7 +73,7 @@ def _describe_with_onnxruntime(path: Path) -> dict:
         "inputs": [{"name": v.name, "shape": v.shape, "dtype": v.type} for v in session.get_inputs()],
         "outputs": [{"name": v.name, "shape": v.shape, "dtype": v.type} for v in session.get_outputs()],
         "producer": meta.producer_name,
-        "props": dict(meta.custom_metadata_map),
+        "props": metadata_props(path),  # onnxruntime's map raises on text that is not UTF-8
     }
 
 

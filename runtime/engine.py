@@ -25,7 +25,7 @@ from edgecnn.errors import BadInput, require_count
 from edgecnn.runtime import providers as provider_lib
 from edgecnn.runtime.metadata import ModelMetadata, fixed_size
 from edgecnn.runtime.model_file import (
-    check_model_file, graph_precision, no_outputs, probability_op,
+    check_model_file, graph_precision, metadata_props, no_outputs, probability_op,
 )
 from edgecnn.runtime.postprocess import class_rows
 from edgecnn.runtime.preprocess_settings import (
@@ -115,8 +115,9 @@ class Engine:
                               cache_dir=cache_dir, tf32=tf32)
         self.session, self.deform_lowering_swapped = opened.session, opened.deform_lowering_swapped
         self.providers: list[str] = opened.providers
-        props = self.session.get_modelmeta().custom_metadata_map
-        self.metadata: ModelMetadata | None = ModelMetadata.from_props(props, str(self.path))
+        # read from the file: onnxruntime's map raises on an entry that is not UTF-8
+        self.metadata: ModelMetadata | None = ModelMetadata.from_props(
+            metadata_props(self.path), str(self.path))
         self.inputs = [TensorSpec.from_node_arg(arg) for arg in self.session.get_inputs()]
         self.outputs = [TensorSpec.from_node_arg(arg) for arg in self.session.get_outputs()]
         if not self.outputs:

@@ -160,19 +160,27 @@ def opset_domains(model: str | os.PathLike | bytes) -> set[str]:
     return domains
 
 
-def metadata_value(model: str | os.PathLike | bytes, key: str) -> str | None:
-    """The value of the model's metadata entry ``key`` (None when absent or unreadable),
-    read like ``opset_domains``: the graph is skipped, not parsed."""
+def metadata_props(model: str | os.PathLike | bytes) -> dict[str, str]:
+    """The model's metadata entries, read like ``opset_domains`` (the graph is skipped, not
+    parsed): bytes that are not UTF-8 as U+FFFD, where onnxruntime's map raises; the last of
+    entries of one key, as onnxruntime keeps. {} for a file that cannot be read."""
+    props = {}
     try:
         with io.BytesIO(model) if isinstance(model, bytes) else open(model, "rb") as stream:
             for entry in _length_delimited(stream, _METADATA_PROPS_FIELD):
-                keys = list(_length_delimited(io.BytesIO(entry), _KEY_FIELD))
-                if keys and keys[0].decode("utf-8", "replace") == key:
-                    values = list(_length_delimited(io.BytesIO(entry), _VALUE_FIELD))
-                    return values[0].decode("utf-8", "replace") if values else ""
+                texts = [[*_length_delimited(io.BytesIO(entry), field), b""]
+                         for field in (_KEY_FIELD, _VALUE_FIELD)]  # a string: its last copy
+                key, value = (text[-2 if len(text) > 1 else 0].decode("utf-8", "replace")
+                              for text in texts)
+                props[key] = value
     except (ValueError, OSError):
-        return None
-    return None
+        return {}
+    return props
+
+
+def metadata_value(model: str | os.PathLike | bytes, key: str) -> str | None:
+    """The value of the model's metadata entry ``key`` (None when absent or unreadable)."""
+    return metadata_props(model).get(key)
 
 
 def graph_precision(model: str | os.PathLike) -> str:

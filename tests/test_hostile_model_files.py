@@ -378,6 +378,21 @@ def test_an_output_computing_more_classes_than_declared_is_bad_input(tmp_path, i
     _assert_refused(commands[command], "computes 12 classes", "declares 4", tmp_path=tmp_path)
 
 
+@pytest.mark.parametrize("command", ["run", "bench", "info", "quantize"])
+@pytest.mark.parametrize("where", ["metadata", "producer"])
+def test_text_that_is_not_utf8_is_read_not_an_internal_error(tmp_path, image, labelled_set,
+                                                             command, where):
+    """onnxruntime's metadata map and onnx's producer_name decode strictly: an unrelated
+    metadata entry (or a producer name) of bytes that are not UTF-8 was a UnicodeDecodeError."""
+    extra = (_field(14, _field(1, b"note") + _field(2, b"\xff\xfe")) if where == "metadata"
+             else _field(2, b"\xff\xfetool"))
+    model = tmp_path / "latin.onnx"
+    model.write_bytes(_tiny(tmp_path).read_bytes() + extra)
+    result = run_console_script(*map(str, _commands(model, image, labelled_set, tmp_path)[
+        command]), timeout=QUICK)
+    assert result.code == 0, result.stderr
+
+
 # ---- fixed axes too large to allocate ------------------------------------------------------
 
 @pytest.mark.parametrize("command", ["run", "evaluate", "quantize", "bench"])
