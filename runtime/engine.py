@@ -40,6 +40,8 @@ MAX_FEED_BYTES = 4 * 2**30
 ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
               "tensor(double)": np.float64, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8,
               "tensor(int32)": np.int32, "tensor(int64)": np.int64, "tensor(bool)": np.bool_}
+# Element types onnxruntime hands no numpy array out of, nor takes one in for.
+NO_NUMPY_TYPES = ("bfloat16", "float8", "int4", "float4", "int2")
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,13 @@ class Engine:
         # read from the file: onnxruntime's map raises on an entry that is not UTF-8
         self.metadata: ModelMetadata | None = ModelMetadata.from_props(
             metadata_props(self.path), str(self.path))
+        for kind, args in (("input", self.session.get_inputs()),
+                           ("output", self.session.get_outputs())):
+            for arg in args:
+                if any(name in arg.type for name in NO_NUMPY_TYPES):
+                    raise BadInput(f"{self.path}: {kind} {arg.name!r} is {arg.type}, which numpy "
+                                   "has no type for, and edgecnn passes numpy arrays in and out; "
+                                   f"re-export the model with a float {kind} there")
         self.inputs = [TensorSpec.from_node_arg(arg) for arg in self.session.get_inputs()]
         self.outputs = [TensorSpec.from_node_arg(arg) for arg in self.session.get_outputs()]
         if not self.outputs:

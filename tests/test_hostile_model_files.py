@@ -393,6 +393,33 @@ def test_text_that_is_not_utf8_is_read_not_an_internal_error(tmp_path, image, la
     assert result.code == 0, result.stderr
 
 
+def _bfloat16_at(model: onnx.ModelProto, where: str) -> None:
+    graph = model.graph
+    if where == "output":
+        graph.node.append(helper.make_node("Cast", ["logits"], ["half"], to=TensorProto.BFLOAT16))
+        graph.output[0].name = "half"
+        graph.output[0].type.tensor_type.elem_type = TensorProto.BFLOAT16
+    else:
+        graph.node.insert(0, helper.make_node("Cast", ["half"], ["input"], to=TensorProto.FLOAT))
+        graph.input[0].name = "half"
+        graph.input[0].type.tensor_type.elem_type = TensorProto.BFLOAT16
+        metadata = _metadata(model)
+        metadata["input"]["name"] = "half"
+        _set_metadata(model, json.dumps(metadata))
+
+
+@pytest.mark.parametrize("command", ["run", "bench"])
+@pytest.mark.parametrize("where", ["input", "output"])
+def test_a_type_numpy_has_no_name_for_is_bad_input(tmp_path, image, labelled_set, command,
+                                                   where):
+    """bfloat16 (like float8 and int4): onnxruntime hands no numpy array out of it, nor takes
+    one in; run said 'No corresponding Numpy type' as an internal error."""
+    model = _edited(_tiny(tmp_path), tmp_path / "bf16.onnx", lambda m: _bfloat16_at(m, where))
+    _assert_refused(_commands(model, image, labelled_set, tmp_path)[command],
+                    f"{where} 'half' is tensor(bfloat16)", "numpy has no type for",
+                    tmp_path=tmp_path)
+
+
 # ---- fixed axes too large to allocate ------------------------------------------------------
 
 @pytest.mark.parametrize("command", ["run", "evaluate", "quantize", "bench"])
