@@ -32,7 +32,10 @@ from edgecnn.runtime.stream import (
 
 TOP_K = 5
 # Classes up to which the report holds the dense confusion matrix (a million cells).
-DENSE_CONFUSION_CLASSES = 1000
+DENSE_CONFUSION_CLASSES = 1000  # past this many classes, the cells with samples only
+# The most classes evaluate counts: its class names and per-class counts grow with them, and
+# a file can declare (and compute, with no weights) 10**9.
+MAX_EVALUATE_CLASSES = 1_000_000
 
 
 @dataclass
@@ -72,7 +75,7 @@ class Tally:
                 "per_class": [{"class": class_names[i], "samples": int(per_class[i]),
                                "top1": (round(float(right[i] / per_class[i]), 6)
                                         if per_class[i] else None)}
-                              for i in range(self.classes)],
+                              for i in range(self.classes) if dense or per_class[i]],
                 "confusion": self._dense().tolist() if dense else None,
                 "confusion_cells": None if dense else [
                     [true, predicted, count]
@@ -92,6 +95,9 @@ def _classes(engine: Engine) -> int:
             shape[1], int):
         raise BadInput(f"evaluate measures classification models; {engine.path} is "
                        f"{metadata.task} with output {engine.outputs[0].describe()}")
+    if shape[1] > MAX_EVALUATE_CLASSES:
+        raise BadInput(f"{engine.path} declares {shape[1]:,} classes; evaluate counts up to "
+                       f"{MAX_EVALUATE_CLASSES:,}")
     return shape[1]
 
 

@@ -21,9 +21,8 @@ from onnx import TensorProto, helper
 from PIL import Image
 
 from conftest import assert_one_line_error, run_console_script
-from edgecnn.runtime import InputInfo, ModelMetadata
 from edgecnn.runtime.metadata import METADATA_KEY
-from tiny_models import tiny_model
+from tiny_models import computing_12_classes, tiny_model
 
 QUICK = 60  # seconds: every refusal here is immediate; a hang fails the test instead of CI
 
@@ -340,40 +339,13 @@ def test_quantize_calls_declared_output_shapes_that_contradict_the_graph_bad_inp
                     str(model), tmp_path=tmp_path)
 
 
-def _computing_12_classes_declaring_4(path: Path, labels: list[str] | None) -> Path:
-    """logits declared [N, 4] and computed [N, 12]: a Range whose length (1.5 x the input's
-    height) only the run knows, so no shape inference catches the declaration."""
-    nodes = [helper.make_node("ReduceMax", ["input", "axes"], ["peak"], keepdims=1),
-             helper.make_node("Flatten", ["peak"], ["column"]),
-             helper.make_node("Shape", ["input"], ["size"], start=2, end=3),
-             helper.make_node("Squeeze", ["size"], ["height"]),
-             helper.make_node("Cast", ["height"], ["real"], to=TensorProto.FLOAT),
-             helper.make_node("Mul", ["real", "factor"], ["count"]),
-             helper.make_node("Range", ["zero", "count", "one"], ["steps"]),
-             helper.make_node("Add", ["column", "steps"], ["logits"])]
-    graph = helper.make_graph(
-        nodes, "lies", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 8])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor("axes", TensorProto.INT64, [3], [1, 2, 3]),
-         helper.make_tensor("factor", TensorProto.FLOAT, [], [1.5]),
-         helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
-         helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    info = InputInfo(shape=[3, 8, 8], mean=[0.5] * 3, std=[0.25] * 3)
-    model.metadata_props.add(key=METADATA_KEY, value=ModelMetadata(
-        model="lies", task="classification", input=info, labels=labels).to_json())
-    onnx.save(model, str(path))
-    return path
-
-
 @pytest.mark.parametrize("command", ["run", "evaluate"])
 def test_an_output_computing_more_classes_than_declared_is_bad_input(tmp_path, image,
                                                                      labelled_set, command):
     """run with labels (four, as declared) indexed past them, evaluate past its tally: an
     IndexError, shown as an internal error."""
-    model = _computing_12_classes_declaring_4(
-        tmp_path / "lies.onnx", list("abcd") if command == "run" else None)
+    model = computing_12_classes(tmp_path / "lies.onnx", declared=4,
+                                 labels=list("abcd") if command == "run" else None)
     commands = {"run": ["run", model, image], "evaluate": ["evaluate", model, labelled_set]}
     _assert_refused(commands[command], "computes 12 classes", "declares 4", tmp_path=tmp_path)
 

@@ -76,6 +76,33 @@ def tiny_model(path: Path, *, task: str = "classification", batch: int | str = "
     return TinyModel(path, weight, bias, task, info, labels)
 
 
+def computing_12_classes(path: Path, declared: int, labels: list[str] | None = None) -> Path:
+    """logits declared [N, ``declared``] and computed [N, 12]: a Range whose length (1.5 x the
+    input's height) only the run knows, so no shape inference replaces the declaration."""
+    nodes = [helper.make_node("ReduceMax", ["input", "axes"], ["peak"], keepdims=1),
+             helper.make_node("Flatten", ["peak"], ["column"]),
+             helper.make_node("Shape", ["input"], ["size"], start=2, end=3),
+             helper.make_node("Squeeze", ["size"], ["height"]),
+             helper.make_node("Cast", ["height"], ["real"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["real", "factor"], ["count"]),
+             helper.make_node("Range", ["zero", "count", "one"], ["steps"]),
+             helper.make_node("Add", ["column", "steps"], ["logits"])]
+    graph = helper.make_graph(
+        nodes, "lies", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", declared])],
+        [helper.make_tensor("axes", TensorProto.INT64, [3], [1, 2, 3]),
+         helper.make_tensor("factor", TensorProto.FLOAT, [], [1.5]),
+         helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+         helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    info = InputInfo(shape=[3, 8, 8], mean=[0.5] * 3, std=[0.25] * 3)
+    model.metadata_props.add(key=METADATA_KEY, value=ModelMetadata(
+        model="lies", task="classification", input=info, labels=labels).to_json())
+    onnx.save(model, str(path))
+    return path
+
+
 def square_root_first(model_path: Path, path: Path) -> Path:
     """``model_path`` with Sqrt on its input, saved as ``path``: NaN scores for an input with
     a negative value (a dark image, once normalized), finite ones otherwise."""
