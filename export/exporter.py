@@ -289,7 +289,7 @@ def export_model(name: str | models.ModelSpec | nn.Module,
     step = on_step or (lambda message: None)
     spec = resolve_spec(name, input_size=input_size, in_channels=in_channels, task=task)
     name = spec.name
-    output = check_output_path(output or f"{name}.onnx")
+    output = check_output_path(f"{name}.onnx" if output is None else output)
     if opset is not None:
         validate_opset(opset, spec)
     check_lowering(deform_lowering)

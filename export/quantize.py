@@ -252,7 +252,8 @@ def quantize_model(model_path: str | os.PathLike, output_path: str | os.PathLike
             raise BadInput(f"report describes static int8 (QDQ) files, not mode {recipe.mode}")
         report = check_int8_report_path(report)
     source_path = Path(model_path)
-    output = check_output_path(output_path or default_output(source_path, recipe.mode))
+    output = check_output_path(default_output(source_path, recipe.mode) if output_path is None
+                               else output_path)
     refuse_overwriting(source_path, [output, output.with_name(f"{output.name}.data")])
     step("reading the model")
     model = load_float_model(source_path)
@@ -370,7 +371,8 @@ def export_quantized(name: str, output: str | os.PathLike | None = None, *, quan
 
     recipe = get_recipe(quantize, method=method, target=target)
     require_count("calibration_size", calibration_size)
-    output = check_output_path(output or f"{model_name(name)}_{quantize}.onnx")
+    output = check_output_path(f"{model_name(name)}_{quantize}.onnx" if output is None
+                               else output)
     if recipe.needs_calibration and calibration is None:
         raise BadInput(f"quantize {quantize} needs calibration data: a folder of images, an "
                        ".npy/.npz of inputs, or 'random'")

@@ -47,6 +47,9 @@ def annotate(path: str | os.PathLike, output: str | os.PathLike | None = None, *
     if not in_place and output is None:
         raise BadInput("output is needed (the file to write), or in_place to rewrite the file")
     source = onnx_file.check_model_file(path)
+    if in_place and source.is_symlink():  # os.replace would put the file where the link is
+        raise BadInput(f"in_place rewrites a regular file, and {source} is a symbolic link (to "
+                       f"{source.resolve()}): annotate that file, or write output=FILE")
     target = source if in_place else check_output_path(output)
     locations = check_external_data(source)
     if target.resolve() != source.resolve():  # -o the file itself rewrites it, like in_place

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from edgecnn.errors import BadInput
+from edgecnn.runtime.files import file_kind
 from edgecnn.runtime.model_file import MAX_PROTOBUF_NESTING, check_model_file, fields, read_varint
 
 # Message -> (field -> what it holds): the parts of an ONNX model that can hold tensors.
@@ -217,6 +218,9 @@ def _data_file(path: Path, folder: Path, tensor: ExternalTensor) -> Path:
         raise BadInput(f"{where}, a link to {target} outside the model's folder; external "
                        "data must be beside the model")
     if not regular:
+        if target.exists():  # a folder, a FIFO, a device
+            raise BadInput(f"{where}, which is {file_kind(target.stat().st_mode)}, not a regular "
+                           "file")
         raise BadInput(f"{where}, which is missing (copy it beside the model)")
     return target
 

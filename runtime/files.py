@@ -16,7 +16,8 @@ from typing import Iterator, Sequence
 from edgecnn.errors import BadInput, alternatives
 
 _FILE_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
-               stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+               stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket",
+               stat.S_IFDIR: "a directory"}
 
 
 def file_kind(mode: int) -> str:
@@ -70,6 +71,8 @@ def refuse_irregular_target(path: Path) -> None:
 
 def check_output_path(path: str | os.PathLike) -> Path:
     """Validate an output path before any work: a regular file or none, in a writable directory."""
+    if not str(path):  # Path("") is the current folder
+        raise BadInput("output is an empty path")
     path = Path(path)
     refuse_irregular_target(path)
     directory = path.parent

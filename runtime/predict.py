@@ -28,7 +28,7 @@ from edgecnn.runtime.preprocess import check_image_channels
 from edgecnn.runtime.postprocess import top_k as top_k_of, usable_labels
 from edgecnn.runtime.providers import ProviderRequest
 from edgecnn.runtime.records import (
-    RecordWriter, RunShape, check_record_path, mask_path, write_mask,
+    MAX_MASK_CLASSES, RecordWriter, RunShape, check_record_path, mask_path, write_mask,
 )
 from edgecnn.runtime.stream import (
     Outcome, check_stream_options, expand_inputs, stream_scores, streaming_session_options,
@@ -146,12 +146,15 @@ def run_files(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], *,
                        f"{metadata.task}")
     labels = usable_labels(metadata.labels, engine.outputs[0].shape[1]
                            if len(engine.outputs[0].shape) > 1 else None)
+    classes = engine.outputs[0].shape[1] if len(engine.outputs[0].shape) > 1 else 1
+    if masks is not None and isinstance(classes, int) and classes > MAX_MASK_CLASSES:
+        raise BadInput(f"masks are 16-bit PNGs of class indices, which hold up to "
+                       f"{MAX_MASK_CLASSES} classes; {model} has {classes} classes")
     summary = {"model": str(model), "name": metadata.model, "task": metadata.task,
                "precision": metadata.precision, "weights": metadata.weights,
                "providers": engine.providers, "images": len(paths), "done": 0, "failed": 0,
                "resumed": 0, "output": None if output is None else str(output), "failures": [],
                **({"ray": ray} if ray is not None else {})}
-    classes = engine.outputs[0].shape[1] if len(engine.outputs[0].shape) > 1 else 1
     shape = RunShape(metadata.task, top_k, min(top_k, classes) if isinstance(classes, int)
                      else None, labels)
     writer = RecordWriter(output, shape, resume) if output is not None else None

@@ -237,6 +237,9 @@ def mask_path(folder: str | os.PathLike, image: Path) -> Path:
     return Path(folder, *parts[:-1], parts[-1] + ".png")
 
 
+MAX_MASK_CLASSES = 2**16  # a 16-bit PNG's class indices
+
+
 def write_mask(path: Path, class_map: np.ndarray) -> None:
     """A class map as a PNG of class indices: 8-bit for under 256 classes, else 16-bit."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -176,6 +176,16 @@ def test_in_place_replaces_only_what_is_given(cli, dynamo):
     assert Engine(dynamo, "cpu").metadata == metadata
 
 
+def test_in_place_on_a_symlink_is_refused(cli, dynamo, tmp_path):
+    """The link was replaced by a rewritten copy, and the file it named left as it was."""
+    link = dynamo.parent / "link.onnx"
+    link.symlink_to(dynamo.name)
+    before = dynamo.read_bytes()
+    assert_one_line_error(cli("annotate", link, "--in-place", "--color", "bgr"), 2,
+                          "--in-place rewrites a regular file", "is a symbolic link")
+    assert link.is_symlink() and dynamo.read_bytes() == before
+
+
 def test_defaults_come_from_the_graph(cli, exported, tmp_path):
     outputs = {}
     for name in ("legacy_nhwc", "gray"):

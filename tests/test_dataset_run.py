@@ -356,6 +356,10 @@ def test_segmentation_masks(cli, tmp_path, shots):
     np.testing.assert_array_equal(np.asarray(Image.open(mask_file)), Engine(model.path).predict(image))
     assert_one_line_error(cli("run", tmp_path / "seg.onnx", image, "--masks", masks, "--top-k", "0"),
                           2, "--top-k")
+    many = tiny_model(tmp_path / "many.onnx", task="segmentation", classes=70_000, size=(2, 2))
+    assert_one_line_error(cli("run", many.path, image, "--masks", tmp_path / "wide"), 2,
+                          "70000 classes", "16-bit")  # class 69999 was written as 4463
+    assert not (tmp_path / "wide").exists()
 
 
 def test_progress_bar_only_on_a_terminal_and_never_with_json(cli, tiny, shots, tmp_path,

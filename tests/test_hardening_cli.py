@@ -78,6 +78,9 @@ def test_check_reads_external_data_and_names_what_is_missing(cli, zoo_onnx, tmp_
     (tmp_path / "lenet.onnx.data").unlink()
     result = cli("check", "lenet", path)
     assert_one_line_error(result, 2, "has its data at 'lenet.onnx.data', which is missing")
+    (tmp_path / "lenet.onnx.data").mkdir()  # it said "missing" of a folder, and of a FIFO
+    assert_one_line_error(cli("info", path), 2, "'lenet.onnx.data', which is a directory, not "
+                          "a regular file")
 
 
 def test_bench_json_has_one_provider_list(cli, zoo_onnx):

@@ -328,6 +328,17 @@ def test_bad_input_is_one_line_exit_2(cli, bad_inputs, resnet18_64, tmp_path, ar
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("command", [["quantize", "--mode", "fp16"], ["export"]])
+def test_an_empty_output_path_is_bad_input_not_the_default(cli, resnet18_64, tmp_path,
+                                                           monkeypatch, command):
+    """-o "" (an unset shell variable) wrote the default name in the current folder."""
+    monkeypatch.chdir(tmp_path)
+    source = [resnet18_64] if command[0] == "quantize" else ["lenet"]
+    assert_one_line_error(cli(command[0], *source, "-o", "", *command[1:]), 2,
+                          "--output is an empty path")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_no_metadata_and_already_quantized_are_refused(cli, bad_inputs, resnet_int8, resnet_fp16, tmp_path):
     output = tmp_path / "out.onnx"
     bare = bad_inputs / "bare.onnx"
