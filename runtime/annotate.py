@@ -23,7 +23,6 @@ from edgecnn.runtime.external_data import check_external_data, refuse_overwritin
 from edgecnn.runtime.describe import value_type
 from edgecnn.runtime.files import atomic_model_output, check_output_path
 from edgecnn.runtime.metadata import ModelMetadata
-from edgecnn.runtime.model_file import graph_precision
 from edgecnn.runtime.preprocess_settings import metadata_from_settings
 
 
@@ -64,8 +63,7 @@ def annotate(path: str | os.PathLike, output: str | os.PathLike | None = None, *
     types = {value.name: value_type(value) for value in values}
     output_dims = onnx_file.dims(model.graph.output[0]) if model.graph.output else []
     metadata = metadata_from_settings(inputs, output_dims, settings, base=base,
-                                      model=source.stem, source=str(source), input_types=types,
-                                      precision="fp32" if base else graph_precision(source))
+                                      model=source.stem, source=str(source), input_types=types)
     if base is None:
         metadata.edgecnn_version = __version__
         metadata.opset = onnx_file.opset_version(model) or metadata.opset

@@ -25,7 +25,7 @@ from edgecnn.errors import BadInput, require_count
 from edgecnn.runtime import providers as provider_lib
 from edgecnn.runtime.metadata import ModelMetadata, fixed_size
 from edgecnn.runtime.model_file import (
-    check_model_file, graph_precision, metadata_props, no_outputs, probability_op,
+    check_model_file, metadata_props, no_outputs, probability_op,
 )
 from edgecnn.runtime.postprocess import class_rows
 from edgecnn.runtime.preprocess_settings import (
@@ -141,8 +141,7 @@ class Engine:
         if check_settings(preprocessing):  # validated against the graph, like the metadata
             self.metadata = metadata_from_settings(
                 graph, self.outputs[0].shape, preprocessing, base=self.metadata,
-                model=self.path.stem, source=str(self.path), input_types=types,
-                precision="fp32" if self.metadata else graph_precision(self.path))
+                model=self.path.stem, source=str(self.path), input_types=types)
         elif self.metadata is not None:  # before anything is allocated from the metadata's shape
             self.metadata.check_graph(graph, self.outputs[0].shape, str(self.path))
             if integer := integer_type(types.get(self.metadata.input.name)):

@@ -23,6 +23,7 @@ import numpy as np
 
 from edgecnn.errors import BadInput
 from edgecnn.runtime.files import check_input_file
+from edgecnn.runtime.model_file import graph_precision
 from edgecnn.runtime.postprocess import is_class_vector
 from edgecnn.runtime.metadata import (
     COLOR_CHANNELS, MAX_SIDE, InputInfo, ModelMetadata, describe_dims, fixed_size,
@@ -74,12 +75,11 @@ def check_raw_pixels(info: InputInfo, dtype: str, source: str = "model") -> None
 def metadata_from_settings(inputs: Mapping[str, Sequence], output: Sequence,
                            settings: Mapping[str, Any] | None, *, base: ModelMetadata | None,
                            model: str, source: str = "model",
-                           input_types: Mapping[str, str] | None = None,
-                           precision: str = "fp32") -> ModelMetadata:
-    """Metadata for a graph (``inputs``: name -> dims, batch first; ``output``: the first
-    output's dims) from ``settings`` (names in SETTINGS), over ``base`` (the file's metadata,
-    or None: the defaults). ``model`` and ``precision`` (``model_file.graph_precision``) name the
-    model and what it computes in when there is no base.
+                           input_types: Mapping[str, str] | None = None) -> ModelMetadata:
+    """Metadata for the graph of the file ``source`` (``inputs``: name -> dims, batch first;
+    ``output``: the first output's dims) from ``settings`` (names in SETTINGS), over ``base``
+    (the file's metadata, or None: the defaults). ``model`` names the model when there is no
+    base, and the graph says what it computes in (``model_file.graph_precision``).
     ``input_types``: {name: numpy dtype name} of the graph's inputs; an image input of integers
     takes the pixels as they are (scale 1, mean 0 and std 1 by default, and nothing else:
     ``check_raw_pixels``)."""
@@ -127,7 +127,8 @@ def metadata_from_settings(inputs: Mapping[str, Sequence], output: Sequence,
     labels = given.get("labels", base.labels if base else None)
     if isinstance(labels, (str, os.PathLike)):
         labels = read_labels_file(labels)
-    fields = asdict(base) if base is not None else {"model": model, "precision": precision}
+    fields = asdict(base) if base is not None else {"model": model,
+                                                    "precision": graph_precision(source)}
     fields.update(input=info, labels=_as_list(labels),
                   task=pick("task", fields.get("task"),
                             "segmentation" if len(output) == 4 and not is_class_vector(output)
