@@ -14,8 +14,9 @@ import onnx
 
 from edgecnn.errors import BadInput
 from edgecnn.runtime.onnx_file import (
-    dims, get_metadata, graph_inputs, has_fp16_weights, load_model, opset_version, quantized_ops,
+    dims, get_metadata, graph_inputs, load_model, opset_version, quantized_ops,
 )
+from edgecnn.runtime.model_file import graph_precision
 from edgecnn.runtime import ModelMetadata
 from edgecnn.runtime.describe import value_type
 from edgecnn.runtime.engine import check_feed_bytes
@@ -28,11 +29,11 @@ def load_float_model(path: str | os.PathLike) -> onnx.ModelProto:
     metadata = get_metadata(model, str(path))
     if metadata is not None and metadata.precision != "fp32":
         raise BadInput(f"{path} is already {metadata.precision}; quantize the fp32 model instead")
-    quantized = quantized_ops(model)
-    if quantized:
-        raise BadInput(f"{path} is already quantized (it has {', '.join(quantized)} nodes); "
-                       "quantize the fp32 model instead")
-    if has_fp16_weights(model):
+    precision = graph_precision(path)  # what run and info call it too
+    if precision == "int8":
+        raise BadInput(f"{path} is already quantized (it has {', '.join(quantized_ops(model))} "
+                       "nodes); quantize the fp32 model instead")
+    if precision == "fp16":
         raise BadInput(f"{path} already has fp16 weights; quantize the fp32 model instead")
     kind = value_type(the_only_input(model))
     if kind != "float32":

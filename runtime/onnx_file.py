@@ -123,10 +123,6 @@ def quantized_ops(model: onnx.ModelProto) -> list[str]:
     return sorted({node.op_type for node in model.graph.node if node.op_type in QUANTIZED_OPS})
 
 
-def has_fp16_weights(model: onnx.ModelProto) -> bool:
-    return any(init.data_type == onnx.TensorProto.FLOAT16 for init in model.graph.initializer)
-
-
 def get_metadata(model: onnx.ModelProto, source: str = "model") -> ModelMetadata | None:
     """The edgecnn metadata (validated; BadInput naming the field when malformed), or None."""
     return ModelMetadata.from_props({p.key: p.value for p in model.metadata_props}, source)
