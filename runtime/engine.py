@@ -42,6 +42,7 @@ ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
               "tensor(int32)": np.int32, "tensor(int64)": np.int64, "tensor(bool)": np.bool_}
 # Element types onnxruntime hands no numpy array out of, nor takes one in for.
 NO_NUMPY_TYPES = ("bfloat16", "float8", "int4", "float4", "int2")
+MAX_NUMPY_AXES = 64
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,11 @@ class Engine:
         self.outputs = [TensorSpec.from_node_arg(arg) for arg in self.session.get_outputs()]
         if not self.outputs:
             raise no_outputs(self.path)
+        for kind, specs in (("input", self.inputs), ("output", self.outputs)):
+            for spec in specs:
+                if len(spec.shape) > MAX_NUMPY_AXES:
+                    raise BadInput(f"{self.path}: {kind} {spec.name!r} has {len(spec.shape)} "
+                                   f"axes, more than the {MAX_NUMPY_AXES} a numpy array holds")
         for spec in self.inputs:  # onnxruntime takes no array there: a bad export
             if zero := next((axis for axis, size in enumerate(spec.shape) if size == 0), None):
                 raise BadInput(f"{self.path}: input {spec.name!r} declares axis {zero} of size 0 "

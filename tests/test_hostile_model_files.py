@@ -392,6 +392,19 @@ def test_a_type_numpy_has_no_name_for_is_bad_input(tmp_path, image, labelled_set
                     tmp_path=tmp_path)
 
 
+def test_an_input_of_more_axes_than_numpy_holds_is_bad_input(tmp_path):
+    """Rank 65: bench failed in numpy ('maximum supported dimension for an ndarray'), an
+    internal error."""
+    shape = [1] * 65
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "deep",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
+    model = tmp_path / "deep.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(model))
+    _assert_refused(["bench", model, "--runs", "1", "--warmup", "0"], "input 'x' has 65 axes",
+                    "numpy", tmp_path=tmp_path)
+
+
 # ---- fixed axes too large to allocate ------------------------------------------------------
 
 @pytest.mark.parametrize("command", ["run", "evaluate", "quantize", "bench"])
