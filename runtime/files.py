@@ -198,6 +198,38 @@ def _remove_stale_temporaries(path: Path) -> None:
                 _remove(sibling)
 
 
+def _temporary_prefix(path: Path) -> str:
+    """How a temporary next to ``path`` is named: its host and process id say when it is stale
+    (``_remove_stale_temporaries``)."""
+    return f".{path.name}.{os.getpid()}-{_host_tag()}."
+
+
+def temporary_beside(path: Path) -> Path:
+    """A new empty file next to ``path`` that ``replace_with`` moves onto it, or ``discard``
+    removes; the signal clean-up removes it until then. For a file written over a long run
+    (``records.RecordWriter``), where ``atomic_output`` would hold a context open."""
+    _remove_stale_temporaries(path)
+    handle, name = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=".tmp",
+                                    dir=path.parent)
+    os.close(handle)
+    _UNDER_WAY.add(Path(name))
+    return Path(name)
+
+
+def replace_with(temporary: Path, path: Path) -> None:
+    """``temporary_beside``'s file renamed onto ``path`` (a link there is replaced, not
+    written through); a handle open on it goes on writing to ``path``."""
+    os.chmod(temporary, 0o666 & ~_current_umask())
+    refuse_irregular_target(path)
+    os.replace(temporary, path)
+    _UNDER_WAY.discard(temporary)
+
+
+def discard(temporary: Path) -> None:
+    _remove_even_if_interrupted(temporary)
+    _UNDER_WAY.discard(temporary)
+
+
 @contextlib.contextmanager
 def atomic_model_output(path: str | os.PathLike) -> Iterator[Path]:
     """A model written with files beside it (its external data), whole or not at all: yield a
@@ -208,8 +240,7 @@ def atomic_model_output(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = check_output_path(path)
     _remove_stale_temporaries(path)
-    work = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}-{_host_tag()}.",
-                                 suffix=".tmp", dir=path.parent))
+    work = Path(tempfile.mkdtemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent))
     placed: list[Path] = []
     try:
         with _under_way(work):

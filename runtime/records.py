@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -22,7 +23,9 @@ import numpy as np
 from PIL import Image
 
 from edgecnn.errors import BadInput, first_line
-from edgecnn.runtime.files import atomic_output, check_output_path
+from edgecnn.runtime.files import (
+    atomic_output, check_output_path, discard, replace_with, temporary_beside,
+)
 
 FORMATS = (".jsonl", ".csv")
 
@@ -67,6 +70,9 @@ def _csv_row(record: dict, task: str, top_k: int) -> list:
     return row + [""] * (len(_csv_header(task, top_k)) - len(row))  # an error row: blanks
 
 
+_CLASS_SHARE = re.compile(r"(.*?)=(\d+(?:\.\d*)?(?:e-?\d+)?)(?:;|$)")  # a segmentation CSV cell
+
+
 @dataclass(frozen=True)
 class RunShape:
     """What the records of one run look like, so that ``--resume`` adds to its own records
@@ -99,11 +105,10 @@ class RunShape:
         """A CSV row as the record it was written from (as far as ``mismatch`` reads it)."""
         if len(row) > 1 and row[1]:
             return {"image": row[0], "error": row[1]}
-        if self.task == "classification":
-            names = [name for name in row[2::2] if name != ""]
-        else:
-            names = [pair.rpartition("=")[0] for pair in row[2].split(";") if pair] if len(
-                row) > 2 else []
+        if self.task == "classification":  # a class listed has its probability ("" may be a label)
+            names = [name for name, share in zip(row[2::2], row[3::2]) if share != ""]
+        else:  # "label=fraction;...": a label may hold "=" and ";" itself
+            names = [found[1] for found in _CLASS_SHARE.finditer(row[2] if len(row) > 2 else "")]
         key = "label" if self.labels or not all(name.isdigit() for name in names) else "index"
         return {"image": row[0], ("top_k" if self.task == "classification" else "classes"):
                 [{key: name} for name in names]}
@@ -131,7 +136,8 @@ def _recorded(path: Path, shape: RunShape, csv_format: bool) -> tuple[set[str], 
             for number, line in enumerate(lines, 1):
                 try:
                     records.append(json.loads(line))
-                    records[-1]["image"]
+                    if not isinstance(records[-1]["image"], str):
+                        raise TypeError
                 except (ValueError, KeyError, TypeError, RecursionError):
                     raise ValueError(f"line {number} is not a record of `edgecnn run`") from None
         for number, record in enumerate(records, 1):
@@ -148,9 +154,11 @@ class RecordWriter:
     A line the machine refuses part of (a full disk, a file-size limit) is cut off again
     before the error goes on: the file holds complete records only (``length`` bytes).
 
-    A new output is opened at the first record scored (or the first ``HELD_FAILURES`` failed
-    ones): a run that stops before, on bad input, leaves the file there as it was, or none.
-    A symbolic link is replaced by the file, not written through; ``resume`` refuses one."""
+    Until the first record scored, failed records are held (up to ``HELD_FAILURES``, then
+    written), and a new output is written beside ``path`` and moved onto it at that first
+    record, or at ``close``: a run that stops on bad input, or in which every image fails,
+    leaves an earlier file as it was (``close(keep_held=False)``). The move replaces a
+    symbolic link rather than writing through it; ``resume`` refuses one."""
 
     HELD_FAILURES = 10_000
 
@@ -164,7 +172,7 @@ class RecordWriter:
         resuming = resume and self.path.is_file() and self.path.stat().st_size > 0
         self.done, self.length = (_recorded(self.path, shape, self.csv) if resuming
                                   else (set(), 0))
-        self.handle, self.held = None, []
+        self.handle, self.temporary, self.held, self.scored = None, None, [], False
         if resuming:
             self.handle = open(self.path, "r+b", buffering=0)
             self.handle.truncate(self.length)  # a line a killed run cut short
@@ -175,18 +183,10 @@ class RecordWriter:
         return self.handle is not None
 
     def _open(self) -> None:
-        if self.path.is_symlink():
-            self.path.unlink()
-        self.handle = os.fdopen(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-                                        | getattr(os, "O_NOFOLLOW", 0), 0o666), "wb",
-                                buffering=0)
+        self.temporary = temporary_beside(self.path)
+        self.handle = open(self.temporary, "wb", buffering=0)
         if self.csv:
-            try:
-                self._write_line(_csv_line(_csv_header(self.task, self.top_k)))
-            except OSError:  # not even the header: no empty file is left
-                self.handle.close()
-                self.path.unlink()
-                raise
+            self._write_line(_csv_line(_csv_header(self.task, self.top_k)))
 
     def _write_line(self, line: str) -> None:
         data = memoryview(line.encode("utf-8", self.errors))
@@ -199,30 +199,38 @@ class RecordWriter:
         self.length += len(data.obj)
 
     def write(self, record: dict) -> None:
-        if self.handle is None:
-            self.held.append(record)
-            if "error" in record and len(self.held) < self.HELD_FAILURES:
-                return
-            self._open()
-            held, self.held = self.held, []
-            for earlier in held:
-                self._write(earlier)
-        else:
-            self._write(record)
+        self.held.append(record)
+        self.scored = self.scored or "error" not in record
+        if self.scored or len(self.held) >= self.HELD_FAILURES:
+            self._flush()
+        if self.scored and self.temporary is not None:
+            replace_with(self.temporary, self.path)
+            self.temporary = None
 
-    def _write(self, record: dict) -> None:
-        self._write_line(_csv_line(_csv_row(record, self.task, self.top_k)) if self.csv
-                         else json.dumps(record, ensure_ascii=False) + "\n")
+    def _flush(self) -> None:
+        if self.handle is None:
+            self._open()
+        held, self.held = self.held, []
+        for record in held:
+            self._write_line(_csv_line(_csv_row(record, self.task, self.top_k)) if self.csv
+                             else json.dumps(record, ensure_ascii=False) + "\n")
 
     def close(self, keep_held: bool = True) -> None:
-        """Close the file; failed records still held are written first with ``keep_held``
-        (a run that ended), dropped without it (a run that failed: nothing is written)."""
-        if self.handle is None and self.held and keep_held:
-            self._open()
-            for record in self.held:
-                self._write(record)
-        if self.handle is not None:
-            self.handle.close()
+        """Close the file, with the failed records still held written (``keep_held``: a run
+        that ended, or was interrupted) or dropped, and a new file left unmoved (a run that
+        failed: the output stays as it was)."""
+        try:
+            if keep_held and self.held:
+                self._flush()
+        finally:
+            if self.handle is not None:
+                self.handle.close()
+            if self.temporary is not None:
+                if keep_held and self.length:  # not a file without one whole line
+                    replace_with(self.temporary, self.path)
+                else:
+                    discard(self.temporary)
+                self.temporary = None
 
 
 def _csv_line(row: list) -> str:

@@ -14,6 +14,7 @@ from conftest import CONSOLE_SCRIPT, CliResult, assert_one_line_error
 from PIL import Image
 from tiny_models import square_root_first, tiny_model
 
+from edgecnn.errors import BadInput
 from edgecnn.runtime import Engine
 from edgecnn.runtime.predict import Interrupted, predict_files, run_files
 from edgecnn.runtime.stream import expand_inputs, stream_scores
@@ -190,6 +191,49 @@ def test_a_run_that_writes_no_record_leaves_the_old_output_as_it_was(cli, tiny, 
         result = cli("run", tiny.path, bad, other, "-o", target)  # every image failed: exit 2
         assert_one_line_error(result, 2, "none of the 2 images could be scored", "bad.png")
     assert output.read_text() == "precious\n" and not fresh.exists()
+
+
+@pytest.mark.parametrize("resume, held", [(False, 2), (True, 10)])
+def test_a_run_of_failures_leaves_the_old_output(tiny, shots, tmp_path, monkeypatch, resume,
+                                                 held):
+    """Past HELD_FAILURES failed records a new output was opened and emptied (a broken model
+    scoring NaN on every image of a large set: it is written beside it now); --resume appended
+    the failures of a run that then said every image failed (they are held back now)."""
+    from edgecnn.runtime.records import RecordWriter
+
+    monkeypatch.setattr(RecordWriter, "HELD_FAILURES", held)
+    bad = []
+    for index in range(3):
+        bad.append(tmp_path / f"bad{index}.png")
+        bad[-1].write_text("not an image")
+    output = tmp_path / "old.jsonl"
+    run_files(tiny.path, [sorted(shots.glob("a/*"))[0]], output=output)
+    before = output.read_bytes()
+    with pytest.raises(BadInput, match="none of the 3 images could be scored"):
+        run_files(tiny.path, bad, output=output, resume=resume)
+    assert output.read_bytes() == before
+    assert sorted(path.name for path in tmp_path.iterdir() if path.name.startswith(".")) == []
+
+
+def test_resume_reads_back_labels_holding_the_csv_separators(tmp_path, shots):
+    """A segmentation label 'building;edifice' (ADE20K's) split at the ';' of the classes
+    cell, and a classification label "" was dropped: --resume refused the run's own file."""
+    segmenter = tiny_model(tmp_path / "seg.onnx", task="segmentation", classes=3,
+                           labels=["wall", "building;edifice", "sky=blue"])
+    classifier = tiny_model(tmp_path / "cls.onnx", labels=["", "b", "c", "d"])
+    first, second = sorted(shots.glob("a/*"))[:2]
+    for model in (segmenter, classifier):
+        output = tmp_path / f"{model.path.stem}.csv"
+        run_files(model.path, [first], output=output)
+        summary = run_files(model.path, [first, second], output=output, resume=True)
+        assert (summary["resumed"], summary["done"]) == (1, 1)
+
+
+def test_a_record_whose_image_is_not_a_string_is_one_line(tiny, shots, tmp_path):
+    output = tmp_path / "odd.jsonl"
+    output.write_text('{"image": ["x"], "error": "e"}\n')  # was an unhashable-list TypeError
+    with pytest.raises(BadInput, match="cannot resume .* line 1 is not a record"):
+        run_files(tiny.path, [sorted(shots.glob("a/*"))[0]], output=output, resume=True)
 
 
 def test_an_output_that_is_a_symlink_is_replaced_not_written_through(cli, tiny, shots,
