@@ -309,6 +309,11 @@ def check_parity(name: str | torch.nn.Module, onnx_path: str | os.PathLike | Non
             spec = spec or resolve_spec(name, input_size=(height, width), in_channels=channels)
             if not options and metadata is not None and metadata.options:
                 options = dict(metadata.options)  # the options the file was exported with
+                try:
+                    check_model_options(options, registered=spec.source is None)
+                except BadInput as error:  # export never writes these: a file edited by hand
+                    raise BadInput(f"{path}: the options in its metadata are not a model's: "
+                                   f"{error}") from None
             module = build_model(spec, num_classes=num_classes, weights=weights, seed=seed,
                                  **builder_arguments(spec, channels if channels !=
                                                      spec.input_size[0] else None, options))

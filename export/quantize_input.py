@@ -19,7 +19,7 @@ from edgecnn.runtime.onnx_file import (
 from edgecnn.runtime.model_file import graph_precision
 from edgecnn.runtime import ModelMetadata
 from edgecnn.runtime.describe import value_type
-from edgecnn.runtime.engine import check_feed_bytes
+from edgecnn.runtime.engine import FIXED_BATCH_ADVICE, check_feed_bytes
 from edgecnn.runtime.preprocess_settings import check_settings, metadata_from_settings
 
 def load_float_model(path: str | os.PathLike) -> onnx.ModelProto:
@@ -82,8 +82,7 @@ def resolve_metadata(model: onnx.ModelProto, path: Path,
         describes = metadata is not None or bool(set(given) - {"input_size"})
     if (batch := inputs[value.name][0]) is not None:  # every run pads to it (calibration.batches)
         check_feed_bytes({value.name: ([batch, *resolved.input.shape], np.float32)},
-                         "export the model with a dynamic (or smaller) batch axis",
-                         prefix=f"{path}: the fixed batch of ")
+                         FIXED_BATCH_ADVICE, prefix=f"{path}: the fixed batch of ")
     return resolved, describes
 
 

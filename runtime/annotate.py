@@ -88,11 +88,12 @@ def _check_copyable(locations: dict[str, Path], source: Path, target: Path) -> N
     write there, inside the output folder; one named like the output would be overwritten by
     the model itself."""
     for location in locations:
-        if PurePosixPath(location.replace("\\", "/")).name != location:
+        place = PurePosixPath(location.replace("\\", "/"))  # "./w.data" is w.data, beside it
+        if str(place.parent) != ".":
             raise BadInput(f"{source}'s external data {location!r} is in a sub-folder; annotate "
                            "copies only the data files beside the model: write the output into "
                            f"{source.parent}, or use in_place")
-        if location == target.name:
+        if place.name == target.name:
             raise BadInput(f"{source}'s external data is named {location!r}, the output's own "
                            "name: give the output another name")
 

@@ -70,8 +70,9 @@ def random_inputs(engine: Engine, batch: int | None = None, seed: int = 0) -> di
     """A random feed for every input: batch axis from ``batch``, other dynamic axes from the
     metadata's input shape; BadInput when a size is unknown or contradicts a fixed axis."""
     shapes = {spec.name: _feed_shape(spec, engine, batch) for spec in engine.inputs}
-    fixed = batch is None and any(spec.shape and fixed_size(spec.shape[0]) not in (None, 1)
-                                  for spec in engine.inputs)
+    # a fixed batch axis is fed its own size, whatever --batch says (it must equal it)
+    fixed = any(spec.shape and fixed_size(spec.shape[0]) not in (None, 1)
+                for spec in engine.inputs)
     check_feed_bytes({spec.name: (shapes[spec.name], spec.dtype) for spec in engine.inputs},
                      FIXED_BATCH_ADVICE if fixed else "use a smaller --batch",
                      prefix="the fixed batch of " if fixed else f"--batch {batch}: " if batch

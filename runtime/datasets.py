@@ -149,7 +149,12 @@ def available_memory() -> int | None:
         cgroup = Path("/sys/fs/cgroup")
         limit = (cgroup / "memory.max").read_text().strip()
         if limit != "max":
-            found.append(int(limit) - int((cgroup / "memory.current").read_text()))
+            used = int((cgroup / "memory.current").read_text())
+            with contextlib.suppress(OSError, ValueError):  # page cache it can drop is free
+                used -= next((int(line.split()[1]) for line in
+                              (cgroup / "memory.stat").read_text().splitlines()
+                              if line.startswith("inactive_file ")), 0)
+            found.append(int(limit) - used)
     return max(0, min(found)) if found else None
 
 

@@ -42,7 +42,7 @@ ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
               "tensor(int32)": np.int32, "tensor(int64)": np.int64, "tensor(bool)": np.bool_}
 # Element types onnxruntime hands no numpy array out of, nor takes one in for.
 NO_NUMPY_TYPES = ("bfloat16", "float8", "int4", "float4", "int2")
-MAX_NUMPY_AXES = 64
+MAX_NUMPY_AXES = 64 if int(np.__version__.split(".")[0]) >= 2 else 32  # numpy 1.x: 32
 
 
 @dataclass(frozen=True)

@@ -100,12 +100,15 @@ def _to_8_bit(picture: Image.Image) -> Image.Image:
     if picture.mode.startswith("I;16") or (picture.mode == "I" and picture.format in SIXTEEN_BIT):
         return _band_by_band(picture, _16_bit_to_8)
     if picture.mode in ("I", "F"):
-        low, high = picture.getextrema()
-        if not (low >= 0 and high <= 255):  # NaN fails too
-            raise BadInput(f"expected 8-bit or 16-bit pixel values, got a 32-bit image "
-                           f"(mode {picture.mode}) with values {low}..{high} outside 0..255; "
-                           "scale it to 8 bits first")
-        return _band_by_band(picture, np.rint)
+        def in_0_255(values: np.ndarray) -> np.ndarray:
+            low, high = values.min(), values.max()  # NaN carries through both
+            if not (low >= 0 and high <= 255):
+                raise BadInput(f"expected 8-bit or 16-bit pixel values, got a 32-bit image "
+                               f"(mode {picture.mode}) with values {low}..{high} outside "
+                               "0..255; scale it to 8 bits first")
+            return np.rint(values)
+
+        return _band_by_band(picture, in_0_255)
     return picture
 
 

@@ -140,6 +140,15 @@ def test_data_in_a_sub_folder_is_not_copied_into_the_output_folder(cli, dynamo, 
     assert in_place.code == 0, in_place.stderr
 
 
+def test_data_named_with_a_leading_dot_slash_is_beside_the_model(cli, dynamo, tmp_path):
+    (tmp_path / "pkg").mkdir()
+    source = _relocated(dynamo, tmp_path / "pkg", "./w.data")
+    (tmp_path / "home").mkdir()
+    result = cli("annotate", source, "-o", tmp_path / "home" / "model.onnx")
+    assert result.code == 0, result.stderr
+    assert _files(tmp_path / "home") == {"model.onnx", "w.data"}
+
+
 def test_data_named_like_the_output_is_refused(cli, dynamo, tmp_path):
     """The copied data and the model written over it: run read the model's bytes as weights."""
     (tmp_path / "pkg").mkdir()

@@ -214,6 +214,23 @@ def test_an_int8_file_is_checked_on_the_images_alone(cli, tmp_path, zoo_onnx):
     assert fp32["rows"] == 2 * 2 + 24  # fp32 and fp16 still add the random draws
 
 
+def test_options_in_the_metadata_that_are_arguments_of_their_own_are_refused(cli, tmp_path,
+                                                                             zoo_onnx):
+    """options {"seed": 1} (a file edited by hand): build_model got seed twice, a TypeError."""
+    from dataclasses import replace
+
+    import onnx
+
+    from edgecnn.runtime.onnx_file import get_metadata, load_model, set_metadata
+
+    model = load_model(zoo_onnx("lenet"))
+    set_metadata(model, replace(get_metadata(model), options={"seed": 1}))
+    edited = tmp_path / "edited.onnx"
+    onnx.save(model, edited)
+    assert_one_line_error(cli("check", "lenet", edited), 2, "the options in its metadata",
+                          "cannot set seed")
+
+
 def test_fixed_batch_file_sets_the_batch(cli, tmp_path):
     """A file exported with --batch 1 is checked at batch 1; real images go in batches of 1."""
     fixed = tmp_path / "lenet_b1.onnx"

@@ -250,6 +250,32 @@ def test_32_bit_images_in_0_255_are_rounded_and_others_refused():
     integers = values.astype(np.int32)
     np.testing.assert_array_equal(np.asarray(_to_8_bit(Image.fromarray(integers))),
                                   integers.astype(np.uint8))
-    for bad in (np.full((3, 3), np.nan, np.float32), np.full((3, 3), 300.0, np.float32)):
+    one_nan = np.full((3, 4), 100.0, np.float32)
+    one_nan[1, 2] = np.nan  # Pillow's extrema skip a NaN that is not the first pixel
+    for bad in (np.full((3, 3), np.nan, np.float32), np.full((3, 3), 300.0, np.float32),
+                one_nan):
         with pytest.raises(BadInput, match="outside 0..255; scale it to 8 bits first"):
             _to_8_bit(Image.fromarray(bad))
+
+
+def test_a_containers_page_cache_counts_as_available(tmp_path, monkeypatch):
+    """cgroup v2's memory.current includes the page cache the kernel drops on demand: a
+    container that had just read a large file looked full."""
+    cgroup = tmp_path / "cgroup"
+    cgroup.mkdir()
+    (cgroup / "memory.max").write_text(f"{8 * 2**30}\n")
+    (cgroup / "memory.current").write_text(f"{7 * 2**30}\n")
+    (cgroup / "memory.stat").write_text(f"anon 1024\ninactive_file {6 * 2**30}\n")
+    real_path = datasets.Path
+    monkeypatch.setattr(datasets, "Path", lambda name: cgroup if name == "/sys/fs/cgroup"
+                        else real_path(name))
+    monkeypatch.setattr("builtins.open", _no_meminfo(open))
+    assert datasets.available_memory() == 7 * 2**30
+
+
+def _no_meminfo(real_open):
+    def opener(name, *args, **kwargs):
+        if str(name) == "/proc/meminfo":
+            raise OSError("no meminfo here")
+        return real_open(name, *args, **kwargs)
+    return opener
