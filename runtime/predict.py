@@ -158,12 +158,12 @@ def run_files(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], *,
     shape = RunShape(metadata.task, top_k, min(top_k, classes) if isinstance(classes, int)
                      else None, labels)
     writer = RecordWriter(output, shape, resume) if output is not None else None
-    if on_start is not None:
-        on_start(summary)
+    todo = [path for path in paths if writer is None or str(path) not in writer.done]
+    summary["resumed"] = len(paths) - len(todo)
     all_failed = False
     try:
-        todo = [path for path in paths if writer is None or str(path) not in writer.done]
-        summary["resumed"] = len(paths) - len(todo)
+        if on_start is not None:
+            on_start(summary)
         started = time.perf_counter()
         options = {"batch": batch, "workers": workers, "max_pixels": max_pixels}
         if ray is None:
