@@ -209,11 +209,12 @@ def graph_precision(model: str | os.PathLike) -> str:
 
 
 def text_field(stream: BinaryIO, start: int, end: int, wanted: int) -> str | None:
-    """The first string field ``wanted`` of the message from ``start`` to ``end``."""
+    """The string field ``wanted`` of the message from ``start`` to ``end``: its last copy,
+    as protobuf keeps (None where there is none, or it is too long to be a name)."""
     stream.seek(start)
-    return next((text for field, wire, value in fields(stream, end)
-                 if field == wanted and wire == 2 and (text := _name(stream, value)) is not None),
-                None)
+    spans = [value for field, wire, value in fields(stream, end)
+             if field == wanted and wire == 2]
+    return _name(stream, spans[-1]) if spans else None
 
 
 def _name(stream: BinaryIO, span: tuple[int, int]) -> str | None:
@@ -226,9 +227,11 @@ def _name(stream: BinaryIO, span: tuple[int, int]) -> str | None:
 
 
 def _varint_field(stream: BinaryIO, start: int, end: int, wanted: int) -> int | None:
+    """The last copy of the number field ``wanted``, as protobuf keeps."""
     stream.seek(start)
-    return next((value for field, wire, value in fields(stream, end)
-                 if field == wanted and wire == 0), None)
+    values = [value for field, wire, value in fields(stream, end)
+              if field == wanted and wire == 0]
+    return values[-1] if values else None
 
 
 def probability_op(model: str | os.PathLike, output: str, dims: Sequence) -> str | None:

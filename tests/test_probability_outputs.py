@@ -171,3 +171,33 @@ def test_graph_precision_survives_files_it_cannot_read(tmp_path):
         path.write_bytes(cut)
         assert graph_precision(path) == "fp32"
     assert graph_precision(tmp_path / "missing.onnx") == "fp32"
+
+
+def _length_field(number: int, payload: bytes) -> bytes:
+    varints = b""
+    for value in (number << 3 | 2, len(payload)):
+        while value >= 0x80:
+            varints += bytes([value & 0x7F | 0x80])
+            value >>= 7
+        varints += bytes([value])
+    return varints + payload
+
+
+def test_a_field_written_twice_is_read_as_its_last_copy(tmp_path):
+    """protobuf keeps the last copy of a singular field: a node whose op_type is written as
+    Conv, then QLinearConv, is a QLinearConv to onnx and onnxruntime; the walk read Conv, and
+    quantize's already-quantized refusal let the file through."""
+    import onnx
+
+    from edgecnn.runtime.model_file import graph_precision
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    node = (_length_field(1, b"x") + _length_field(2, b"z") + _length_field(4, b"Conv")
+            + _length_field(4, b"QLinearConv"))
+    path = tmp_path / "twice.onnx"
+    path.write_bytes(model.SerializeToString() + _length_field(7, _length_field(1, node)))
+    assert onnx.load(path).graph.node[-1].op_type == "QLinearConv"
+    assert graph_precision(path) == "int8"
