@@ -368,6 +368,11 @@ def check_parity(name: str | torch.nn.Module, onnx_path: str | os.PathLike | Non
     return report
 
 
+def _digest(provenance: str) -> str:
+    """What identifies weights: the sha256 of "NAME sha256:HEX", else the whole text."""
+    return provenance.rsplit(" ", 1)[-1] if " sha256:" in provenance else provenance
+
+
 def _weights_note(metadata: ModelMetadata | None, eager: str) -> str | None:
     """Why a failed file may hold other weights than the eager model, from what its metadata
     records of them ("random (seed N)" or "NAME sha256:HEX"); None when they are the same."""
@@ -375,8 +380,7 @@ def _weights_note(metadata: ModelMetadata | None, eager: str) -> str | None:
     if held is None:
         return ("was the file exported with the same --seed/--weights/--num-classes/--option? "
                 "the eager model is rebuilt from them")
-    digest = held.rsplit(" ", 1)[-1]
-    if digest == eager.rsplit(" ", 1)[-1]:
+    if _digest(held) == _digest(eager):  # the same bytes, whatever the file was called
         return None
     seed = re.fullmatch(r"random \(seed (-?\d+)\)", held)
     return (f"the file holds {held.replace('random', 'random weights')}, the eager model "

@@ -123,20 +123,18 @@ class Engine:
             metadata_props(self.path), str(self.path))
         for kind, args in (("input", self.session.get_inputs()),
                            ("output", self.session.get_outputs())):
-            for arg in args:
+            for arg in args:  # what no numpy array can be handed in or out as
                 if any(name in arg.type for name in NO_NUMPY_TYPES):
                     raise BadInput(f"{self.path}: {kind} {arg.name!r} is {arg.type}, which numpy "
                                    "has no type for, and edgecnn passes numpy arrays in and out; "
                                    f"re-export the model with a float {kind} there")
+                if len(arg.shape) > MAX_NUMPY_AXES:
+                    raise BadInput(f"{self.path}: {kind} {arg.name!r} has {len(arg.shape)} axes, "
+                                   f"more than the {MAX_NUMPY_AXES} a numpy array holds")
         self.inputs = [TensorSpec.from_node_arg(arg) for arg in self.session.get_inputs()]
         self.outputs = [TensorSpec.from_node_arg(arg) for arg in self.session.get_outputs()]
         if not self.outputs:
             raise no_outputs(self.path)
-        for kind, specs in (("input", self.inputs), ("output", self.outputs)):
-            for spec in specs:
-                if len(spec.shape) > MAX_NUMPY_AXES:
-                    raise BadInput(f"{self.path}: {kind} {spec.name!r} has {len(spec.shape)} "
-                                   f"axes, more than the {MAX_NUMPY_AXES} a numpy array holds")
         for spec in self.inputs:  # onnxruntime takes no array there: a bad export
             if zero := next((axis for axis, size in enumerate(spec.shape) if size == 0), None):
                 raise BadInput(f"{self.path}: input {spec.name!r} declares axis {zero} of size 0 "

@@ -186,8 +186,9 @@ def evaluate(models: Sequence[str | os.PathLike], data: str | os.PathLike, *,
             tally, size = Tally(classes), engine.fixed_batch or batch or DEFAULT_BATCH
             for start in range(0, len(inputs), size):
                 scores = engine.scores(inputs[start:start + size])
-                if not np.isfinite(scores).all():  # argmax would take NaN for the top score
-                    bad = start + int(np.flatnonzero(~np.isfinite(scores).all(axis=1))[0])
+                finite = np.isfinite(scores).all(axis=1)
+                if not finite.all():  # argmax would take NaN for the top score
+                    bad = start + int(np.flatnonzero(~finite)[0])
                     raise BadInput(f"{engine.path}: its scores for sample {bad} of {path} hold "
                                    "NaN or Inf; the figures would be wrong")
                 tally.add(scores, labels[start:start + size])

@@ -168,14 +168,16 @@ def metadata_props(model: str | os.PathLike | bytes) -> dict[str, str]:
     try:
         with io.BytesIO(model) if isinstance(model, bytes) else open(model, "rb") as stream:
             for entry in _length_delimited(stream, _METADATA_PROPS_FIELD):
-                texts = [[*_length_delimited(io.BytesIO(entry), field), b""]
-                         for field in (_KEY_FIELD, _VALUE_FIELD)]  # a string: its last copy
-                key, value = (text[-2 if len(text) > 1 else 0].decode("utf-8", "replace")
-                              for text in texts)
-                props[key] = value
+                props[_last_text(entry, _KEY_FIELD)] = _last_text(entry, _VALUE_FIELD)
     except (ValueError, OSError):
         return {}
     return props
+
+
+def _last_text(message: bytes, field: int) -> str:
+    """A string field of ``message``: its last copy, as protobuf keeps ("" when absent)."""
+    copies = list(_length_delimited(io.BytesIO(message), field))
+    return copies[-1].decode("utf-8", "replace") if copies else ""
 
 
 def metadata_value(model: str | os.PathLike | bytes, key: str) -> str | None:

@@ -144,9 +144,9 @@ def run_files(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], *,
     if masks is not None and metadata.task != "segmentation":
         raise BadInput(f"masks are class maps of a segmentation model; {model} is "
                        f"{metadata.task}")
-    labels = usable_labels(metadata.labels, engine.outputs[0].shape[1]
-                           if len(engine.outputs[0].shape) > 1 else None)
-    classes = engine.outputs[0].shape[1] if len(engine.outputs[0].shape) > 1 else 1
+    declared = engine.outputs[0].shape[1] if len(engine.outputs[0].shape) > 1 else None
+    labels = usable_labels(metadata.labels, declared)
+    classes = 1 if declared is None else declared  # a single score: a binary classifier's
     if masks is not None and isinstance(classes, int) and classes > MAX_MASK_CLASSES:
         raise BadInput(f"masks are 16-bit PNGs of class indices, which hold up to "
                        f"{MAX_MASK_CLASSES} classes; {model} has {classes} classes")

@@ -14,6 +14,7 @@ Images are file paths, PIL images, or uint8 arrays (HxWxC with C = 1, 3 or 4, or
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import stat
@@ -195,9 +196,10 @@ def _open(path: str | os.PathLike, max_pixels: int | None = None) -> Image.Image
         raise BadInput(f"cannot read image {path}: {first_line(error)}") from None
 
 
-def _decoded_formats() -> list[str]:
+@functools.cache
+def _decoded_formats() -> tuple[str, ...]:
     Image.init()  # registers the plugins of this Pillow
-    return [name for name in DECODED_FORMATS if name in Image.OPEN]
+    return tuple(name for name in DECODED_FORMATS if name in Image.OPEN)
 
 
 def _other_format(path) -> str | None:

@@ -210,14 +210,10 @@ def stream_scores(engine, paths: Iterable[Path], *, batch: int | None = None,
             tensors = [tensor for _, tensor in chunk if not isinstance(tensor, str)]
             scores = iter(engine.scores(np.stack(tensors)) if tensors else ())
             for path, tensor in chunk:
-                if isinstance(tensor, str):
-                    if strict:
-                        raise BadInput(tensor)
-                    yield Outcome(path, error=tensor)
-                else:
-                    outcome = _scored(path, next(scores))
-                    if strict and outcome.error is not None:
-                        raise BadInput(outcome.error)
-                    yield outcome
+                outcome = (Outcome(path, error=tensor) if isinstance(tensor, str)
+                           else _scored(path, next(scores)))
+                if strict and outcome.error is not None:
+                    raise BadInput(outcome.error)
+                yield outcome
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
